@@ -1,0 +1,111 @@
+"""The one narrow interface the decoders see, whatever the model family.
+
+A :class:`Denoiser` wraps a dLLM: ``logits(x, start, end, cache, rows)`` gives, for each absolute
+position ``i`` in ``rows``, the logits that predict the token at ``i``, whatever the family's own
+convention (LLaDA predicts in place; Dream and Fast-dLLM v2 predict the next position). A
+:class:`CausalLM` wraps an AR model for speculative decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .kv import DenoiserCache
+
+
+@dataclass
+class ModelInfo:
+    """What the CLI, the views and bench report about a loaded model."""
+
+    name: str
+    family: str
+    path: str
+    parameters: int
+    dtype: str
+    device: str
+    chat_template: bool
+
+
+@dataclass(eq=False)
+class Denoiser:
+    """A masked-diffusion LM behind the decoder's narrow interface.
+
+    ``shift``: the family's logits at position ``i - 1`` predict token ``i`` (Dream, Fast-dLLM v2).
+    ``block_size``: attention is causal between blocks of this size and bidirectional inside one
+    (block diffusion: SDAR, Fast-dLLM v2); None means fully bidirectional (LLaDA, Dream).
+    """
+
+    net: Any
+    tokenizer: Any
+    info: ModelInfo
+    mask_id: int
+    eos_ids: tuple[int, ...]
+    max_length: int
+    shift: bool = False
+    block_size: int | None = None
+    kind: str = field(default="diffusion", init=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.lm_head.weight.device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.net.lm_head.weight.shape[0]
+
+    @property
+    def exact_prefix_cache(self) -> bool:
+        """Block-causal attention makes a cached prefix exactly what a full forward would compute."""
+        return self.block_size is not None
+
+    def new_cache(self) -> DenoiserCache:
+        return DenoiserCache()
+
+    def _mask(self, q0: int, q1: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
+        if self.block_size is None:
+            return None
+        q_block = torch.arange(q0, q1, device=device) // self.block_size
+        kv_block = torch.arange(kv_len, device=device) // self.block_size
+        return kv_block[None, :] <= q_block[:, None]
+
+    @torch.inference_mode()
+    def logits(
+        self,
+        x: torch.Tensor,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        cache: DenoiserCache | None = None,
+        rows: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, r1 - r0, V]`` predicting the tokens at absolute positions ``rows = (r0, r1)``.
+
+        The forward runs the window ``x[:, start:end]``. Without a cache the window must start at 0.
+        With a cache, the window's keys and values are written over the cache at ``start`` and the
+        window attends to everything the cache holds. ``rows`` defaults to the whole window.
+        """
+        end = x.shape[1] if end is None else end
+        r0, r1 = rows if rows is not None else (start, end)
+        if self.shift:
+            # Row i comes from the output at i - 1; position 0 has no predictor, so keep it as is.
+            q0 = max(min(start, r0 - 1), 0)
+            if cache is None:
+                q0 = 0
+        else:
+            q0 = start
+        if cache is None and q0 != 0:
+            raise ValueError("a forward without a cache must start at position 0")
+        kv_len = max(end, cache.length if cache is not None else 0)
+        if self.block_size is not None and cache is None:
+            kv_len = end
+        mask = self._mask(q0, end, kv_len, x.device)
+        if self.shift:
+            lo, hi = max(r0 - 1, 0) - q0, r1 - 1 - q0
+            out = self.net(x[:, q0:end], start=q0, cache=cache, mask=mask, rows=(lo, hi))
+            if r0 == 0:
+                out = torch.cat([out[:, :1], out], dim=1)
+            return out
+        return self.net(x[:, q0:end], start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0))
