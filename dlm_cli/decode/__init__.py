@@ -1,0 +1,52 @@
+"""Decoding: ``run(model, prompt_ids, settings)`` returns an iterator of events.
+
+Importing this package registers every strategy and its keys.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import DlmError
+from . import common  # noqa: F401  (registers the shared keys)
+from .events import Done, Event, Start, Step  # noqa: F401
+from .keys import STRATEGIES
+from .rules import baseline, threshold  # noqa: F401  (register the rules)
+
+
+def resolve_seed(settings: Any) -> int:
+    """The run's seed: the one asked for, or a fresh one written back so --json can report it."""
+    if settings.seed is None:
+        settings.seed = random.SystemRandom().randrange(2**31)
+    return settings.seed
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) -> Iterator[Event]:
+    """Decode with the strategy named in ``settings``; the model's kind must match the strategy's."""
+    strategy = STRATEGIES[settings.strategy]
+    if strategy.kind != model.kind:
+        have = "a diffusion LLM" if model.kind == "diffusion" else "an autoregressive LM"
+        want = "a diffusion LLM" if strategy.kind == "diffusion" else "an autoregressive (causal) LM"
+        fits = sorted(n for n, s in STRATEGIES.items() if s.kind == model.kind)
+        raise DlmError(
+            f"strategy {strategy.name!r} needs {want}, but {model.info.name} is {have}; "
+            f"use a profile whose strategy is one of: {', '.join(fits)}"
+        )
+    seed = resolve_seed(settings)
+    if strategy.kind == "diffusion":
+        from .diffusion import decode
+
+        generator = make_generator(model.device, seed)
+        return decode(model, prompt_ids, settings, strategy.factory(settings), generator)
+    if strategy.factory is None:
+        raise DlmError(f"strategy {strategy.name!r} is not available yet")
+    return strategy.factory(model, prompt_ids, settings, draft=draft, seed=seed)

@@ -46,6 +46,7 @@ class Denoiser:
     max_length: int
     shift: bool = False
     block_size: int | None = None
+    token_count: int | None = None  # real vocabulary size when the embedding is padded beyond it
     kind: str = field(default="diffusion", init=False)
 
     @property
@@ -107,5 +108,7 @@ class Denoiser:
             out = self.net(x[:, q0:end], start=q0, cache=cache, mask=mask, rows=(lo, hi))
             if r0 == 0:
                 out = torch.cat([out[:, :1], out], dim=1)
-            return out
-        return self.net(x[:, q0:end], start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0))
+        else:
+            out = self.net(x[:, q0:end], start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0))
+        # Padded embedding rows are not tokens; never propose them.
+        return out if self.token_count is None else out[..., : self.token_count]

@@ -1,0 +1,1 @@
+"""Commit rules for dLLM decoding, one module each; importing a module registers its strategy."""

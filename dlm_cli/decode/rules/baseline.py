@@ -1,0 +1,42 @@
+"""Baseline: LLaDA's low-confidence remasking with semi-autoregressive blocks (Nie et al., 2025).
+
+Each block gets ``steps * block_length / max_new_tokens`` steps; the number committed per step is
+spread evenly over them (the first steps take the remainder). At each step the top-k most
+confident masked positions of the block are committed. ``remasking = "random"`` ranks by uniform
+noise instead. With ``steps = max_new_tokens`` this is one token per step: the quality reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..keys import Key, Strategy, register_strategy
+from .base import CommitRule, StepState, topk_mask
+
+
+class Baseline(CommitRule):
+    name = "baseline"
+    uses_schedule = True
+
+    def select(self, state: StepState) -> torch.Tensor:
+        conf = state.confidence
+        if self.settings.remasking == "random":
+            noise = torch.rand(conf.shape, device=conf.device, generator=state.generator, dtype=conf.dtype)
+            conf = torch.where(state.candidates, noise, torch.full_like(conf, -torch.inf))
+        return topk_mask(conf, state.quota)
+
+
+register_strategy(
+    Strategy(
+        name="baseline",
+        kind="diffusion",
+        summary="LLaDA low-confidence remasking: a fixed number of tokens per step (the quality reference)",
+        keys=(
+            Key("steps", int, None, "denoising steps over the whole generation; default: max_new_tokens "
+                "(one token per step)", min=1, optional=True),
+            Key("remasking", str, "low_confidence", "how positions are ranked for commit",
+                choices=("low_confidence", "random")),
+        ),
+        factory=Baseline,
+    )
+)

@@ -1,0 +1,282 @@
+"""Resolve a model spec (embedded name, local directory, hub id) and load it natively.
+
+Families are detected from ``config.json``; each family module supplies the network, weight-name
+mapping and token conventions. Weights load from safetensors straight into a network built on the
+meta device, so a model never needs twice its size in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import DlmError, UsageError
+from .base import Denoiser, ModelInfo
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "weights"
+
+# Short names for the models dlm ships or knows how to find offline.
+EMBEDDED = {
+    "dlm-demo": ("dlm-demo-dllm", "the dlm demo dLLM (LLaDA layout), trained by this project"),
+    "dlm-demo-ar": ("dlm-demo-ar", "the dlm demo AR target (Llama layout)"),
+    "dlm-demo-ar-draft": ("dlm-demo-ar-draft", "the dlm demo AR draft, ~1/10 of the target's compute"),
+}
+DEFAULT_MODEL = "dlm-demo"
+
+
+@dataclass
+class LoadOptions:
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    device_map: str | None = None
+    revision: str | None = None
+
+
+@dataclass
+class Family:
+    """How to recognise and load one model family."""
+
+    name: str
+    kind: str  # "diffusion" or "autoregressive"
+    detect: Callable[[dict[str, Any]], bool]
+    load: Callable[[Path, dict[str, Any], LoadOptions, str], Any]
+    example: str = ""
+
+
+FAMILIES: list[Family] = []
+
+
+def register_family(family: Family) -> None:
+    FAMILIES.append(family)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise UsageError("--dtype float16 is not supported on the CPU; use --dtype float32 or bfloat16")
+    return dtype
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise UsageError(f"{path} is not a model directory: it has no config.json")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DlmError(f"{cfg_path} is not valid JSON ({exc}); re-download the model") from None
+    if not isinstance(cfg, dict):
+        raise DlmError(f"{cfg_path} does not hold a JSON object; re-download the model")
+    return cfg
+
+
+def weight_files(path: Path, allow_pickle: bool) -> list[Path]:
+    """The checkpoint's safetensors files; refuses pickle weights unless allowed."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise DlmError(f"{index} is not a valid safetensors index ({exc}); re-download the model") from None
+        files = [path / s for s in shards]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise DlmError(f"{path} lacks weight shards {', '.join(missing)}; the download is incomplete, re-download it")
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(path.glob("*.bin")) + sorted(path.glob("*.pt")) + sorted(path.glob("*.pth"))
+    if pickles:
+        if not allow_pickle:
+            raise DlmError(
+                f"{path} has only pickle weights ({pickles[0].name}); loading a pickle can run arbitrary code, "
+                "so dlm refuses it: convert it to safetensors, or pass --allow-pickle if you trust the source"
+            )
+        return pickles
+    raise DlmError(f"{path} has no weights (no *.safetensors file)")
+
+
+def read_tensors(files: list[Path], rename: Callable[[str], str | None], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint under our names, cast to ``dtype``; unknown names are kept verbatim."""
+    from safetensors import SafetensorError, safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        if f.suffix != ".safetensors":
+            state = torch.load(f, map_location="cpu", weights_only=True)
+            for name, t in state.items():
+                out[rename(name) or name] = t.to(dtype) if t.is_floating_point() else t
+            continue
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for name in fh.keys():
+                    t = fh.get_tensor(name)
+                    out[rename(name) or name] = t.to(dtype) if t.is_floating_point() else t
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise DlmError(f"weights file {f} is corrupt or truncated ({exc}); delete it and download it again") from None
+    return out
+
+
+def load_into(net_factory: Callable[[], torch.nn.Module], tensors: dict[str, torch.Tensor],
+              device: torch.device, where: str) -> torch.nn.Module:
+    """Build the network on the meta device and assign the loaded tensors (no double allocation)."""
+    with torch.device("meta"):
+        net = net_factory()
+    expected = set(net.state_dict())
+    tied = getattr(net.config, "tie_word_embeddings", False)
+    missing = sorted(expected - set(tensors) - ({"lm_head.weight"} if tied else set()))
+    unexpected = sorted(set(tensors) - expected)
+    if missing:
+        raise DlmError(f"{where} lacks weights {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
+                       "the checkpoint is incomplete or of another family")
+    if unexpected:
+        raise DlmError(f"{where} has weights dlm does not expect ({', '.join(unexpected[:3])}); "
+                       "the checkpoint is of another architecture")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(net.state_dict()[name].shape):
+            raise DlmError(f"{where}: weight {name} has shape {tuple(t.shape)} but config.json implies "
+                           f"{tuple(net.state_dict()[name].shape)}; config and weights do not match")
+    net.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=False, assign=True)
+    if tied:
+        net.lm_head.weight = net.model.embed_tokens.weight
+    # Non-persistent buffers (rotary frequencies) were created on meta: rebuild them on the device.
+    rotary = net.model.rotary_emb
+    with torch.device(device):
+        fresh = type(rotary)(config=net.config)
+    net.model.rotary_emb = fresh
+    return net.eval()
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise DlmError(f"cannot load the tokenizer of {path} ({str(exc).splitlines()[0]}); "
+                       "the model directory needs tokenizer.json or the tokenizer's own files") from None
+
+
+def eos_ids(cfg: dict[str, Any], tokenizer: Any) -> tuple[int, ...]:
+    """End-of-text ids: the config's, the tokenizer's, and an end-of-turn token if the vocab has one."""
+    ids: list[int] = []
+    raw = cfg.get("eos_token_id")
+    for v in raw if isinstance(raw, list) else [raw]:
+        if isinstance(v, int):
+            ids.append(v)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    for tok in ("<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<end_of_turn>"):
+        if tok in vocab:
+            ids.append(vocab[tok])
+    seen: list[int] = []
+    for i in ids:
+        if i not in seen:
+            seen.append(i)
+    if not seen:
+        raise DlmError("the model defines no end-of-text token (eos_token_id); add it to config.json")
+    return tuple(seen)
+
+
+def resolve_path(spec: str, opts: LoadOptions) -> tuple[str, Path]:
+    """Map an embedded name, a local directory or a hub id (``org/name[@revision]``) to a local directory."""
+    if spec in EMBEDDED:
+        path = DEMO_DIR / EMBEDDED[spec][0]
+        if not (path / "config.json").is_file():
+            raise DlmError(f"the embedded model {spec!r} is missing from this install ({path}); reinstall dlm")
+        return spec, path
+    from .shortnames import resolve_short_name
+
+    short = resolve_short_name(spec, opts)
+    if short is not None:
+        return spec, short
+    local = Path(spec).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise UsageError(f"{spec} is a file, not a model directory; give the directory holding config.json")
+        return spec, local
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/") and spec.count("/") > 1:
+        raise UsageError(f"model path {spec} does not exist; give a model directory, a hub id like "
+                         f"GSAI-ML/LLaDA-8B-Instruct, or an embedded name ({', '.join(EMBEDDED)})")
+    if spec.count("/") != 1:
+        raise UsageError(f"unknown model {spec!r}: not an embedded name ({', '.join(EMBEDDED)}), "
+                         "not an existing directory, and not a hub id of the form org/name")
+    from .hub import download
+
+    return spec, download(spec, opts)
+
+
+def load(spec: str | None, opts: LoadOptions | None = None, *, role: str = "model") -> Any:
+    """Load the model ``spec`` names (default: the embedded demo dLLM)."""
+    from . import families  # noqa: F401  (registers the families)
+
+    opts = opts or LoadOptions()
+    if spec is not None and "@" in spec and not Path(spec).exists():
+        spec, opts.revision = spec.split("@", 1)
+    name, path = resolve_path(spec or DEFAULT_MODEL, opts)
+    cfg = read_config(path)
+    for family in FAMILIES:
+        if family.detect(cfg):
+            return family.load(path, cfg, opts, name)
+    known = ", ".join(f.name for f in FAMILIES)
+    mt = cfg.get("model_type") or "?"
+    archs = ",".join(cfg.get("architectures") or []) or "?"
+    raise DlmError(f"{name}: unknown model family (model_type={mt!r}, architectures={archs}); "
+                   f"dlm supports: {known}")
+
+
+def param_count(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def model_info(name: str, family: str, path: Path, net: torch.nn.Module, tokenizer: Any) -> ModelInfo:
+    p = next(net.parameters())
+    return ModelInfo(name=name, family=family, path=str(path), parameters=param_count(net),
+                     dtype=str(p.dtype).replace("torch.", ""), device=str(p.device),
+                     chat_template=bool(getattr(tokenizer, "chat_template", None)))
+
+
+def load_llada(path: Path, cfg: dict[str, Any], opts: LoadOptions, name: str) -> Denoiser:
+    from . import llada
+
+    device = pick_device(opts.device)
+    dtype = pick_dtype(opts.dtype, device)
+    llada.llama_config(cfg)  # fail early on unsupported options
+    tensors = read_tensors(weight_files(path, opts.allow_pickle), llada.to_ours, dtype)
+    net = load_into(lambda: llada.build_net(cfg), tensors, device, str(path))
+    net.to(dtype)
+    tok = load_tokenizer(path)
+    return Denoiser(
+        net=net,
+        tokenizer=tok,
+        info=model_info(name, "llada", path, net, tok),
+        mask_id=llada.mask_id(cfg),
+        eos_ids=eos_ids(cfg, tok),
+        max_length=int(cfg.get("max_sequence_length", 4096)),
+        token_count=int(cfg["vocab_size"]) if cfg.get("vocab_size") else None,
+    )

@@ -1,0 +1,219 @@
+"""Profiles: TOML files that name a strategy and set its keys, validated strictly.
+
+Precedence, highest first: CLI flags, then ``--set KEY=VALUE``, then the profile file, then the
+declared defaults. Profiles are looked up by name in the user's config directory
+(``$XDG_CONFIG_HOME/dlm/profiles``, default ``~/.config/dlm/profiles``), then among the built-in
+ones; a name ending in ``.toml`` or containing a path separator is a file path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import UsageError
+
+# Keys about the profile itself, not about decoding.
+META = {
+    "strategy": "the decoding method (see `dlm profiles list`)",
+    "description": "one line shown by `dlm profiles list`",
+    "model": "the model used when -m/--model is not given",
+    "draft": "the draft model used when --draft is not given (speculative strategies)",
+}
+
+
+@dataclass(frozen=True)
+class ProfileRef:
+    name: str
+    path: Path
+    origin: str  # "built-in", "user" or "file"
+
+
+def user_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "dlm" / "profiles"
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("dlm_cli.builtin_profiles")))
+
+
+def available() -> dict[str, ProfileRef]:
+    """Every profile by name; a user profile shadows a built-in one of the same name."""
+    out: dict[str, ProfileRef] = {}
+    for origin, folder in (("built-in", builtin_dir()), ("user", user_dir())):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.toml")):
+                out[path.stem] = ProfileRef(path.stem, path, origin)
+    return out
+
+
+def find(name: str) -> ProfileRef:
+    """The profile a ``-p`` argument names; raises UsageError with the known names when there is none."""
+    if name.endswith(".toml") or os.sep in name or "/" in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UsageError(f"profile file {name} does not exist; give an existing .toml file or a profile name")
+        return ProfileRef(path.stem, path, "file")
+    known = available()
+    if name not in known:
+        from .decode.keys import suggest
+
+        raise UsageError(
+            f"unknown profile {name!r}{suggest(name, list(known))}; known profiles: {', '.join(sorted(known))} "
+            f"(or put {name}.toml in {user_dir()})"
+        )
+    return known[name]
+
+
+def read(ref: ProfileRef) -> dict[str, Any]:
+    try:
+        text = ref.path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read profile {ref.path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"profile {ref.path} is not valid TOML: {exc}; fix the file's syntax") from None
+    return data
+
+
+class Settings:
+    """Validated settings with attribute access; ``sources`` says where each value came from."""
+
+    def __init__(self, profile: str, values: dict[str, Any], sources: dict[str, str], meta: dict[str, Any]) -> None:
+        self.__dict__["profile"] = profile
+        self.__dict__["values"] = values
+        self.__dict__["sources"] = sources
+        self.__dict__["meta"] = meta
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__["values"]
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__["values"][name] = value
+
+    @property
+    def strategy(self) -> str:
+        return self.meta["strategy"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, **self.values}
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as a TOML value, or as a bare string when it is not one."""
+    if "=" not in item:
+        raise UsageError(f"--set {item!r} must look like KEY=VALUE, e.g. --set threshold=0.8")
+    key, raw = item.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key:
+        raise UsageError(f"--set {item!r} has no key before '='")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def build(
+    data: dict[str, Any],
+    where: str,
+    *,
+    profile: str,
+    sets: list[str] | tuple[str, ...] = (),
+    flags: dict[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults < profile ``data`` < ``--set`` items < CLI ``flags`` and validate every value."""
+    from .decode.keys import STRATEGIES, keys_for, suggest
+
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    overrides = [parse_set(item) for item in sets]
+    meta: dict[str, Any] = {}
+    strategy = data.get("strategy")
+    for key, value in overrides:
+        if key == "strategy":
+            strategy = value
+    if strategy is None:
+        raise UsageError(f"{where}: no 'strategy' key; add e.g. strategy = \"threshold\" "
+                         f"(one of: {', '.join(sorted(STRATEGIES))})")
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise UsageError(f"{where}: strategy = {strategy!r} is unknown{suggest(str(strategy), list(STRATEGIES))}; "
+                         f"allowed: {', '.join(sorted(STRATEGIES))}")
+    meta["strategy"] = strategy
+    keys = keys_for(strategy)
+    allowed = sorted(keys) + sorted(META)
+    values = {name: key.default for name, key in keys.items()}
+    sources = {name: "default" for name in keys}
+    changed_strategy = strategy != data.get("strategy")
+
+    def put(name: str, value: Any, origin: str, label: str) -> None:
+        if name in META:
+            if name == "strategy":
+                return
+            if not isinstance(value, str):
+                raise UsageError(f"{label}: {name} = {value!r} must be a string")
+            meta[name] = value
+            return
+        if name not in keys:
+            if origin == "profile" and changed_strategy:
+                return  # the profile's keys for its own strategy do not carry over to another one
+            raise UsageError(f"{label}: unknown key {name!r} for strategy {strategy!r}{suggest(name, allowed)}; "
+                             f"allowed keys: {', '.join(allowed)}")
+        try:
+            values[name] = keys[name].check(value)
+        except ValueError as exc:
+            raise UsageError(f"{label}: {name} = {value!r} {exc}") from None
+        sources[name] = origin
+
+    for name, value in data.items():
+        if isinstance(value, dict):
+            raise UsageError(f"{where}: [{name}] tables are not used; write the keys at the top level")
+        put(name, value, "profile", where)
+    for name, value in overrides:
+        put(name, value, "--set", f"--set {name}={value}")
+    for name, value in flags.items():
+        put(name, value, "flag", f"--{name.replace('_', '-')}")
+    settings = Settings(profile, values, sources, meta)
+    check_combination(settings, where)
+    return settings
+
+
+def check_combination(settings: Settings, where: str) -> None:
+    """Reject settings that cannot work together, with the reason."""
+    from .decode.keys import STRATEGIES
+
+    for key, value, why in STRATEGIES[settings.strategy].conflicts:
+        if settings.values.get(key) == value:
+            raise UsageError(f"{where}: strategy {settings.strategy!r} cannot be used with {key} = {value!r}: {why}")
+    for check in COMBINATION_CHECKS:
+        problem = check(settings)
+        if problem:
+            raise UsageError(f"{where}: {problem}")
+
+
+# Functions Settings -> str | None, registered by feature modules that constrain other keys.
+COMBINATION_CHECKS: list[Any] = []
+
+
+def load(
+    name: str,
+    *,
+    sets: list[str] | tuple[str, ...] = (),
+    flags: dict[str, Any] | None = None,
+) -> Settings:
+    """Find, read and validate profile ``name`` with the user's overrides."""
+    ref = find(name)
+    return build(read(ref), str(ref.path), profile=ref.name, sets=sets, flags=flags)
