@@ -14,13 +14,12 @@ one, and later steps run only the block.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Iterator
 
 import torch
 
 from ..models.base import Denoiser
-from .events import Done, Event, Start, Step
+from .events import Clock, Done, Event, Start, Step
 from .rules.base import CommitRule, StepState
 from .sampling import propose
 
@@ -90,7 +89,7 @@ def decode(
     neg_inf = torch.tensor(-torch.inf, dtype=torch.float64 if dev.type != "mps" else torch.float32, device=dev)
 
     yield Start("diffusion", P, G, B)
-    t0 = time.perf_counter()
+    clock = Clock()
     ttft: float | None = None
     step = 0
     end = L  # EoTP: slots at or after `end` are final
@@ -127,10 +126,13 @@ def decode(
                     x[0, j + 1 : end] = torch.where(tail, torch.full_like(x[0, j + 1 : end], fill_token), x[0, j + 1 : end])
                     end = j + 1
                     remaining = int((x[0, bs:be] == mask_id).sum())
+            event = Step(step, forward.nfe, positions, tokens, conf[idx].tolist(), block=b,
+                         filled=filled, filled_token=fill_token if filled else None)
+            busy = clock.pause()
             if ttft is None and positions:
-                ttft = time.perf_counter() - t0
-            yield Step(step, forward.nfe, positions, tokens, conf[idx].tolist(), block=b,
-                       filled=filled, filled_token=fill_token if filled else None)
+                ttft = busy
+            yield event
+            clock.resume()
             step += 1
             i += 1
 
@@ -141,7 +143,7 @@ def decode(
         tokens=out[:cut].tolist(),
         nfe=forward.nfe,
         steps=step,
-        seconds=time.perf_counter() - t0,
+        seconds=clock.pause(),
         ttft_seconds=ttft,
         finish_reason="eos" if len(hits) else "length",
         stats={"blocks": len(blocks), "cache": s.cache},

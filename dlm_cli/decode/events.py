@@ -5,8 +5,27 @@ Positions are relative to the start of the generation (0 is the first generated 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class Clock:
+    """Decode time only: paused while a consumer handles an event, so a slow view never inflates stats."""
+
+    def __init__(self) -> None:
+        self.busy = 0.0
+        self._since = time.perf_counter()
+
+    def pause(self) -> float:
+        """Stop counting (call just before ``yield``); returns the busy seconds so far."""
+        self.busy += time.perf_counter() - self._since
+        self._since = time.perf_counter()
+        return self.busy
+
+    def resume(self) -> None:
+        """Start counting again (call just after ``yield``)."""
+        self._since = time.perf_counter()
 
 
 @dataclass(slots=True)

@@ -1,0 +1,25 @@
+# The two setup commands of the README: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned here (a CPU wheel), not in pyproject: an unpinned torch pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+DEMO_PROMPT ?= Sort these numbers: 41 7 93 12 58 3
+
+.PHONY: demo test install completions
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install -q $(TORCH) -e '.[test]'
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/dlm generate "$(DEMO_PROMPT)" --pace 0.08
+
+test: install
+	$(BIN)/python -m pytest
+
+completions: install
+	$(BIN)/python -m dlm_cli.completions completions

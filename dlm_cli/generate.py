@@ -1,0 +1,154 @@
+"""``dlm generate``: resolve model and profile, build the prompt, run the decoder through a view.
+
+stdout gets the generated text (or one JSON object with --json); stderr gets the live view, the
+stats line and errors. Ctrl-C and a closed pipe keep what was already committed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from rich.console import Console
+
+from .errors import RUNTIME
+
+INTERRUPTED = 130
+
+
+@dataclass
+class GenerateRequest:
+    prompt: Optional[str]
+    model: Optional[str]
+    draft: Optional[str]
+    profile: Optional[str]
+    file: Optional[Path]
+    system: Optional[str]
+    flags: dict[str, Any]
+    sets: list[str]
+    view: Optional[str]
+    color_by: str
+    pace: float
+    json_out: bool
+    chat_template: bool
+    quiet: bool
+    trace: Optional[Path]
+    allow_different_tokenizers: bool
+    load: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def stats_line(done: Any, *, interrupted: bool = False) -> str:
+    parts = [f"{len(done.tokens)} tokens", f"{done.nfe} NFE", f"{done.tokens_per_nfe:.2f} tok/NFE",
+             f"{done.tokens_per_second:.1f} tok/s"]
+    if done.ttft_seconds is not None:
+        parts.append(f"TTFT {done.ttft_seconds * 1000:.0f} ms")
+    rate = done.stats.get("acceptance_rate")
+    if rate is not None:
+        parts.append(f"accept {rate:.0%}")
+    if interrupted:
+        parts.append("interrupted")
+    return " · ".join(parts)
+
+
+def result_json(done: Any, text: str, settings: Any, model: Any, draft: Any, prompt_tokens: int) -> dict[str, Any]:
+    return {
+        "text": text,
+        "generated_tokens": len(done.tokens),
+        "nfe": done.nfe,
+        "tokens_per_nfe": done.tokens_per_nfe,
+        "seconds": done.seconds,
+        "tokens_per_second": done.tokens_per_second,
+        "ttft_seconds": done.ttft_seconds,
+        "finish_reason": done.finish_reason,
+        "prompt_tokens": prompt_tokens,
+        "profile": settings.profile,
+        "strategy": settings.strategy,
+        "model": model.info.name,
+        "family": model.info.family,
+        "draft": draft.info.name if draft is not None else None,
+        "device": model.info.device,
+        "dtype": model.info.dtype,
+        "settings": settings.as_dict(),
+        "stats": done.stats,
+    }
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
+                 default_profile: Callable[[Any, Optional[str]], str]) -> int:
+    """Run one generation; returns the exit code (0, or 130 after Ctrl-C)."""
+    from . import profiles
+    from .prompting import check_length, encode, gather
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty())
+
+    settings = None
+    if req.profile is not None:
+        settings = profiles.load(req.profile, sets=req.sets, flags=req.flags)
+    model_spec = req.model or (settings.meta.get("model") if settings else None)
+    model = load_model(model_spec, req.load, err)
+    draft_spec = req.draft or (settings.meta.get("draft") if settings else None)
+    if settings is None:
+        settings = profiles.load(default_profile(model, draft_spec), sets=req.sets, flags=req.flags)
+        draft_spec = req.draft or settings.meta.get("draft")
+    if req.allow_different_tokenizers and "allow_different_tokenizers" in settings.values:
+        settings.allow_different_tokenizers = True
+    draft = load_model(draft_spec, req.load, err, role="draft") if draft_spec and model.kind != "diffusion" else None
+
+    from .decode import run
+    from .view import show
+    from .view.canvas import Canvas
+
+    ids = encode(model.tokenizer, text_in, system=req.system, chat_template=req.chat_template)
+    check_length(len(ids), settings.max_new_tokens, model.max_length, model.info.name)
+    events = run(model, ids, settings, draft=draft)
+
+    view = req.view or ("live" if err.is_terminal and not req.json_out else "none")
+    stdout_tty = sys.stdout.isatty()
+    canvas = Canvas(model.tokenizer, model.eos_ids)
+    trace = open(req.trace, "w", encoding="utf-8") if req.trace else None
+    try:
+        try:
+            shown = show(events, canvas, view=view, out=sys.stdout, err_console=err, color_by=req.color_by,
+                         transient=stdout_tty and not req.json_out, pace=req.pace, trace=trace)
+        except BrokenPipeError:
+            from .cli import _silence_stdout
+
+            _silence_stdout()
+            err.print(f"dlm: output pipe closed; stopped after {len(canvas.final_tokens())} tokens",
+                      markup=False, highlight=False)
+            return RUNTIME
+    finally:
+        if trace is not None:
+            trace.close()
+
+    done = canvas.done
+    if shown.interrupted or done is None:
+        text = canvas.final_text()
+        if not req.json_out:
+            _write(text[len(shown.streamed):] + ("\n" if text else ""))
+        more = len(canvas.committed_tokens()) - len(canvas.final_tokens())
+        note = f" ({more} more committed after the first masked slot)" if more > 0 else ""
+        err.print(f"dlm: interrupted: kept {len(canvas.final_tokens())} committed tokens{note}",
+                  markup=False, highlight=False)
+        return INTERRUPTED
+
+    text = model.tokenizer.decode(done.tokens, skip_special_tokens=True)
+    if req.json_out:
+        _write(json.dumps(result_json(done, text, settings, model, draft, len(ids)), ensure_ascii=False) + "\n")
+    else:
+        _write(text[len(shown.streamed):] if text.startswith(shown.streamed) else text)
+        _write("\n")
+    if not req.quiet:
+        err.print(stats_line(done), style="dim", markup=False, highlight=False)
+    return 0
+

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny checkpoints built once per session, an isolated config/cache environment."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from checkpoints import make_llada  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    """No user profiles, no real HF cache, no network: every test sees the same clean machine."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_llada(tmp_path_factory) -> Path:
+    """A tiny random LLaDA checkpoint with sharpened outputs (confidences far from uniform)."""
+    return make_llada(tmp_path_factory.mktemp("ckpt") / "tiny-llada", sharpen=8.0)
+
+
+@pytest.fixture(scope="session")
+def llada_model(tiny_llada):
+    from dlm_cli.models.loading import load
+
+    return load(str(tiny_llada))
+
+
+@pytest.fixture(scope="session")
+def prompt_ids(llada_model):
+    from dlm_cli.prompting import encode
+
+    return encode(llada_model.tokenizer, "sort these numbers: 3 1 2")

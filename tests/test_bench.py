@@ -1,0 +1,46 @@
+"""dlm bench: one run, the baseline first, speedups as ratios, agreement and scores per profile."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from dlm_cli.cli import app
+
+runner = CliRunner()
+
+
+def prompts_file(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "hello world"}\n\n{"prompt": "sort: 3 1 2", "answer": "1 2 3", "task": "sort"}\n')
+    return p
+
+
+def test_bench_json_rows(tiny_llada, tmp_path):
+    r = runner.invoke(app, ["bench", "-m", str(tiny_llada), "--prompts", str(prompts_file(tmp_path)),
+                            "-p", "quality,speedy", "--reps", "2", "-n", "32", "--json"])
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    rows = {row["profile"]: row for row in out["rows"]}
+    assert list(rows) == ["baseline", "quality", "speedy"] and out["prompts"] == 2
+    base, quality, speedy = rows["baseline"], rows["quality"], rows["speedy"]
+    assert base["speedup"] == 1.0 and base["agreement"] == 1.0 and base["nfe"] == 32
+    assert quality["agreement"] == 1.0  # same method as the baseline: identical outputs
+    assert speedy["nfe"] < base["nfe"] and speedy["tokens_per_nfe"] > 1
+    assert base["score"] is not None and set(base["task_scores"]) == {"sort"}
+    assert base["runs"] == 4
+
+
+def test_bench_table(tiny_llada, tmp_path):
+    r = runner.invoke(app, ["bench", "-m", str(tiny_llada), "--prompts", str(prompts_file(tmp_path)),
+                            "-p", "speedy", "--reps", "1", "-n", "16"])
+    assert r.exit_code == 0, r.stderr
+    assert "baseline" in r.stdout and "speedy" in r.stdout and "tok/NFE" in r.stdout
+
+
+def test_bench_bad_prompts_file(tiny_llada, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no prompt key"}\n')
+    r = runner.invoke(app, ["bench", "-m", str(tiny_llada), "--prompts", str(bad)])
+    assert r.exit_code == 2 and f"{bad}:2" in r.stderr and "prompt" in r.stderr

@@ -1,0 +1,58 @@
+"""The CLI as a real process: closed pipes, Ctrl-C, and a --help that never imports torch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+DLM = [sys.executable, "-m", "dlm_cli"]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.pop("PYTHONWARNINGS", None)
+    return e
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    code = ("import sys; from dlm_cli.cli import app\n"
+            "from typer.testing import CliRunner\n"
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.stdout\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_closed_pipe_gives_one_line_and_no_traceback(tiny_llada):
+    cmd = DLM + ["generate", "-m", str(tiny_llada), "hello", "-n", "200", "-p", "quality", "--view", "plain",
+                 "--set", "block_length=1"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    first = p.stdout.read(5)  # like `| head -c 5`
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    code = p.wait(timeout=120)
+    assert len(first) == 5
+    assert code == 1 and "Traceback" not in err and "Exception ignored" not in err
+    assert err.strip().splitlines() == [err.strip().splitlines()[0]] and "pipe closed" in err
+
+
+def test_ctrl_c_keeps_what_was_committed_and_leaves_no_traceback(tiny_llada, tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    cmd = DLM + ["generate", "-m", str(tiny_llada), "hello", "-n", "200", "-p", "quality", "--view", "live",
+                 "--pace", "0.05", "--set", "block_length=1", "--trace", str(trace)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until a few steps are committed
+        if trace.exists() and trace.read_text().count('"Step"') >= 5:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    steps = trace.read_text().count('"Step"')
+    assert p.returncode == 130
+    assert "Traceback" not in err.decode()
+    assert "interrupted: kept" in err.decode()
+    assert 5 <= steps < 200 and out.strip()  # the committed prefix reached stdout
