@@ -41,7 +41,7 @@ class GenerateRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def stats_line(done: Any, *, interrupted: bool = False) -> str:
+def stats_line(done: Any, *, interrupted: bool = False, paced: bool = False) -> str:
     parts = [f"{len(done.tokens)} tokens", f"{done.nfe} NFE", f"{done.tokens_per_nfe:.2f} tok/NFE",
              f"{done.tokens_per_second:.1f} tok/s"]
     if done.ttft_seconds is not None:
@@ -51,6 +51,8 @@ def stats_line(done: Any, *, interrupted: bool = False) -> str:
         parts.append(f"accept {rate:.0%}")
     if interrupted:
         parts.append("interrupted")
+    if paced:
+        parts.append("paced view: idle threads slow each step, bench for speed")
     return " · ".join(parts)
 
 
@@ -149,6 +151,6 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
         _write(text[len(shown.streamed):] if text.startswith(shown.streamed) else text)
         _write("\n")
     if not req.quiet:
-        err.print(stats_line(done), style="dim", markup=False, highlight=False)
+        err.print(stats_line(done, paced=req.pace > 0 and view == "live"), style="dim", markup=False, highlight=False)
     return 0
 

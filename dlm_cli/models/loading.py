@@ -173,12 +173,19 @@ def load_into(net_factory: Callable[[], torch.nn.Module], tensors: dict[str, tor
 
 def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # AutoTokenizer reads config.json and warns about model types it does not know (llada, Dream...):
+    # expected for the families dlm loads natively.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         raise DlmError(f"cannot load the tokenizer of {path} ({str(exc).splitlines()[0]}); "
                        "the model directory needs tokenizer.json or the tokenizer's own files") from None
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def eos_ids(cfg: dict[str, Any], tokenizer: Any) -> tuple[int, ...]:
