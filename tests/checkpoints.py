@@ -28,7 +28,7 @@ CORPUS = [
 ] * 4
 
 
-def make_tokenizer(out: Path, vocab_size: int = 200) -> Path:
+def make_tokenizer(out: Path, vocab_size: int = 200, extra_specials: list[str] | None = None) -> Path:
     """A real BPE tokenizer (HF fast format) with LLaDA's special tokens and a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -36,7 +36,7 @@ def make_tokenizer(out: Path, vocab_size: int = 200) -> Path:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS + (extra_specials or []),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
@@ -89,4 +89,167 @@ def make_llada(out: Path, *, seed: int = 0, sharpen: float = 1.0, **over) -> Pat
     state = {llada.to_llada(k): v.contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def _vocab(tok_dir: Path) -> dict[str, int]:
+    return json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]
+
+
+def _randomise(net, seed: int, sharpen: float) -> None:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for _, p in net.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+            elif p.dim() == 1 and p.numel() > 1:
+                p.uniform_(0.5, 1.5) if (p >= 0.99).all() and (p <= 1.01).all() else p.normal_(0.0, 0.1)
+        net.lm_head.weight.mul_(sharpen)
+
+
+def _save_stack(out: Path, cfg: dict, net) -> Path:
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    if cfg.get("tie_word_embeddings"):
+        state.pop("lm_head.weight")
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def qwen_config(tok_dir: Path, **over) -> dict:
+    """The Qwen2/Qwen3 config keys the published Dream, SDAR and Fast-dLLM v2 configs carry, tiny sizes."""
+    vocab = _vocab(tok_dir)
+    cfg = {
+        "attention_dropout": 0.0, "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+        "hidden_act": "silu", "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64,
+        "max_position_embeddings": 512, "max_window_layers": 2, "num_attention_heads": 4, "num_hidden_layers": 2,
+        "num_key_value_heads": 2, "pad_token_id": vocab["<|endoftext|>"], "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16", "transformers_version": "4.46.2", "use_cache": False,
+        "use_sliding_window": False, "vocab_size": max(vocab.values()) + 9,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def make_dream(out: Path, *, seed: int = 0, sharpen: float = 1.0, **over) -> Path:
+    """A tiny Dream checkpoint: Dream's config.json keys (model_type "Dream"), Qwen2 weight names."""
+    from dlm_cli.models import dream
+
+    make_tokenizer(out)
+    cfg = qwen_config(out, architectures=["DreamModel"], model_type="Dream",
+                      auto_map={"AutoConfig": "configuration_dream.DreamConfig",
+                                "AutoModel": "modeling_dream.DreamModel"},
+                      mask_token_id=_vocab(out)["<|mdm_mask|>"])
+    cfg.update(over)
+    net = dream.build_net(cfg)
+    _randomise(net, seed, sharpen)
+    return _save_stack(out, cfg, net)
+
+
+def make_sdar(out: Path, *, seed: int = 0, sharpen: float = 1.0, block_size: int = 4, **over) -> Path:
+    """A tiny SDAR checkpoint: SDAR's config keys (model_type "sdar", block_size, mask_token_id), Qwen3 names."""
+    from dlm_cli.models import block_diffusion
+
+    make_tokenizer(out)
+    cfg = qwen_config(out, architectures=["SDARForCausalLM"], model_type="sdar", attention_bias=False, head_dim=8,
+                      auto_map={"AutoConfig": "configuration_sdar.SDARConfig",
+                                "AutoModel": "modeling_sdar.SDARModel",
+                                "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"},
+                      block_size=block_size, mask_token_id=_vocab(out)["<|mdm_mask|>"], fuse_cross_entropy=True,
+                      attn_implementation="flex_attention", debug=False, micro_forward=False)
+    cfg.update(over)
+    net = block_diffusion.build_sdar(cfg)
+    _randomise(net, seed, sharpen)
+    return _save_stack(out, cfg, net)
+
+
+def make_fast_dllm_v2(out: Path, *, seed: int = 0, sharpen: float = 1.0, bd_size: int = 8, **over) -> Path:
+    """A tiny Fast-dLLM v2 checkpoint: its config keys (model_type "Fast_dLLM_Qwen", bd_size), Qwen2 names.
+
+    The published tokenizer adds ``|<MASK>|``; the config has no mask_token_id, as published.
+    """
+    from dlm_cli.models import block_diffusion
+
+    make_tokenizer(out, extra_specials=["|<MASK>|"])
+    cfg = qwen_config(out, architectures=["Fast_dLLM_QwenForCausalLM"], model_type="Fast_dLLM_Qwen",
+                      auto_map={"AutoConfig": "configuration.Fast_dLLM_QwenConfig",
+                                "AutoModel": "modeling.Fast_dLLM_QwenModel",
+                                "AutoModelForCausalLM": "modeling.Fast_dLLM_QwenForCausalLM"},
+                      bd_size=bd_size, layer_types=["full_attention"] * 2)
+    cfg.update(over)
+    net = block_diffusion.build_fast_dllm_v2(cfg)
+    _randomise(net, seed, sharpen)
+    return _save_stack(out, cfg, net)
+
+
+def diffusion_gemma_config(vocab_size: int, canvas_length: int = 16, **text_over) -> dict:
+    text = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=16, num_experts=4,
+                top_k_experts=2, moe_intermediate_size=16, sliding_window=16, max_position_embeddings=1024,
+                layer_types=["sliding_attention", "full_attention"], use_bidirectional_attention="vision",
+                eos_token_id=1, pad_token_id=0, bos_token_id=2)
+    text.update(text_over)
+    vision = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=2, head_dim=8)
+    return dict(text_config=text, vision_config=vision, canvas_length=canvas_length,
+                boi_token_id=vocab_size - 3, eoi_token_id=vocab_size - 2, image_token_id=vocab_size - 1)
+
+
+def make_diffusion_gemma(out: Path, *, seed: int = 0, canvas_length: int = 16, sharpen: float = 1.0) -> Path:
+    """A tiny DiffusionGemma checkpoint saved by transformers itself (its real on-disk layout)."""
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+
+    make_tokenizer(out)
+    n = max(_vocab(out).values()) + 4
+    torch.manual_seed(seed)
+    net = DiffusionGemmaForBlockDiffusion(DiffusionGemmaConfig(**diffusion_gemma_config(n, canvas_length)))
+    with torch.no_grad():
+        net.lm_head.weight.mul_(sharpen)
+    net.save_pretrained(str(out))
+    return out
+
+
+REMOTE_CODE = '''
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+
+class TinyConfig(PretrainedConfig):
+    model_type = "tiny_remote_dllm"
+
+
+class TinyModel(PreTrainedModel):
+    config_class = TinyConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, input_ids=None, **kwargs):
+        h = self.embed(input_ids)
+        return MaskedLMOutput(logits=self.head(h + h.mean(dim=1, keepdim=True)))
+'''
+
+
+def make_remote(out: Path, *, seed: int = 0) -> Path:
+    """A checkpoint of a family dlm does not know, whose repository ships its model code (auto_map)."""
+    make_tokenizer(out)
+    vocab = _vocab(out)
+    (out / "modeling_tiny.py").write_text(REMOTE_CODE)
+    cfg = {"architectures": ["TinyModel"], "model_type": "tiny_remote_dllm", "hidden_size": 16,
+           "vocab_size": max(vocab.values()) + 1, "mask_token_id": vocab["<|mdm_mask|>"],
+           "eos_token_id": vocab["<|endoftext|>"],
+           "auto_map": {"AutoConfig": "modeling_tiny.TinyConfig", "AutoModel": "modeling_tiny.TinyModel"}}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    torch.manual_seed(seed)
+    state = {"embed.weight": torch.randn(cfg["vocab_size"], 16), "head.weight": torch.randn(cfg["vocab_size"], 16)}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out

@@ -15,6 +15,7 @@ from . import common  # noqa: F401  (registers the shared keys)
 from .events import Done, Event, Start, Step  # noqa: F401
 from .keys import STRATEGIES
 from .rules import baseline, threshold  # noqa: F401  (register the rules)
+from . import gemma_native  # noqa: F401  (DiffusionGemma's own sampler)
 
 
 def resolve_seed(settings: Any) -> int:
@@ -46,7 +47,11 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
         from .diffusion import decode
 
         generator = make_generator(model.device, seed)
-        return decode(model, prompt_ids, settings, strategy.factory(settings), generator)
+        rule = strategy.factory(settings)
+        loop = getattr(rule, "loop", None)  # a method with its own loop (gemma-native)
+        if loop is not None:
+            return loop(model, prompt_ids, generator)
+        return decode(model, prompt_ids, settings, rule, generator)
     if strategy.factory is None:
         raise DlmError(f"strategy {strategy.name!r} is not available yet")
     return strategy.factory(model, prompt_ids, settings, draft=draft, seed=seed)

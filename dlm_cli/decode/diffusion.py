@@ -31,6 +31,23 @@ def schedule(masked: int, steps: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
+def decode_blocks(model: Denoiser, start: int, length: int, block_length: int) -> list[tuple[int, int]]:
+    """The decode blocks ``[bs, be)`` covering ``[start, length)``: ``block_length`` each, cut at the model's block grid.
+
+    A block-diffusion model conditions a block only on final earlier blocks, so a decode block never
+    straddles a model block; a prompt that ends inside a model block shares it with the first slots.
+    """
+    blocks, a = [], start
+    while a < length:
+        e = min(a + block_length, length)
+        grid = model.block_end(a)
+        if grid is not None:
+            e = min(e, grid)
+        blocks.append((a, e))
+        a = e
+    return blocks
+
+
 class _Forward:
     """Runs the forward a step needs under the chosen cache policy, and counts NFE."""
 
@@ -81,7 +98,8 @@ def decode(
     x = torch.full((1, L), mask_id, dtype=torch.long, device=dev)
     x[0, :P] = torch.tensor(prompt_ids, dtype=torch.long, device=dev)
     B = min(s.block_length, G)
-    blocks = [(a, min(a + B, L)) for a in range(P, L, B)]
+    model.begin(P, generator)  # before the blocks: a model's grid may start at the prompt end
+    blocks = decode_blocks(model, P, L, B)
     total_steps = getattr(s, "steps", None) or G
     eos = torch.tensor(model.eos_ids, dtype=torch.long, device=dev)
     fill_token = model.eos_ids[0]

@@ -4,6 +4,14 @@ A :class:`Denoiser` wraps a dLLM: ``logits(x, start, end, cache, rows)`` gives, 
 position ``i`` in ``rows``, the logits that predict the token at ``i``, whatever the family's own
 convention (LLaDA predicts in place; Dream and Fast-dLLM v2 predict the next position). A
 :class:`CausalLM` wraps an AR model for speculative decoding.
+
+Block-diffusion models (SDAR, Fast-dLLM v2) attend causally between fixed blocks of
+``block_size`` positions counted from position 0, and bidirectionally inside one. Their
+``logits`` keeps that computation exact whatever window the decoder asks for: the rows' last
+model block is always run whole (padded with masks past the canvas end, as the model was
+trained on whole blocks), and with a cache the window is widened back to the start of the model
+block holding ``start``, because keys and values of a block are only final once every position of
+the block is.
 """
 
 from __future__ import annotations
@@ -65,6 +73,19 @@ class Denoiser:
     def new_cache(self) -> DenoiserCache:
         return DenoiserCache()
 
+    def begin(self, prompt_tokens: int, generator: torch.Generator | None = None) -> None:
+        """Called by the decode loop once per run, before its first forward (stateful families reset here)."""
+
+    def block_end(self, pos: int) -> int | None:
+        """End of the model block holding position ``pos``; None when attention has no block grid.
+
+        The decode loop never lets one of its blocks straddle this boundary: a block-diffusion model
+        can only condition a block on earlier blocks once they are final.
+        """
+        if self.block_size is None:
+            return None
+        return (pos // self.block_size + 1) * self.block_size
+
     def _mask(self, q0: int, q1: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
         if self.block_size is None:
             return None
@@ -87,28 +108,34 @@ class Denoiser:
         The forward runs the window ``x[:, start:end]``. Without a cache the window must start at 0.
         With a cache, the window's keys and values are written over the cache at ``start`` and the
         window attends to everything the cache holds. ``rows`` defaults to the whole window.
+        Block-diffusion models widen the window as the module doc says, so that everything before
+        ``start`` must be final (committed) when a cache is used.
         """
         end = x.shape[1] if end is None else end
         r0, r1 = rows if rows is not None else (start, end)
-        if self.shift:
-            # Row i comes from the output at i - 1; position 0 has no predictor, so keep it as is.
-            q0 = max(min(start, r0 - 1), 0)
-            if cache is None:
-                q0 = 0
-        else:
-            q0 = start
-        if cache is None and q0 != 0:
+        if cache is None and start != 0:
             raise ValueError("a forward without a cache must start at position 0")
-        kv_len = max(end, cache.length if cache is not None else 0)
-        if self.block_size is not None and cache is None:
-            kv_len = end
+        q0 = start
+        if self.block_size is not None:
+            b = self.block_size
+            end = max(end, -(-r1 // b) * b)
+            q0 = start // b * b
+        if self.shift:
+            # Row i comes from the output at i - 1 (written over the cache too: an exact recompute
+            # for a final position, a fresher value for a cached one); position 0 has no predictor.
+            q0 = max(min(q0, r0 - 1), 0)
+        ids = x[:, q0:end]
+        if end > x.shape[1]:
+            pad = torch.full((x.shape[0], end - x.shape[1]), self.mask_id, dtype=x.dtype, device=x.device)
+            ids = torch.cat([ids, pad], dim=1)
+        kv_len = end if cache is None else max(end, cache.length)
         mask = self._mask(q0, end, kv_len, x.device)
         if self.shift:
             lo, hi = max(r0 - 1, 0) - q0, r1 - 1 - q0
-            out = self.net(x[:, q0:end], start=q0, cache=cache, mask=mask, rows=(lo, hi))
+            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(lo, hi))
             if r0 == 0:
                 out = torch.cat([out[:, :1], out], dim=1)
         else:
-            out = self.net(x[:, q0:end], start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0))
+            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0))
         # Padded embedding rows are not tokens; never propose them.
         return out if self.token_count is None else out[..., : self.token_count]

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from . import llada
+from . import block_diffusion, diffusion_gemma, dream, llada
 from .loading import Family, load_llada, register_family
+from .native import loader
 
 register_family(Family("llada", "diffusion", llada.is_llada_config, load_llada,
                        example="dlm generate -m GSAI-ML/LLaDA-8B-Instruct \"...\""))
+register_family(Family("dream", "diffusion", dream.is_dream_config, loader(dream.spec),
+                       example="dlm generate -m Dream-org/Dream-v0-Instruct-7B \"...\""))
+register_family(Family("sdar", "diffusion", block_diffusion.is_sdar_config, loader(block_diffusion.sdar_spec),
+                       example="dlm generate -m JetLM/SDAR-1.7B-Chat \"...\""))
+register_family(Family("fast-dllm-v2", "diffusion", block_diffusion.is_fast_dllm_v2_config,
+                       loader(block_diffusion.fast_dllm_v2_spec),
+                       example="dlm generate -m Efficient-Large-Model/Fast_dLLM_v2_7B \"...\""))
+register_family(Family("diffusion-gemma", "diffusion", diffusion_gemma.is_diffusion_gemma_config,
+                       diffusion_gemma.load_diffusion_gemma,
+                       example="dlm generate -m google/diffusiongemma-26B-A4B-it \"...\""))

@@ -37,6 +37,9 @@ class WindowLayer(DynamicLayer):
                 raise ValueError("the first forward into an empty dLLM cache must start at position 0")
             self.lazy_initialization(key_states, value_states)
             self.keys, self.values = key_states, value_states
+        elif start > self.keys.shape[-2]:
+            # Appending past the stored range would leave a hole of missing positions.
+            raise ValueError(f"window starts at {start} but the cache holds only {self.keys.shape[-2]} positions")
         elif end > self.keys.shape[-2]:
             self.keys = torch.cat([self.keys[..., :start, :], key_states], dim=-2)
             self.values = torch.cat([self.values[..., :start, :], value_states], dim=-2)

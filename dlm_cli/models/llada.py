@@ -15,6 +15,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from ..errors import DlmError
+from .native import NativeSpec
 from .stack import DenoiserStack
 
 FAMILY = "llada"
@@ -130,3 +131,15 @@ def build_net(cfg: dict[str, Any]) -> DenoiserStack:
 
 def mask_id(cfg: dict[str, Any]) -> int:
     return int(cfg.get("mask_token_id", DEFAULT_MASK_ID))
+
+
+def spec(cfg: dict[str, Any]) -> NativeSpec:
+    llama_config(cfg)  # fail early on unsupported options
+    return NativeSpec(
+        family=FAMILY,
+        build=lambda: build_net(cfg),
+        rename=to_ours,
+        max_length=int(cfg.get("max_sequence_length", 4096)),
+        mask_id=mask_id(cfg),
+        token_count=int(cfg["vocab_size"]) if cfg.get("vocab_size") else None,
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -120,22 +121,36 @@ def weight_files(path: Path, allow_pickle: bool) -> list[Path]:
     raise DlmError(f"{path} has no weights (no *.safetensors file)")
 
 
-def read_tensors(files: list[Path], rename: Callable[[str], str | None], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint under our names, cast to ``dtype``; unknown names are kept verbatim."""
+def read_tensors(files: list[Path], rename: Callable[[str], str | None], dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint under our names, cast to ``dtype`` on ``device``, one at a time.
+
+    ``rename`` returns our name, None to keep the name verbatim, or "" to skip a tensor that is not
+    a weight (a saved buffer). Moving each tensor as it is read keeps host memory at one tensor.
+    """
     from safetensors import SafetensorError, safe_open
+
+    def put(name: str, t: torch.Tensor) -> None:
+        ours = rename(name)
+        if ours == "":
+            return
+        out[ours or name] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
 
     out: dict[str, torch.Tensor] = {}
     for f in files:
         if f.suffix != ".safetensors":
-            state = torch.load(f, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(f, map_location="cpu", weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+                raise DlmError(f"weights file {f} cannot be read as a restricted pickle ({str(exc).splitlines()[0]}); "
+                               "convert it to safetensors") from None
             for name, t in state.items():
-                out[rename(name) or name] = t.to(dtype) if t.is_floating_point() else t
+                put(name, t)
             continue
         try:
             with safe_open(str(f), framework="pt") as fh:
                 for name in fh.keys():
-                    t = fh.get_tensor(name)
-                    out[rename(name) or name] = t.to(dtype) if t.is_floating_point() else t
+                    put(name, fh.get_tensor(name))
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise DlmError(f"weights file {f} is corrupt or truncated ({exc}); delete it and download it again") from None
     return out
@@ -160,7 +175,7 @@ def load_into(net_factory: Callable[[], torch.nn.Module], tensors: dict[str, tor
         if tuple(t.shape) != tuple(net.state_dict()[name].shape):
             raise DlmError(f"{where}: weight {name} has shape {tuple(t.shape)} but config.json implies "
                            f"{tuple(net.state_dict()[name].shape)}; config and weights do not match")
-    net.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=False, assign=True)
+    net.load_state_dict(tensors, strict=False, assign=True)
     if tied:
         net.lm_head.weight = net.model.embed_tokens.weight
     # Non-persistent buffers (rotary frequencies) were created on meta: rebuild them on the device.
@@ -171,16 +186,37 @@ def load_into(net_factory: Callable[[], torch.nn.Module], tensors: dict[str, tor
     return net.eval()
 
 
-def load_tokenizer(path: Path) -> Any:
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's tokenizer, without running repository code unless ``trust_remote_code``.
+
+    Some dLLM repositories name a tokenizer class of their own (Dream's ``DreamTokenizer``) that is
+    a copy of Qwen2's byte-level BPE: its ``vocab.json`` and ``merges.txt`` load with transformers'
+    ``Qwen2Tokenizer`` instead. ``trust_remote_code=False`` is always passed explicitly, or
+    transformers would stop and ask on the terminal.
+    """
+    import warnings
+
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    # AutoTokenizer reads config.json and warns about model types it does not know (llada, Dream...):
-    # expected for the families dlm loads natively.
+    # AutoTokenizer reads config.json and warns about model types it does not know (llada, Dream...)
+    # and about their legacy keys: expected for the families dlm loads natively.
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+            except ValueError as exc:
+                if trust_remote_code or "trust_remote_code" not in str(exc):
+                    raise
+                if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+                    from transformers import Qwen2Tokenizer
+
+                    return Qwen2Tokenizer.from_pretrained(str(path))
+                raise DlmError(f"the tokenizer of {path} is defined by code shipped with the model; rerun with "
+                               "--trust-remote-code to run it (arbitrary Python, with your permissions)") from None
     except (OSError, ValueError) as exc:
         raise DlmError(f"cannot load the tokenizer of {path} ({str(exc).splitlines()[0]}); "
                        "the model directory needs tokenizer.json or the tokenizer's own files") from None
@@ -253,8 +289,15 @@ def load(spec: str | None, opts: LoadOptions | None = None, *, role: str = "mode
     known = ", ".join(f.name for f in FAMILIES)
     mt = cfg.get("model_type") or "?"
     archs = ",".join(cfg.get("architectures") or []) or "?"
-    raise DlmError(f"{name}: unknown model family (model_type={mt!r}, architectures={archs}); "
-                   f"dlm supports: {known}")
+    what = f"{name}: unknown model family (model_type={mt!r}, architectures={archs}); dlm supports: {known}"
+    if cfg.get("auto_map"):
+        if opts.trust_remote_code:
+            from .remote import load_remote
+
+            return load_remote(path, cfg, opts, name)
+        raise DlmError(f"{what}. The repository ships its own modeling code: --trust-remote-code runs it "
+                       "(arbitrary Python from the repository, with your permissions), decoding without a cache")
+    raise DlmError(what)
 
 
 def param_count(net: torch.nn.Module) -> int:
@@ -270,20 +313,6 @@ def model_info(name: str, family: str, path: Path, net: torch.nn.Module, tokeniz
 
 def load_llada(path: Path, cfg: dict[str, Any], opts: LoadOptions, name: str) -> Denoiser:
     from . import llada
+    from .native import load_native
 
-    device = pick_device(opts.device)
-    dtype = pick_dtype(opts.dtype, device)
-    llada.llama_config(cfg)  # fail early on unsupported options
-    tensors = read_tensors(weight_files(path, opts.allow_pickle), llada.to_ours, dtype)
-    net = load_into(lambda: llada.build_net(cfg), tensors, device, str(path))
-    net.to(dtype)
-    tok = load_tokenizer(path)
-    return Denoiser(
-        net=net,
-        tokenizer=tok,
-        info=model_info(name, "llada", path, net, tok),
-        mask_id=llada.mask_id(cfg),
-        eos_ids=eos_ids(cfg, tok),
-        max_length=int(cfg.get("max_sequence_length", 4096)),
-        token_count=int(cfg["vocab_size"]) if cfg.get("vocab_size") else None,
-    )
+    return load_native(path, cfg, opts, name, llada.spec(cfg))

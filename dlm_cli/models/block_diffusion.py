@@ -1,0 +1,78 @@
+"""Block-diffusion families: SDAR (Qwen3 layers) and Fast-dLLM v2 (Qwen2.5 layers). Thin adapters.
+
+Both attend causally between blocks of a fixed size counted from position 0 and bidirectionally
+inside a block, which :class:`~dlm_cli.models.base.Denoiser` implements from ``block_size``; the
+prefix KV cache is then exact. They differ in the rest:
+
+- **SDAR** (``model_type: "sdar"``, ``SDARForCausalLM``; JetLM/SDAR-*-Chat): Qwen3 layers (q/k
+  RMS norms), ``block_size`` in config.json (4 for the published chat models), ``mask_token_id``
+  151669. Its diffusion loss scores each masked position with its own logits, so logits predict
+  in place (no shift).
+- **Fast-dLLM v2** (``model_type: "Fast_dLLM_Qwen"``, ``Fast_dLLM_QwenForCausalLM``;
+  Efficient-Large-Model/Fast_dLLM_v2_7B): Qwen2.5 layers, block size ``bd_size`` (32). It keeps
+  the AR next-token alignment: position ``i - 1`` predicts token ``i`` (its sampler shifts the
+  logits right by one), so the first slot of a block is predicted from the last position of the
+  previous, final block. The mask token is ``|<MASK>|`` (151665). Its sampler's "small blocks"
+  are dlm's ``block_length`` when it is below ``bd_size``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import Qwen2Config, Qwen3Config
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
+from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RMSNorm, Qwen3RotaryEmbedding
+
+from ..errors import DlmError
+from . import qwen
+from .native import NativeSpec
+from .stack import DenoiserStack
+
+SDAR_MASK_ID = 151669
+FAST_DLLM_V2_MASK_ID = 151665
+
+
+def is_sdar_config(cfg: dict[str, Any]) -> bool:
+    return cfg.get("model_type") == "sdar" or "SDARForCausalLM" in (cfg.get("architectures") or [])
+
+
+def is_fast_dllm_v2_config(cfg: dict[str, Any]) -> bool:
+    return (str(cfg.get("model_type", "")).lower() == "fast_dllm_qwen"
+            or "Fast_dLLM_QwenForCausalLM" in (cfg.get("architectures") or []))
+
+
+def _block_size(cfg: dict[str, Any], key: str, default: int | None, family: str) -> int:
+    value = cfg.get(key, default)
+    if not isinstance(value, int) or value < 1:
+        raise DlmError(f"{family} config.json needs a positive integer {key!r} (the model's block size), "
+                       f"got {value!r}")
+    return value
+
+
+def build_sdar(cfg: dict[str, Any]) -> DenoiserStack:
+    config = qwen.hf_config(Qwen3Config, cfg, "SDAR")
+    return qwen.build_stack(config, Qwen3DecoderLayer, Qwen3RMSNorm, Qwen3RotaryEmbedding)
+
+
+def build_fast_dllm_v2(cfg: dict[str, Any]) -> DenoiserStack:
+    config = qwen.hf_config(Qwen2Config, cfg, "Fast-dLLM v2")
+    return qwen.build_stack(config, Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding)
+
+
+def sdar_spec(cfg: dict[str, Any]) -> NativeSpec:
+    qwen.hf_config(Qwen3Config, cfg, "SDAR")  # fail early on unsupported options
+    # SDAR's own sampler takes the block length as an argument; the published checkpoints say 4.
+    size = _block_size(cfg, "block_size", 4, "SDAR")
+    return NativeSpec(family="sdar", build=lambda: build_sdar(cfg), rename=qwen.rename,
+                           max_length=qwen.max_length(cfg), shift=False, block_size=size,
+                           mask_id=cfg.get("mask_token_id"), mask_token="<|MASK|>", default_mask_id=SDAR_MASK_ID)
+
+
+def fast_dllm_v2_spec(cfg: dict[str, Any]) -> NativeSpec:
+    qwen.hf_config(Qwen2Config, cfg, "Fast-dLLM v2")
+    size = _block_size(cfg, "bd_size", 32, "Fast-dLLM v2")
+    return NativeSpec(family="fast-dllm-v2", build=lambda: build_fast_dllm_v2(cfg), rename=qwen.rename,
+                           max_length=qwen.max_length(cfg), shift=True, block_size=size,
+                           mask_id=cfg.get("mask_token_id"), mask_token="|<MASK>|",
+                           default_mask_id=FAST_DLLM_V2_MASK_ID)

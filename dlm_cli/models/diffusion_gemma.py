@@ -1,0 +1,180 @@
+"""DiffusionGemma (google/diffusiongemma-*): transformers' own model behind dlm's Denoiser interface.
+
+DiffusionGemma is native in transformers (``DiffusionGemmaForBlockDiffusion``), so nothing is
+adapted below the model's own forward. Its shape differs from the masked-diffusion families:
+
+- a causal *encoder* writes the keys and values of everything final (prompt, then each finished
+  canvas) into a cache; a bidirectional *decoder* refines one *canvas* of ``canvas_length`` slots
+  (256) that attends to that cache and to itself. Canvases start where the answer starts, so
+  dlm's decode blocks are cut at canvas boundaries counted from the prompt end (``block_end``);
+- it has no mask token: undecided slots hold uniformly random tokens, redrawn at every step
+  (dlm keeps an out-of-vocabulary sentinel as ``mask_id`` and substitutes the noise here);
+- each step feeds the previous step's logits of the same canvas back in (self-conditioning);
+- logits predict in place and are soft-capped by the model.
+
+The prefix cache is exact (the encoder is causal), so every cache mode computes the same logits;
+``cache = "none"`` re-encodes the prefix at every step. Its built-in sampler is the
+``gemma-native`` strategy (:mod:`dlm_cli.decode.gemma_native`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DlmError
+from .base import Denoiser
+
+FAMILY = "diffusion-gemma"
+
+
+def is_diffusion_gemma_config(cfg: dict[str, Any]) -> bool:
+    return (cfg.get("model_type") == "diffusion_gemma"
+            or "DiffusionGemmaForBlockDiffusion" in (cfg.get("architectures") or []))
+
+
+class EncoderPrefix:
+    """The encoder's cache of the final prefix ``[0, length)``: what the decode loop calls a cache."""
+
+    def __init__(self, config: Any) -> None:
+        self._config = config
+        self.clear()
+
+    @property
+    def length(self) -> int:
+        return int(self.kv.get_seq_length())
+
+    def clear(self) -> None:
+        from transformers import DynamicCache
+
+        self.kv = DynamicCache(config=self._config)
+
+    def truncate(self, length: int) -> None:
+        # The loop truncates to a block start, never inside the encoded prefix; if it ever does,
+        # the prefix is encoded again (sliding-window layers cannot be cropped back).
+        if length < self.length:
+            self.clear()
+
+
+@dataclass(eq=False)
+class DiffusionGemmaDenoiser(Denoiser):
+    """``block_size`` is the canvas length; ``mask_id`` is a sentinel one past the vocabulary."""
+
+    canvas_length: int = 256
+
+    def __post_init__(self) -> None:
+        self._prompt: int | None = None
+        self._generator: torch.Generator | None = None
+        self._self_cond: tuple[int, torch.Tensor] | None = None  # (canvas start, last logits)
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.lm_head.weight.device
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.net.config.text_config.vocab_size)
+
+    def new_cache(self) -> EncoderPrefix:
+        return EncoderPrefix(self.net.config.get_text_config(decoder=True))
+
+    def begin(self, prompt_tokens: int, generator: torch.Generator | None = None) -> None:
+        self._prompt, self._generator, self._self_cond = prompt_tokens, generator, None
+
+    def block_end(self, pos: int) -> int:
+        p = self._prompt or 0
+        return p + ((pos - p) // self.canvas_length + 1) * self.canvas_length
+
+    def noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Uniformly random tokens: DiffusionGemma's stand-in for "not decided yet"."""
+        return torch.randint(0, self.vocab_size, shape, device=self.device, generator=self._generator)
+
+    def encode(self, x: torch.Tensor, prefix: EncoderPrefix, upto: int) -> None:
+        """Run the causal encoder over ``x[:, prefix.length:upto]``, appending to the prefix cache."""
+        n0 = prefix.length
+        if n0 >= upto:
+            return
+        positions = torch.arange(n0, upto, device=x.device).unsqueeze(0)
+        self.net.model.encoder(input_ids=x[:, n0:upto], past_key_values=prefix.kv, position_ids=positions)
+
+    def decode_canvas(self, canvas: torch.Tensor, prefix: EncoderPrefix, start: int,
+                      self_conditioning: torch.Tensor | None) -> torch.Tensor:
+        """The decoder's soft-capped logits ``[B, C, V]`` for a canvas placed at ``start``."""
+        positions = torch.arange(start, start + canvas.shape[1], device=canvas.device).unsqueeze(0)
+        out = self.net(decoder_input_ids=canvas, past_key_values=prefix.kv,
+                       self_conditioning_logits=self_conditioning, decoder_position_ids=positions)
+        return out.logits
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor, start: int = 0, end: int | None = None, *, cache: Any = None,
+               rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Logits for ``rows``, which must lie in the canvas slots (after the prompt).
+
+        Rows past the canvas holding ``rows[0]`` cannot be predicted before that canvas is final:
+        they get flat (all-zero) logits. ``start`` and ``end`` are not needed: the canvas is found
+        from the rows, and everything before it is the (final) prefix.
+        """
+        if self._prompt is None:
+            raise ValueError("call begin(prompt_tokens, generator) before asking DiffusionGemma for logits")
+        end = x.shape[1] if end is None else end
+        r0, r1 = rows if rows is not None else (start, end)
+        p, c = self._prompt, self.canvas_length
+        if r0 < p:
+            raise ValueError("DiffusionGemma's decoder predicts canvas slots only, not prompt positions")
+        cs = p + (r0 - p) // c * c
+        ce = cs + c
+        prefix = cache if cache is not None else self.new_cache()
+        if prefix.length > cs:
+            prefix.clear()
+        self.encode(x, prefix, cs)
+        canvas = x[:, cs:min(ce, x.shape[1])]
+        if canvas.shape[1] < c:  # the last canvas is always decoded whole, as the model was trained
+            pad = torch.full((x.shape[0], c - canvas.shape[1]), self.mask_id, dtype=x.dtype, device=x.device)
+            canvas = torch.cat([canvas, pad], dim=1)
+        canvas = torch.where(canvas == self.mask_id, self.noise(tuple(canvas.shape)), canvas)
+        sc = self._self_cond[1] if self._self_cond is not None and self._self_cond[0] == cs else None
+        out = self.decode_canvas(canvas, prefix, cs, sc)
+        self._self_cond = (cs, out.to(self.net.model.decoder.embed_tokens.weight.dtype))
+        res = out[:, r0 - cs: min(r1, ce) - cs]
+        if r1 > ce:
+            res = torch.cat([res, res.new_zeros(res.shape[0], r1 - ce, res.shape[2])], dim=1)
+        return res
+
+
+def load_diffusion_gemma(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> DiffusionGemmaDenoiser:
+    """Load with transformers' own class (no remote code), from safetensors only unless pickle is allowed."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, weight_files
+    from .memory import check_fits
+
+    device = pick_device(opts.device)
+    dtype = pick_dtype(opts.dtype, device)
+    files = weight_files(path, opts.allow_pickle)
+    check_fits(files, dtype, device, name, opts.device_map)
+    tok = load_tokenizer(path)
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": all(f.suffix == ".safetensors" for f in files)}
+    if opts.device_map:
+        kwargs["device_map"] = opts.device_map
+    try:
+        net = DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DlmError(f"cannot load {name} as DiffusionGemma ({str(exc).splitlines()[0]}); "
+                       "the checkpoint is incomplete or of another architecture") from None
+    if not opts.device_map:
+        net.to(device)
+    net.eval()
+    text = net.config.text_config
+    return DiffusionGemmaDenoiser(
+        net=net,
+        tokenizer=tok,
+        info=model_info(name, FAMILY, path, net, tok),
+        mask_id=int(text.vocab_size),  # a sentinel: DiffusionGemma has no mask token (see module doc)
+        eos_ids=eos_ids(cfg.get("text_config") or cfg, tok),
+        max_length=int(text.max_position_embeddings),
+        block_size=int(net.config.canvas_length),
+        canvas_length=int(net.config.canvas_length),
+    )

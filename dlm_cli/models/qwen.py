@@ -1,0 +1,54 @@
+"""What the Qwen-shaped dLLM families share: config translation and the Qwen weight layout.
+
+Dream, DiffuCoder, Fast-dLLM v2 (Qwen2 / Qwen2.5 layers, q/k/v biases) and SDAR (Qwen3 layers,
+q/k norms) publish their weights under the transformers Qwen names (``model.embed_tokens``,
+``model.layers.N.*``, ``model.norm``, ``lm_head``), so the network is transformers' own decoder
+layers in a :class:`~dlm_cli.models.stack.DenoiserStack` and the weight mapping is the identity.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..errors import DlmError
+from .stack import DenoiserStack
+
+# The config.json keys the transformers Qwen layers read; everything else (auto_map, block sizes,
+# mask ids, training flags) belongs to the family and is not passed on.
+_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+         "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+         "rope_theta", "rope_scaling", "rope_parameters", "attention_bias", "attention_dropout",
+         "tie_word_embeddings")
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+# Buffers some remote-code checkpoints saved alongside the weights; transformers recomputes them.
+_DROP = re.compile(r".*rotary_emb\.inv_freq")
+SKIP = ""  # a rename result meaning "not a weight: skip it" (see loading.read_tensors)
+
+
+def hf_config(cls: type, cfg: dict[str, Any], family: str) -> Any:
+    """A transformers config of class ``cls`` from a family's config.json (unrelated keys dropped)."""
+    missing = [k for k in _REQUIRED if k not in cfg]
+    if missing:
+        raise DlmError(f"{family} config.json lacks {', '.join(missing)}; is the checkpoint complete?")
+    if cfg.get("use_sliding_window"):
+        raise DlmError(f"this {family} checkpoint uses sliding-window attention, which dlm does not implement "
+                       "natively; rerun with --trust-remote-code to use the repository's own code")
+    kwargs = {k: cfg[k] for k in _KEYS if cfg.get(k) is not None}
+    kwargs["use_sliding_window"] = False
+    return cls(**kwargs)
+
+
+def build_stack(config: Any, layer_cls: type, norm_cls: type, rotary_cls: type) -> DenoiserStack:
+    return DenoiserStack(config, layer_cls, norm_cls, rotary_cls,
+                         tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)))
+
+
+def rename(name: str) -> str | None:
+    """Qwen checkpoints already use our names; drop saved rotary buffers."""
+    return SKIP if _DROP.fullmatch(name) else name
+
+
+def max_length(cfg: dict[str, Any], default: int = 32768) -> int:
+    return int(cfg.get("max_position_embeddings") or default)

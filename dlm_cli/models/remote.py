@@ -1,0 +1,97 @@
+"""A dLLM of a family dlm does not know, run with its repository's own code (``--trust-remote-code``).
+
+This runs arbitrary Python shipped with the checkpoint, so it only happens when the user passes
+the flag, and a warning says so on stderr. dlm knows nothing of such a model's internals, so the
+generic adapter assumes the most common convention (LLaDA's: masked diffusion, bidirectional
+attention, the logits at position ``i`` predict token ``i``), reads the mask token from
+``mask_token_id`` in config.json or the tokenizer's mask token, and runs every step as a full
+forward over the canvas: the decode loop's caches are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DlmError
+from .base import Denoiser
+
+FAMILY = "remote-code"
+# The auto classes a dLLM repository maps its model to, most specific first.
+_AUTO = ("AutoModelForMaskedLM", "AutoModel", "AutoModelForCausalLM")
+
+
+@dataclass(eq=False)
+class RemoteDenoiser(Denoiser):
+    """A remote-code model: full forward every step, logits taken in place (see module doc)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.net.get_output_embeddings().weight.shape[0])
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor, start: int = 0, end: int | None = None, *, cache: Any = None,
+               rows: tuple[int, int] | None = None) -> torch.Tensor:
+        end = x.shape[1] if end is None else end
+        r0, r1 = rows if rows is not None else (start, end)
+        out = self.net(input_ids=x).logits[:, r0:r1]
+        return out if self.token_count is None else out[..., : self.token_count]
+
+
+def warn(message: str) -> None:
+    try:
+        sys.stderr.write(f"dlm: warning: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> RemoteDenoiser:
+    import transformers
+
+    from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, weight_files
+    from .memory import check_fits
+
+    auto_map = cfg.get("auto_map") or {}
+    auto = next((a for a in _AUTO if a in auto_map), None)
+    if auto is None:
+        raise DlmError(f"{name}: its config.json auto_map names no model class dlm can use "
+                       f"({', '.join(auto_map) or 'none'}); it needs one of {', '.join(_AUTO)}")
+    warn(f"running the model code shipped with {name} ({auto_map[auto]}): --trust-remote-code lets it do "
+         "anything your user can; dlm decodes it as an in-place masked-diffusion model, without a cache")
+    device = pick_device(opts.device)
+    dtype = pick_dtype(opts.dtype, device)
+    files = weight_files(path, opts.allow_pickle)
+    check_fits(files, dtype, device, name, opts.device_map)
+    tok = load_tokenizer(path, trust_remote_code=True)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": True,
+                              "use_safetensors": all(f.suffix == ".safetensors" for f in files)}
+    if opts.device_map:
+        kwargs["device_map"] = opts.device_map
+    try:
+        net = getattr(transformers, auto).from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, ImportError, AttributeError, TypeError) as exc:
+        raise DlmError(f"{name}: its own model code failed to load ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else ''}); check the repository's requirements") from None
+    if not opts.device_map:
+        net.to(device)
+    net.eval()
+    mask = cfg.get("mask_token_id")
+    if mask is None:
+        mask = getattr(tok, "mask_token_id", None)
+    if mask is None:
+        raise DlmError(f"{name}: cannot tell its mask token (no mask_token_id in config.json and no mask token in "
+                       "the tokenizer); dlm can only decode masked-diffusion models")
+    vocab = int(cfg.get("vocab_size") or 0) or None
+    return RemoteDenoiser(net=net, tokenizer=tok, info=model_info(name, FAMILY, path, net, tok), mask_id=int(mask),
+                          eos_ids=eos_ids(cfg, tok), max_length=int(cfg.get("max_position_embeddings")
+                                                                     or cfg.get("max_sequence_length") or 4096),
+                          token_count=vocab)
