@@ -28,6 +28,23 @@ def _progress_class():
     return rich_tqdm
 
 
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cache_dir() -> str | None:
+    """The hub cache as the environment says now (HF_HUB_CACHE, else HF_HOME/hub; None: the library's default).
+
+    huggingface-hub reads these once, when it is imported; reading them at each call keeps dlm
+    right when the environment changes in-process (embedding, tests).
+    """
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return None
+
+
 def download(repo_id: str, opts: "LoadOptions") -> Path:
     """The local snapshot of ``repo_id`` (downloaded on first use, then served from the cache)."""
     from huggingface_hub import snapshot_download
@@ -46,7 +63,8 @@ def download(repo_id: str, opts: "LoadOptions") -> Path:
         patterns += ["*.py"]
     try:
         path = snapshot_download(repo_id, revision=opts.revision, allow_patterns=patterns,
-                                 tqdm_class=_progress_class())
+                                 tqdm_class=_progress_class(), cache_dir=cache_dir(),
+                                 local_files_only=_truthy(os.environ.get("HF_HUB_OFFLINE")))
     except GatedRepoError:
         raise DlmError(f"{repo_id} is gated: accept its licence on huggingface.co and log in "
                        "(huggingface-cli login or HF_TOKEN)") from None
@@ -55,11 +73,12 @@ def download(repo_id: str, opts: "LoadOptions") -> Path:
     except RevisionNotFoundError:
         raise DlmError(f"{repo_id} has no revision {opts.revision!r}; check the name after '@'") from None
     except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        where = os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        offline = _truthy(os.environ.get("HF_HUB_OFFLINE"))
+        where = cache_dir() or "~/.cache/huggingface/hub"
+        what = f"{repo_id}@{opts.revision}" if opts.revision else repo_id
         why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
-        raise DlmError(f"{repo_id} is not in the local Hugging Face cache ({where}) and {why}; download it once "
-                       "with network access, or pass a local model directory") from None
+        raise DlmError(f"{what} is not in the local Hugging Face cache ({where}) and {why}; download it once "
+                       "with network access (unset HF_HUB_OFFLINE), or pass a local model directory") from None
     except HfHubHTTPError as exc:
         raise DlmError(f"downloading {repo_id} failed: {str(exc).splitlines()[0]}") from None
     return Path(path)

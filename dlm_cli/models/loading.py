@@ -118,7 +118,8 @@ def weight_files(path: Path, allow_pickle: bool) -> list[Path]:
                 "so dlm refuses it: convert it to safetensors, or pass --allow-pickle if you trust the source"
             )
         return pickles
-    raise DlmError(f"{path} has no weights (no *.safetensors file)")
+    raise DlmError(f"{path} has no weights (no *.safetensors file; pickle .bin weights are only used, and only "
+                   "downloaded, with --allow-pickle)")
 
 
 def read_tensors(files: list[Path], rename: Callable[[str], str | None], dtype: torch.dtype,
