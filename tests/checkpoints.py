@@ -176,8 +176,9 @@ def make_fast_dllm_v2(out: Path, *, seed: int = 0, sharpen: float = 1.0, bd_size
                       auto_map={"AutoConfig": "configuration.Fast_dLLM_QwenConfig",
                                 "AutoModel": "modeling.Fast_dLLM_QwenModel",
                                 "AutoModelForCausalLM": "modeling.Fast_dLLM_QwenForCausalLM"},
-                      bd_size=bd_size, layer_types=["full_attention"] * 2)
+                      bd_size=bd_size)
     cfg.update(over)
+    cfg["layer_types"] = ["full_attention"] * cfg["num_hidden_layers"]
     net = block_diffusion.build_fast_dllm_v2(cfg)
     _randomise(net, seed, sharpen)
     return _save_stack(out, cfg, net)

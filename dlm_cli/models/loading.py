@@ -197,6 +197,7 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
     """
     import warnings
 
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -218,7 +219,7 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
                     return Qwen2Tokenizer.from_pretrained(str(path))
                 raise DlmError(f"the tokenizer of {path} is defined by code shipped with the model; rerun with "
                                "--trust-remote-code to run it (arbitrary Python, with your permissions)") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, StrictDataclassError) as exc:  # the last: config.json fails validation
         raise DlmError(f"cannot load the tokenizer of {path} ({str(exc).splitlines()[0]}); "
                        "the model directory needs tokenizer.json or the tokenizer's own files") from None
     finally:

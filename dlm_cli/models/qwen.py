@@ -35,9 +35,15 @@ def hf_config(cls: type, cfg: dict[str, Any], family: str) -> Any:
     if cfg.get("use_sliding_window"):
         raise DlmError(f"this {family} checkpoint uses sliding-window attention, which dlm does not implement "
                        "natively; rerun with --trust-remote-code to use the repository's own code")
+    from huggingface_hub.errors import StrictDataclassError
+
     kwargs = {k: cfg[k] for k in _KEYS if cfg.get(k) is not None}
     kwargs["use_sliding_window"] = False
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError, StrictDataclassError) as exc:
+        why = " ".join(str(exc).split())
+        raise DlmError(f"{family} config.json is not valid ({why}); re-download the model") from None
 
 
 def build_stack(config: Any, layer_cls: type, norm_cls: type, rotary_cls: type) -> DenoiserStack:
