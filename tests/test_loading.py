@@ -245,3 +245,24 @@ def test_cli_errors_are_one_line_with_an_exit_code(dream_dir, tmp_path):
     p = copy(dream_dir, tmp_path / "p")
     (p / "model.safetensors").rename(p / "pytorch_model.bin")
     one_line(run_cli("generate", "-m", str(p), "hi", "-n", "4"), 1, "pickle", "--allow-pickle")
+
+
+def test_the_gpu_check_reads_free_gpu_memory(dream_dir, monkeypatch):
+    """No GPU here: the check's arithmetic and message, with torch.cuda.mem_get_info stubbed."""
+    from dlm_cli.models import memory
+
+    files = [dream_dir / "model.safetensors"]
+    need = memory.weight_bytes(files, torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (need // 2, 80 * memory.GIB))
+    with pytest.raises(DlmError, match=r"of GPU memory is free; --device-map auto spreads it"):
+        memory.check_fits(files, torch.bfloat16, torch.device("cuda"), "tiny")
+    assert memory.check_fits(files, torch.bfloat16, torch.device("cuda"), "tiny", device_map="auto") == need
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (need * 2, 80 * memory.GIB))
+    assert memory.check_fits(files, torch.bfloat16, torch.device("cuda"), "tiny") == need
+
+
+def test_end_ids_include_the_generation_config(dream_dir, tmp_path):
+    d = copy(dream_dir, tmp_path / "m")
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 8]}))
+    ids = load(str(d)).eos_ids
+    assert 7 in ids and 8 in ids and ids[0] == json.loads((d / "config.json").read_text())["eos_token_id"]

@@ -173,7 +173,7 @@ def load_diffusion_gemma(path: Path, cfg: dict[str, Any], opts: Any, name: str) 
         tokenizer=tok,
         info=model_info(name, FAMILY, path, net, tok),
         mask_id=int(text.vocab_size),  # a sentinel: DiffusionGemma has no mask token (see module doc)
-        eos_ids=eos_ids(cfg.get("text_config") or cfg, tok),
+        eos_ids=eos_ids(cfg.get("text_config") or cfg, tok, path),
         max_length=int(text.max_position_embeddings),
         block_size=int(net.config.canvas_length),
         canvas_length=int(net.config.canvas_length),

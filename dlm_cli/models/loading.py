@@ -226,13 +226,22 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
         hf_logging.set_verbosity(level)
 
 
-def eos_ids(cfg: dict[str, Any], tokenizer: Any) -> tuple[int, ...]:
-    """End-of-text ids: the config's, the tokenizer's, and an end-of-turn token if the vocab has one."""
+def eos_ids(cfg: dict[str, Any], tokenizer: Any, path: Path | None = None) -> tuple[int, ...]:
+    """End-of-text ids: the config's, generation_config.json's (when ``path`` is given; chat models
+    often end turns with a token config.json omits), the tokenizer's, and an end-of-turn token if
+    the vocab has one."""
     ids: list[int] = []
-    raw = cfg.get("eos_token_id")
-    for v in raw if isinstance(raw, list) else [raw]:
-        if isinstance(v, int):
-            ids.append(v)
+    raws = [cfg.get("eos_token_id")]
+    gen = path / "generation_config.json" if path is not None else None
+    if gen is not None and gen.is_file():
+        try:
+            raws.append(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id"))
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            pass  # a broken generation config only loses these extra end ids
+    for raw in raws:
+        for v in raw if isinstance(raw, list) else [raw]:
+            if isinstance(v, int):
+                ids.append(v)
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     vocab = tokenizer.get_vocab()

@@ -73,7 +73,7 @@ def load_native(path: Path, cfg: dict[str, Any], opts: Any, name: str, spec: Nat
         tokenizer=tok,
         info=model_info(name, spec.family, path, net, tok),
         mask_id=resolve_mask_id(spec, tok, net.lm_head.weight.shape[0]),
-        eos_ids=eos_ids(cfg, tok),
+        eos_ids=eos_ids(cfg, tok, path),
         max_length=spec.max_length,
         shift=spec.shift,
         block_size=spec.block_size,

@@ -92,6 +92,6 @@ def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Remote
                        "the tokenizer); dlm can only decode masked-diffusion models")
     vocab = int(cfg.get("vocab_size") or 0) or None
     return RemoteDenoiser(net=net, tokenizer=tok, info=model_info(name, FAMILY, path, net, tok), mask_id=int(mask),
-                          eos_ids=eos_ids(cfg, tok), max_length=int(cfg.get("max_position_embeddings")
+                          eos_ids=eos_ids(cfg, tok, path), max_length=int(cfg.get("max_position_embeddings")
                                                                      or cfg.get("max_sequence_length") or 4096),
                           token_count=vocab)
