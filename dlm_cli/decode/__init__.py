@@ -12,10 +12,10 @@ import torch
 
 from ..errors import DlmError
 from . import common  # noqa: F401  (registers the shared keys)
+from . import gemma_native  # noqa: F401  (DiffusionGemma's own sampler)
 from .events import Done, Event, Start, Step  # noqa: F401
 from .keys import STRATEGIES
 from .rules import baseline, threshold  # noqa: F401  (register the rules)
-from . import gemma_native  # noqa: F401  (DiffusionGemma's own sampler)
 
 
 def resolve_seed(settings: Any) -> int:
@@ -48,7 +48,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
 
         generator = make_generator(model.device, seed)
         rule = strategy.factory(settings)
-        loop = getattr(rule, "loop", None)  # a method with its own loop (gemma-native)
+        loop = getattr(rule, "loop", None)  # a method with its own loop (FreeDave's draft-and-verify)
         if loop is not None:
             return loop(model, prompt_ids, generator)
         return decode(model, prompt_ids, settings, rule, generator)

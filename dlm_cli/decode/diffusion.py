@@ -31,20 +31,22 @@ def schedule(masked: int, steps: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
-def decode_blocks(model: Denoiser, start: int, length: int, block_length: int) -> list[tuple[int, int]]:
-    """The decode blocks ``[bs, be)`` covering ``[start, length)``: ``block_length`` each, cut at the model's block grid.
+def block_stop(model: Denoiser, bs: int, be: int) -> int:
+    """``be``, cut at the end of the model block holding ``bs`` (models with a block grid).
 
     A block-diffusion model conditions a block only on final earlier blocks, so a decode block never
     straddles a model block; a prompt that ends inside a model block shares it with the first slots.
     """
+    grid = model.block_end(bs)
+    return be if grid is None else min(be, grid)
+
+
+def decode_blocks(model: Denoiser, start: int, length: int, block_length: int) -> list[tuple[int, int]]:
+    """The decode blocks ``[bs, be)`` covering ``[start, length)``: ``block_length`` each, cut by :func:`block_stop`."""
     blocks, a = [], start
     while a < length:
-        e = min(a + block_length, length)
-        grid = model.block_end(a)
-        if grid is not None:
-            e = min(e, grid)
-        blocks.append((a, e))
-        a = e
+        blocks.append((a, block_stop(model, a, min(a + block_length, length))))
+        a = blocks[-1][1]
     return blocks
 
 
