@@ -111,7 +111,9 @@ class DiffusionGemmaDenoiser(Denoiser):
     @torch.inference_mode()
     def logits(self, x: torch.Tensor, start: int = 0, end: int | None = None, *, cache: Any = None,
                rows: tuple[int, int] | None = None) -> torch.Tensor:
-        """Logits for ``rows``, which must lie in the canvas slots (after the prompt).
+        """Logits ``[B, rows, V + 1]`` for ``rows``, which must lie in the canvas slots (after the prompt).
+
+        The extra last column is the ``mask_id`` sentinel's, always -inf.
 
         Rows past the canvas holding ``rows[0]`` cannot be predicted before that canvas is final:
         they get flat (all-zero) logits. ``start`` and ``end`` are not needed: the canvas is found
@@ -141,7 +143,8 @@ class DiffusionGemmaDenoiser(Denoiser):
         res = out[:, r0 - cs: min(r1, ce) - cs]
         if r1 > ce:
             res = torch.cat([res, res.new_zeros(res.shape[0], r1 - ce, res.shape[2])], dim=1)
-        return res
+        # One more column, for the sentinel: decoders may index logits by mask_id, never choose it.
+        return torch.cat([res, res.new_full((*res.shape[:2], 1), -torch.inf)], dim=-1)
 
 
 def load_diffusion_gemma(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> DiffusionGemmaDenoiser:
