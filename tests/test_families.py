@@ -243,5 +243,5 @@ def test_gemma_native_refuses_other_families(models):
     from dlm_cli.errors import DlmError
 
     s = profiles.load(str(Path(__file__).parent.parent / "profiles" / "gemma-native.toml"), flags={"seed": 0})
-    with pytest.raises(DlmError, match="DiffusionGemma"):
+    with pytest.raises(DlmError, match="'gemma-native' works only with diffusion-gemma models, but .* is a dream"):
         run(models["dream"], [1, 2, 3], s)

@@ -42,6 +42,9 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
             f"strategy {strategy.name!r} needs {want}, but {model.info.name} is {have}; "
             f"use a profile whose strategy is one of: {', '.join(fits)}"
         )
+    if strategy.families and model.info.family not in strategy.families:
+        raise DlmError(f"strategy {strategy.name!r} works only with {' or '.join(strategy.families)} models, but "
+                       f"{model.info.name} is a {model.info.family} model; pick another strategy (e.g. -p speedy)")
     seed = resolve_seed(settings)
     if strategy.kind == "diffusion":
         from .diffusion import decode

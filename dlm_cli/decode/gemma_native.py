@@ -63,14 +63,8 @@ class GemmaNative:
             out["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=float(s.entropy_bound))
         return out
 
-    def loop(self, model: Any, prompt_ids: list[int], generator: torch.Generator | None = None) -> Iterator[Event]:
-        if model.info.family != "diffusion-gemma":
-            raise DlmError(f"strategy 'gemma-native' is DiffusionGemma's own sampler, but {model.info.name} is a "
-                           f"{model.info.family} model; pick another strategy (e.g. -p speedy)")
-        return self._run(model, prompt_ids)
-
     @torch.inference_mode()
-    def _run(self, model: Any, prompt_ids: list[int]) -> Iterator[Event]:
+    def loop(self, model: Any, prompt_ids: list[int], generator: torch.Generator | None = None) -> Iterator[Event]:
         net, s = model.net, self.settings
         dev = model.device
         try:
@@ -152,5 +146,6 @@ register_strategy(
         "DiffusionGemma models only",
         keys=KEYS,
         factory=GemmaNative,
+        families=("diffusion-gemma",),
     )
 )

@@ -84,6 +84,7 @@ class Strategy:
     keys: tuple[Key, ...] = ()
     factory: Callable[..., Any] | None = None
     conflicts: tuple[tuple[str, Any, str], ...] = field(default_factory=tuple)  # (key, value, why)
+    families: tuple[str, ...] = ()  # model families it works with (a model's own sampler); empty: all
 
 
 STRATEGIES: dict[str, Strategy] = {}
