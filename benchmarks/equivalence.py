@@ -250,7 +250,7 @@ def check_block(work: Path, family: str) -> dict[str, float]:
 
     if family == "sdar":
         ckpt = make_sdar(work / family, block_size=4, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32)
         run = _block_reference(ckpt, Qwen3ForCausalLM, Qwen3Config, 4)
     else:
         ckpt = make_fast_dllm_v2(work / family, bd_size=8, hidden_size=64, intermediate_size=96,

@@ -37,7 +37,7 @@ def make_tokenizer(out: Path, vocab_size: int = 200, extra_specials: list[str] |
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS + (extra_specials or []),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
                                    pad_token="<|endoftext|>", mask_token="<|mdm_mask|>")
@@ -152,7 +152,8 @@ def make_sdar(out: Path, *, seed: int = 0, sharpen: float = 1.0, block_size: int
     from dlm_cli.models import block_diffusion
 
     make_tokenizer(out)
-    cfg = qwen_config(out, architectures=["SDARForCausalLM"], model_type="sdar", attention_bias=False, head_dim=8,
+    # head_dim 16 with 4 heads of a 32-wide model: as in SDAR-4B/8B, head_dim is not hidden / heads.
+    cfg = qwen_config(out, architectures=["SDARForCausalLM"], model_type="sdar", attention_bias=False, head_dim=16,
                       auto_map={"AutoConfig": "configuration_sdar.SDARConfig",
                                 "AutoModel": "modeling_sdar.SDARModel",
                                 "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"},

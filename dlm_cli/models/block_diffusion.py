@@ -61,6 +61,9 @@ def build_fast_dllm_v2(cfg: dict[str, Any]) -> DenoiserStack:
 
 
 def sdar_spec(cfg: dict[str, Any]) -> NativeSpec:
+    if cfg.get("num_experts") or "SDARMoeForCausalLM" in (cfg.get("architectures") or []):
+        raise DlmError("SDAR mixture-of-experts checkpoints are not implemented natively (only the dense ones are); "
+                       "rerun with --trust-remote-code to use the repository's own code")
     qwen.hf_config(Qwen3Config, cfg, "SDAR")  # fail early on unsupported options
     # SDAR's own sampler takes the block length as an argument; the published checkpoints say 4.
     size = _block_size(cfg, "block_size", 4, "SDAR")

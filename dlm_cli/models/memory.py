@@ -43,18 +43,18 @@ def read_header(path: Path) -> dict[str, dict]:
     return header
 
 
+def _numel(info: dict) -> int:
+    n = 1
+    for d in info.get("shape", []):
+        n *= int(d)
+    return n
+
+
 def parameter_count(files: list[Path]) -> int | None:
     """Parameters across the checkpoint's safetensors files; None when a file is not safetensors."""
-    total = 0
-    for f in files:
-        if f.suffix != ".safetensors":
-            return None
-        for info in read_header(f).values():
-            n = 1
-            for d in info.get("shape", []):
-                n *= int(d)
-            total += n
-    return total
+    if any(f.suffix != ".safetensors" for f in files):
+        return None
+    return sum(_numel(info) for f in files for info in read_header(f).values())
 
 
 def weight_bytes(files: list[Path], dtype: torch.dtype) -> int:
@@ -66,11 +66,8 @@ def weight_bytes(files: list[Path], dtype: torch.dtype) -> int:
             total += f.stat().st_size
             continue
         for info in read_header(f).values():
-            n = 1
-            for d in info.get("shape", []):
-                n *= int(d)
             kind = info.get("dtype", "F32")
-            total += n * (itemsize if kind.startswith(("F", "BF")) else _SAFE_DTYPES.get(kind, 4))
+            total += _numel(info) * (itemsize if kind.startswith(("F", "BF")) else _SAFE_DTYPES.get(kind, 4))
     return total
 
 
