@@ -151,7 +151,7 @@ def load_diffusion_gemma(path: Path, cfg: dict[str, Any], opts: Any, name: str) 
     """Load with transformers' own class (no remote code), from safetensors only unless pickle is allowed."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, weight_files
+    from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
     from .memory import check_fits
 
     device = pick_device(opts.device)
@@ -163,7 +163,8 @@ def load_diffusion_gemma(path: Path, cfg: dict[str, Any], opts: Any, name: str) 
     if opts.device_map:
         kwargs["device_map"] = opts.device_map
     try:
-        net = DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), **kwargs)
+        with quiet_transformers():
+            net = DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DlmError(f"cannot load {name} as DiffusionGemma ({str(exc).splitlines()[0]}); "
                        "the checkpoint is incomplete or of another architecture") from None

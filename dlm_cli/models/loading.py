@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -185,6 +186,22 @@ def load_into(net_factory: Callable[[], torch.nn.Module], tensors: dict[str, tor
         fresh = type(rotary)(config=net.config)
     net.model.rotary_emb = fresh
     return net.eval()
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars or info logs on stderr while it loads: the CLI owns the terminal."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:

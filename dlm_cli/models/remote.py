@@ -57,7 +57,7 @@ def warn(message: str) -> None:
 def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> RemoteDenoiser:
     import transformers
 
-    from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, weight_files
+    from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
     from .memory import check_fits
 
     auto_map = cfg.get("auto_map") or {}
@@ -77,7 +77,8 @@ def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Remote
     if opts.device_map:
         kwargs["device_map"] = opts.device_map
     try:
-        net = getattr(transformers, auto).from_pretrained(str(path), **kwargs)
+        with quiet_transformers():
+            net = getattr(transformers, auto).from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, ImportError, AttributeError, TypeError) as exc:
         raise DlmError(f"{name}: its own model code failed to load ({type(exc).__name__}: "
                        f"{str(exc).splitlines()[0] if str(exc) else ''}); check the repository's requirements") from None
