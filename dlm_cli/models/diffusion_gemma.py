@@ -12,9 +12,12 @@ adapted below the model's own forward. Its shape differs from the masked-diffusi
 - each step feeds the previous step's logits of the same canvas back in (self-conditioning);
 - logits predict in place and are soft-capped by the model.
 
-The prefix cache is exact (the encoder is causal), so every cache mode computes the same logits;
-``cache = "none"`` re-encodes the prefix at every step. Its built-in sampler is the
-``gemma-native`` strategy (:mod:`dlm_cli.decode.gemma_native`).
+Under dlm's strategies a committed slot keeps its token and every undecided slot is redrawn at
+each step; self-conditioning reads the previous step's raw logits (the native sampler feeds back
+its temperature-scaled ones and may re-noise any slot). The prefix cache is exact (the encoder is
+causal), so every cache mode computes the same logits; ``cache = "none"`` re-encodes the prefix at
+every step. The native sampler itself is the ``gemma-native`` strategy
+(:mod:`dlm_cli.decode.gemma_native`).
 """
 
 from __future__ import annotations
