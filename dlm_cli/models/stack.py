@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .compat import cache_kwarg
+
 
 class DenoiserStack(nn.Module):
     """``model.embed_tokens``, ``model.layers``, ``model.norm`` and ``lm_head``: the Qwen2/Llama names."""
@@ -59,14 +61,15 @@ class DenoiserStack(nn.Module):
         if cache is not None:
             cache.cursor.start = start
         attn_mask = None if mask is None else mask[None, None]
+        kw = {cache_kwarg(type(self.model.layers[0]).forward): cache}
         for layer in self.model.layers:
             hidden = layer(
                 hidden,
                 attention_mask=attn_mask,
                 position_embeddings=rope,
                 position_ids=positions,
-                past_key_values=cache,
                 is_causal=False,
+                **kw,
             )
         if rows is not None:
             hidden = hidden[:, rows[0] : rows[1]]
