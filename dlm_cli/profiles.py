@@ -44,6 +44,11 @@ def user_dir() -> Path:
 
 
 def builtin_dir() -> Path:
+    # A source checkout run with ``python -m dlm_cli`` reads its own profiles/, not those of
+    # whichever checkout is installed in the environment (an editable install maps the package there).
+    source = Path(__file__).resolve().parent.parent / "profiles"
+    if (source / "__init__.py").is_file():
+        return source
     return Path(str(resources.files("dlm_cli.builtin_profiles")))
 
 

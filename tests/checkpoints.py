@@ -208,6 +208,9 @@ def make_diffusion_gemma(out: Path, *, seed: int = 0, canvas_length: int = 16, s
     net = DiffusionGemmaForBlockDiffusion(DiffusionGemmaConfig(**diffusion_gemma_config(n, canvas_length)))
     with torch.no_grad():
         net.lm_head.weight.mul_(sharpen)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     net.save_pretrained(str(out))
     return out
 
@@ -254,4 +257,35 @@ def make_remote(out: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     state = {"embed.weight": torch.randn(cfg["vocab_size"], 16), "head.weight": torch.randn(cfg["vocab_size"], 16)}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def make_llama(out: Path, *, seed: int = 0, sharpen: float = 4.0, noise: float = 0.0, noise_seed: int = 1,
+               vocab_size: int = 300, hidden: int = 32, layers: int = 2,
+               extra_specials: list[str] | None = None, **over) -> Path:
+    """A tiny random Llama causal LM (transformers' own layout), for the AR strategies.
+
+    ``noise`` perturbs every weight after the seeded init (with ``noise_seed``): two checkpoints
+    with the same ``seed`` and a small ``noise`` agree on most argmaxes, like a draft and its target.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    make_tokenizer(out, vocab_size=vocab_size, extra_specials=extra_specials)
+    vocab = _vocab(out)
+    cfg = LlamaConfig(vocab_size=max(vocab.values()) + 1, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, bos_token_id=vocab["<|startoftext|>"],
+                      eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+                      tie_word_embeddings=False, **over)
+    net = LlamaForCausalLM(cfg)
+    _randomise(net, seed, sharpen)
+    if noise:
+        g = torch.Generator().manual_seed(noise_seed)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * noise * p.std().clamp_min(1e-3))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    net.save_pretrained(str(out))
     return out

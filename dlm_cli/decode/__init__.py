@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import DlmError
+from . import ar  # noqa: F401  (the autoregressive strategies: ar, speculative, lookup)
 from . import common  # noqa: F401  (registers the shared keys)
 from . import gemma_native  # noqa: F401  (DiffusionGemma's own sampler)
 from .events import Done, Event, Start, Step  # noqa: F401

@@ -77,6 +77,7 @@ class Verify:
     position: int
     accepted: list[int]
     drafted: int
+    rejected: list[int] = field(default_factory=list)  # the draft tokens after the first rejected one
     correction: int | None = None
     bonus: int | None = None
 

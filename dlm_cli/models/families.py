@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import block_diffusion, diffusion_gemma, dream, llada
+from . import block_diffusion, causal, diffusion_gemma, dream, llada
 from .loading import Family, load_llada, register_family
 from .native import loader
 
@@ -18,3 +18,7 @@ register_family(Family("fast-dllm-v2", "diffusion", block_diffusion.is_fast_dllm
 register_family(Family("diffusion-gemma", "diffusion", diffusion_gemma.is_diffusion_gemma_config,
                        diffusion_gemma.load_diffusion_gemma,
                        example="dlm generate -m google/diffusiongemma-26B-A4B-it \"...\""))
+
+# Registered last: every dLLM family looks at a config first.
+register_family(Family("causal", "autoregressive", causal.is_causal_config, causal.load_causal,
+                       example="dlm generate -m dlm-demo-ar --draft dlm-demo-ar-draft \"...\""))

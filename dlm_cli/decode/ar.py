@@ -1,0 +1,100 @@
+"""The autoregressive strategies and their keys: ``ar``, ``speculative`` and ``lookup``."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from ..errors import DlmError, UsageError
+from ..profiles import COMBINATION_CHECKS
+from .drafts import LookupDraft, ModelDraft, NoDraft, TextDraft
+from .events import Event
+from .keys import Key, Strategy, register_strategy
+
+
+def _generator(model: Any, seed: int) -> Any:
+    from . import make_generator
+
+    return make_generator(model.device, seed)
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """Both tokenizers map every token string to the same id (the draft's ids mean the target's tokens)."""
+    return a is b or (len(a) == len(b) and a.get_vocab() == b.get_vocab())
+
+
+def width(model: Any) -> int:
+    return model.token_count or model.vocab_size
+
+
+def plain(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None, seed: int = 0) -> Iterator[Event]:
+    from .speculative import decode
+
+    return decode(model, prompt_ids, settings, NoDraft(), _generator(model, seed))
+
+
+def speculative(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None,
+                seed: int = 0) -> Iterator[Event]:
+    from .speculative import decode
+
+    if draft is None:
+        raise UsageError("the speculative strategy needs a draft model: pass --draft MODEL (e.g. --draft "
+                         "dlm-demo-ar-draft with -m dlm-demo-ar), or use -p lookup, which drafts from the input")
+    if getattr(draft, "kind", None) != "autoregressive":
+        raise UsageError(f"the draft {draft.info.name} is a diffusion LLM; speculative decoding needs an "
+                         "autoregressive (causal) draft model")
+    if same_tokenizer(model.tokenizer, draft.tokenizer):
+        source: Any = ModelDraft(draft, settings, width(model))
+    elif settings.allow_different_tokenizers:
+        source = TextDraft(draft, model, settings)
+    else:
+        raise DlmError(f"the draft {draft.info.name} has a different tokenizer from the target {model.info.name} "
+                       f"({len(draft.tokenizer)} vs {len(model.tokenizer)} tokens, or other ids); pass "
+                       "--allow-different-tokenizers to draft by re-encoding text (exact, usually slower), or "
+                       "pick a draft that shares the target's tokenizer")
+    return decode(model, prompt_ids, settings, source, _generator(model, seed))
+
+
+def lookup(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None, seed: int = 0) -> Iterator[Event]:
+    from .speculative import decode
+
+    return decode(model, prompt_ids, settings, LookupDraft(settings), _generator(model, seed))
+
+
+register_strategy(Strategy(
+    "ar", "autoregressive", "plain AR decoding, one target forward per token: the baseline for speculative and lookup",
+    factory=plain))
+
+register_strategy(Strategy(
+    "speculative", "autoregressive",
+    "draft with a small model, verify in one target forward (Leviathan et al. 2023): greedy output identical "
+    "to the target's, sampling exact by rejection",
+    keys=(
+        Key("gamma", int, 5, "draft tokens per verify step (the start value when adaptive_gamma)", min=1, max=64),
+        Key("adaptive_gamma", bool, True, "transformers' heuristic: gamma +2 after a fully accepted draft, "
+            "-1 otherwise; reset for every generation"),
+        Key("draft_confidence", float, 0.0, "stop drafting after a token the draft gives less than this "
+            "probability; 0 never stops early", min=0.0, max=1.0),
+        Key("allow_different_tokenizers", bool, False, "let a draft with another tokenizer work by re-encoding "
+            "text (universal assisted decoding); also --allow-different-tokenizers"),
+    ),
+    factory=speculative))
+
+register_strategy(Strategy(
+    "lookup", "autoregressive",
+    "input-guided drafting (prompt lookup, Aggressive Decoding): the draft is what followed the last n-gram's "
+    "latest earlier match in the prompt or the output; no draft model",
+    keys=(
+        Key("ngram_max", int, 3, "longest n-gram looked up (tried first)", min=1, max=32),
+        Key("ngram_min", int, 1, "shortest n-gram looked up", min=1, max=32),
+        Key("num_draft_tokens", int, 20, "most tokens proposed per verify step", min=1, max=256),
+    ),
+    factory=lookup))
+
+
+def _ngram_order(settings: Any) -> str | None:
+    if settings.strategy == "lookup" and settings.ngram_min > settings.ngram_max:
+        return f"ngram_min = {settings.ngram_min} is above ngram_max = {settings.ngram_max}; lower ngram_min"
+    return None
+
+
+COMBINATION_CHECKS.append(_ngram_order)

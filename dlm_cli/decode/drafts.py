@@ -1,0 +1,213 @@
+"""Draft sources for the AR loop in :mod:`~dlm_cli.decode.speculative`: where candidate tokens come from.
+
+A source answers ``propose(seq, room)`` with at most ``room`` draft tokens (a 1-D tensor in the
+target's vocabulary) and their draft probabilities ``q`` (``[k, V]``, or None when it has none),
+and hears back how many were accepted. ``seq`` is the committed sequence (prompt + output).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..models.causal import rollback
+
+EMPTY = torch.empty(0, dtype=torch.long)
+
+
+class NoDraft:
+    """Plain AR decoding: nothing is drafted, every step is one target token."""
+
+    name = "none"
+
+    def __init__(self) -> None:
+        self.nfe = 0
+
+    def begin(self, seq: list[int], generator: torch.Generator | None) -> None:
+        pass
+
+    def propose(self, seq: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return EMPTY, None
+
+    def accepted(self, seq: list[int], n: int, k: int) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+class ModelDraft(NoDraft):
+    """A smaller AR model with the target's tokenizer drafts ``gamma`` tokens, one forward each.
+
+    ``adaptive``: transformers' heuristic draft length, +2 after a fully accepted draft and -1
+    (not below 1) otherwise, starting from ``gamma`` at every generation. ``confidence``: stop
+    drafting after a token whose draft probability is below it (0 never stops early). Its cache
+    holds the committed sequence but the last token, like the target's; drafting feeds the tokens
+    it has not seen, so after a full accept it catches up on two tokens at once.
+    """
+
+    name = "draft"
+
+    def __init__(self, draft: Any, settings: Any, width: int) -> None:
+        super().__init__()
+        self.model, self.settings, self.width = draft, settings, width
+        self.gamma = settings.gamma
+        self.cache: Any = None
+        self.cached = 0
+        self.generator: torch.Generator | None = None
+        self.gammas: list[int] = []
+
+    def begin(self, seq: list[int], generator: torch.Generator | None) -> None:
+        self.cache = self.model.new_cache()
+        self.cached = 0
+        self.gamma = self.settings.gamma
+        self.generator = generator
+
+    def run(self, ids: list[int], count: int, stop: set[int] = frozenset()) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed ``ids`` (tokens the draft cache lacks) and draft up to ``count`` tokens greedily or by sampling."""
+        from .speculative import probabilities
+
+        s = self.settings
+        sampling = s.temperature > 0
+        feed = torch.tensor(ids, dtype=torch.long, device=self.model.device)
+        tokens, qs = [], []
+        for _ in range(count):
+            logits = self.model.forward(feed, self.cache, keep=1)
+            self.nfe += 1
+            self.cached += feed.shape[0]
+            if sampling:
+                q = probabilities(logits, s)[0]
+                tok = torch.multinomial(q, 1, generator=self.generator)
+                qs.append(q)
+                conf = q[tok] if s.draft_confidence > 0 else None
+            else:
+                tok = logits[0].argmax(-1, keepdim=True)
+                conf = torch.softmax(logits[0].float(), -1)[tok] if s.draft_confidence > 0 else None
+            tokens.append(tok)
+            if (conf is not None and float(conf) < s.draft_confidence) or (stop and int(tok) in stop):
+                break
+            feed = tok
+        if not tokens:
+            return EMPTY, None
+        q = torch.stack(qs) if qs else None
+        if q is not None and q.shape[1] != self.width:  # a padded output layer on one side only
+            q = q[:, : self.width] if q.shape[1] > self.width else torch.nn.functional.pad(q, (0, self.width - q.shape[1]))
+        return torch.cat(tokens), q
+
+    def propose(self, seq: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        count = min(self.gamma, room)
+        if count <= 0:
+            return EMPTY, None
+        self.gammas.append(count)
+        return self.run(seq[self.cached:], count)
+
+    def accepted(self, seq: list[int], n: int, k: int) -> None:
+        self.cached = min(self.cached, len(seq) - 1)
+        rollback(self.cache, self.cached)
+        if self.settings.adaptive_gamma and k:
+            self.gamma = self.gamma + 2 if n == k else max(1, self.gamma - 1)
+
+    def stats(self) -> dict[str, Any]:
+        return {"mean_gamma": sum(self.gammas) / len(self.gammas) if self.gammas else 0.0}
+
+
+class TextDraft(ModelDraft):
+    """A draft with another tokenizer (universal assisted decoding, as in transformers).
+
+    The committed text is re-encoded with the draft's tokenizer; the draft's cache keeps the
+    longest prefix that still matches. Its draft is decoded to text and encoded with the target's
+    tokenizer; the target verifies those tokens as a proposal without probabilities (exact, see
+    :func:`~dlm_cli.decode.speculative.verify`).
+    """
+
+    name = "text"
+
+    def __init__(self, draft: Any, target: Any, settings: Any) -> None:
+        super().__init__(draft, settings, 0)
+        self.target = target
+        self.prompt_len = 0
+        self.prefix: list[int] = []
+        self.held: list[int] = []  # the draft-vocabulary tokens in the draft cache
+
+    def begin(self, seq: list[int], generator: torch.Generator | None) -> None:
+        super().begin(seq, generator)
+        self.prompt_len = len(seq)
+        text = self.target.tokenizer.decode(seq, skip_special_tokens=False)
+        self.prefix = list(self.model.tokenizer.encode(text, add_special_tokens=False))
+        self.held = []
+
+    def propose(self, seq: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        count = min(self.gamma, room)
+        if count <= 0:
+            return EMPTY, None
+        dtok = self.model.tokenizer
+        text = self.target.tokenizer.decode(seq[self.prompt_len:], skip_special_tokens=False)
+        want = self.prefix + list(dtok.encode(text, add_special_tokens=False)) if text else list(self.prefix)
+        same = 0
+        for a, b in zip(self.held, want):
+            if a != b:
+                break
+            same += 1
+        same = min(same, len(want) - 1)
+        rollback(self.cache, same)
+        self.cached = same
+        tokens, _ = self.run(want[same:], count, stop=set(self.model.eos_ids))
+        drafted = tokens.tolist()
+        self.held = want + drafted[:-1]
+        self.gammas.append(count)
+        if drafted and drafted[-1] in self.model.eos_ids:
+            drafted = drafted[:-1]
+        ids = self.target.tokenizer.encode(dtok.decode(drafted, skip_special_tokens=False), add_special_tokens=False)
+        return torch.tensor(ids[:room], dtype=torch.long), None
+
+    def accepted(self, seq: list[int], n: int, k: int) -> None:
+        # The draft cache is re-synchronised from the text at the next proposal.
+        if self.settings.adaptive_gamma and k:
+            self.gamma = self.gamma + 2 if n == k else max(1, self.gamma - 1)
+
+
+class LookupDraft(NoDraft):
+    """Input-guided drafting (prompt lookup; Aggressive Decoding, Ge et al. 2022): no draft model.
+
+    The last ``n`` committed tokens, for ``n`` from ``ngram_max`` down to ``ngram_min``, are looked
+    up among the earlier n-grams of the prompt and the output; the tokens that followed the most
+    recent match are the draft (at most ``num_draft_tokens``). An index of every n-gram's latest
+    position grows with the sequence, so a lookup costs a few dictionary reads, not a scan.
+    """
+
+    name = "lookup"
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__()
+        self.lo, self.hi, self.most = settings.ngram_min, settings.ngram_max, settings.num_draft_tokens
+        self.index: dict[tuple[int, ...], int] = {}
+        self.indexed = 0
+        self.hits = 0
+        self.misses = 0
+
+    def begin(self, seq: list[int], generator: torch.Generator | None) -> None:
+        self.index, self.indexed = {}, 0
+
+    def _grow(self, seq: list[int]) -> None:
+        # An n-gram ending before position j, continued by seq[j]; j < len(seq) so a match has a continuation.
+        for j in range(max(self.indexed, 1), len(seq)):
+            for n in range(self.lo, min(self.hi, j) + 1):
+                self.index[tuple(seq[j - n: j])] = j
+        self.indexed = len(seq)
+
+    def propose(self, seq: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        count = min(self.most, room)
+        if count <= 0:
+            return EMPTY, None
+        self._grow(seq)
+        for n in range(min(self.hi, len(seq)), self.lo - 1, -1):
+            j = self.index.get(tuple(seq[-n:]))
+            if j is not None:
+                self.hits += 1
+                return torch.tensor(seq[j: j + count], dtype=torch.long), None
+        self.misses += 1
+        return EMPTY, None
+
+    def stats(self) -> dict[str, Any]:
+        return {"lookup_hits": self.hits, "lookup_misses": self.misses}
