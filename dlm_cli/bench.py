@@ -188,7 +188,8 @@ def render(rows: list[Row], console: Console, title: str) -> None:
         score = "" if r.score is None else f"{r.score:.1%}"
         note = "; ".join(r.warnings)
         if r.acceptance_rate is not None:
-            note = f"accept {r.acceptance_rate:.0%}" + (f"; {note}" if note else "")
+            drafts = f", draft NFE {r.draft_nfe:.1f}" if r.draft_nfe else ""
+            note = f"accept {r.acceptance_rate:.0%}{drafts}" + (f"; {note}" if note else "")
         table.add_row(r.profile, r.strategy, f"{r.nfe:.1f}", f"{r.tokens_per_nfe:.2f}",
                       f"{r.tokens_per_second:.1f} ± {r.tokens_per_second_std:.1f}", f"{r.speedup:.2f}×",
                       f"{r.agreement:.0%}", score, note, style="yellow" if r.warnings else None)
@@ -226,6 +227,12 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
         runs.append((s.profile if n == s.profile else n, s))
     draft_spec = req.draft or next((s.meta.get("draft") for _, s in runs if s.meta.get("draft")), None)
     draft = load_model(draft_spec, req.load, err, role="draft") if draft_spec and not diffusion else None
+    if draft is None and not diffusion:
+        needy = [n for n, s in runs if s.strategy == "speculative"]
+        if needy and req.profiles:
+            raise UsageError(f"profile {needy[0]!r} drafts with a draft model: pass --draft MODEL, "
+                             "or compare -p lookup, which needs none")
+        runs = [(n, s) for n, s in runs if s.strategy != "speculative"]  # the default list, without a draft
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -48,7 +48,12 @@ def stats_line(done: Any, *, interrupted: bool = False, paced: bool = False) -> 
         parts.append(f"TTFT {done.ttft_seconds * 1000:.0f} ms")
     rate = done.stats.get("acceptance_rate")
     if rate is not None:
-        parts.append(f"accept {rate:.0%}")
+        st = done.stats
+        parts.append(f"accept {rate:.0%} ({st['accepted']}/{st['drafted']})")
+        parts.append(f"mean accepted length {st['mean_accepted_length']:.2f}")
+        if st.get("draft_nfe"):
+            parts.append(f"draft NFE {st['draft_nfe']}")
+        parts.append(f"draft/verify {st['draft_seconds']:.2f}/{st['verify_seconds']:.2f} s")
     if interrupted:
         parts.append("interrupted")
     if paced:
