@@ -125,6 +125,10 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
     from .prompting import check_length, encode
 
     ids = [encode(model.tokenizer, p.prompt, system=p.system, chat_template=chat_template) for p in prompts]
+    from .generate import fit_length
+
+    for _, s in runs:
+        fit_length(s, model, [len(i) for i in ids])
     for i in ids:
         for _, s in runs:
             check_length(len(i), s.max_new_tokens, model.max_length, model.info.name)

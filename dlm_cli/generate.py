@@ -84,6 +84,15 @@ def result_json(done: Any, text: str, settings: Any, model: Any, draft: Any, pro
     }
 
 
+def fit_length(settings: Any, model: Any, prompt_lengths: list[int]) -> None:
+    """An AR model's max_new_tokens is a cap: a profile's cap shrinks to the context left (an explicit -n does not)."""
+    if model.kind != "autoregressive" or settings.sources.get("max_new_tokens") in ("flag", "--set"):
+        return
+    room = model.max_length - max(prompt_lengths)
+    if 0 < room < settings.max_new_tokens:
+        settings.max_new_tokens = room
+
+
 def _write(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -116,6 +125,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     from .view.canvas import Canvas
 
     ids = encode(model.tokenizer, text_in, system=req.system, chat_template=req.chat_template)
+    fit_length(settings, model, [len(ids)])
     check_length(len(ids), settings.max_new_tokens, model.max_length, model.info.name)
     events = run(model, ids, settings, draft=draft)
 
