@@ -105,13 +105,15 @@ def test_adaptive_gamma_grows_after_full_accepts_shrinks_otherwise_and_resets(mo
     assert src.gamma == 3
 
 
-def test_lookup_proposes_what_followed_the_latest_longest_match():
-    src = LookupDraft(settings("lookup", ngram_min=1, ngram_max=3, num_draft_tokens=4))
+@pytest.mark.parametrize("realign", [False, True])
+def test_lookup_proposes_what_followed_the_latest_longest_match(realign):
+    src = LookupDraft(settings("lookup", ngram_min=1, ngram_max=3, num_draft_tokens=4, realign=realign))
     src.begin([], None)
     seq = [5, 6, 7, 8, 9, 1, 5, 6, 7, 2, 3, 9, 9, 5, 6]
     tokens, q = src.propose(seq, 10)
     assert q is None and tokens.tolist() == [7, 2, 3, 9]  # "5 6" last seen before "7 2 3 9"
-    assert src.propose(seq + [4], 10)[0].tolist() == []  # 4 never occurred before
+    # 4 never occurred: with realign, 4 replaced the 7 after the latest earlier "5 6", and the draft resumes after it.
+    assert src.propose(seq + [4], 10)[0].tolist() == ([2, 3, 9, 9] if realign else [])
     assert src.propose(seq + [7], 2)[0].tolist() == [2, 3]  # "5 6 7" (3-gram) wins; room caps the draft
 
 

@@ -86,7 +86,9 @@ register_strategy(Strategy(
     keys=(
         Key("ngram_max", int, 3, "longest n-gram looked up (tried first)", min=1, max=32),
         Key("ngram_min", int, 1, "shortest n-gram looked up", min=1, max=32),
-        Key("num_draft_tokens", int, 20, "most tokens proposed per verify step", min=1, max=256),
+        Key("num_draft_tokens", int, 15, "most tokens proposed per verify step", min=1, max=256),
+        Key("realign", bool, True, "when the last n-gram has no match (the model just edited the input), "
+            "resume the draft after the token it replaced (Aggressive Decoding)"),
     ),
     factory=lookup))
 

@@ -172,8 +172,11 @@ class LookupDraft(NoDraft):
 
     The last ``n`` committed tokens, for ``n`` from ``ngram_max`` down to ``ngram_min``, are looked
     up among the earlier n-grams of the prompt and the output; the tokens that followed the most
-    recent match are the draft (at most ``num_draft_tokens``). An index of every n-gram's latest
-    position grows with the sequence, so a lookup costs a few dictionary reads, not a scan.
+    recent match are the draft (at most ``num_draft_tokens``). With ``realign``, when nothing
+    matches because the model just wrote a token of its own (an edit of the input), the n-gram
+    before that token is looked up instead and the draft resumes after the token it replaced, as
+    Aggressive Decoding re-aligns after an edit. An index of every n-gram's positions grows with
+    the sequence, so a lookup costs a few dictionary reads, not a scan.
     """
 
     name = "lookup"
@@ -181,7 +184,8 @@ class LookupDraft(NoDraft):
     def __init__(self, settings: Any) -> None:
         super().__init__()
         self.lo, self.hi, self.most = settings.ngram_min, settings.ngram_max, settings.num_draft_tokens
-        self.index: dict[tuple[int, ...], int] = {}
+        self.skips = (0, 1) if settings.realign else (0,)
+        self.index: dict[tuple[int, ...], list[int]] = {}
         self.indexed = 0
         self.hits = 0
         self.misses = 0
@@ -190,10 +194,10 @@ class LookupDraft(NoDraft):
         self.index, self.indexed = {}, 0
 
     def _grow(self, seq: list[int]) -> None:
-        # An n-gram ending before position j, continued by seq[j]; j < len(seq) so a match has a continuation.
+        # The n-gram ending before position j, continued by seq[j]; j < len(seq) so every match has a continuation.
         for j in range(max(self.indexed, 1), len(seq)):
             for n in range(self.lo, min(self.hi, j) + 1):
-                self.index[tuple(seq[j - n: j])] = j
+                self.index.setdefault(tuple(seq[j - n: j]), []).append(j)
         self.indexed = len(seq)
 
     def propose(self, seq: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -201,11 +205,13 @@ class LookupDraft(NoDraft):
         if count <= 0:
             return EMPTY, None
         self._grow(seq)
-        for n in range(min(self.hi, len(seq)), self.lo - 1, -1):
-            j = self.index.get(tuple(seq[-n:]))
-            if j is not None:
-                self.hits += 1
-                return torch.tensor(seq[j: j + count], dtype=torch.long), None
+        end = len(seq)
+        for skip in self.skips:
+            for n in range(min(self.hi, end - skip - 1), self.lo - 1, -1):
+                for j in reversed(self.index.get(tuple(seq[end - skip - n: end - skip]), ())):
+                    if j < end - skip:  # an earlier occurrence, not the looked-up n-gram itself
+                        self.hits += 1
+                        return torch.tensor(seq[j + skip: j + skip + count], dtype=torch.long), None
         self.misses += 1
         return EMPTY, None
 
