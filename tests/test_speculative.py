@@ -285,3 +285,21 @@ def test_cli_different_tokenizers_need_the_flag(ckpts):
 def test_cli_speculative_without_a_draft_is_a_usage_error(ckpts):
     r = runner.invoke(app, ["generate", "-m", str(ckpts["target"]), "-p", "speculative", "hello"])
     assert r.exit_code == 2 and r.stderr.startswith("dlm: ") and "--draft" in r.stderr
+
+
+def test_live_view_colours_tokens_by_origin_and_previews_the_draft(models):
+    from dlm_cli.decode.events import Start
+    from dlm_cli.view.canvas import Canvas
+    from dlm_cli.view.live import ORIGIN_STYLES, counter, render_canvas
+
+    c = Canvas(models["target"].tokenizer, (0,))
+    c.apply(Start("autoregressive", 3, 10))
+    c.apply(Draft(0, 0, [40, 41, 42]))
+    assert [str(s.style) for s in render_canvas(c).spans] == ["grey50 italic"] * 3
+    c.apply(Verify(0, 1, 0, accepted=[40, 41], drafted=3, rejected=[42], correction=43))
+    c.apply(Draft(1, 3, [44]))
+    c.apply(Verify(1, 2, 3, accepted=[44], drafted=1, bonus=45))
+    assert c.tokens == [40, 41, 43, 44, 45] and c.origin == ["draft", "draft", "correction", "draft", "bonus"]
+    styles = [str(s.style) for s in render_canvas(c, final=True).spans]
+    assert styles == [ORIGIN_STYLES[o] for o in c.origin]
+    assert "accept 75%" in counter(c).plain and "correction" in counter(c).plain

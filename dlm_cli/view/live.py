@@ -68,19 +68,16 @@ def counter(canvas: Canvas) -> Text:
         parts.append(f"{made} tokens")
         if canvas.drafted:
             parts.append(f"accept {canvas.accepted / canvas.drafted:.0%}")
-    if canvas.kind != "diffusion" and canvas.drafted:
-        line = Text(" · ".join(parts), style="dim")
-        if canvas.nfe:
-            line.append(f" · {made / canvas.nfe:.2f} tok/NFE", style="dim")
-        line.append("  ")
-        for label, origin in (("accepted draft", "draft"), ("correction", "correction"), ("bonus", "bonus")):
-            line.append(label, style=ORIGIN_STYLES[origin])
-            line.append(" ")
-        line.append("draft", style="grey50 italic")
-        return line
     if canvas.nfe:
         parts.append(f"{made / canvas.nfe:.2f} tok/NFE")
-    return Text(" · ".join(parts), style="dim")
+    line = Text(" · ".join(parts), style="dim")
+    if canvas.kind != "diffusion" and canvas.drafted:
+        line.append("\n")
+        for label, style in (("accepted draft", ORIGIN_STYLES["draft"]), ("correction", ORIGIN_STYLES["correction"]),
+                             ("bonus", ORIGIN_STYLES["bonus"]), ("being verified", "grey50 italic")):
+            line.append("■ ", style=style)
+            line.append(label + "  ", style="dim")
+    return line
 
 
 class LiveView:
