@@ -303,3 +303,20 @@ def test_live_view_colours_tokens_by_origin_and_previews_the_draft(models):
     styles = [str(s.style) for s in render_canvas(c, final=True).spans]
     assert styles == [ORIGIN_STYLES[o] for o in c.origin]
     assert "accept 75%" in counter(c).plain and "correction" in counter(c).plain
+
+
+def test_bench_compares_speculative_and_lookup_with_the_ar_baseline(ckpts, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS) + "\n")
+    base = ["bench", "-m", str(ckpts["target"]), "--prompts", str(prompts), "--reps", "1", "-n", "16"]
+    r = runner.invoke(app, base + ["--draft", str(ckpts["draft"]), "--json"])
+    assert r.exit_code == 0, r.stderr
+    rows = {row["profile"]: row for row in json.loads(r.stdout)["rows"]}
+    assert list(rows) == ["ar", "speculative", "lookup"]
+    assert all(row["agreement"] == 1.0 for row in rows.values())  # greedy: identical to the baseline
+    assert rows["speculative"]["acceptance_rate"] > 0 and rows["speculative"]["draft_nfe"] > 0
+    assert rows["speculative"]["nfe"] < rows["ar"]["nfe"]
+    r = runner.invoke(app, base + ["--json"])  # no draft: the default comparison is lookup alone
+    assert [row["profile"] for row in json.loads(r.stdout)["rows"]] == ["ar", "lookup"]
+    r = runner.invoke(app, base + ["-p", "speculative"])
+    assert r.exit_code == 2 and "--draft" in r.stderr
