@@ -320,3 +320,19 @@ def test_bench_compares_speculative_and_lookup_with_the_ar_baseline(ckpts, tmp_p
     assert [row["profile"] for row in json.loads(r.stdout)["rows"]] == ["ar", "lookup"]
     r = runner.invoke(app, base + ["-p", "speculative"])
     assert r.exit_code == 2 and "--draft" in r.stderr
+
+
+def test_causal_family_refuses_pickle_weights_unless_allowed(tmp_path):
+    from safetensors.torch import load_file
+
+    from dlm_cli.errors import DlmError
+    from dlm_cli.models.loading import LoadOptions
+
+    ckpt = make_llama(tmp_path / "pickled", seed=0)
+    weights = ckpt / "model.safetensors"
+    torch.save(load_file(str(weights)), ckpt / "pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(DlmError, match="pickle"):
+        load(str(ckpt))
+    model = load(str(ckpt), LoadOptions(allow_pickle=True))
+    assert model.kind == "autoregressive" and model.info.family == "causal"

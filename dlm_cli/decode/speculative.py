@@ -95,6 +95,8 @@ def decode(target: Any, prompt_ids: list[int], settings: Any, source: Any, gener
     while len(out) < limit:
         t0 = time.perf_counter()
         draft, q = source.propose(seq, limit - len(out) - 1)
+        draft = draft.to(device)  # no-ops unless the draft model lives on another device
+        q = q.to(device) if q is not None else None
         t1 = time.perf_counter()
         k = int(draft.shape[0])
         draft_s += t1 - t0
@@ -104,7 +106,7 @@ def decode(target: Any, prompt_ids: list[int], settings: Any, source: Any, gener
             yield Draft(step=steps, position=len(out), tokens=draft_list, source=source.name)
             clock.resume()
             t1 = time.perf_counter()
-            feed = torch.cat([buf[cached: len(seq)], draft.to(device)])
+            feed = torch.cat([buf[cached: len(seq)], draft])
         else:
             draft_list = []
             feed = buf[cached: len(seq)]
