@@ -60,7 +60,7 @@ def decode(model, prompt: str, profile: str, draft=None, n: int = 40, **sets) ->
 
 
 @pytest.mark.parametrize("method", [
-    ("speculative", "draft", {"adaptive_gamma": False, "gamma": 4}),
+    ("speculative", "draft", {"adaptive_gamma": False, "gamma": 4, "draft_confidence": 0.0}),
     ("speculative", "draft", {"adaptive_gamma": True}),
     ("speculative", "draft", {"draft_confidence": 0.6}),
     ("speculative", "other", {"allow_different_tokenizers": True}),
@@ -84,7 +84,8 @@ def test_kv_rollback_across_many_rejections(models):
     target = models["target"]
     for prompt in PROMPTS:
         base, _ = decode(target, prompt, "ar", n=60)
-        done, events = decode(target, prompt, "speculative", models["rival"], n=60, gamma=4, adaptive_gamma=False)
+        done, events = decode(target, prompt, "speculative", models["rival"], n=60, gamma=4, adaptive_gamma=False,
+                              draft_confidence=0.0)
         assert done.tokens == base.tokens
         rejections = sum(1 for e in events if isinstance(e, Verify) and e.rejected)
         assert rejections >= 40 and done.stats["acceptance_rate"] < 0.2
@@ -195,7 +196,8 @@ def test_stop_at_an_end_token_inside_a_draft(models):
     ref, _ = decode(t2, PROMPTS[0], "ar", n=40)
     assert ref.tokens == base.tokens[:stop] and ref.finish_reason == "eos"
     # The target as its own draft: every draft is accepted, so the end token lands inside one.
-    done, events = decode(t2, PROMPTS[0], "speculative", target, n=40, gamma=16, adaptive_gamma=False)
+    done, events = decode(t2, PROMPTS[0], "speculative", target, n=40, gamma=16, adaptive_gamma=False,
+                          draft_confidence=0.0)
     assert done.tokens == ref.tokens and done.finish_reason == "eos"
     last = [e for e in events if isinstance(e, Verify)][-1]
     assert last.accepted[-1] == eos and last.bonus is None and last.correction is None
@@ -206,7 +208,8 @@ def test_stop_at_an_end_token_inside_a_draft(models):
 def test_max_new_tokens_falls_inside_a_draft(models, n):
     target = models["target"]
     base, _ = decode(target, PROMPTS[1], "ar", n=n)
-    done, events = decode(target, PROMPTS[1], "speculative", target, n=n, gamma=16, adaptive_gamma=False)
+    done, events = decode(target, PROMPTS[1], "speculative", target, n=n, gamma=16, adaptive_gamma=False,
+                          draft_confidence=0.0)
     assert done.tokens == base.tokens and len(done.tokens) == n and done.finish_reason == "length"
     assert done.nfe == 1  # n - 1 drafts and the bonus in one verify
     assert all(len(e.tokens) <= n - 1 for e in events if isinstance(e, Draft))

@@ -69,10 +69,10 @@ register_strategy(Strategy(
     "draft with a small model, verify in one target forward (Leviathan et al. 2023): greedy output identical "
     "to the target's, sampling exact by rejection",
     keys=(
-        Key("gamma", int, 5, "draft tokens per verify step (the start value when adaptive_gamma)", min=1, max=64),
+        Key("gamma", int, 4, "draft tokens per verify step (the start value when adaptive_gamma)", min=1, max=64),
         Key("adaptive_gamma", bool, True, "transformers' heuristic: gamma +2 after a fully accepted draft, "
             "-1 otherwise; reset for every generation"),
-        Key("draft_confidence", float, 0.0, "stop drafting after a token the draft gives less than this "
+        Key("draft_confidence", float, 0.6, "stop drafting after a token the draft gives less than this "
             "probability; 0 never stops early", min=0.0, max=1.0),
         Key("allow_different_tokenizers", bool, False, "let a draft with another tokenizer work by re-encoding "
             "text (universal assisted decoding); also --allow-different-tokenizers"),
