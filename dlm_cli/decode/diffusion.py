@@ -99,7 +99,7 @@ def decode(
         while bs < end and not rule.finish:
             be = block_stop(model, bs, min(bs + B, L))
             pending = None
-            if rule.lookahead and (x[0, bs:be] == mask_id).any():
+            if rule.lookahead is not None and bool((x[0, bs:be] == mask_id).any()):
                 limit = block_stop(model, bs, min(be + rule.lookahead, L))
                 pending = forward(x, bs, be, True, rows_end=limit)[0]
                 probs = torch.softmax(pending.to(wide), -1).max(-1)

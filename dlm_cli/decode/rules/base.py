@@ -50,7 +50,7 @@ class CommitRule:
 
     name = "rule"
     uses_schedule = False
-    lookahead = 0  # rows past the default block end the first forward of a block should return
+    lookahead: int | None = None  # adaptive blocks: rows past the default block end to look at
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
