@@ -56,12 +56,6 @@ def decode_blocks(model: Denoiser, start: int, length: int, block_length: int) -
     return blocks
 
 
-def _eos_cut(model: Denoiser, positions: list[int], tokens: list[int]) -> int | None:
-    """The first generation-relative position among ``positions`` holding an end-of-text token."""
-    hits = [p for p, t in zip(positions, tokens) if t in model.eos_ids]
-    return min(hits) if hits else None
-
-
 def decode(
     model: Denoiser,
     prompt_ids: list[int],
@@ -131,6 +125,14 @@ def decode(
                     sel = cand
                 ed = rule.edit(state)
                 ed = torch.zeros_like(cand) if ed is None else ed & editable & (x0 != cur)
+                cut = None
+                if s.eotp:
+                    # EoTP: the first end token committed (or edited in) makes every slot after it final,
+                    # including slots this very step would have committed in parallel.
+                    hit = (sel | ed) & torch.isin(x0, eos)
+                    if bool(hit.any()):
+                        cut = bs + int(hit.nonzero()[0])
+                        sel, ed = sel & (rel <= cut), ed & (rel <= cut)
                 x[0, bs:be] = torch.where(sel | ed, x0, cur)
                 idx = sel.nonzero().squeeze(-1)
                 tokens = x0[idx].tolist()
@@ -139,15 +141,13 @@ def decode(
                 edited, edited_tokens = [p + bs - P for p in eidx.tolist()], x0[eidx].tolist()
                 edits += len(edited)
                 filled: list[int] = []
-                if s.eotp and (positions or edited):
-                    hit = _eos_cut(model, positions + edited, tokens + edited_tokens)
-                    if hit is not None and P + hit + 1 < end:
-                        j = P + hit
-                        tail = x[0, j + 1 : end] == mask_id
-                        filled = [p + j + 1 - P for p in tail.nonzero().squeeze(-1).tolist()]
-                        x[0, j + 1 : end] = torch.where(tail, torch.full_like(x[0, j + 1 : end], fill_token),
-                                                        x[0, j + 1 : end])
-                        end = j + 1
+                if cut is not None and cut + 1 < end:
+                    j = cut
+                    tail = x[0, j + 1 : end] == mask_id
+                    filled = [p + j + 1 - P for p in tail.nonzero().squeeze(-1).tolist()]
+                    x[0, j + 1 : end] = torch.where(tail, torch.full_like(x[0, j + 1 : end], fill_token),
+                                                    x[0, j + 1 : end])
+                    end = j + 1
                 remaining = int((x[0, bs:be] == mask_id).sum())
                 event = Step(step, forward.nfe, positions, tokens, conf[idx].tolist(), block=b,
                              filled=filled, filled_token=fill_token if filled else None,

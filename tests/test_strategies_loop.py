@@ -1,0 +1,162 @@
+"""Every strategy end to end on a tiny LLaDA: termination, no masks, true NFE, EoTP, FreeDave's
+losslessness, cache refresh exactness, and the combinations validation refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dlm_cli import profiles
+from dlm_cli.decode import run
+from dlm_cli.decode.events import Step
+from dlm_cli.errors import UsageError
+
+from test_cli import dlm, one_line_error
+from test_diffusion_loop import CountingNet, _force_eos_at
+
+
+def settings(strategy: str, sets=(), **flags):
+    return profiles.build({"strategy": strategy}, "test", profile="test", sets=list(sets),
+                          flags={"seed": 0, **flags})
+
+
+def decode(model, ids, strategy, sets=(), **flags):
+    return list(run(model, ids, settings(strategy, sets, **flags)))
+
+
+@pytest.fixture
+def counted(llada_model):
+    original = llada_model.net
+    llada_model.net = CountingNet(original)
+    yield llada_model
+    llada_model.net = original
+
+
+CASES = [
+    ("baseline", ["rank=margin", "steps=24"]), ("baseline", ["rank=entropy", "steps=24"]),
+    ("threshold", ["rank=margin"]), ("eb", []), ("eb", ["cache=dual"]), ("prophet", ["steps=24"]),
+    ("credit", []), ("credit", ["cache=prefix"]), ("localleap", ["cache=dual"]),
+    ("adablock", ["adablock_max=40", "block_length=16"]), ("adablock", ["cache=dual", "delimiter_threshold=0.0"]),
+    ("edit", ["threshold=0.5", "edit_threshold=0.3"]), ("edit", ["cache=dual", "threshold=0.5", "edit_threshold=0.3"]),
+    ("freedave", []), ("threshold", ["cache=dual", "refresh=2"]),
+    ("threshold", ["cache=prefix", "elastic_threshold=0.95"]),
+]
+
+
+@pytest.mark.parametrize("strategy,sets", CASES)
+def test_each_strategy_terminates_without_masks_and_reports_true_nfe(counted, prompt_ids, strategy, sets):
+    events = decode(counted, prompt_ids, strategy, sets, max_new_tokens=48, block_length=32)
+    done = events[-1]
+    steps = [e for e in events if isinstance(e, Step)]
+    committed = {p for e in steps for p in e.positions + e.filled}
+    assert committed == set(range(48))
+    assert done.nfe == counted.net.calls
+    assert counted.mask_id not in done.tokens
+    assert steps[-1].nfe == done.nfe
+
+
+@pytest.mark.parametrize("strategy,sets", [
+    ("threshold", []), ("eb", []), ("prophet", []), ("credit", []), ("localleap", []), ("adablock", []),
+    ("edit", ["threshold=0.5", "edit_threshold=0.0"]), ("freedave", []), ("baseline", ["rank=entropy"]),
+    ("threshold", ["cache=dual", "refresh=2"]),
+])
+def test_eotp_never_decodes_or_edits_past_an_eos_with_any_rule(llada_model, prompt_ids, strategy, sets):
+    forced = _force_eos_at(llada_model, 5, len(prompt_ids))
+    original, llada_model.net = llada_model.net, forced
+    try:
+        events = decode(llada_model, prompt_ids, strategy, sets, max_new_tokens=64, eotp=True)
+    finally:
+        llada_model.net = original
+    steps = [e for e in events if isinstance(e, Step)]
+    eos_step = next(i for i, e in enumerate(steps) if 5 in e.positions)
+    for e in steps[eos_step:]:
+        assert all(p <= 5 for p in e.positions + e.edited), (strategy, e)
+    assert sorted(p for e in steps for p in e.filled) == [p for p in range(6, 64)
+                                                           if p not in {q for e in steps[:eos_step + 1]
+                                                                        for q in e.positions}]
+    assert len(events[-1].tokens) == 5
+
+
+def test_prophet_commits_everything_once_the_gap_is_large(counted, prompt_ids):
+    """A network certain of every slot: the gap passes 7.5 at the first step, so the block is filled from
+    that step's logits and the rest of the canvas from one more forward."""
+    inner = counted.net.inner
+
+    class Certain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm_head = inner.lm_head
+
+        def forward(self, ids, **kw):
+            out = inner(ids, **kw)
+            out[..., 7] += 100.0
+            return out
+
+    counted.net.inner = Certain()
+    try:
+        events = decode(counted, prompt_ids, "prophet", max_new_tokens=64, block_length=16)
+    finally:
+        counted.net.inner = inner
+    steps = [e for e in events if isinstance(e, Step)]
+    assert events[-1].nfe == counted.net.calls == 2
+    assert [len(e.positions) for e in steps] == [16, 48]
+
+
+@pytest.mark.parametrize("sets", [[], ["eotp=true"], ["block_length=16"]])
+def test_freedave_output_equals_the_one_token_per_step_baseline_with_fewer_nfe(llada_model, prompt_ids, sets):
+    base = decode(llada_model, prompt_ids, "baseline", sets, max_new_tokens=64)[-1]
+    fd = decode(llada_model, prompt_ids, "freedave", sets + ["freedave_drafts=6"], max_new_tokens=64)[-1]
+    assert fd.tokens == base.tokens
+    assert fd.nfe < base.nfe == 64 or "eotp=true" in sets
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("strategy", ["threshold", "credit", "edit"])
+def test_refresh_every_step_equals_no_cache(llada_model, prompt_ids, cache, strategy):
+    plain = decode(llada_model, prompt_ids, strategy, max_new_tokens=48, block_length=16)
+    fresh = decode(llada_model, prompt_ids, strategy, [f"cache={cache}", "refresh=1"], max_new_tokens=48,
+                   block_length=16)
+    stale = decode(llada_model, prompt_ids, strategy, [f"cache={cache}"], max_new_tokens=48, block_length=16)
+    assert fresh[-1].tokens == plain[-1].tokens and fresh[-1].nfe == plain[-1].nfe
+    assert [e.positions for e in fresh if isinstance(e, Step)] == [e.positions for e in plain if isinstance(e, Step)]
+    assert fresh[-1].stats["refreshes"] == fresh[-1].nfe - 3  # every step but the three block starts
+    assert stale[-1].stats["refreshes"] == 0
+
+
+def test_elastic_refresh_fires_on_drift_and_never_with_a_tiny_threshold(llada_model, prompt_ids):
+    eager = decode(llada_model, prompt_ids, "threshold", ["cache=dual", "elastic_threshold=0.999999"],
+                   max_new_tokens=48, block_length=16)[-1]
+    never = decode(llada_model, prompt_ids, "threshold", ["cache=dual", "elastic_threshold=1e-9"],
+                   max_new_tokens=48, block_length=16)[-1]
+    dual = decode(llada_model, prompt_ids, "threshold", ["cache=dual"], max_new_tokens=48, block_length=16)[-1]
+    assert eager.stats["refreshes"] > 0
+    assert never.stats["refreshes"] == 0 and never.tokens == dual.tokens and never.nfe == dual.nfe
+
+
+@pytest.mark.parametrize("sets,fragments", [
+    (["strategy=threshold", "refresh=2"], ["refresh = 2", "cache = 'none'", "prefix"]),
+    (["strategy=threshold", "elastic_threshold=0.9"], ["elastic_threshold", "cache = 'none'"]),
+    (["strategy=freedave", "cache=dual"], ["'freedave' cannot be used with cache = 'dual'", "cache = \"none\""]),
+    (["strategy=freedave", "temperature=0.7"], ["freedave", "temperature = 0"]),
+    (["strategy=threshold", "rank=entropy"], ["rank = 'entropy'", "strategy = \"eb\""]),
+    (["strategy=adablock", "adablock_min=40", "adablock_max=20"], ["adablock_min = 40", "adablock_max = 20"]),
+    (["strategy=threshold", "credit_decay=0.5"], ["unknown key 'credit_decay' for strategy 'threshold'"]),
+    (["strategy=prophet", "threshold=0.9"], ["unknown key 'threshold' for strategy 'prophet'"]),
+])
+def test_impossible_combinations_are_refused_with_one_line(tiny_llada, sets, fragments):
+    with pytest.raises(UsageError) as info:
+        profiles.load("quality", sets=sets)
+    for f in fragments:
+        assert f in str(info.value), str(info.value)
+    args = ["generate", "-m", str(tiny_llada), "hi", "-n", "8", "-p", "quality"]
+    for s in sets:
+        args += ["--set", s]
+    one_line_error(dlm(*args), 2, *fragments)
+
+
+@pytest.mark.parametrize("name", ["prophet", "credit", "localleap", "adablock", "llada21-s", "llada21-q", "freedave",
+                                  "elastic", "eb", "fast-dllm", "speedy", "quality"])
+def test_every_builtin_profile_decodes(llada_model, prompt_ids, name):
+    s = profiles.load(name, flags={"seed": 0, "max_new_tokens": 24})
+    done = list(run(llada_model, prompt_ids, s))[-1]
+    assert done.nfe >= 1 and llada_model.mask_id not in done.tokens
