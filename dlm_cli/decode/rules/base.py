@@ -92,7 +92,9 @@ def top1(confidence: torch.Tensor) -> torch.Tensor:
 def topk_mask(confidence: torch.Tensor, k: int) -> torch.Tensor:
     """A boolean mask of the ``k`` most confident rows."""
     out = torch.zeros(confidence.shape, dtype=torch.bool, device=confidence.device)
-    if k > 0:
+    if k == 1:
+        out[torch.argmax(confidence)] = True  # the same tie-break as top1 and FreeDave's verification
+    elif k > 1:
         out[torch.topk(confidence, k).indices] = True
     return out
 

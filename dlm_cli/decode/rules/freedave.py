@@ -67,24 +67,23 @@ class FreeDave(CommitRule):
                 x0, conf = confidences(f, cand)
                 k_max = min(K, int(cand.sum()))
                 order = torch.topk(conf, k_max).indices
-                order[0] = torch.topk(conf, 1).indices[0]  # the baseline's own pick, whatever the ties
+                order[0] = torch.argmax(conf)  # the baseline's own pick, with its tie-break
                 if k_max == 1:
                     take, f = 1, None
                 else:
                     drafts = x.repeat(k_max, 1)
+                    committed = torch.zeros(k_max, be - bs, dtype=torch.bool, device=dev)
                     for k in range(k_max):
-                        drafts[k, bs + order[: k + 1]] = x0[order[: k + 1]]
+                        committed[k, order[: k + 1]] = True
+                    drafts[:, bs:be] = torch.where(committed, x0.expand(k_max, -1), drafts[:, bs:be])
                     out = forward(drafts, bs, be)
                     nfe += 1
                     drafted += k_max - 1
-                    take = 1
-                    for j in range(1, k_max):  # the normal step from D_j must commit a_{j+1}
-                        cj = drafts[j - 1, bs:be] == mask_id
-                        xj, confj = confidences(out[j - 1], cj)
-                        pick = int(torch.topk(confj, 1).indices[0])
-                        if pick != int(order[j]) or int(xj[pick]) != int(x0[order[j]]):
-                            break
-                        take = j + 1
+                    # The normal step from D_j (j = 1..K-1) must commit a_{j+1} with the same token.
+                    xs, confs = confidences(out[:-1], cand & ~committed[:-1])
+                    picks = confs.argmax(-1)
+                    ok = (picks == order[1:]) & (xs.gather(-1, picks[:, None])[:, 0] == x0[order[1:]])
+                    take = 1 + int(torch.cumprod(ok.long(), 0).sum())
                     accepted += take - 1
                     f = out[take - 1]
                 idx = order[:take]
