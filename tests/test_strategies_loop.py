@@ -160,3 +160,98 @@ def test_every_builtin_profile_decodes(llada_model, prompt_ids, name):
     s = profiles.load(name, flags={"seed": 0, "max_new_tokens": 24})
     done = list(run(llada_model, prompt_ids, s))[-1]
     assert done.nfe >= 1 and llada_model.mask_id not in done.tokens
+
+
+def _forcing(model, slot_token: dict[int, int], prompt_len: int):
+    """The network, but certain of ``token`` at generation slot ``slot`` for each item of ``slot_token``."""
+    inner = model.net
+
+    class Forced(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm_head = inner.lm_head
+
+        def forward(self, ids, *, start=0, cache=None, mask=None, rows=None):
+            out = inner(ids, start=start, cache=cache, mask=mask, rows=rows).clone()
+            r0 = start + (rows[0] if rows else 0)
+            for slot, token in slot_token.items():
+                i = prompt_len + slot - r0
+                if 0 <= i < out.shape[1]:
+                    out[0, i, :] = -1e4
+                    out[0, i, token] = 1e4
+            return out
+
+    return Forced()
+
+
+def test_adablock_ends_the_block_just_after_a_confident_delimiter(llada_model, prompt_ids):
+    dot = llada_model.tokenizer.convert_tokens_to_ids(".")
+    forced = _forcing(llada_model, {9: dot}, len(prompt_ids))
+    original, llada_model.net = llada_model.net, forced
+    try:
+        events = decode(llada_model, prompt_ids, "adablock", ["adablock_min=4", "adablock_max=24", "eotp=false"],
+                        max_new_tokens=48, block_length=16)
+    finally:
+        llada_model.net = original
+    blocks: dict[int, set[int]] = {}
+    for e in events:
+        if isinstance(e, Step):
+            blocks.setdefault(e.block, set()).update(e.positions)
+    assert blocks[0] == set(range(10))  # the block ends right after the '.' at slot 9
+    assert min(blocks[1]) == 10
+
+
+@pytest.fixture(scope="module")
+def block_model(tmp_path_factory):
+    from checkpoints import make_fast_dllm_v2
+
+    from dlm_cli.models.loading import load
+
+    return load(str(make_fast_dllm_v2(tmp_path_factory.mktemp("bd") / "fdv2", sharpen=4.0, bd_size=8)))
+
+
+@pytest.mark.parametrize("strategy,sets", [
+    ("adablock", ["adablock_max=40", "delimiter_threshold=0.0", "delimiters=abcdefghijklmnopqrstuvwxyz.,"]),
+    ("adablock", ["cache=dual", "delimiter_threshold=0.0", "delimiters=abcdefghijklmnopqrstuvwxyz.,"]),
+    ("prophet", ["cache=prefix"]), ("edit", ["cache=dual", "threshold=0.5", "edit_threshold=0.2"]),
+    ("threshold", ["cache=dual", "refresh=1", "elastic_threshold=0.9"]),
+])
+def test_block_diffusion_models_never_decode_across_their_block_grid(block_model, strategy, sets):
+    from dlm_cli.prompting import encode
+
+    ids = encode(block_model.tokenizer, "sort these numbers: 3 1 2")
+    P = len(ids)
+    events = decode(block_model, ids, strategy, sets, max_new_tokens=40, block_length=16)
+    grid: dict[int, set[int]] = {}
+    for e in events:
+        if isinstance(e, Step):
+            grid.setdefault(e.block, set()).update((P + p) // 8 for p in e.positions + e.edited)
+    assert all(len(g) == 1 for g in grid.values()), grid
+    assert block_model.mask_id not in events[-1].tokens
+
+
+def test_prophet_on_a_block_diffusion_model_finishes_one_model_block_at_a_time(block_model):
+    from dlm_cli.prompting import encode
+
+    inner = block_model.net
+
+    class Certain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm_head = inner.lm_head
+
+        def forward(self, ids, **kw):
+            out = inner(ids, **kw).clone()
+            out[..., 7] += 100.0
+            return out
+
+    ids = encode(block_model.tokenizer, "sort these numbers: 3 1 2")
+    P = len(ids)
+    block_model.net = Certain()
+    try:
+        events = decode(block_model, ids, "prophet", ["cache=prefix"], max_new_tokens=40, block_length=16)
+    finally:
+        block_model.net = inner
+    steps = [e for e in events if isinstance(e, Step)]
+    assert all(len({(P + p) // 8 for p in e.positions}) == 1 for e in steps)
+    assert len(steps) == len({(P + p) // 8 for p in range(40)})  # one step per model block

@@ -161,6 +161,10 @@ def decode(
                 i += 1
                 if rule.finish:
                     break
+            if rule.finish and model.block_end(bs) is not None:
+                # Block-causal models condition a block only on final earlier ones: Prophet's early
+                # commit ends this block, and the next one is decoded (and tested) afresh.
+                rule.finish = False
             bs, b = be, b + 1
         if rule.finish and bs < end and bool((x[0, bs:end] == mask_id).any()):
             # Prophet: one more forward over the whole canvas fills every remaining mask with its argmax.
