@@ -37,7 +37,7 @@ class AttentionProbe:
         layers = model.net.model.layers
         self.index = layer % len(layers)
         self.attn = layers[self.index].self_attn
-        self.rows: tuple[int, int] | None = None  # block rows, relative to the window
+        self.rows: tuple[int, int] | None = None  # the block's absolute positions
         self.cache: Any = None
         self.current: torch.Tensor | None = None  # [heads * queries, keys] attention probabilities
         self.handle = self.attn.register_forward_hook(self._hook, with_kwargs=True)
@@ -51,7 +51,8 @@ class AttentionProbe:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        r0, r1 = self.rows
+        start = self.cache.cursor.start  # the window's first position (families may widen it)
+        r0, r1 = self.rows[0] - start, self.rows[1] - start
         h = h[:, r0:r1]
         cos, sin = kwargs["position_embeddings"]
         cos, sin = cos[:, r0:r1], sin[:, r0:r1]
@@ -111,7 +112,7 @@ class Forward:
             self.refreshes += 1
         if self.probe is not None:
             self.probe.cache = cache
-            self.probe.rows = (bs, be) if full else (0, be - bs)  # relative to the window
+            self.probe.rows = (bs, be)
         if full:
             cache.clear()
             out = m.logits(x, 0, self.length, cache=cache, rows=rows)
