@@ -255,3 +255,25 @@ def test_prophet_on_a_block_diffusion_model_finishes_one_model_block_at_a_time(b
     steps = [e for e in events if isinstance(e, Step)]
     assert all(len({(P + p) // 8 for p in e.positions}) == 1 for e in steps)
     assert len(steps) == len({(P + p) // 8 for p in range(40)})  # one step per model block
+
+
+@pytest.fixture(scope="module")
+def dream_model(tmp_path_factory):
+    from checkpoints import make_dream
+
+    from dlm_cli.models.loading import load
+
+    return load(str(make_dream(tmp_path_factory.mktemp("dream") / "dream", sharpen=4.0)))
+
+
+@pytest.mark.parametrize("sets", [["cache=dual", "refresh=1"], ["cache=prefix", "refresh=1"]])
+def test_refresh_every_step_equals_no_cache_on_a_shifted_family(dream_model, sets):
+    from dlm_cli.prompting import encode
+
+    ids = encode(dream_model.tokenizer, "sort these numbers: 3 1 2")
+    plain = decode(dream_model, ids, "threshold", ["eotp=false"], max_new_tokens=32, block_length=16)[-1]
+    fresh = decode(dream_model, ids, "threshold", sets + ["eotp=false"], max_new_tokens=32, block_length=16)[-1]
+    eager = decode(dream_model, ids, "threshold", sets[:1] + ["eotp=false", "elastic_threshold=0.999999"],
+                   max_new_tokens=32, block_length=16)[-1]
+    assert fresh.tokens == plain.tokens and fresh.nfe == plain.nfe
+    assert eager.stats["refreshes"] > 0
