@@ -9,6 +9,7 @@ decode per row; seconds are decode time only (``Done.seconds``).
 
     python benchmarks/strategies.py                       # every built-in method profile, none + dual
     python benchmarks/strategies.py -p speedy,prophet --caches none,prefix,dual --per-task 8 --reps 2
+    python benchmarks/strategies.py -p "speedy[threshold=0.7],speedy[threshold=0.95,eotp=false]"  # variants
     python benchmarks/strategies.py --json results.json   # also write the rows as JSON
 
 Speed is only comparable inside one run; rerun on a quiet machine (``--threads 1`` by default, so
@@ -28,9 +29,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("speedy,fast-dllm,threshold-none,margin,eb,prophet,credit,localleap,adablock,llada21-s,llada21-q,"
-           "freedave,elastic")
+METHODS = ("speedy,speedy[eotp=false],fast-dllm,margin,eb,prophet,credit,localleap,adablock,llada21-s,llada21-q,"
+           "freedave,elastic,speedy[threshold=0.5],speedy[strategy=factor,factor=4.0]")
 CACHE_FREE = {"freedave", "quality"}  # lossless/reference rows run only without a cache
+CACHE_ONLY = {"elastic"}  # a cache policy: nothing to refresh without a cache
 
 
 @dataclass
@@ -53,21 +55,53 @@ class Result:
     refreshes: float = 0.0
 
 
+def parse_row(item: str) -> tuple[str, list[str]]:
+    """``profile`` or ``profile[key=value,key=value]`` (a variant of a profile): the profile and its --set items."""
+    if item.endswith("]") and "[" in item:
+        name, inner = item[:-1].split("[", 1)
+        return name, [kv.strip() for kv in inner.split(",") if kv.strip()]
+    return item, []
+
+
+def split_rows(text: str) -> list[str]:
+    """Comma-separated rows, where commas inside ``[...]`` belong to the row."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return [r for r in out if r]
+
+
 def variants(names: list[str], caches: list[str]) -> list[tuple[str, str, list[str]]]:
     """(row name, profile, --set items) for each profile × cache mode."""
     out = []
-    for name in names:
-        profile = "speedy" if name == "threshold-none" else name
+    for item in names:
+        profile, extra = parse_row(item)
         for cache in caches:
-            if profile in CACHE_FREE and cache != "none":
+            if (profile in CACHE_FREE and cache != "none") or (profile in CACHE_ONLY and cache == "none"):
                 continue
-            sets = [f"cache={cache}"]
-            if name == "threshold-none":
-                sets.append("eotp=false")
+            sets = [f"cache={cache}"] + extra
             if cache == "none":
                 sets += ["refresh=0", "elastic_threshold=0.0"]
-            out.append((f"{name}" + ("" if cache == "none" else f" +{cache}"), profile, sets))
+            out.append((item + ("" if cache == "none" else f" +{cache}"), profile, sets))
     return out
+
+
+CACHE_KEYS = ("cache", "refresh", "elastic_threshold", "elastic_layer", "seed")
+
+
+def same_without_cache(settings: Any, runs: list[tuple[str, str, Any]]) -> str | None:
+    """The row that decodes with the same settings but no cache (to measure what the cache changes)."""
+    want = {k: v for k, v in settings.as_dict().items() if k not in CACHE_KEYS}
+    for name, _, s in runs:
+        if s.cache == "none" and {k: v for k, v in s.as_dict().items() if k not in CACHE_KEYS} == want:
+            return name
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = {"seed": 0}
     if args.max_new_tokens:
         flags["max_new_tokens"] = args.max_new_tokens
-    names = [n.strip() for n in args.profiles.split(",") if n.strip() and n.strip() != "quality"]
+    names = [n for n in split_rows(args.profiles) if n != "quality"]
     rows = [("baseline (quality)", "quality", [])] + variants(names, args.caches.split(","))
     runs = [(name, prof, profiles.load(prof, sets=sets, flags=flags)) for name, prof, sets in rows]
 
@@ -135,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         r.speedup = seconds[base] / seconds[name] if seconds[name] else 0.0
         r.nfe_ratio = sum(d.nfe for d in dones[base]) / nfe if nfe else 0.0
         r.agreement = sum(a.tokens == b.tokens for a, b in zip(ds, dones[base])) / len(ds)
-        plain = name.split(" +")[0]
-        if " +" in name and plain in dones:
+        plain = same_without_cache(s, runs)
+        if s.cache != "none" and plain is not None:
             r.cache_agreement = sum(a.tokens == b.tokens for a, b in zip(ds, dones[plain])) / len(ds)
         r.refreshes = sum(d.stats.get("refreshes", 0) for d in ds) / len(ds)
         per: dict[str, list[bool]] = {}
@@ -153,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
 
     tasks = list(results[0].task_scores)
-    head = ["row", "strategy", "NFE", "NFE ×", "tok/NFE", "speedup", "= baseline", "= no cache", "det. score",
-            "pick"] + tasks
+    head = ["row", "strategy", "NFE", "NFE ×", "tok/NFE", "speedup", "= baseline", "= no cache", "refreshes",
+            "det. score"] + tasks
     print(f"\n{model.info.name} · {len(prompts)} prompts ({args.per_task}/task) × {args.reps} reps · "
           f"{args.threads} thread(s) · {model.info.device}\n")
     print("| " + " | ".join(head) + " |")
@@ -162,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         cells = [r.name, r.strategy, f"{r.nfe:.1f}", f"{r.nfe_ratio:.1f}×", f"{r.tokens_per_nfe:.2f}",
                  f"{r.speedup:.1f}×", f"{r.agreement:.0%}",
-                 "" if r.cache_agreement is None else f"{r.cache_agreement:.0%}", f"{r.deterministic:.1%}",
-                 "" if r.random is None else f"{r.random:.0%}"] + [f"{r.task_scores[t]:.0%}" for t in tasks]
+                 "" if r.cache_agreement is None else f"{r.cache_agreement:.0%}",
+                 f"{r.refreshes:.1f}" if r.refreshes else "", f"{r.deterministic:.1%}"]
+        cells += [f"{r.task_scores[t]:.0%}" for t in tasks]
         print("| " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model.info.name, "prompts": len(prompts),
