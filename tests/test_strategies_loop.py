@@ -40,6 +40,9 @@ CASES = [
     ("edit", ["threshold=0.5", "edit_threshold=0.3"]), ("edit", ["cache=dual", "threshold=0.5", "edit_threshold=0.3"]),
     ("freedave", []), ("threshold", ["cache=dual", "refresh=2"]),
     ("threshold", ["cache=prefix", "elastic_threshold=0.95"]),
+    ("credit", ["temperature=0.8", "top_k=20"]), ("edit", ["temperature=0.8", "threshold=0.6", "edit_threshold=0.4"]),
+    ("prophet", ["temperature=0.8", "steps=24"]), ("adablock", ["temperature=0.8", "top_p=0.9"]),
+    ("eb", ["temperature=0.8"]), ("localleap", ["temperature=0.8"]),
 ]
 
 
