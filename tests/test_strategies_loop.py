@@ -280,3 +280,32 @@ def test_refresh_every_step_equals_no_cache_on_a_shifted_family(dream_model, set
                    max_new_tokens=32, block_length=16)[-1]
     assert fresh.tokens == plain.tokens and fresh.nfe == plain.nfe
     assert eager.stats["refreshes"] > 0
+
+
+@pytest.mark.parametrize("mode", ["dual", "prefix"])
+def test_elastic_refresh_from_layer_0_equals_a_full_forward(llada_model, prompt_ids, mode):
+    """Refreshing every layer from the stored layer-0 input (the embeddings) with the window's fresh
+    rows spliced in is a full recompute: the logits match a forward without a cache."""
+    from dlm_cli.decode.cache import ElasticLayers
+
+    m = llada_model
+    P = len(prompt_ids)
+    L, bs, be = P + 32, P + 8, P + 16
+    x = torch.full((1, L), m.mask_id)
+    x[0, :P] = torch.tensor(prompt_ids)
+    x[0, P:bs] = torch.arange(30, 30 + bs - P)
+    cache, el = m.new_cache(), ElasticLayers(0)
+    el.mode = "store"
+    m.logits(x, 0, L, cache=cache, elastic=el)
+    if mode == "prefix":
+        cache.truncate(bs)
+    x[0, bs:be:2] = 40  # the block changes: every cached key and value is stale now
+    end = be if mode == "dual" else L
+    stale = m.logits(x, bs, end, cache=cache, rows=(bs, be))
+    el.mode = "partial"
+    fresh = m.logits(x, bs, end, cache=cache, rows=(bs, be), elastic=el)
+    full = m.logits(x, 0, L, rows=(bs, be))
+    assert torch.allclose(fresh, full, atol=1e-5)
+    assert not torch.allclose(stale, full, atol=1e-3)
+    el.mode = None
+    assert torch.allclose(m.logits(x, bs, end, cache=cache, rows=(bs, be)), full, atol=1e-5)  # the cache is fresh

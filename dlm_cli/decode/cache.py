@@ -8,10 +8,12 @@ policies bound the staleness:
 - ``refresh = N``: recompute the whole cache every ``N`` steps of a block (``1`` is a full forward
   at every step, which gives exactly the no-cache output).
 - ``elastic_threshold = γ`` (Elastic-Cache, Nguyen-Tri et al., 2025): after each step, look at the
-  attention that the block's queries pay, at layer ``elastic_layer``, to the most-attended token
-  of the previous step; when the cosine similarity of that attention between consecutive steps
-  falls below ``γ``, the next step recomputes the cache. Elastic-Cache recomputes only from the
-  drifting layer upward; dlm recomputes every layer (documented difference: simpler, exact).
+  attention that the block's queries pay, at layer ``ℓ = elastic_layer``, to the most-attended
+  token of the previous step; when the cosine similarity of that attention between consecutive
+  steps falls below ``γ``, the next step refreshes the cache from layer ``ℓ`` upward: the window
+  runs the layers below ``ℓ`` on the cache as usual, and every position of the canvas runs the
+  layers from ``ℓ`` up (from their stored input at ``ℓ``, with the window's fresh rows spliced in),
+  rewriting those layers' keys and values. The layers below ``ℓ`` keep their cached keys and values.
 
 For block-diffusion models (block-causal attention) the cache is exact, so no refresh is needed
 and these keys have no effect.
@@ -68,6 +70,15 @@ class AttentionProbe:
         self.current = att[0].reshape(-1, att.shape[-1])
 
 
+class ElasticLayers:
+    """Elastic-Cache's layer-wise refresh: the stored input of layer ``layer`` for the whole canvas."""
+
+    def __init__(self, layer: int) -> None:
+        self.layer = layer
+        self.hidden: torch.Tensor | None = None
+        self.mode: str | None = None  # "store" (full forward), "partial" (refresh from the layer up) or None
+
+
 class Forward:
     """Runs the forward a step needs under the chosen cache policy, and counts NFE and refreshes."""
 
@@ -84,6 +95,7 @@ class Forward:
         gamma = float(getattr(settings, "elastic_threshold", 0.0) or 0.0)
         self.gamma = gamma if approximate else 0.0
         self.probe = AttentionProbe(model, int(getattr(settings, "elastic_layer", -1))) if self.gamma > 0 else None
+        self.layers = ElasticLayers(self.probe.index) if self.probe is not None else None
         self.age = 0  # forwards since the last full one
         self.stale = False  # the elastic test asked for a recompute at the next step
         self.previous: torch.Tensor | None = None
@@ -107,23 +119,26 @@ class Forward:
                 self.exact_upto = bs
                 return out
             return m.logits(x, bs, be, cache=cache, rows=rows)
-        full = first or (self.every and self.age >= self.every) or self.stale
-        if full and not first:
+        full = first or bool(self.every and self.age >= self.every)
+        partial = self.stale and not full
+        if (full and not first) or partial:
             self.refreshes += 1
         if self.probe is not None:
             self.probe.cache = cache
             self.probe.rows = (bs, be)
+            self.layers.mode = "store" if full else "partial" if partial else None
+        elastic = self.layers if self.probe is not None else None
         if full:
             cache.clear()
-            out = m.logits(x, 0, self.length, cache=cache, rows=rows)
+            out = m.logits(x, 0, self.length, cache=cache, rows=rows, elastic=elastic)
             if self.mode == "prefix":
                 cache.truncate(bs)
             self.age = 1
-            self.stale = False
         else:
             end = be if self.mode == "dual" else self.length
-            out = m.logits(x, bs, end, cache=cache, rows=rows)
+            out = m.logits(x, bs, end, cache=cache, rows=rows, elastic=elastic)
             self.age += 1
+        self.stale = False
         if self.probe is not None:
             self._drift(first)
         return out

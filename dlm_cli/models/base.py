@@ -102,6 +102,7 @@ class Denoiser:
         *,
         cache: DenoiserCache | None = None,
         rows: tuple[int, int] | None = None,
+        elastic: Any = None,
     ) -> torch.Tensor:
         """Logits ``[B, r1 - r0, V]`` predicting the tokens at absolute positions ``rows = (r0, r1)``.
 
@@ -109,7 +110,8 @@ class Denoiser:
         With a cache, the window's keys and values are written over the cache at ``start`` and the
         window attends to everything the cache holds. ``rows`` defaults to the whole window.
         Block-diffusion models widen the window as the module doc says, so that everything before
-        ``start`` must be final (committed) when a cache is used.
+        ``start`` must be final (committed) when a cache is used. ``elastic`` is passed to the
+        network (Elastic-Cache's layer-wise refresh, :class:`~dlm_cli.models.stack.DenoiserStack`).
         """
         end = x.shape[1] if end is None else end
         r0, r1 = rows if rows is not None else (start, end)
@@ -129,13 +131,14 @@ class Denoiser:
             pad = torch.full((x.shape[0], end - x.shape[1]), self.mask_id, dtype=x.dtype, device=x.device)
             ids = torch.cat([ids, pad], dim=1)
         kv_len = end if cache is None else max(end, cache.length)
+        extra = {} if elastic is None else {"elastic": elastic}
         mask = self._mask(q0, end, kv_len, x.device)
         if self.shift:
             lo, hi = max(r0 - 1, 0) - q0, r1 - 1 - q0
-            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(lo, hi))
+            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(lo, hi), **extra)
             if r0 == 0:
                 out = torch.cat([out[:, :1], out], dim=1)
         else:
-            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0))
+            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0), **extra)
         # Padded embedding rows are not tokens; never propose them.
         return out if self.token_count is None else out[..., : self.token_count]
