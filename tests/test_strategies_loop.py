@@ -145,6 +145,7 @@ def test_elastic_refresh_fires_on_drift_and_never_with_a_tiny_threshold(llada_mo
     (["strategy=adablock", "adablock_min=40", "adablock_max=20"], ["adablock_min = 40", "adablock_max = 20"]),
     (["strategy=threshold", "credit_decay=0.5"], ["unknown key 'credit_decay' for strategy 'threshold'"]),
     (["strategy=prophet", "threshold=0.9"], ["unknown key 'threshold' for strategy 'prophet'"]),
+    (["strategy=s2d2", "cache=prefix"], ["'s2d2' cannot be used with cache = 'prefix'"]),
 ])
 def test_impossible_combinations_are_refused_with_one_line(tiny_llada, sets, fragments):
     with pytest.raises(UsageError) as info:
@@ -309,3 +310,73 @@ def test_elastic_refresh_from_layer_0_equals_a_full_forward(llada_model, prompt_
     assert not torch.allclose(stale, full, atol=1e-3)
     el.mode = None
     assert torch.allclose(m.logits(x, bs, end, cache=cache, rows=(bs, be)), full, atol=1e-5)  # the cache is fresh
+
+
+@pytest.fixture(scope="module")
+def sdar_model(tmp_path_factory):
+    from checkpoints import make_sdar
+
+    from dlm_cli.models.loading import load
+
+    return load(str(make_sdar(tmp_path_factory.mktemp("sdar") / "sdar", sharpen=4.0, block_size=4)))
+
+
+def greedy_ar(model, ids, n):
+    """The model run as an AR model (block size 1), one greedy token at a time: S2D2's verifier alone."""
+    P = len(ids)
+    x = torch.full((1, P + n), model.mask_id)
+    x[0, :P] = torch.tensor(ids)
+    for p in range(P, P + n):
+        x[0, p] = int(model.logits(x, 0, p + 1, rows=(p, p + 1), grid=1)[0, 0].argmax())
+    out = x[0, P:].tolist()
+    cut = next((i for i, t in enumerate(out) if t in model.eos_ids), n)
+    return out[:cut]
+
+
+@pytest.mark.parametrize("which", ["sdar", "fdv2"])
+def test_s2d2_always_verifying_is_exactly_greedy_ar_decoding(sdar_model, block_model, which):
+    from dlm_cli.prompting import encode
+
+    model = sdar_model if which == "sdar" else block_model
+    ids = encode(model.tokenizer, "sort these numbers: 3 1 2")
+    original = model.net
+    model.net = CountingNet(original)
+    try:
+        events = decode(model, ids, "s2d2", ["s2d2_min_gain=0", "eotp=false"], max_new_tokens=24, block_length=8)
+        calls = model.net.calls
+    finally:
+        model.net = original
+    done = events[-1]
+    assert done.tokens == greedy_ar(model, ids, 24)
+    assert done.nfe == calls and done.stats["verifies"] * 2 == done.nfe  # every step: draft + verify
+    assert done.nfe < 2 * 24  # some drafts were accepted beyond the first token
+
+
+def test_s2d2_policy_skips_verification_when_drafts_are_unsure_and_needs_a_block_model(block_model, llada_model,
+                                                                                      prompt_ids):
+    from dlm_cli.errors import DlmError
+    from dlm_cli.prompting import encode
+
+    ids = encode(block_model.tokenizer, "sort these numbers: 3 1 2")
+    never = decode(block_model, ids, "s2d2", ["s2d2_min_gain=1000"], max_new_tokens=24, block_length=8)[-1]
+    plain = decode(block_model, ids, "threshold", ["eotp=false"], max_new_tokens=24, block_length=8)[-1]
+    assert never.stats["verifies"] == 0 and never.tokens == plain.tokens and never.nfe == plain.nfe
+    sampled = decode(block_model, ids, "s2d2", ["s2d2_min_gain=0", "temperature=0.9"], max_new_tokens=24)[-1]
+    assert sampled.stats["verifies"] > 0 and block_model.mask_id not in sampled.tokens
+    with pytest.raises(DlmError, match="needs a block-diffusion model"):
+        decode(llada_model, prompt_ids, "s2d2", max_new_tokens=8)
+
+
+def test_speculative_accept_greedy_and_sampled():
+    from dlm_cli.decode.rules.s2d2 import expected_accepted, speculative_accept
+
+    p = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.2, 0.6]], dtype=torch.float64)
+    assert speculative_accept(torch.tensor([1, 0, 2]), p, p, None, True) == (3, None)
+    assert speculative_accept(torch.tensor([1, 2, 2]), p, p, None, True) == (1, 0)
+    g = torch.Generator().manual_seed(0)
+    assert speculative_accept(torch.tensor([1, 0, 2]), p, p, g, False) == (3, None)  # p = q: always accepted
+    q = p.clone()
+    q[0] = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)  # a draft token the verifier never makes
+    n, fix = speculative_accept(torch.tensor([2, 0, 2]), q, p, g, False)
+    assert n == 0 and fix in (0, 1)  # resampled from max(0, p - q) = [0.1, 0.9, 0]: never the rejected 2
+    assert expected_accepted(torch.tensor([0.5, 0.5])) == pytest.approx(0.5 + 0.25)
