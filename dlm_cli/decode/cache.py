@@ -90,10 +90,13 @@ class Forward:
         self.exact_upto = 0  # block-causal: cache holds exact keys/values for [0, exact_upto)
         self.nfe = 0
         self.refreshes = 0  # full forwards inside a block (not counting block starts)
-        approximate = self.cache is not None and not model.block_size and hasattr(model.net, "model")
+        from ..models.stack import DenoiserStack
+
+        approximate = self.cache is not None and not model.block_size
         self.every = int(getattr(settings, "refresh", 0) or 0) if approximate else 0
         gamma = float(getattr(settings, "elastic_threshold", 0.0) or 0.0)
-        self.gamma = gamma if approximate else 0.0
+        # The attention probe and the layer-wise refresh need dlm's own transformer stack.
+        self.gamma = gamma if approximate and isinstance(model.net, DenoiserStack) else 0.0
         self.probe = AttentionProbe(model, int(getattr(settings, "elastic_layer", -1))) if self.gamma > 0 else None
         self.layers = ElasticLayers(self.probe.index) if self.probe is not None else None
         self.age = 0  # forwards since the last full one
@@ -127,16 +130,16 @@ class Forward:
             self.probe.cache = cache
             self.probe.rows = (bs, be)
             self.layers.mode = "store" if full else "partial" if partial else None
-        elastic = self.layers if self.probe is not None else None
+        extra = {"elastic": self.layers} if self.probe is not None else {}  # only dlm's own stacks take it
         if full:
             cache.clear()
-            out = m.logits(x, 0, self.length, cache=cache, rows=rows, elastic=elastic)
+            out = m.logits(x, 0, self.length, cache=cache, rows=rows, **extra)
             if self.mode == "prefix":
                 cache.truncate(bs)
             self.age = 1
         else:
             end = be if self.mode == "dual" else self.length
-            out = m.logits(x, bs, end, cache=cache, rows=rows, elastic=elastic)
+            out = m.logits(x, bs, end, cache=cache, rows=rows, **extra)
             self.age += 1
         self.stale = False
         if self.probe is not None:
