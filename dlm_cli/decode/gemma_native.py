@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import DlmError
+from ..models.compat import cache_kwarg
 from .events import Clock, Done, Event, Start, Step
 from .keys import Key, Strategy, register_strategy
 
@@ -80,6 +81,9 @@ class GemmaNative:
         processors = net._prepare_logits_processor(gc, None)
         stopping = net._prepare_diffusion_stopping_criteria(gc)
         eos = torch.tensor(model.eos_ids, device=dev)
+        enc_kw = cache_kwarg(net.model.encoder.forward)
+        prep_kw = cache_kwarg(net._prepare_denoiser_inputs)
+        step_kw = cache_kwarg(net._denoising_step)
 
         yield Start("diffusion", P, G, C)
         clock = Clock()
@@ -90,11 +94,12 @@ class GemmaNative:
         for k in range(math.ceil(G / C)):
             cur = P + k * C
             # The causal encoder adds what became final (the prompt, then the last canvas) to the cache.
-            net.model.encoder(input_ids=ids[:, encoded:cur], past_key_values=cache,
-                              position_ids=torch.arange(encoded, cur, device=dev).unsqueeze(0))
+            enc = net.model.encoder(input_ids=ids[:, encoded:cur], **{enc_kw: cache},
+                                    position_ids=torch.arange(encoded, cur, device=dev).unsqueeze(0))
+            cache = getattr(enc, "cache", None) or getattr(enc, "past_key_values", None) or cache
             encoded, canvases = cur, k + 1
             canvas, sc, masks, finished = net._prepare_denoiser_inputs(
-                decoder_attention_mask=torch.ones((1, cur + C), dtype=torch.bool, device=dev), past_key_values=cache,
+                decoder_attention_mask=torch.ones((1, cur + C), dtype=torch.bool, device=dev), **{prep_kw: cache},
                 sampler=sampler, diffusion_stopping_criteria=stopping, batch_size=1, device=dev, model_kwargs={})
             argmax, shown = canvas, None
             slots = min(C, G - k * C)  # canvas slots inside the answer
@@ -103,7 +108,7 @@ class GemmaNative:
                 canvas, argmax, sc, finished = net._denoising_step(
                     decoder_forward=net.forward, current_canvas=canvas, argmax_canvas=argmax, input_ids=ids,
                     decoder_position_ids=torch.arange(cur, cur + C, device=dev).unsqueeze(0),
-                    self_conditioning_logits=sc, mask_mapping=masks, past_key_values=cache,
+                    self_conditioning_logits=sc, mask_mapping=masks, **{step_kw: cache},
                     finished_denoising=finished, cur_step=cur_step, sampler=sampler, logits_processor=processors,
                     diffusion_stopping_criteria=stopping)
                 nfe += 1

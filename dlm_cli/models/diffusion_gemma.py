@@ -30,6 +30,7 @@ import torch
 
 from ..errors import DlmError
 from .base import Denoiser
+from .compat import cache_kwarg
 
 FAMILY = "diffusion-gemma"
 
@@ -101,13 +102,14 @@ class DiffusionGemmaDenoiser(Denoiser):
         if n0 >= upto:
             return
         positions = torch.arange(n0, upto, device=x.device).unsqueeze(0)
-        self.net.model.encoder(input_ids=x[:, n0:upto], past_key_values=prefix.kv, position_ids=positions)
+        enc = self.net.model.encoder
+        enc(input_ids=x[:, n0:upto], position_ids=positions, **{cache_kwarg(type(enc).forward): prefix.kv})
 
     def decode_canvas(self, canvas: torch.Tensor, prefix: EncoderPrefix, start: int,
                       self_conditioning: torch.Tensor | None) -> torch.Tensor:
         """The decoder's soft-capped logits ``[B, C, V]`` for a canvas placed at ``start``."""
         positions = torch.arange(start, start + canvas.shape[1], device=canvas.device).unsqueeze(0)
-        out = self.net(decoder_input_ids=canvas, past_key_values=prefix.kv,
+        out = self.net(decoder_input_ids=canvas, **{cache_kwarg(type(self.net).forward): prefix.kv},
                        self_conditioning_logits=self_conditioning, decoder_position_ids=positions)
         return out.logits
 

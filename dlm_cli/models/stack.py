@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .compat import cache_kwarg
+
 
 class DenoiserStack(nn.Module):
     """``model.embed_tokens``, ``model.layers``, ``model.norm`` and ``lm_head``: the Qwen2/Llama names."""
@@ -56,9 +58,10 @@ class DenoiserStack(nn.Module):
 
         ``elastic`` (Elastic-Cache's layer-wise refresh, bidirectional attention only) has ``layer``,
         ``hidden`` and ``mode``. With ``mode = "store"`` (a forward over the whole canvas), the input
-        of layer ``layer`` is stored in ``hidden``. With ``"partial"``, the window runs the layers below ``layer`` on the cache as usual, is
-        spliced into the stored input of the whole canvas, and every position runs the layers from
-        ``layer`` up, rewriting their cached keys and values; ``rows`` then still index the window.
+        of layer ``layer`` is stored in ``hidden``. With ``"partial"``, the window runs the layers
+        below ``layer`` on the cache as usual, is spliced into the stored input of the whole canvas,
+        and every position runs the layers from ``layer`` up, rewriting their cached keys and values;
+        ``rows`` then still index the window.
         """
         hidden = self.model.embed_tokens(ids)
         positions = torch.arange(start, start + ids.shape[1], device=ids.device).unsqueeze(0)
@@ -66,6 +69,7 @@ class DenoiserStack(nn.Module):
         if cache is not None:
             cache.cursor.start = start
         attn_mask = None if mask is None else mask[None, None]
+        kw = {cache_kwarg(type(self.model.layers[0]).forward): cache}
         for i, layer in enumerate(self.model.layers):
             if elastic is not None and elastic.mode and i == elastic.layer:
                 if elastic.mode == "partial":
@@ -82,8 +86,8 @@ class DenoiserStack(nn.Module):
                 attention_mask=attn_mask,
                 position_embeddings=rope,
                 position_ids=positions,
-                past_key_values=cache,
                 is_causal=False,
+                **kw,
             )
         if rows is not None:
             hidden = hidden[:, rows[0] : rows[1]]
