@@ -97,7 +97,7 @@ class Forward:
         gamma = float(getattr(settings, "elastic_threshold", 0.0) or 0.0)
         # The attention probe and the layer-wise refresh need dlm's own transformer stack.
         self.gamma = gamma if approximate and isinstance(model.net, DenoiserStack) else 0.0
-        self.probe = AttentionProbe(model, int(getattr(settings, "elastic_layer", -1))) if self.gamma > 0 else None
+        self.probe = AttentionProbe(model, int(getattr(settings, "elastic_layer", 0))) if self.gamma > 0 else None
         self.layers = ElasticLayers(self.probe.index) if self.probe is not None else None
         self.age = 0  # forwards since the last full one
         self.stale = False  # the elastic test asked for a recompute at the next step

@@ -32,7 +32,8 @@ register_keys(
         Key("elastic_threshold", float, 0.0, "Elastic-Cache: recompute the cache when the cosine similarity of "
             "the attention paid to the most-attended token between steps falls below this; 0 is off",
             min=0.0, max=1.0),
-        Key("elastic_layer", int, -1, "the layer whose attention Elastic-Cache watches (negative: from the top)"),
+        Key("elastic_layer", int, 0, "Elastic-Cache: the layer whose attention is watched and from which the cache "
+            "is refreshed (negative: from the top; 0 refreshes every layer)"),
     ],
 )
 
