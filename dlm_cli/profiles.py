@@ -44,11 +44,11 @@ def user_dir() -> Path:
 
 
 def builtin_dir() -> Path:
-    # A source checkout run with ``python -m dlm_cli`` reads its own profiles/, not those of
-    # whichever checkout is installed in the environment (an editable install maps the package there).
-    source = Path(__file__).resolve().parent.parent / "profiles"
-    if (source / "__init__.py").is_file():
-        return source
+    # Run from a source checkout (python -m dlm_cli in a git worktree), the checkout's own profiles/
+    # win over whatever an editable install elsewhere maps dlm_cli.builtin_profiles to.
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file() and (here / "profiles" / "__init__.py").is_file():
+        return here / "profiles"
     return Path(str(resources.files("dlm_cli.builtin_profiles")))
 
 

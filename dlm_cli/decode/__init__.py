@@ -16,7 +16,7 @@ from . import common  # noqa: F401  (registers the shared keys)
 from . import gemma_native  # noqa: F401  (DiffusionGemma's own sampler)
 from .events import Done, Event, Start, Step  # noqa: F401
 from .keys import STRATEGIES
-from .rules import baseline, threshold  # noqa: F401  (register the rules)
+from .rules import adablock, baseline, credit, edit, entropy, freedave, localleap, prophet, s2d2, threshold  # noqa: F401,E501
 
 
 def resolve_seed(settings: Any) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..profiles import COMBINATION_CHECKS
 from .keys import Key, register_keys
 
 register_keys(
@@ -24,5 +27,31 @@ register_keys(
             "exact for block-diffusion models", choices=("none", "prefix", "dual")),
         Key("eotp", bool, False, "end-of-text prediction: once an end token is committed, the slots after it "
             "are final and never decoded (Learn2PD)"),
+        Key("refresh", int, 0, "with a prefix or dual cache, recompute the whole cache every N steps of a block "
+            "(1: every step, exact); 0: only at block starts", min=0),
+        Key("elastic_threshold", float, 0.0, "Elastic-Cache: recompute the cache when the cosine similarity of "
+            "the attention paid to the most-attended token between steps falls below this; 0 is off",
+            min=0.0, max=1.0),
+        Key("elastic_layer", int, 0, "Elastic-Cache: the layer whose attention is watched and from which the cache "
+            "is refreshed (negative: from the top; 0 refreshes every layer)"),
     ],
 )
+
+
+def _check(settings: Any) -> str | None:
+    """Combinations no strategy can honour."""
+    v = settings.values
+    if v.get("cache") == "none":
+        for key, off in (("refresh", 0), ("elastic_threshold", 0.0)):
+            if v.get(key, off) != off:
+                return (f"{key} = {v[key]!r} refreshes a KV cache, but cache = 'none'; "
+                        f"set cache = \"prefix\" or \"dual\", or drop {key}")
+    if settings.strategy == "freedave" and v.get("temperature", 0.0) > 0:
+        return ("strategy 'freedave' is lossless against greedy one-token-per-step decoding only; "
+                "set temperature = 0")
+    if "adablock_min" in v and v["adablock_min"] > v["adablock_max"]:
+        return f"adablock_min = {v['adablock_min']} is above adablock_max = {v['adablock_max']}; lower it"
+    return None
+
+
+COMBINATION_CHECKS.append(_check)

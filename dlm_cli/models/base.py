@@ -86,11 +86,12 @@ class Denoiser:
             return None
         return (pos // self.block_size + 1) * self.block_size
 
-    def _mask(self, q0: int, q1: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
-        if self.block_size is None:
+    def _mask(self, q0: int, q1: int, kv_len: int, device: torch.device, size: int | None = None) -> torch.Tensor | None:
+        size = size or self.block_size
+        if size is None:
             return None
-        q_block = torch.arange(q0, q1, device=device) // self.block_size
-        kv_block = torch.arange(kv_len, device=device) // self.block_size
+        q_block = torch.arange(q0, q1, device=device) // size
+        kv_block = torch.arange(kv_len, device=device) // size
         return kv_block[None, :] <= q_block[:, None]
 
     @torch.inference_mode()
@@ -102,6 +103,8 @@ class Denoiser:
         *,
         cache: DenoiserCache | None = None,
         rows: tuple[int, int] | None = None,
+        elastic: Any = None,
+        grid: int | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, r1 - r0, V]`` predicting the tokens at absolute positions ``rows = (r0, r1)``.
 
@@ -109,15 +112,19 @@ class Denoiser:
         With a cache, the window's keys and values are written over the cache at ``start`` and the
         window attends to everything the cache holds. ``rows`` defaults to the whole window.
         Block-diffusion models widen the window as the module doc says, so that everything before
-        ``start`` must be final (committed) when a cache is used.
+        ``start`` must be final (committed) when a cache is used. ``elastic`` is passed to the
+        network (Elastic-Cache's layer-wise refresh, :class:`~dlm_cli.models.stack.DenoiserStack`).
+        ``grid`` replaces a block-diffusion model's block size for this forward (``grid = 1`` runs it
+        as an AR model: S2D2's verifier).
         """
         end = x.shape[1] if end is None else end
         r0, r1 = rows if rows is not None else (start, end)
         if cache is None and start != 0:
             raise ValueError("a forward without a cache must start at position 0")
         q0 = start
-        if self.block_size is not None:
-            b = self.block_size
+        size = grid or self.block_size
+        if size is not None:
+            b = size
             end = max(end, -(-r1 // b) * b)
             q0 = start // b * b
         if self.shift:
@@ -129,13 +136,14 @@ class Denoiser:
             pad = torch.full((x.shape[0], end - x.shape[1]), self.mask_id, dtype=x.dtype, device=x.device)
             ids = torch.cat([ids, pad], dim=1)
         kv_len = end if cache is None else max(end, cache.length)
-        mask = self._mask(q0, end, kv_len, x.device)
+        extra = {} if elastic is None else {"elastic": elastic}
+        mask = self._mask(q0, end, kv_len, x.device, size)
         if self.shift:
             lo, hi = max(r0 - 1, 0) - q0, r1 - 1 - q0
-            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(lo, hi))
+            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(lo, hi), **extra)
             if r0 == 0:
                 out = torch.cat([out[:, :1], out], dim=1)
         else:
-            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0))
+            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0), **extra)
         # Padded embedding rows are not tokens; never propose them.
         return out if self.token_count is None else out[..., : self.token_count]

@@ -50,10 +50,18 @@ class DenoiserStack(nn.Module):
         cache: Any = None,
         mask: torch.Tensor | None = None,
         rows: tuple[int, int] | None = None,
+        elastic: Any = None,
     ) -> torch.Tensor:
         """Logits of the window ``ids`` placed at positions ``start..``; only rows ``rows`` (relative) if given.
 
         ``mask`` is a boolean ``[q, kv]`` attention mask (True = may attend) or None for full attention.
+
+        ``elastic`` (Elastic-Cache's layer-wise refresh, bidirectional attention only) has ``layer``,
+        ``hidden`` and ``mode``. With ``mode = "store"`` (a forward over the whole canvas), the input
+        of layer ``layer`` is stored in ``hidden``. With ``"partial"``, the window runs the layers
+        below ``layer`` on the cache as usual, is spliced into the stored input of the whole canvas,
+        and every position runs the layers from ``layer`` up, rewriting their cached keys and values;
+        ``rows`` then still index the window.
         """
         hidden = self.model.embed_tokens(ids)
         positions = torch.arange(start, start + ids.shape[1], device=ids.device).unsqueeze(0)
@@ -62,7 +70,17 @@ class DenoiserStack(nn.Module):
             cache.cursor.start = start
         attn_mask = None if mask is None else mask[None, None]
         kw = {cache_kwarg(type(self.model.layers[0]).forward): cache}
-        for layer in self.model.layers:
+        for i, layer in enumerate(self.model.layers):
+            if elastic is not None and elastic.mode and i == elastic.layer:
+                if elastic.mode == "partial":
+                    full = elastic.hidden.clone()
+                    full[:, start : start + hidden.shape[1]] = hidden
+                    rows = (start + (rows[0] if rows else 0), start + (rows[1] if rows else hidden.shape[1]))
+                    hidden, start = full, 0
+                    positions = torch.arange(0, hidden.shape[1], device=ids.device).unsqueeze(0)
+                    rope = self.model.rotary_emb(hidden, positions)
+                    cache.cursor.start = 0
+                elastic.hidden = hidden
             hidden = layer(
                 hidden,
                 attention_mask=attn_mask,

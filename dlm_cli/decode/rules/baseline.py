@@ -3,7 +3,8 @@
 Each block gets ``steps * block_length / max_new_tokens`` steps; the number committed per step is
 spread evenly over them (the first steps take the remainder). At each step the top-k most
 confident masked positions of the block are committed. ``remasking = "random"`` ranks by uniform
-noise instead. With ``steps = max_new_tokens`` this is one token per step: the quality reference.
+noise instead; ``rank`` ranks by margin or negative entropy (Dream's ``topk_margin`` and
+``entropy``). With ``steps = max_new_tokens`` this is one token per step: the quality reference.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from ..keys import Key, Strategy, register_strategy
-from .base import CommitRule, StepState, topk_mask
+from .base import CommitRule, StepState, rank_scores, topk_mask
+from .threshold import RANK
 
 
 class Baseline(CommitRule):
@@ -19,24 +21,27 @@ class Baseline(CommitRule):
     uses_schedule = True
 
     def select(self, state: StepState) -> torch.Tensor:
-        conf = state.confidence
+        conf = rank_scores(state, getattr(self.settings, "rank", "confidence"))
         if self.settings.remasking == "random":
             noise = torch.rand(conf.shape, device=conf.device, generator=state.generator, dtype=conf.dtype)
             conf = torch.where(state.candidates, noise, torch.full_like(conf, -torch.inf))
         return topk_mask(conf, state.quota)
 
 
+BASELINE_KEYS = (
+    Key("steps", int, None, "denoising steps over the whole generation; default: max_new_tokens "
+        "(one token per step)", min=1, optional=True),
+    Key("remasking", str, "low_confidence", "how positions are ranked for commit",
+        choices=("low_confidence", "random")),
+    RANK,
+)
+
 register_strategy(
     Strategy(
         name="baseline",
         kind="diffusion",
         summary="LLaDA low-confidence remasking: a fixed number of tokens per step (the quality reference)",
-        keys=(
-            Key("steps", int, None, "denoising steps over the whole generation; default: max_new_tokens "
-                "(one token per step)", min=1, optional=True),
-            Key("remasking", str, "low_confidence", "how positions are ranked for commit",
-                choices=("low_confidence", "random")),
-        ),
+        keys=BASELINE_KEYS,
         factory=Baseline,
     )
 )

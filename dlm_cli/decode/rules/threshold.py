@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from ..keys import Key, Strategy, register_strategy
-from .base import CommitRule, StepState, top1
+from .base import RANKS, CommitRule, StepState, rank_scores, top1
 
 THRESHOLD = Key("threshold", float, 0.9, "commit every masked position of the block whose confidence is ≥ this",
                 min=0.0, max=1.0)
+RANK = Key("rank", str, "confidence", "what positions are ranked by: confidence p(x0), margin p_top1 − p_top2 "
+           "(Dream's topk_margin) or entropy (negative entropy, Dream's entropy)", choices=RANKS)
 
 
 def threshold_select(confidence: torch.Tensor, candidates: torch.Tensor, tau: float) -> torch.Tensor:
@@ -17,12 +19,16 @@ def threshold_select(confidence: torch.Tensor, candidates: torch.Tensor, tau: fl
 
 
 class Threshold(CommitRule):
-    """Commit every masked position with ``c_i ≥ τ``, and at least the single most confident one."""
+    """Commit every masked position with ``c_i ≥ τ``, and at least the single most confident one.
+
+    With ``rank = "margin"`` the score compared with ``τ`` is ``p_top1 − p_top2`` instead of ``c_i``.
+    """
 
     name = "threshold"
 
     def select(self, state: StepState) -> torch.Tensor:
-        return threshold_select(state.confidence, state.candidates, self.settings.threshold)
+        score = rank_scores(state, getattr(self.settings, "rank", "confidence"))
+        return threshold_select(score, state.candidates, self.settings.threshold)
 
 
 class Factor(CommitRule):
@@ -47,8 +53,9 @@ register_strategy(
         name="threshold",
         kind="diffusion",
         summary="Fast-dLLM threshold: commit every masked position with confidence ≥ threshold (at least one)",
-        keys=(THRESHOLD,),
+        keys=(THRESHOLD, RANK),
         factory=Threshold,
+        conflicts=(("rank", "entropy", "a bound on entropy is the entropy-bounded rule; use strategy = \"eb\""),),
     )
 )
 register_strategy(

@@ -1,0 +1,76 @@
+"""AdaBlock (Lu et al., 2025, "AdaBlock-dLLM"): the block ends at a semantic boundary.
+
+At the start of each block, the first forward also returns a look-ahead of rows up to
+``adablock_max`` positions from the block start. Among those at least ``adablock_min`` positions
+in, the rows whose argmax is a delimiter token (its text ends with one of ``delimiters``, or holds
+a newline) with confidence ≥ ``delimiter_threshold`` are boundaries; the block ends just after the
+most confident one. With no boundary the block keeps ``block_length``. Inside the block the
+threshold rule commits. Block-diffusion models cap the look-ahead at their own block grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..keys import Key, Strategy, register_strategy
+from .threshold import RANK, THRESHOLD, Threshold
+
+_DELIMITERS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def delimiter_ids(tokenizer: Any, vocab: int, delimiters: str) -> torch.Tensor:
+    """Boolean ``[vocab]``: tokens whose text ends with a delimiter character or holds a newline."""
+    key = (id(tokenizer), delimiters)
+    if key not in _DELIMITERS:
+        texts = tokenizer.batch_decode([[i] for i in range(vocab)])
+        chars = set(delimiters)
+        _DELIMITERS[key] = torch.tensor(
+            [bool(t.rstrip(" ")) and (t.rstrip(" ")[-1] in chars or ("\n" in chars and "\n" in t)) for t in texts])
+    return _DELIMITERS[key]
+
+
+def boundary(x0: torch.Tensor, probability: torch.Tensor, is_delimiter: torch.Tensor, lo: int,
+             tau: float) -> int | None:
+    """Row index of the most confident delimiter at row ≥ ``lo`` with probability ≥ ``tau`` (earliest on ties)."""
+    ok = is_delimiter.to(x0.device)[x0] & (probability >= tau)
+    ok[:lo] = False
+    if not bool(ok.any()):
+        return None
+    score = torch.where(ok, probability.double(), torch.full_like(probability, -1.0, dtype=torch.float64))
+    return int(torch.argmax(score))
+
+
+class AdaBlock(Threshold):
+    name = "adablock"
+
+    def begin(self, model: Any, prompt_tokens: int, length: int) -> None:
+        super().begin(model, prompt_tokens, length)
+        s = self.settings
+        self.lookahead = max(s.adablock_max - s.block_length, 0)
+        self.is_delimiter = delimiter_ids(model.tokenizer, model.vocab_size, s.delimiters)
+
+    def block_end(self, bs: int, be: int, limit: int, x0: torch.Tensor, probability: torch.Tensor) -> int:
+        s = self.settings
+        r = boundary(x0, probability, self.is_delimiter, s.adablock_min - 1, s.delimiter_threshold)
+        return be if r is None else bs + r + 1
+
+
+register_strategy(
+    Strategy(
+        name="adablock",
+        kind="diffusion",
+        summary="AdaBlock: threshold decoding in blocks that end at a confident delimiter (newline, period, ...)",
+        keys=(
+            THRESHOLD, RANK,
+            Key("adablock_min", int, 4, "the shortest adaptive block", min=1),
+            Key("adablock_max", int, 64, "the longest adaptive block (the look-ahead window)", min=1),
+            Key("delimiter_threshold", float, 0.3, "a predicted delimiter ends the block when its confidence "
+                "is ≥ this", min=0.0, max=1.0),
+            Key("delimiters", str, ".\n;!?", "characters that end a semantic unit"),
+        ),
+        factory=AdaBlock,
+        conflicts=(("rank", "entropy", "a bound on entropy is the entropy-bounded rule; use strategy = \"eb\""),),
+    )
+)

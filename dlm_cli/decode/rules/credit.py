@@ -1,0 +1,60 @@
+"""CreditDecoding (Wang et al., 2025): trace credits fused into the logits, then the threshold rule.
+
+A credit tensor ``C`` over (block position, vocabulary) remembers what the model kept predicting
+at each still-masked position. At each step: decay ``C ← β·C``; add ``p_top1^γ`` to each masked
+position's top-1 token; fuse ``logits' = logits + α·log(1 + C)``; apply the threshold rule to the
+fused logits (candidates and confidences come from them). ``C`` is reset at each new block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..keys import Key, Strategy, register_strategy
+from .threshold import RANK, THRESHOLD, Threshold
+
+
+def credit_update(credit: torch.Tensor, logits: torch.Tensor, candidates: torch.Tensor, beta: float,
+                  gamma: float) -> torch.Tensor:
+    """``β·C`` plus ``p_top1^γ`` at each candidate row's top-1 token (in place; returns ``credit``)."""
+    credit.mul_(beta)
+    top = torch.softmax(logits.float(), -1).max(-1)
+    rows = candidates.nonzero().squeeze(-1)
+    credit[rows, top.indices[rows]] += top.values[rows].pow(gamma).to(credit.dtype)
+    return credit
+
+
+def fuse(logits: torch.Tensor, credit: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``logits + α·log(1 + C)``."""
+    return logits + alpha * torch.log1p(credit).to(logits.dtype)
+
+
+class Credit(Threshold):
+    name = "credit"
+
+    def start_block(self, block: int, length: int) -> None:
+        self.credit: torch.Tensor | None = None
+
+    def adjust_logits(self, logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        if getattr(self, "credit", None) is None or self.credit.shape != logits.shape:
+            self.credit = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+        credit_update(self.credit, logits, candidates, s.credit_decay, s.credit_gamma)
+        return fuse(logits, self.credit, s.credit_alpha)
+
+
+register_strategy(
+    Strategy(
+        name="credit",
+        kind="diffusion",
+        summary="CreditDecoding: decayed trace credits fused into the logits, then the threshold rule",
+        keys=(
+            THRESHOLD, RANK,
+            Key("credit_decay", float, 0.8, "β: credits decay by this factor at each step", min=0.0, max=1.0),
+            Key("credit_gamma", float, 0.2, "γ: a masked position's top-1 token gains p_top1^γ credit", min=0.0),
+            Key("credit_alpha", float, 0.7, "α: fused logits are logits + α·log(1 + credit)", min=0.0),
+        ),
+        factory=Credit,
+        conflicts=(("rank", "entropy", "a bound on entropy is the entropy-bounded rule; use strategy = \"eb\""),),
+    )
+)

@@ -1,0 +1,62 @@
+"""Token-to-token editing (LLaDA2.1, 2026): commit masks by threshold and rewrite committed tokens.
+
+At each step, masked positions of the block are committed by the threshold rule (``threshold``,
+mask-to-token). Already committed, non-prompt positions of the block whose current prediction
+differs from their token with probability above ``edit_threshold`` are rewritten (token-to-token).
+Once the block has no masks, post-steps run while the previous step edited, at most
+``edit_post_steps`` per block. "S" (speedy) settings use a low ``threshold`` and rely on edits;
+"Q" (quality) settings are conservative. Edits stay inside the current block, so every cache
+remains valid; slots EoTP declared final are never edited.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..keys import Key, Strategy, register_strategy
+from .base import StepState
+from .threshold import RANK, THRESHOLD, Threshold
+
+
+def edit_select(x0: torch.Tensor, probability: torch.Tensor, tokens: torch.Tensor, editable: torch.Tensor,
+                tau_edit: float) -> torch.Tensor:
+    """Committed rows whose prediction differs from their token with probability above ``τ_edit``."""
+    return editable & (x0 != tokens) & (probability > tau_edit)
+
+
+class Edit(Threshold):
+    name = "edit"
+
+    def start_block(self, block: int, length: int) -> None:
+        self.edited = False
+        self.posts = 0
+
+    def edit(self, state: StepState) -> torch.Tensor:
+        out = edit_select(state.x0, state.probability, state.tokens, state.editable, self.settings.edit_threshold)
+        self.edited = bool(out.any())
+        return out
+
+    def post_step(self) -> bool:
+        if self.edited and self.posts < self.settings.edit_post_steps:
+            self.posts += 1
+            return True
+        return False
+
+
+register_strategy(
+    Strategy(
+        name="edit",
+        kind="diffusion",
+        summary="LLaDA2.1 editing: threshold mask-to-token commits plus token-to-token rewrites above "
+                "edit_threshold",
+        keys=(
+            THRESHOLD, RANK,
+            Key("edit_threshold", float, 0.9, "rewrite a committed token when the model predicts another one "
+                "with probability above this", min=0.0, max=1.0),
+            Key("edit_post_steps", int, 4, "most extra steps per block, after its last mask, while edits happen",
+                min=0),
+        ),
+        factory=Edit,
+        conflicts=(("rank", "entropy", "a bound on entropy is the entropy-bounded rule; use strategy = \"eb\""),),
+    )
+)

@@ -1,0 +1,45 @@
+"""Entropy-bounded commit (the EB-sampler of Ben-Hamu et al., 2025; SDAR's entropy-bounded decoding).
+
+Rank the masked positions of the block by entropy, lowest first, and commit the largest prefix of
+that order whose summed entropy stays within ``entropy_budget`` (nats); at least one position.
+A budget near 0 decodes one token per step; a large one commits the whole block at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..keys import Key, Strategy, register_strategy
+from .base import CommitRule, StepState, entropy
+
+
+def entropy_bounded_select(logits: torch.Tensor, candidates: torch.Tensor, budget: float) -> torch.Tensor:
+    """The largest set of lowest-entropy candidates with ``Σ H ≤ budget``, at least one."""
+    wide = logits.double() if logits.device.type != "mps" else logits.float()
+    h = entropy(torch.softmax(wide, -1))
+    h = torch.where(candidates, h, torch.full_like(h, torch.inf))
+    m = int(candidates.sum())
+    ranked, order = torch.sort(h)
+    count = max(int((torch.cumsum(ranked[:m], 0) <= budget).sum()), 1)
+    out = torch.zeros_like(candidates)
+    out[order[:count]] = True
+    return out
+
+
+class EntropyBounded(CommitRule):
+    name = "eb"
+
+    def select(self, state: StepState) -> torch.Tensor:
+        return entropy_bounded_select(state.logits, state.candidates, self.settings.entropy_budget)
+
+
+register_strategy(
+    Strategy(
+        name="eb",
+        kind="diffusion",
+        summary="entropy-bounded (EB-sampler, SDAR): commit the lowest-entropy positions while their summed "
+                "entropy ≤ entropy_budget",
+        keys=(Key("entropy_budget", float, 0.5, "the most summed entropy (nats) one step may commit", min=0.0),),
+        factory=EntropyBounded,
+    )
+)

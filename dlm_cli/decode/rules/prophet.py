@@ -1,0 +1,59 @@
+"""Prophet: early commit once the answer is settled (Li et al., 2025, "Diffusion language models
+know the answer before decoding").
+
+Decode as the baseline does (LLaDA schedule); after each step, compute ``g`` = the mean, over the
+next ``prophet_window`` still-masked positions of the block, of (top-1 logit − top-2 logit). The
+bar ``τ(t)`` is 7.5 while less than a third of the generation is decoded, 5.0 in the second third
+and 2.5 in the last. When ``g ≥ τ(t)``, every remaining mask is filled with its argmax at once and
+decoding stops (the block's masks from this step's logits, the rest from one more forward).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..keys import Key, Strategy, register_strategy
+from .base import StepState
+from .baseline import Baseline, BASELINE_KEYS
+
+BARS = (7.5, 5.0, 2.5)
+
+
+def bar(progress: float) -> float:
+    """Prophet's gap bar ``τ(t)`` for the fraction ``progress`` of the generation already decoded."""
+    return BARS[min(int(progress * 3), 2)]
+
+
+def top2_gap(logits: torch.Tensor, rows: torch.Tensor, window: int) -> float | None:
+    """Mean top-1 minus top-2 logit over the first ``window`` rows set in ``rows``; None if none is."""
+    idx = rows.nonzero().squeeze(-1)[:window]
+    if len(idx) == 0:
+        return None
+    top = torch.topk(logits[idx].float(), 2, dim=-1).values
+    return float((top[:, 0] - top[:, 1]).mean())
+
+
+class Prophet(Baseline):
+    name = "prophet"
+
+    def select(self, state: StepState) -> torch.Tensor:
+        sel = super().select(state)
+        left = state.candidates & ~sel
+        g = top2_gap(state.logits, left, self.settings.prophet_window)
+        if g is not None and g >= bar(state.progress):
+            self.finish = True
+        return sel
+
+
+register_strategy(
+    Strategy(
+        name="prophet",
+        kind="diffusion",
+        summary="Prophet: baseline steps, then commit everything at once when the top-2 logit gap passes "
+                "7.5 / 5.0 / 2.5",
+        keys=BASELINE_KEYS + (
+            Key("prophet_window", int, 8, "how many next masked positions the top-2 gap is averaged over", min=1),
+        ),
+        factory=Prophet,
+    )
+)
