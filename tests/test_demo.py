@@ -100,7 +100,7 @@ def test_tokenizer_round_trip_and_specials(demo_tokenizer):
     from dlm_cli.prompting import encode
 
     tok = demo_tokenizer
-    assert len(tok) <= 512
+    assert len(tok) <= 1024
     for ex in T.suite(3):
         ids = tok.encode(ex.target(random.Random(0)), add_special_tokens=False)
         assert tok.decode(ids) == ex.target(random.Random(0))
@@ -114,6 +114,8 @@ def test_tokenizer_round_trip_and_specials(demo_tokenizer):
     assert rendered == ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
                         "<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert encode(tok, "hi")[0] == vocab["<|startoftext|>"]
+    words = T.WORDS + T.NAMES + T.ANIMALS + T.PLACES
+    assert all(len(tok.encode(" " + w, add_special_tokens=False)) == 1 for w in words)  # whole-word tokens
 
 
 # --- training --------------------------------------------------------------------------------------

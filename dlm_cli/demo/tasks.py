@@ -120,7 +120,7 @@ def _pick(rng: random.Random) -> Example:
 def _story(rng: random.Random) -> Example:
     kind = rng.choice(sorted(STORIES))
     slots = {"name": rng.choice(NAMES), "animal": rng.choice(ANIMALS), "place": rng.choice(PLACES)}
-    prompt = f"Tell the {kind} story: name={slots['name']}, animal={slots['animal']}, place={slots['place']}"
+    prompt = f"Tell the {kind} story: name: {slots['name']}, animal: {slots['animal']}, place: {slots['place']}"
     return Example("story", prompt, STORIES[kind].format(**slots))
 
 

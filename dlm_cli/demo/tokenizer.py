@@ -21,7 +21,7 @@ CHAT_TEMPLATE = (
     " + '<|eot_id|>' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
-VOCAB_SIZE = 400
+VOCAB_SIZE = 1000  # enough merges for every task word to be one token, with or without its space
 
 
 def _corpus(n: int = 20000) -> Iterator[str]:
@@ -35,7 +35,7 @@ def _corpus(n: int = 20000) -> Iterator[str]:
         yield f"assistant\n\n{ex.target(rng)}"
 
 
-def build(out: Path) -> Any:
+def build(out: Path, vocab_size: int = VOCAB_SIZE) -> Any:
     """Train the tokenizer on task text (deterministic) and save it as a transformers fast tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -46,7 +46,7 @@ def build(out: Path) -> Any:
          pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_corpus(), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|eot_id|>",

@@ -33,7 +33,10 @@ import torch.nn.functional as F
 from . import tasks as T
 from . import tokenizer as demo_tok
 
-GEN_LENGTH = 64  # the dLLM's canvas during training: dlm's default max_new_tokens
+GEN_LENGTH = 64  # the dLLM's largest training canvas: dlm's default max_new_tokens
+# Each batch draws its canvas length from these: shorter canvases cost less, and teach the model to
+# stop within any generation length the user picks (-n); every answer fits the shortest.
+GEN_LENGTHS = (32, 40, 48, 56, 64)
 EPS = 1e-3
 
 
@@ -47,8 +50,8 @@ class Size:
 
 SIZES = {
     "dllm": Size(192, 4, 4, 512),
-    "ar": Size(256, 6, 4, 768),
-    "ar-draft": Size(128, 2, 2, 384),
+    "ar": Size(192, 4, 4, 512),
+    "ar-draft": Size(80, 2, 2, 224),  # ~1/10 of the target's FLOPs per token
     "tiny": Size(32, 1, 2, 64),  # tests
 }
 
@@ -93,13 +96,14 @@ class Encoder:
         return list(self.tok.encode(text, add_special_tokens=False))
 
 
-def dllm_batch(enc: Encoder, examples: list[T.Example], rng: random.Random) -> tuple[torch.Tensor, ...]:
-    """Left-padded ``ids``, the key mask, position ids and the answer region of a batch."""
+def dllm_batch(enc: Encoder, examples: list[T.Example], rng: random.Random,
+               gen_length: int = GEN_LENGTH) -> tuple[torch.Tensor, ...]:
+    """Left-padded ``ids``, the key mask, position ids and the answer region (``gen_length`` slots) of a batch."""
     rows, answer_start = [], []
     for ex in examples:
         p = enc.prompt(ex.prompt)
-        a = enc.answer(ex.target(rng))[: GEN_LENGTH - 1] + [enc.eot]
-        a += [enc.pad] * (GEN_LENGTH - len(a))
+        a = enc.answer(ex.target(rng))[: gen_length - 1] + [enc.eot]
+        a += [enc.pad] * (gen_length - len(a))
         rows.append(p + a)
         answer_start.append(len(p))
     L = max(len(r) for r in rows)
@@ -137,7 +141,11 @@ def dllm_loss(net: Any, batch: tuple[torch.Tensor, ...], mask_id: int, gen: torc
     x = torch.where(masked, torch.full_like(ids, mask_id), ids)
     logits = dllm_forward(net, x, keep, pos)
     ce = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")
-    weights = (1.0 / t)[:, None].expand_as(ids)[masked]
+    # 1/t with t the row's realised mask ratio (masked / slots), not the drawn one: the same weights in
+    # expectation, but a row with one masked token no longer outweighs a whole batch (with 64-slot
+    # answers and batch 64, the drawn-t weights made each step's gradient that of one or two tokens).
+    ratio = masked.sum(1).clamp(min=1) / region.sum(1)
+    weights = (1.0 / ratio)[:, None].expand_as(ids)[masked]
     return (ce * weights).sum() / region.sum()
 
 
@@ -193,6 +201,20 @@ def init_weights(net: torch.nn.Module) -> None:
             p.normal_(0.0, std)
 
 
+def load_init(net: torch.nn.Module, kind: str, path: Path) -> None:
+    """Start from saved weights (a second training stage); the shapes must match."""
+    from safetensors.torch import load_file
+
+    from ..models import llada
+
+    state = load_file(str(path / "model.safetensors"))
+    if kind == "dllm":
+        state = {llada.to_ours(k): v for k, v in state.items()}
+    else:
+        state = {("model." + k if not k.startswith(("model.", "lm_head")) else k): v for k, v in state.items()}
+    net.load_state_dict(state, strict=True)
+
+
 def save_dllm(net: Any, cfg: dict[str, Any], tok: Any, out: Path) -> None:
     from safetensors.torch import save_file
 
@@ -222,7 +244,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
 
 def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: float = 1e-3,
           warmup: int = 100, minutes: float | None = None, size: Size | None = None,
-          save_every: int = 0, log: Callable[[str], None] = print,
+          save_every: int = 0, init: Path | None = None, log: Callable[[str], None] = print,
           on_save: Callable[[int], None] | None = None) -> list[float]:
     """Train one demo model; returns the per-step losses. Saves to ``out`` at the end (and every ``save_every``)."""
     torch.manual_seed(seed)
@@ -235,7 +257,8 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
     if kind == "dllm":
         net, cfg = build_dllm(tok, size)
         mask_id = cfg["mask_token_id"]
-        loss_fn = lambda exs: dllm_loss(net, dllm_batch(enc, exs, rng), mask_id, gen)  # noqa: E731
+        loss_fn = lambda exs: dllm_loss(  # noqa: E731
+            net, dllm_batch(enc, exs, rng, rng.choice(GEN_LENGTHS)), mask_id, gen)
         save = lambda: save_dllm(net, cfg, tok, out)  # noqa: E731
     else:
         net = build_ar(tok, size)
@@ -245,6 +268,8 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
             return net(input_ids=ids, attention_mask=att, labels=lab).loss
 
         save = lambda: save_ar(net, tok, out)  # noqa: E731
+    if init is not None:
+        load_init(net, kind, init)
     net.train()
     params = sum(p.numel() for p in net.parameters())
     log(f"{kind}: {params / 1e6:.2f}M parameters, {steps} steps of batch {batch}, seed {seed}")
@@ -292,12 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes")
     ap.add_argument("--save-every", type=int, default=0)
+    ap.add_argument("--init", type=Path, help="start from the weights in this directory (a second stage)")
+    ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     train(args.kind, seed=args.seed, steps=args.steps, out=args.out, batch=args.batch, lr=args.lr,
-          minutes=args.minutes, save_every=args.save_every, log=lambda s: print(s, flush=True))
+          minutes=args.minutes, save_every=args.save_every, init=args.init, warmup=args.warmup, log=lambda s: print(s, flush=True))
     return 0
 
 
