@@ -1,0 +1,176 @@
+"""The demo task suite: short prompt/answer pairs whose answers can be checked.
+
+Two kinds of task, as in ParallelBench:
+
+* deterministic tasks (copy, reverse, sort, add, lookup, story) have one right answer, scored by
+  exact match. In copy and sort the answer tokens barely depend on each other, so committing many
+  at once is safe; in addition the digits are tied by carries.
+* random tasks (pick) have many right answers, scored by validity: k items, no repeats, all from
+  the given list. Tokens committed in parallel without seeing each other tend to repeat an item.
+
+Every example is a pure function of ``(task, seed)``. A hash of the prompt text splits prompts into
+train and held-out sets, so no held-out prompt is ever trained on, whatever seed produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+HELD_OUT_PERCENT = 5
+SUITE_SEED = 1_000_003
+
+WORDS = ["apple", "river", "stone", "cloud", "lamp", "tiger", "bread", "chair", "moon", "honey",
+         "glass", "train", "piano", "wolf", "sugar", "paper", "storm", "coin", "rope", "mint"]
+KEYS = ["ax", "bo", "cu", "di", "ek", "fa", "gu", "hi", "jo", "ka", "lu", "me", "no", "pi", "ro", "su"]
+NAMES = ["Mia", "Leo", "Ana", "Sam", "Ivy", "Max", "Zoe", "Tom", "Eva", "Ben", "Lia", "Noah"]
+ANIMALS = ["cat", "dog", "fox", "owl", "frog", "duck", "goat", "bear", "seal", "crow"]
+PLACES = ["park", "lake", "market", "forest", "beach", "garden", "hill", "library", "harbor", "farm"]
+STORIES = {
+    "walk": "{name} walked the {animal} to the {place}.",
+    "lost": "{name} lost a {animal} near the {place} and found it again.",
+    "gift": "At the {place}, {name} got a {animal} as a gift.",
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    task: str
+    prompt: str
+    answer: Optional[str]  # None for random tasks: any valid answer counts
+    items: tuple[str, ...] = ()  # pick: the list to draw from
+    k: int = 0  # pick: how many to draw
+
+    def target(self, rng: random.Random) -> str:
+        """A training answer: the answer, or for random tasks a fresh valid draw."""
+        if self.answer is not None:
+            return self.answer
+        return " ".join(rng.sample(self.items, self.k))
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    deterministic: bool
+    make: Callable[[random.Random], Example]
+    description: str
+
+    def example(self, seed: int) -> Example:
+        return self.make(random.Random(f"{self.name}:{seed}"))
+
+    def score(self, example: Example, text: str) -> bool:
+        """Exact match (whitespace-normalised) for deterministic tasks, validity for random ones."""
+        got = " ".join(text.split())
+        if self.deterministic:
+            return got == example.answer
+        picked = got.split(" ") if got else []
+        return len(picked) == example.k and len(set(picked)) == example.k and set(picked) <= set(example.items)
+
+
+def _numbers(rng: random.Random, lo: int = 3, hi: int = 7) -> list[int]:
+    return [rng.randrange(100) for _ in range(rng.randint(lo, hi))]
+
+
+def _join(xs: list) -> str:
+    return " ".join(str(x) for x in xs)
+
+
+def _copy(rng: random.Random) -> Example:
+    xs = _numbers(rng)
+    return Example("copy", f"Copy: {_join(xs)}", _join(xs))
+
+
+def _reverse(rng: random.Random) -> Example:
+    xs = _numbers(rng)
+    return Example("reverse", f"Reverse: {_join(xs)}", _join(xs[::-1]))
+
+
+def _sort(rng: random.Random) -> Example:
+    xs = _numbers(rng)
+    return Example("sort", f"Sort these numbers: {_join(xs)}", _join(sorted(xs)))
+
+
+def _digits(rng: random.Random, n: int) -> int:
+    return rng.randrange(10 ** (n - 1) if n > 1 else 0, 10**n)
+
+
+def _add(rng: random.Random) -> Example:
+    a = _digits(rng, rng.randint(2, 4))
+    b = _digits(rng, rng.randint(1, 4))
+    return Example("add", f"Add: {a} + {b}", str(a + b))
+
+
+def _lookup(rng: random.Random) -> Example:
+    keys = rng.sample(KEYS, rng.randint(3, 6))
+    vals = [rng.randrange(100) for _ in keys]
+    ask = rng.choice(keys)
+    pairs = " ".join(f"{k}={v}" for k, v in zip(keys, vals))
+    return Example("lookup", f"{pairs}. What is {ask}?", str(vals[keys.index(ask)]))
+
+
+def _pick(rng: random.Random) -> Example:
+    items = rng.sample(WORDS, rng.randint(4, 7))
+    k = rng.randint(2, min(4, len(items) - 1))
+    return Example("pick", f"Pick {k} different words at random from: {' '.join(items)}", None,
+                   tuple(items), k)
+
+
+def _story(rng: random.Random) -> Example:
+    kind = rng.choice(sorted(STORIES))
+    slots = {"name": rng.choice(NAMES), "animal": rng.choice(ANIMALS), "place": rng.choice(PLACES)}
+    prompt = f"Tell the {kind} story: name: {slots['name']}, animal: {slots['animal']}, place: {slots['place']}"
+    return Example("story", prompt, STORIES[kind].format(**slots))
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        Task("copy", True, _copy, "repeat a list of numbers"),
+        Task("reverse", True, _reverse, "reverse a list of numbers"),
+        Task("sort", True, _sort, "sort a list of numbers"),
+        Task("add", True, _add, "add two numbers of up to four digits (carries)"),
+        Task("lookup", True, _lookup, "read a value from key=value pairs"),
+        Task("pick", False, _pick, "pick k different words at random from a list (scored by validity)"),
+        Task("story", True, _story, "fill a story template from named slots"),
+    ]
+}
+
+
+def held_out(prompt: str) -> bool:
+    """Whether ``prompt`` belongs to the held-out split (never trained on)."""
+    return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 100 < HELD_OUT_PERCENT
+
+
+# How often each task is drawn for training: the ones tied by carries or order need more examples.
+TRAIN_WEIGHTS = {"copy": 1.0, "reverse": 1.5, "sort": 2.0, "add": 2.5, "lookup": 1.0, "pick": 1.0, "story": 0.75}
+
+
+def training_stream(seed: int, tasks: Optional[list[str]] = None) -> Iterator[Example]:
+    """Endless training examples, tasks drawn by :data:`TRAIN_WEIGHTS`, held-out prompts skipped."""
+    names = tasks or list(TASKS)
+    weights = [TRAIN_WEIGHTS.get(n, 1.0) for n in names]
+    rng = random.Random(seed)
+    while True:
+        name = rng.choices(names, weights)[0]
+        ex = TASKS[name].example(rng.randrange(2**62))
+        if not held_out(ex.prompt):
+            yield ex
+
+
+def suite(per_task: int, tasks: Optional[list[str]] = None) -> list[Example]:
+    """``per_task`` held-out examples of each task (the same ones on every call)."""
+    out: list[Example] = []
+    for name in tasks or list(TASKS):
+        found: list[Example] = []
+        seen: set[str] = set()
+        seed = SUITE_SEED
+        while len(found) < per_task:
+            ex = TASKS[name].example(seed)
+            seed += 1
+            if held_out(ex.prompt) and ex.prompt not in seen:
+                seen.add(ex.prompt)
+                found.append(ex)
+        out.extend(found)
+    return out

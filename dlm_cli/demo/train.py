@@ -1,0 +1,332 @@
+"""Train the embedded demo models from a seed on the CPU.
+
+    python -m dlm_cli.demo.train dllm     --seed 0 --steps 1500 --out dlm_cli/demo/weights/dlm-demo-dllm
+    python -m dlm_cli.demo.train ar       --seed 0 --steps 1200 --out dlm_cli/demo/weights/dlm-demo-ar
+    python -m dlm_cli.demo.train ar-draft --seed 0 --steps 1200 --out dlm_cli/demo/weights/dlm-demo-ar-draft
+
+``dllm`` is a LLaDA-layout masked-diffusion model trained with LLaDA's SFT objective: the prompt
+is never masked; each answer token (the answer, ``<|eot_id|>``, then ``<|endoftext|>`` padding up
+to the generation length, so the model learns where to stop) is masked with probability
+``t ~ U(eps, 1)``, and the cross-entropy on masked tokens is weighted by ``1/t`` (LLaDA, Nie et
+al. 2025, eq. 5). The network is dlm's own LLaDA module and the weights are saved under the
+published LLaDA names, so what is trained is exactly what ``dlm`` loads.
+
+``ar`` and ``ar-draft`` are Llama-layout causal LMs (transformers' LlamaForCausalLM) trained on the
+same chat-formatted task text with the loss on the answer and its ``<|eot_id|>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import tasks as T
+from . import tokenizer as demo_tok
+
+GEN_LENGTH = 64  # the dLLM's largest training canvas: dlm's default max_new_tokens
+# Each batch draws its canvas length from these: shorter canvases cost less, and teach the model to
+# stop within any generation length the user picks (-n); every answer fits the shortest.
+GEN_LENGTHS = (32, 40, 48, 56, 64)
+EPS = 1e-3
+
+
+@dataclass
+class Size:
+    d_model: int
+    n_layers: int
+    n_heads: int
+    mlp_hidden: int
+
+
+SIZES = {
+    "dllm": Size(192, 4, 4, 512),
+    "ar": Size(192, 4, 4, 512),
+    "ar-draft": Size(80, 2, 2, 224),  # ~1/10 of the target's FLOPs per token
+    "tiny": Size(32, 1, 2, 64),  # tests
+}
+
+
+def llada_config(tok: Any, size: Size) -> dict[str, Any]:
+    vocab = tok.get_vocab()
+    n = len(vocab)
+    return {
+        "activation_type": "silu", "alibi": False, "architectures": ["LLaDAModelLM"], "attention_dropout": 0.0,
+        "attention_layer_norm": False, "block_type": "llama", "d_model": size.d_model, "embedding_dropout": 0.0,
+        "embedding_size": n, "eos_token_id": vocab["<|endoftext|>"], "bos_token_id": vocab["<|startoftext|>"],
+        "include_bias": False, "include_qkv_bias": False, "init_std": 0.02, "layer_norm_type": "rms",
+        "mask_token_id": vocab["<|mdm_mask|>"], "max_sequence_length": 512, "mlp_hidden_size": size.mlp_hidden,
+        "mlp_ratio": 4, "model_type": "llada", "n_heads": size.n_heads, "n_kv_heads": size.n_heads,
+        "n_layers": size.n_layers, "pad_token_id": vocab["<|endoftext|>"], "residual_dropout": 0.0,
+        "rms_norm_eps": 1e-05, "rope": True, "rope_theta": 10000.0, "torch_dtype": "float32", "use_cache": False,
+        "vocab_size": n, "weight_tying": False,
+    }
+
+
+def generation_config(tok: Any) -> dict[str, Any]:
+    vocab = tok.get_vocab()
+    return {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": [vocab["<|eot_id|>"], vocab["<|endoftext|>"]],
+            "pad_token_id": vocab["<|endoftext|>"]}
+
+
+class Encoder:
+    """Chat-formatted prompt ids, exactly as ``dlm`` encodes a prompt, and answer ids."""
+
+    def __init__(self, tok: Any) -> None:
+        from ..prompting import encode
+
+        self.tok = tok
+        self._encode = encode
+        self.eot = tok.convert_tokens_to_ids("<|eot_id|>")
+        self.pad = tok.convert_tokens_to_ids("<|endoftext|>")
+
+    def prompt(self, text: str) -> list[int]:
+        return self._encode(self.tok, text)
+
+    def answer(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+
+def dllm_batch(enc: Encoder, examples: list[T.Example], rng: random.Random,
+               gen_length: int = GEN_LENGTH) -> tuple[torch.Tensor, ...]:
+    """Left-padded ``ids``, the key mask, position ids and the answer region (``gen_length`` slots) of a batch."""
+    rows, answer_start = [], []
+    for ex in examples:
+        p = enc.prompt(ex.prompt)
+        a = enc.answer(ex.target(rng))[: gen_length - 1] + [enc.eot]
+        a += [enc.pad] * (gen_length - len(a))
+        rows.append(p + a)
+        answer_start.append(len(p))
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), enc.pad, dtype=torch.long)
+    keep = torch.zeros(len(rows), L, dtype=torch.bool)
+    pos = torch.zeros(len(rows), L, dtype=torch.long)
+    region = torch.zeros(len(rows), L, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        off = L - len(r)
+        ids[i, off:] = torch.tensor(r)
+        keep[i, off:] = True
+        pos[i, off:] = torch.arange(len(r))
+        region[i, off + answer_start[i]:] = True
+    return ids, keep, pos, region
+
+
+def dllm_forward(net: Any, ids: torch.Tensor, keep: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The DenoiserStack's forward with per-row key padding and positions (training batches)."""
+    hidden = net.model.embed_tokens(ids)
+    rope = net.model.rotary_emb(hidden, pos)
+    mask = keep[:, None, None, :]
+    for layer in net.model.layers:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=pos, is_causal=False)
+    return net.lm_head(net.model.norm(hidden))
+
+
+def dllm_loss(net: Any, batch: tuple[torch.Tensor, ...], mask_id: int, gen: torch.Generator) -> torch.Tensor:
+    """LLaDA SFT loss: mask answer tokens with probability t, weight masked cross-entropy by 1/t."""
+    ids, keep, pos, region = batch
+    B = ids.shape[0]
+    # Stratified t (one per row, spread over [eps, 1)): the same expectation, lower variance.
+    u = (torch.arange(B) + torch.rand(B, generator=gen)) / B
+    t = EPS + (1 - EPS) * u[torch.randperm(B, generator=gen)]
+    masked = (torch.rand(ids.shape, generator=gen) < t[:, None]) & region
+    x = torch.where(masked, torch.full_like(ids, mask_id), ids)
+    logits = dllm_forward(net, x, keep, pos)
+    ce = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")
+    # 1/t with t the row's realised mask ratio (masked / slots), not the drawn one: the same weights in
+    # expectation, but a row with one masked token no longer outweighs a whole batch (with 64-slot
+    # answers and batch 64, the drawn-t weights made each step's gradient that of one or two tokens).
+    ratio = masked.sum(1).clamp(min=1) / region.sum(1)
+    weights = (1.0 / ratio)[:, None].expand_as(ids)[masked]
+    return (ce * weights).sum() / region.sum()
+
+
+def ar_batch(enc: Encoder, examples: list[T.Example], rng: random.Random) -> tuple[torch.Tensor, ...]:
+    """Right-padded ids, attention mask and labels (-100 outside answer + <|eot_id|>)."""
+    rows, labels = [], []
+    for ex in examples:
+        p, a = enc.prompt(ex.prompt), enc.answer(ex.target(rng)) + [enc.eot]
+        rows.append(p + a)
+        labels.append([-100] * len(p) + a)
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), enc.pad, dtype=torch.long)
+    att = torch.zeros(len(rows), L, dtype=torch.long)
+    lab = torch.full((len(rows), L), -100, dtype=torch.long)
+    for i, (r, lb) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)] = torch.tensor(r)
+        att[i, : len(r)] = 1
+        lab[i, : len(r)] = torch.tensor(lb)
+    return ids, att, lab
+
+
+def build_dllm(tok: Any, size: Size) -> tuple[Any, dict[str, Any]]:
+    from ..models import llada
+
+    cfg = llada_config(tok, size)
+    net = llada.build_net(cfg)
+    init_weights(net)
+    return net, cfg
+
+
+def build_ar(tok: Any, size: Size) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = tok.get_vocab()
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=size.d_model, intermediate_size=size.mlp_hidden,
+                      num_hidden_layers=size.n_layers, num_attention_heads=size.n_heads,
+                      num_key_value_heads=size.n_heads, max_position_embeddings=512, rms_norm_eps=1e-5,
+                      bos_token_id=vocab["<|startoftext|>"], eos_token_id=[vocab["<|eot_id|>"], vocab["<|endoftext|>"]],
+                      pad_token_id=vocab["<|endoftext|>"], tie_word_embeddings=False)
+    net = LlamaForCausalLM(cfg)
+    init_weights(net)
+    return net
+
+
+def init_weights(net: torch.nn.Module) -> None:
+    """Normal(0, 0.02) weights, residual output projections scaled down by depth (GPT-2 style)."""
+    layers = sum(1 for n, _ in net.named_modules() if n.endswith("self_attn"))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.dim() < 2:
+                continue
+            std = 0.02 / math.sqrt(2 * max(layers, 1)) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+            p.normal_(0.0, std)
+
+
+def load_init(net: torch.nn.Module, kind: str, path: Path) -> None:
+    """Start from saved weights (a second training stage); the shapes must match."""
+    from safetensors.torch import load_file
+
+    from ..models import llada
+
+    state = load_file(str(path / "model.safetensors"))
+    if kind == "dllm":
+        state = {llada.to_ours(k): v for k, v in state.items()}
+    else:
+        state = {("model." + k if not k.startswith(("model.", "lm_head")) else k): v for k, v in state.items()}
+    net.load_state_dict(state, strict=True)
+
+
+def save_dllm(net: Any, cfg: dict[str, Any], tok: Any, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    from ..models import llada
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {llada.to_llada(k): v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(generation_config(tok), indent=2) + "\n")
+    tok.save_pretrained(str(out))
+
+
+def save_ar(net: Any, tok: Any, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    net.generation_config.update(**generation_config(tok))
+    net.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: float = 1e-3,
+          warmup: int = 100, minutes: float | None = None, size: Size | None = None,
+          save_every: int = 0, init: Path | None = None, log: Callable[[str], None] = print,
+          on_save: Callable[[int], None] | None = None) -> list[float]:
+    """Train one demo model; returns the per-step losses. Saves to ``out`` at the end (and every ``save_every``)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    tok = demo_tok.build(out)
+    enc = Encoder(tok)
+    size = size or SIZES[kind]
+    stream = T.training_stream(seed)
+    if kind == "dllm":
+        net, cfg = build_dllm(tok, size)
+        mask_id = cfg["mask_token_id"]
+        loss_fn = lambda exs: dllm_loss(  # noqa: E731
+            net, dllm_batch(enc, exs, rng, rng.choice(GEN_LENGTHS)), mask_id, gen)
+        save = lambda: save_dllm(net, cfg, tok, out)  # noqa: E731
+    else:
+        net = build_ar(tok, size)
+
+        def loss_fn(exs: list[T.Example]) -> torch.Tensor:
+            ids, att, lab = ar_batch(enc, exs, rng)
+            return net(input_ids=ids, attention_mask=att, labels=lab).loss
+
+        save = lambda: save_ar(net, tok, out)  # noqa: E731
+    if init is not None:
+        load_init(net, kind, init)
+    net.train()
+    params = sum(p.numel() for p in net.parameters())
+    log(f"{kind}: {params / 1e6:.2f}M parameters, {steps} steps of batch {batch}, seed {seed}")
+    decay = [p for n, p in net.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in net.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98), eps=1e-8)
+    losses: list[float] = []
+    t0 = time.monotonic()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup)
+        loss = loss_fn([next(stream) for _ in range(batch)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        elapsed = time.monotonic() - t0
+        if step % 20 == 0 or step == steps - 1:
+            recent = losses[-20:]
+            log(f"step {step} loss {sum(recent) / len(recent):.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"{elapsed / 60:.1f} min")
+        if save_every and step and step % save_every == 0:
+            net.eval()
+            save()
+            net.train()
+            if on_save:
+                on_save(step)
+        if minutes is not None and elapsed > minutes * 60:
+            log(f"stopping at step {step}: --minutes {minutes} reached")
+            break
+    net.eval()
+    save()
+    log(f"saved {out} after {len(losses)} steps, {(time.monotonic() - t0) / 60:.1f} min")
+    return losses
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dlm_cli.demo.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("kind", choices=["dllm", "ar", "ar-draft"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes")
+    ap.add_argument("--save-every", type=int, default=0)
+    ap.add_argument("--init", type=Path, help="start from the weights in this directory (a second stage)")
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    train(args.kind, seed=args.seed, steps=args.steps, out=args.out, batch=args.batch, lr=args.lr,
+          minutes=args.minutes, save_every=args.save_every, init=args.init, warmup=args.warmup, log=lambda s: print(s, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The demo task suite, tokenizer, training script and the shipped demo weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+from typer.testing import CliRunner
+
+from dlm_cli.cli import app
+from dlm_cli.demo import tasks as T
+from dlm_cli.models.loading import DEMO_DIR, EMBEDDED
+
+runner = CliRunner()
+DEMO_DLLM = DEMO_DIR / EMBEDDED["dlm-demo"][0]
+
+
+# --- tasks -----------------------------------------------------------------------------------------
+
+def test_examples_are_pure_functions_of_the_seed():
+    for name, task in T.TASKS.items():
+        assert task.example(7) == task.example(7)
+        assert len({task.example(s).prompt for s in range(20)}) > 10, name
+
+
+@pytest.mark.parametrize("name", [n for n, t in T.TASKS.items() if t.deterministic])
+def test_deterministic_tasks_score_by_exact_match(name):
+    task = T.TASKS[name]
+    ex = task.example(3)
+    assert task.score(ex, ex.answer)
+    assert task.score(ex, f"  {ex.answer}\n")  # whitespace around the answer is not an error
+    assert not task.score(ex, ex.answer + " 1")
+    assert not task.score(ex, "")
+
+
+def test_answers_are_right():
+    xs = [41, 7, 93, 12]
+    assert T.TASKS["sort"].score(T.Example("sort", "", "7 12 41 93"), " ".join(map(str, sorted(xs))))
+    for seed in range(50):
+        ex = T.TASKS["add"].example(seed)
+        a, b = ex.prompt.removeprefix("Add: ").split(" + ")
+        assert int(ex.answer) == int(a) + int(b)
+        ex = T.TASKS["reverse"].example(seed)
+        assert ex.answer.split() == ex.prompt.removeprefix("Reverse: ").split()[::-1]
+        ex = T.TASKS["sort"].example(seed)
+        assert [int(v) for v in ex.answer.split()] == sorted(int(v) for v in ex.prompt.split(":")[1].split())
+        ex = T.TASKS["lookup"].example(seed)
+        pairs = dict(p.split("=") for p in ex.prompt.split(".")[0].split())
+        assert pairs[ex.prompt.split("What is ")[1].rstrip("?")] == ex.answer
+
+
+def test_story_fill_is_deterministic_given_the_prompt():
+    ex = T.TASKS["story"].example(11)
+    again = [T.TASKS["story"].example(s) for s in range(400)]
+    assert all(e.answer == ex.answer for e in again if e.prompt == ex.prompt)
+
+
+def test_pick_is_scored_by_validity():
+    task = T.TASKS["pick"]
+    ex = T.Example("pick", "Pick 3 different words at random from: a b c d e", None, ("a", "b", "c", "d", "e"), 3)
+    assert task.score(ex, "e a c") and task.score(ex, "b c d")
+    assert not task.score(ex, "a a c")  # a repeat
+    assert not task.score(ex, "a b z")  # not from the list
+    assert not task.score(ex, "a b")  # too few
+    assert not task.score(ex, "a b c d")  # too many
+    rng = random.Random(0)
+    for s in range(30):
+        ex = task.example(s)
+        assert ex.answer is None and task.score(ex, ex.target(rng))
+
+
+def test_held_out_split_is_disjoint_from_training():
+    held = T.suite(20)
+    assert len(held) == 20 * len(T.TASKS)
+    assert all(T.held_out(e.prompt) for e in held)
+    assert T.suite(20) == held  # the same examples on every call
+    held_prompts = {e.prompt for e in held}
+    stream = T.training_stream(0)
+    trained = [next(stream).prompt for _ in range(3000)]
+    assert not any(T.held_out(p) for p in trained)
+    assert not held_prompts & set(trained)
+    assert 0.02 < sum(T.held_out(T.TASKS["copy"].example(s).prompt) for s in range(2000)) / 2000 < 0.09
+
+
+# --- tokenizer -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_tokenizer(tmp_path_factory):
+    from dlm_cli.demo import tokenizer
+
+    return tokenizer.build(tmp_path_factory.mktemp("tok"))
+
+
+def test_tokenizer_round_trip_and_specials(demo_tokenizer):
+    from transformers import AutoTokenizer
+
+    from dlm_cli.demo.tokenizer import SPECIALS
+    from dlm_cli.prompting import encode
+
+    tok = demo_tokenizer
+    assert len(tok) <= 1024
+    for ex in T.suite(3):
+        ids = tok.encode(ex.target(random.Random(0)), add_special_tokens=False)
+        assert tok.decode(ids) == ex.target(random.Random(0))
+    pieces = tok.convert_ids_to_tokens(tok.encode("1234 + 56", add_special_tokens=False))
+    assert [p.lstrip("Ġ") for p in pieces if p.lstrip("Ġ").isdigit()] == list("123456")  # one token per digit
+    vocab = tok.get_vocab()
+    assert [vocab[s] for s in SPECIALS] == list(range(len(SPECIALS)))
+    assert tok.mask_token == "<|mdm_mask|>" and tok.bos_token == "<|startoftext|>"
+    rendered = tok.apply_chat_template([{"role": "user", "content": " hi "}], add_generation_prompt=True,
+                                       tokenize=False)
+    assert rendered == ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+                        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert encode(tok, "hi")[0] == vocab["<|startoftext|>"]
+    words = T.WORDS + T.NAMES + T.ANIMALS + T.PLACES
+    assert all(len(tok.encode(" " + w, add_special_tokens=False)) == 1 for w in words)  # whole-word tokens
+
+
+# --- training --------------------------------------------------------------------------------------
+
+def _falls(losses: list[float]) -> bool:
+    k = max(2, len(losses) // 4)
+    return all(math.isfinite(x) for x in losses) and sum(losses[-k:]) / k < 0.8 * sum(losses[:k]) / k
+
+
+def test_dllm_training_smoke(tmp_path):
+    from dlm_cli.decode import run
+    from dlm_cli.demo.train import SIZES, train
+    from dlm_cli.models.loading import load
+    from dlm_cli.profiles import load as load_profile
+    from dlm_cli.prompting import encode
+
+    out = tmp_path / "dllm"
+    losses = train("dllm", seed=0, steps=25, out=out, batch=8, lr=3e-3, warmup=3, size=SIZES["tiny"], log=lambda s: None)
+    assert _falls(losses), losses
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "llada" and cfg["mask_token_id"] == 5
+    model = load(str(out))  # dlm's own LLaDA loader reads what the script saved
+    assert model.info.family == "llada" and model.mask_id == 5
+    assert set(model.eos_ids) >= {0, 4}  # <|endoftext|> and <|eot_id|>
+    settings = load_profile("quality", flags={"max_new_tokens": 8})
+    done = list(run(model, encode(model.tokenizer, "Copy: 1 2"), settings))[-1]
+    assert done.nfe == 8
+
+
+def test_dllm_masks_only_the_answer():
+    import torch
+
+    from dlm_cli.demo import tokenizer
+    from dlm_cli.demo.train import GEN_LENGTH, Encoder, dllm_batch
+
+    # A random subset of examples of different prompt lengths, left-padded into one batch.
+    tok = tokenizer.build(__import__("pathlib").Path(__import__("tempfile").mkdtemp()))
+    enc = Encoder(tok)
+    exs = [T.TASKS["copy"].example(1), T.TASKS["story"].example(2)]
+    ids, keep, pos, region = dllm_batch(enc, exs, random.Random(0))
+    for i, ex in enumerate(exs):
+        p = enc.prompt(ex.prompt)
+        assert int(region[i].sum()) == GEN_LENGTH and int(keep[i].sum()) == len(p) + GEN_LENGTH
+        assert ids[i, keep[i]].tolist()[: len(p)] == p and pos[i, keep[i]].tolist() == list(range(len(p) + GEN_LENGTH))
+        tail = ids[i, region[i]].tolist()
+        answer = enc.answer(ex.answer)
+        assert tail[: len(answer) + 1] == answer + [enc.eot] and set(tail[len(answer) + 1:]) == {enc.pad}
+    assert torch.equal(region & ~keep, torch.zeros_like(region))
+
+
+def test_ar_training_smoke(tmp_path):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from dlm_cli.demo.train import SIZES, train
+
+    out = tmp_path / "ar"
+    losses = train("ar", seed=0, steps=25, out=out, batch=8, lr=3e-3, warmup=3, size=SIZES["tiny"], log=lambda s: None)
+    assert _falls(losses), losses
+    net = LlamaForCausalLM.from_pretrained(str(out))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert net.config.num_hidden_layers == 1 and tok.chat_template
+    assert set(net.generation_config.eos_token_id) == {0, 4}
+
+
+# --- the shipped weights ---------------------------------------------------------------------------
+
+needs_weights = pytest.mark.skipif(not (DEMO_DLLM / "model.safetensors").is_file(),
+                                   reason="the demo weights are not in this checkout")
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    from dlm_cli.models.loading import load
+
+    return load(None)  # no --model: the embedded demo dLLM
+
+
+@needs_weights
+def test_demo_weights_are_small_llada_checkpoints():
+    for sub, _ in EMBEDDED.values():
+        d = DEMO_DIR / sub
+        assert (d / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
+        for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "README.md"):
+            assert (d / f).is_file(), d / f
+    assert json.loads((DEMO_DLLM / "config.json").read_text())["model_type"] == "llada"
+
+
+@needs_weights
+@pytest.mark.xfail(strict=True, reason="the shipped demo dLLM is under-trained: it does not yet meet the quality "
+                   "bar of issue 3 (see its model card); remove this marker when retrained weights pass")
+@pytest.mark.parametrize("task", ["sort", "add", "story"])
+def test_demo_dllm_answers_held_out_prompts(demo_model, task):
+    from dlm_cli.demo.evaluate import eval_dllm
+
+    assert demo_model.info.family == "llada"
+    assert eval_dllm(None, 2, "quality", [task], model=demo_model) == {task: 1.0}
+
+
+@needs_weights
+def test_demo_bench_builtin_suite():
+    r = runner.invoke(app, ["bench", "--tasks", "copy,pick", "--per-task", "1", "-p", "speedy", "--reps", "1",
+                            "--json"])
+    assert r.exit_code == 0, r.stderr
+    rows = {row["profile"]: row for row in json.loads(r.stdout)["rows"]}
+    assert set(rows) == {"baseline", "speedy"}
+    for row in rows.values():
+        assert set(row["task_scores"]) == {"copy", "pick"}
+        assert all(0.0 <= v <= 1.0 for v in row["task_scores"].values()) and row["nfe"] > 0
+    assert rows["baseline"]["nfe"] == 64  # one token per step over dlm's default 64 slots
+
+
+def test_bench_unknown_task():
+    r = runner.invoke(app, ["bench", "--tasks", "copy,nope"])
+    assert r.exit_code == 2 and "nope" in r.stderr
