@@ -47,6 +47,13 @@ def block_stop(model: Denoiser, bs: int, be: int) -> int:
     return be if grid is None else min(be, grid)
 
 
+def new_canvas(model: Denoiser, prompt_ids: list[int], gen_length: int) -> torch.Tensor:
+    """The ``[1, P + gen_length]`` canvas: the prompt followed by mask slots."""
+    x = torch.full((1, len(prompt_ids) + gen_length), model.mask_id, dtype=torch.long, device=model.device)
+    x[0, : len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long, device=model.device)
+    return x
+
+
 def decode_blocks(model: Denoiser, start: int, length: int, block_length: int) -> list[tuple[int, int]]:
     """The decode blocks ``[bs, be)`` covering ``[start, length)``: ``block_length`` each, cut by :func:`block_stop`."""
     blocks, a = [], start
@@ -69,8 +76,7 @@ def decode(
     P, G = len(prompt_ids), s.max_new_tokens
     L = P + G
     mask_id = model.mask_id
-    x = torch.full((1, L), mask_id, dtype=torch.long, device=dev)
-    x[0, :P] = torch.tensor(prompt_ids, dtype=torch.long, device=dev)
+    x = new_canvas(model, prompt_ids, G)
     B = min(s.block_length, G)
     model.begin(P, generator)  # before the blocks: a model's grid may start at the prompt end
     rule.begin(model, P, L)

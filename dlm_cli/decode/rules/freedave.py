@@ -26,7 +26,7 @@ class FreeDave(CommitRule):
     name = "freedave"
 
     def loop(self, model: Any, prompt_ids: list[int], generator: torch.Generator | None) -> Iterator[Any]:
-        from ..diffusion import decode_blocks
+        from ..diffusion import decode_blocks, new_canvas
         from ..events import Clock, Done, Start, Step
 
         s = self.settings
@@ -34,8 +34,7 @@ class FreeDave(CommitRule):
         P, G = len(prompt_ids), s.max_new_tokens
         L = P + G
         mask_id = model.mask_id
-        x = torch.full((1, L), mask_id, dtype=torch.long, device=dev)
-        x[0, :P] = torch.tensor(prompt_ids, dtype=torch.long, device=dev)
+        x = new_canvas(model, prompt_ids, G)
         B = min(s.block_length, G)
         model.begin(P, generator)
         blocks = decode_blocks(model, P, L, B)

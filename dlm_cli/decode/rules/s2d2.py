@@ -65,7 +65,7 @@ class S2D2(CommitRule):
     name = "s2d2"
 
     def loop(self, model: Any, prompt_ids: list[int], generator: torch.Generator | None) -> Iterator[Any]:
-        from ..diffusion import decode_blocks
+        from ..diffusion import decode_blocks, new_canvas
         from ..events import Clock, Done, Start, Step
 
         if not model.block_size or model.info.family == "diffusion-gemma":
@@ -77,8 +77,7 @@ class S2D2(CommitRule):
         P, G = len(prompt_ids), s.max_new_tokens
         L = P + G
         mask_id = model.mask_id
-        x = torch.full((1, L), mask_id, dtype=torch.long, device=dev)
-        x[0, :P] = torch.tensor(prompt_ids, dtype=torch.long, device=dev)
+        x = new_canvas(model, prompt_ids, G)
         B = min(s.block_length, G)
         model.begin(P, generator)
         blocks = decode_blocks(model, P, L, B)
