@@ -18,7 +18,7 @@ def dlm(*args: str, input: str | bytes | None = None):
     return runner.invoke(app, list(args), input=input)
 
 
-def one_line_error(result, code: int, *fragments: str) -> None:
+def assert_one_line_error(result, code: int, *fragments: str) -> None:
     assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dlm: "), result.stderr
@@ -85,11 +85,11 @@ def test_no_chat_template_sends_raw_text(tiny_llada, llada_model):
 
 
 def test_missing_model_path(tmp_path):
-    one_line_error(dlm("generate", "-m", str(tmp_path / "nope"), "hi"), 2, "does not exist")
+    assert_one_line_error(dlm("generate", "-m", str(tmp_path / "nope"), "hi"), 2, "does not exist")
 
 
 def test_directory_that_is_not_a_model(tmp_path):
-    one_line_error(dlm("generate", "-m", str(tmp_path), "hi"), 2, "not a model directory", "config.json")
+    assert_one_line_error(dlm("generate", "-m", str(tmp_path), "hi"), 2, "not a model directory", "config.json")
 
 
 def test_corrupt_safetensors(tiny_llada, tmp_path):
@@ -97,24 +97,24 @@ def test_corrupt_safetensors(tiny_llada, tmp_path):
     shutil.copytree(tiny_llada, broken)
     w = broken / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
-    one_line_error(dlm("generate", "-m", str(broken), "hi"), 1, "corrupt or truncated", "download it again")
+    assert_one_line_error(dlm("generate", "-m", str(broken), "hi"), 1, "corrupt or truncated", "download it again")
 
 
 def test_unknown_family(tiny_llada, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(tiny_llada, other)
     (other / "config.json").write_text(json.dumps({"model_type": "telepathy", "architectures": ["MindReader"]}))
-    one_line_error(dlm("generate", "-m", str(other), "hi"), 1, "unknown model family", "llada")
+    assert_one_line_error(dlm("generate", "-m", str(other), "hi"), 1, "unknown model family", "llada")
 
 
 def test_unknown_profile(tiny_llada):
-    one_line_error(dlm("generate", "-m", str(tiny_llada), "-p", "speedie", "hi"), 2, "unknown profile", "speedy")
+    assert_one_line_error(dlm("generate", "-m", str(tiny_llada), "-p", "speedie", "hi"), 2, "unknown profile", "speedy")
 
 
 def test_malformed_toml(tiny_llada, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('strategy = "threshold\n')
-    one_line_error(dlm("generate", "-m", str(tiny_llada), "-p", str(bad), "hi"), 2, "not valid TOML", str(bad))
+    assert_one_line_error(dlm("generate", "-m", str(tiny_llada), "-p", str(bad), "hi"), 2, "not valid TOML", str(bad))
 
 
 @pytest.mark.parametrize("args,stdin,fragment", [
@@ -125,37 +125,37 @@ def test_malformed_toml(tiny_llada, tmp_path):
     ([], b"abc\x00def", "looks binary"),
 ])
 def test_empty_or_binary_input(tiny_llada, args, stdin, fragment):
-    one_line_error(dlm("generate", "-m", str(tiny_llada), *args, input=stdin), 2, fragment)
+    assert_one_line_error(dlm("generate", "-m", str(tiny_llada), *args, input=stdin), 2, fragment)
 
 
 def test_prompt_longer_than_the_context(tiny_llada):
-    one_line_error(dlm("generate", "-m", str(tiny_llada), "word " * 400), 2, "context is 256 tokens")
+    assert_one_line_error(dlm("generate", "-m", str(tiny_llada), "word " * 400), 2, "context is 256 tokens")
 
 
 def test_room_left_in_the_context_is_suggested(tiny_llada):
-    one_line_error(dlm("generate", "-m", str(tiny_llada), "hello", "-n", "250"), 2, "lower -n to")
+    assert_one_line_error(dlm("generate", "-m", str(tiny_llada), "hello", "-n", "250"), 2, "lower -n to")
 
 
 @pytest.mark.parametrize("n", ["0", "-5"])
 def test_non_positive_max_new_tokens(tiny_llada, n):
-    one_line_error(dlm("generate", "-m", str(tiny_llada), "hi", "-n", n), 2, "max_new_tokens", "≥ 1")
+    assert_one_line_error(dlm("generate", "-m", str(tiny_llada), "hi", "-n", n), 2, "max_new_tokens", "≥ 1")
 
 
 def test_bad_set_value(tiny_llada):
-    one_line_error(dlm("generate", "-m", str(tiny_llada), "hi", "--set", "threshold=2"), 2,
+    assert_one_line_error(dlm("generate", "-m", str(tiny_llada), "hi", "--set", "threshold=2"), 2,
                    "--set threshold=2", "out of range")
 
 
 def test_unknown_option_is_one_line():
-    one_line_error(dlm("generate", "--bogus"), 2, "No such option: --bogus")
+    assert_one_line_error(dlm("generate", "--bogus"), 2, "No such option: --bogus")
 
 
 def test_plain_view_with_json_is_refused(tiny_llada):
-    one_line_error(dlm("generate", "-m", str(tiny_llada), "hi", "--json", "--view", "plain"), 2, "--json")
+    assert_one_line_error(dlm("generate", "-m", str(tiny_llada), "hi", "--json", "--view", "plain"), 2, "--json")
 
 
 def test_hub_id_offline_and_not_cached():
-    one_line_error(dlm("generate", "-m", "GSAI-ML/LLaDA-8B-Instruct", "hi"), 1,
+    assert_one_line_error(dlm("generate", "-m", "GSAI-ML/LLaDA-8B-Instruct", "hi"), 1,
                    "not in the local Hugging Face cache", "HF_HUB_OFFLINE")
 
 

@@ -32,7 +32,7 @@ def run_cli(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-def one_line(result, code: int, *fragments: str) -> str:
+def assert_one_line(result, code: int, *fragments: str) -> str:
     assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dlm: ") and "Traceback" not in result.stderr, result.stderr
@@ -239,12 +239,12 @@ def test_cli_errors_are_one_line_with_an_exit_code(dream_dir, tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg.update(model_type="mystery", architectures=["MysteryLM"])
     (d / "config.json").write_text(json.dumps(cfg))
-    one_line(run_cli("generate", "-m", str(d), "hi", "-n", "4"), 1, "unknown model family", "--trust-remote-code")
-    one_line(run_cli("generate", "-m", str(dream_dir), "hi", "--dtype", "float16", "--device", "cpu"), 2,
+    assert_one_line(run_cli("generate", "-m", str(d), "hi", "-n", "4"), 1, "unknown model family", "--trust-remote-code")
+    assert_one_line(run_cli("generate", "-m", str(dream_dir), "hi", "--dtype", "float16", "--device", "cpu"), 2,
              "--dtype float32 or bfloat16")
     p = copy(dream_dir, tmp_path / "p")
     (p / "model.safetensors").rename(p / "pytorch_model.bin")
-    one_line(run_cli("generate", "-m", str(p), "hi", "-n", "4"), 1, "pickle", "--allow-pickle")
+    assert_one_line(run_cli("generate", "-m", str(p), "hi", "-n", "4"), 1, "pickle", "--allow-pickle")
 
 
 def test_the_gpu_check_reads_free_gpu_memory(dream_dir, monkeypatch):

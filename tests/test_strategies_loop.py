@@ -11,7 +11,7 @@ from dlm_cli.decode import run
 from dlm_cli.decode.events import Step
 from dlm_cli.errors import UsageError
 
-from test_cli import dlm, one_line_error
+from test_cli import dlm, assert_one_line_error
 from test_diffusion_loop import CountingNet, _force_eos_at
 
 
@@ -155,7 +155,7 @@ def test_impossible_combinations_are_refused_with_one_line(tiny_llada, sets, fra
     args = ["generate", "-m", str(tiny_llada), "hi", "-n", "8", "-p", "quality"]
     for s in sets:
         args += ["--set", s]
-    one_line_error(dlm(*args), 2, *fragments)
+    assert_one_line_error(dlm(*args), 2, *fragments)
 
 
 @pytest.mark.parametrize("name", ["prophet", "credit", "localleap", "adablock", "llada21-s", "llada21-q", "freedave",
