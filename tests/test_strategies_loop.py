@@ -43,6 +43,7 @@ CASES = [
     ("credit", ["temperature=0.8", "top_k=20"]), ("edit", ["temperature=0.8", "threshold=0.6", "edit_threshold=0.4"]),
     ("prophet", ["temperature=0.8", "steps=24"]), ("adablock", ["temperature=0.8", "top_p=0.9"]),
     ("eb", ["temperature=0.8"]), ("localleap", ["temperature=0.8"]),
+    ("threshold", ["lookup=true"]), ("credit", ["lookup=true", "cache=dual"]), ("edit", ["lookup=true", "threshold=0.5"]),
 ]
 
 
@@ -380,3 +381,74 @@ def test_speculative_accept_greedy_and_sampled():
     n, fix = speculative_accept(torch.tensor([2, 0, 2]), q, p, g, False)
     assert n == 0 and fix in (0, 1)  # resampled from max(0, p - q) = [0.1, 0.9, 0]: never the rejected 2
     assert expected_accepted(torch.tensor([0.5, 0.5])) == pytest.approx(0.5 + 0.25)
+
+
+# --- input-guided commits (lookup = true) ---------------------------------------------------------
+
+def _copier(model, source, prompt_len):
+    """A network whose answer slot i proposes ``source[i]`` with confidence ~0.5, then end-of-text (certain)."""
+    eos = model.eos_ids[0]
+    inner = model.net
+
+    class Copier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm_head = inner.lm_head
+            self.calls = 0
+
+        def forward(self, ids, *, start=0, cache=None, mask=None, rows=None):
+            self.calls += 1
+            out = inner(ids, start=start, cache=cache, mask=mask, rows=rows)
+            out = torch.zeros_like(out)
+            r0 = start + (rows[0] if rows else 0)
+            for i in range(out.shape[1]):
+                slot = r0 + i - prompt_len
+                if 0 <= slot < len(source):
+                    out[0, i, source[slot]] = 6.0 - 0.01 * slot  # p ~ 0.5 over a ~600-token vocabulary
+                elif slot >= len(source):
+                    out[0, i, eos] = 30.0
+            return out
+
+    return Copier()
+
+
+@pytest.mark.parametrize("strategy,sets", [("threshold", []), ("baseline", []), ("threshold", ["cache=dual"])])
+def test_lookup_commits_the_agreeing_copy_in_one_step(llada_model, strategy, sets):
+    ids = list(range(40, 60))  # distinct tokens: the answer copies them
+    net = _copier(llada_model, ids, len(ids))
+    original, llada_model.net = llada_model.net, net
+    try:
+        plain = decode(llada_model, ids, strategy, sets + ["eotp=true"], max_new_tokens=32, block_length=32)
+        net.calls = 0
+        guided = decode(llada_model, ids, strategy, sets + ["eotp=true", "lookup=true", "lookup_draft=32"], max_new_tokens=32,
+                        block_length=32)
+    finally:
+        llada_model.net = original
+    assert plain[-1].tokens == guided[-1].tokens == ids
+    assert plain[-1].nfe >= len(ids)  # no confidence reaches 0.9: one copied token per step
+    assert guided[-1].nfe == net.calls <= 4  # the end, the first token, then the whole run from the prompt
+    assert guided[-1].stats["lookup_commits"] >= len(ids) - 2
+
+
+def test_lookup_never_commits_what_the_model_does_not_propose(llada_model):
+    from types import SimpleNamespace
+
+    from dlm_cli.decode.guided import GuidedCommits
+
+    g = GuidedCommits(SimpleNamespace(lookup_ngram=3, lookup_draft=16), [1, 2, 10, 11, 12, 13, 14, 3])
+    x0 = torch.tensor([0, 0, 12, 13, 99, 14])
+    cand = torch.tensor([False, False, True, True, True, True])
+    # answer so far 10 11: the prompt continues 12 13 14 3; the model disagrees at the third slot
+    assert g.select([10, 11], 2, x0, cand, torch.tensor([10, 11, 0, 0, 0, 0])).tolist() == [
+        False, False, True, True, False, False]
+    # a slot committed earlier to another token ends the run too
+    cand2 = torch.tensor([False, False, True, False, True, True])
+    assert g.select([10, 11], 2, torch.tensor([0, 0, 12, 0, 14, 3]), cand2,
+                    torch.tensor([10, 11, 0, 7, 0, 0])).tolist() == [False, False, True, False, False, False]
+    # no n-gram of the answer's end occurs earlier: nothing is drafted
+    assert not g.select([77], 1, x0[1:], cand[1:], torch.zeros(5, dtype=torch.long)).any()
+
+
+def test_lookup_is_refused_with_a_strategy_that_runs_its_own_loop():
+    with pytest.raises(UsageError, match="lookup"):
+        settings("s2d2", ["lookup=true"])

@@ -27,6 +27,10 @@ register_keys(
             "exact for block-diffusion models", choices=("none", "prefix", "dual")),
         Key("eotp", bool, False, "end-of-text prediction: once an end token is committed, the slots after it "
             "are final and never decoded (Learn2PD)"),
+        Key("lookup", bool, False, "input-guided commits: draft the slots after the committed text from n-gram "
+            "matches in the prompt and commit the run where the model's proposals agree (prompt lookup)"),
+        Key("lookup_ngram", int, 3, "with lookup: the longest n-gram looked up (down to 1)", min=1),
+        Key("lookup_draft", int, 16, "with lookup: the most slots drafted at a step", min=1),
         Key("refresh", int, 0, "with a prefix or dual cache, recompute the whole cache every N steps of a block "
             "(1: every step, exact); 0: only at block starts", min=0),
         Key("elastic_threshold", float, 0.0, "Elastic-Cache: recompute the cache when the cosine similarity of "
@@ -46,6 +50,9 @@ def _check(settings: Any) -> str | None:
             if v.get(key, off) != off:
                 return (f"{key} = {v[key]!r} refreshes a KV cache, but cache = 'none'; "
                         f"set cache = \"prefix\" or \"dual\", or drop {key}")
+    if v.get("lookup") and settings.strategy in ("freedave", "s2d2", "gemma-native"):
+        return (f"lookup = true adds input-guided commits to the diffusion decode loop, but strategy "
+                f"{settings.strategy!r} runs its own draft-and-verify loop; drop lookup or pick another strategy")
     if settings.strategy == "freedave" and v.get("temperature", 0.0) > 0:
         return ("strategy 'freedave' is lossless against greedy one-token-per-step decoding only; "
                 "set temperature = 0")

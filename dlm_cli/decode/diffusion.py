@@ -26,6 +26,7 @@ import torch
 from ..models.base import Denoiser
 from .cache import Forward
 from .events import Clock, Done, Event, Start, Step
+from .guided import GuidedCommits
 from .rules.base import CommitRule, StepState
 from .sampling import propose
 
@@ -84,6 +85,7 @@ def decode(
     eos = torch.tensor(model.eos_ids, dtype=torch.long, device=dev)
     fill_token = model.eos_ids[0]
     forward = Forward(model, s, L)
+    guided = GuidedCommits(s, prompt_ids) if getattr(s, "lookup", False) else None
     wide = torch.float64 if dev.type != "mps" else torch.float32
     neg_inf = torch.tensor(-torch.inf, dtype=wide, device=dev)
     sample = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator)
@@ -127,6 +129,11 @@ def decode(
                 state = StepState(logits, x0, conf, cand, quota, i, len(quotas), b, generator,
                                   probability=prob, tokens=cur, editable=editable, progress=progress)
                 sel = rule.select(state) & cand if remaining > 0 else torch.zeros_like(cand)
+                if guided is not None and remaining > 0 and not rule.finish:
+                    first = int(cand.nonzero()[0])
+                    extra = guided.select(x[0, P: bs + first].tolist(), first, x0, cand, cur) & ~sel
+                    guided.committed += int(extra.sum())
+                    sel = sel | extra
                 if rule.finish:
                     sel = cand
                 ed = rule.edit(state)
@@ -200,5 +207,6 @@ def decode(
         seconds=clock.pause(),
         ttft_seconds=ttft,
         finish_reason="eos" if len(hits) else "length",
-        stats={"blocks": b, "cache": s.cache, "refreshes": forward.refreshes, "edits": edits},
+        stats={"blocks": b, "cache": s.cache, "refreshes": forward.refreshes, "edits": edits,
+               **({"lookup_commits": guided.committed, "lookup_drafts": guided.drafts} if guided else {})},
     )

@@ -100,6 +100,16 @@ def _table(scores: dict[str, float]) -> str:
     return f"{cells} | deterministic mean={sum(det) / max(1, len(det)):.1%}"
 
 
+def _markdown(rows: dict[str, dict[str, float]], n: int) -> str:
+    """A model-card table: one row per model, a column per task (% exact match, or % valid for random tasks)."""
+    tasks = list(next(iter(rows.values())))
+    head = "| model | " + " | ".join(t if T.TASKS[t].deterministic else f"{t} (valid)" for t in tasks) + " |"
+    lines = [head, "|---" * (len(tasks) + 1) + "|"]
+    for name, scores in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{scores[t]:.0%}" for t in tasks) + " |")
+    return "\n".join(lines) + f"\n\n({n} held-out prompts per task)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dlm_cli.demo.evaluate")
     ap.add_argument("kind", choices=["dllm", "ar"])
@@ -109,14 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="quality")
     ap.add_argument("--tasks")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--markdown", action="store_true", help="print a model-card table")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.monotonic()
     if args.kind == "dllm":
         tasks = args.tasks.split(",") if args.tasks else None
-        print(f"{args.profile}: {_table(eval_dllm(args.path, args.per_task, args.profile, tasks))}")
+        scores = eval_dllm(args.path, args.per_task, args.profile, tasks)
+        print(_markdown({f"`{args.profile}`": scores}, args.per_task) if args.markdown
+              else f"{args.profile}: {_table(scores)}")
     else:
         res = eval_ar(args.path, args.draft, args.per_task)
+        if args.markdown:
+            rows = {"target, greedy": res["target"], **({"draft, greedy": res["draft"]} if "draft" in res else {})}
+            print(_markdown(rows, args.per_task))
         print(f"target: {_table(res['target'])}")
         if "draft" in res:
             print(f"draft: {_table(res['draft'])}")

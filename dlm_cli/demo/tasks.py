@@ -69,7 +69,7 @@ class Task:
         return len(picked) == example.k and len(set(picked)) == example.k and set(picked) <= set(example.items)
 
 
-def _numbers(rng: random.Random, lo: int = 3, hi: int = 7) -> list[int]:
+def _numbers(rng: random.Random, lo: int = 3, hi: int = 6) -> list[int]:
     return [rng.randrange(100) for _ in range(rng.randint(lo, hi))]
 
 
@@ -88,7 +88,7 @@ def _reverse(rng: random.Random) -> Example:
 
 
 def _sort(rng: random.Random) -> Example:
-    xs = _numbers(rng)
+    xs = [rng.randrange(10) for _ in range(rng.randint(3, 6))]  # one token per item: rank i is slot i
     return Example("sort", f"Sort these numbers: {_join(xs)}", _join(sorted(xs)))
 
 
@@ -97,17 +97,18 @@ def _digits(rng: random.Random, n: int) -> int:
 
 
 def _add(rng: random.Random) -> Example:
-    a = _digits(rng, rng.randint(2, 4))
-    b = _digits(rng, rng.randint(1, 4))
+    # Operands of the same width (2 or 3 digits), so the columns line up; the carries still tie digits.
+    n = rng.randint(2, 3)
+    a, b = _digits(rng, n), _digits(rng, n)
     return Example("add", f"Add: {a} + {b}", str(a + b))
 
 
 def _lookup(rng: random.Random) -> Example:
-    keys = rng.sample(KEYS, rng.randint(3, 6))
+    keys = rng.sample(KEYS, rng.randint(2, 4))
     vals = [rng.randrange(100) for _ in keys]
     ask = rng.choice(keys)
     pairs = " ".join(f"{k}={v}" for k, v in zip(keys, vals))
-    return Example("lookup", f"{pairs}. What is {ask}?", str(vals[keys.index(ask)]))
+    return Example("lookup", f"Keys: {pairs}. What is {ask}?", str(vals[keys.index(ask)]))
 
 
 def _pick(rng: random.Random) -> Example:
@@ -129,8 +130,8 @@ TASKS: dict[str, Task] = {
     for t in [
         Task("copy", True, _copy, "repeat a list of numbers"),
         Task("reverse", True, _reverse, "reverse a list of numbers"),
-        Task("sort", True, _sort, "sort a list of numbers"),
-        Task("add", True, _add, "add two numbers of up to four digits (carries)"),
+        Task("sort", True, _sort, "sort a list of one-digit numbers"),
+        Task("add", True, _add, "add two numbers of two or three digits (carries)"),
         Task("lookup", True, _lookup, "read a value from key=value pairs"),
         Task("pick", False, _pick, "pick k different words at random from a list (scored by validity)"),
         Task("story", True, _story, "fill a story template from named slots"),
@@ -144,7 +145,7 @@ def held_out(prompt: str) -> bool:
 
 
 # How often each task is drawn for training: the ones tied by carries or order need more examples.
-TRAIN_WEIGHTS = {"copy": 1.0, "reverse": 1.5, "sort": 2.0, "add": 2.5, "lookup": 1.0, "pick": 1.0, "story": 0.75}
+TRAIN_WEIGHTS = {"copy": 0.75, "reverse": 0.75, "sort": 1.5, "add": 3.0, "lookup": 2.0, "pick": 0.75, "story": 0.5}
 
 
 def training_stream(seed: int, tasks: Optional[list[str]] = None) -> Iterator[Example]:

@@ -1,8 +1,9 @@
 """The demo models' tokenizer: a small byte-level BPE with single-digit tokens and LLaDA's specials.
 
 Every digit is its own token, with its leading space if it has one (numbers are spelled digit
-by digit), which makes sorting and
-addition learnable by a small model. The special tokens and the chat template follow
+by digit), which makes sorting and addition learnable by a small model: ten digit tokens are
+seen far more often than a hundred number tokens would be (with whole-number tokens the AR target
+copied 0% of held-out lists after the same 800 steps that give it 80% with digits). The special tokens and the chat template follow
 LLaDA-8B-Instruct's, so the demo dLLM is prompted exactly as the real model is.
 """
 

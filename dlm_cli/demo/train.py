@@ -1,8 +1,7 @@
 """Train the embedded demo models from a seed on the CPU.
 
-    python -m dlm_cli.demo.train dllm     --seed 0 --steps 1500 --out dlm_cli/demo/weights/dlm-demo-dllm
-    python -m dlm_cli.demo.train ar       --seed 0 --steps 1200 --out dlm_cli/demo/weights/dlm-demo-ar
-    python -m dlm_cli.demo.train ar-draft --seed 0 --steps 1200 --out dlm_cli/demo/weights/dlm-demo-ar-draft
+    python -m dlm_cli.demo.train all --out dlm_cli/demo/weights     # the three shipped models, in order
+    python -m dlm_cli.demo.train dllm --seed 0 --steps 2000 --init DIR --full-share 0.25 --out DIR2
 
 ``dllm`` is a LLaDA-layout masked-diffusion model trained with LLaDA's SFT objective: the prompt
 is never masked; each answer token (the answer, ``<|eot_id|>``, then ``<|endoftext|>`` padding up
@@ -10,6 +9,13 @@ to the generation length, so the model learns where to stop) is masked with prob
 ``t ~ U(eps, 1)``, and the cross-entropy on masked tokens is weighted by ``1/t`` (LLaDA, Nie et
 al. 2025, eq. 5). The network is dlm's own LLaDA module and the weights are saved under the
 published LLaDA names, so what is trained is exactly what ``dlm`` loads.
+
+Two choices make the dLLM learnable in minutes on a CPU. It starts from the AR target's weights
+(same sizes and tokenizer; Dream starts from Qwen2.5 the same way): the embeddings and circuits
+that find and copy prompt tokens are already there, and only have to learn to look both ways and
+to fill a mask. And most rows use a short canvas (the answer, ``<|eot_id|>`` and 0..8 pads) with a
+quarter on a full 32..64-slot one: a full canvas is mostly padding, which is easy to predict, so
+short ones spend the compute on the answer tokens.
 
 ``ar`` and ``ar-draft`` are Llama-layout causal LMs (transformers' LlamaForCausalLM) trained on the
 same chat-formatted task text with the loss on the answer and its ``<|eot_id|>``.
@@ -96,28 +102,56 @@ class Encoder:
         return list(self.tok.encode(text, add_special_tokens=False))
 
 
+def canvas_lengths(answer_lens: list[int], rng: random.Random, full_share: float) -> list[int]:
+    """Per-row canvas lengths: with probability ``full_share`` one of :data:`GEN_LENGTHS`, else the answer,
+    its ``<|eot_id|>`` and 0..8 padding slots.
+
+    Long canvases are mostly ``<|endoftext|>`` padding, which is easy to predict: short ones spend the
+    steps on the answer tokens. The random padding keeps the canvas end from marking where the answer
+    stops, and the full-length rows teach the model to pad any generation length.
+    """
+    out = []
+    for n in answer_lens:
+        if rng.random() < full_share:
+            out.append(max(rng.choice(GEN_LENGTHS), n + 1))
+        else:
+            out.append(min(GEN_LENGTH, n + 1 + rng.randint(0, 8)))
+    return out
+
+
 def dllm_batch(enc: Encoder, examples: list[T.Example], rng: random.Random,
-               gen_length: int = GEN_LENGTH) -> tuple[torch.Tensor, ...]:
-    """Left-padded ``ids``, the key mask, position ids and the answer region (``gen_length`` slots) of a batch."""
-    rows, answer_start = [], []
-    for ex in examples:
+               gen_length: int | list[int] = GEN_LENGTH, suffix_share: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """Left-padded ``ids``, the key mask, position ids, the answer region (each row's canvas) and the slots
+    that may be masked.
+
+    ``gen_length`` is one canvas length for every row or one per row. With probability ``suffix_share`` a
+    row is a semi-autoregressive one: the canvas is cut at a random slot, everything before the cut stays
+    clean and only the slots after it may be masked, as when a block is decoded left to right.
+    """
+    lens = gen_length if isinstance(gen_length, list) else [gen_length] * len(examples)
+    rows, answer_start, cuts = [], [], []
+    for ex, g in zip(examples, lens):
         p = enc.prompt(ex.prompt)
-        a = enc.answer(ex.target(rng))[: gen_length - 1] + [enc.eot]
-        a += [enc.pad] * (gen_length - len(a))
+        a = enc.answer(ex.target(rng))[: g - 1] + [enc.eot]
+        n = len(a)
+        a += [enc.pad] * (g - len(a))
         rows.append(p + a)
         answer_start.append(len(p))
+        cuts.append(rng.randint(0, n) if rng.random() < suffix_share else 0)
     L = max(len(r) for r in rows)
     ids = torch.full((len(rows), L), enc.pad, dtype=torch.long)
     keep = torch.zeros(len(rows), L, dtype=torch.bool)
     pos = torch.zeros(len(rows), L, dtype=torch.long)
     region = torch.zeros(len(rows), L, dtype=torch.bool)
+    maskable = torch.zeros(len(rows), L, dtype=torch.bool)
     for i, r in enumerate(rows):
         off = L - len(r)
         ids[i, off:] = torch.tensor(r)
         keep[i, off:] = True
         pos[i, off:] = torch.arange(len(r))
         region[i, off + answer_start[i]:] = True
-    return ids, keep, pos, region
+        maskable[i, off + answer_start[i] + cuts[i]:] = True
+    return ids, keep, pos, region, maskable
 
 
 def dllm_forward(net: Any, ids: torch.Tensor, keep: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -132,21 +166,22 @@ def dllm_forward(net: Any, ids: torch.Tensor, keep: torch.Tensor, pos: torch.Ten
 
 def dllm_loss(net: Any, batch: tuple[torch.Tensor, ...], mask_id: int, gen: torch.Generator) -> torch.Tensor:
     """LLaDA SFT loss: mask answer tokens with probability t, weight masked cross-entropy by 1/t."""
-    ids, keep, pos, region = batch
+    ids, keep, pos, region = batch[:4]
+    maskable = batch[4] if len(batch) > 4 else region
     B = ids.shape[0]
     # Stratified t (one per row, spread over [eps, 1)): the same expectation, lower variance.
     u = (torch.arange(B) + torch.rand(B, generator=gen)) / B
     t = EPS + (1 - EPS) * u[torch.randperm(B, generator=gen)]
-    masked = (torch.rand(ids.shape, generator=gen) < t[:, None]) & region
+    masked = (torch.rand(ids.shape, generator=gen) < t[:, None]) & maskable
     x = torch.where(masked, torch.full_like(ids, mask_id), ids)
     logits = dllm_forward(net, x, keep, pos)
     ce = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")
     # 1/t with t the row's realised mask ratio (masked / slots), not the drawn one: the same weights in
     # expectation, but a row with one masked token no longer outweighs a whole batch (with 64-slot
     # answers and batch 64, the drawn-t weights made each step's gradient that of one or two tokens).
-    ratio = masked.sum(1).clamp(min=1) / region.sum(1)
+    ratio = masked.sum(1).clamp(min=1) / maskable.sum(1).clamp(min=1)
     weights = (1.0 / ratio)[:, None].expand_as(ids)[masked]
-    return (ce * weights).sum() / region.sum()
+    return (ce * weights).sum() / maskable.sum()
 
 
 def ar_batch(enc: Encoder, examples: list[T.Example], rng: random.Random) -> tuple[torch.Tensor, ...]:
@@ -202,13 +237,18 @@ def init_weights(net: torch.nn.Module) -> None:
 
 
 def load_init(net: torch.nn.Module, kind: str, path: Path) -> None:
-    """Start from saved weights (a second training stage); the shapes must match."""
+    """Start from saved weights (a second training stage); the shapes must match.
+
+    A dLLM may also start from the demo AR target (same sizes, same tokenizer): transformers' Llama names
+    are our module's names. Its embeddings, attention and MLPs then only have to learn to look both ways
+    and to predict the token under a mask instead of the next one (as Dream starts from Qwen2.5)."""
     from safetensors.torch import load_file
 
     from ..models import llada
 
     state = load_file(str(path / "model.safetensors"))
-    if kind == "dllm":
+    cfg = json.loads((path / "config.json").read_text())
+    if kind == "dllm" and llada.is_llada_config(cfg):
         state = {llada.to_ours(k): v for k, v in state.items()}
     else:
         state = {("model." + k if not k.startswith(("model.", "lm_head")) else k): v for k, v in state.items()}
@@ -243,9 +283,10 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: float = 1e-3,
-          warmup: int = 100, minutes: float | None = None, size: Size | None = None,
+          warmup: int = 100, minutes: float | None = None, size: Size | None = None, stop_after: int | None = None,
           save_every: int = 0, init: Path | None = None, log: Callable[[str], None] = print,
-          on_save: Callable[[int], None] | None = None) -> list[float]:
+          on_save: Callable[[int], None] | None = None, full_share: float = 1.0,
+          suffix_share: float = 0.0) -> list[float]:
     """Train one demo model; returns the per-step losses. Saves to ``out`` at the end (and every ``save_every``)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -257,8 +298,11 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
     if kind == "dllm":
         net, cfg = build_dllm(tok, size)
         mask_id = cfg["mask_token_id"]
-        loss_fn = lambda exs: dllm_loss(  # noqa: E731
-            net, dllm_batch(enc, exs, rng, rng.choice(GEN_LENGTHS)), mask_id, gen)
+        def loss_fn(exs: list[T.Example]) -> torch.Tensor:
+            targets = [T.Example(ex.task, ex.prompt, ex.target(rng)) for ex in exs]  # fix the random draws
+            lens = canvas_lengths([len(enc.answer(ex.answer)) + 1 for ex in targets], rng, full_share)
+            return dllm_loss(net, dllm_batch(enc, targets, rng, lens, suffix_share), mask_id, gen)
+
         save = lambda: save_dllm(net, cfg, tok, out)  # noqa: E731
     else:
         net = build_ar(tok, size)
@@ -299,6 +343,9 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
             net.train()
             if on_save:
                 on_save(step)
+        if stop_after is not None and step + 1 >= stop_after:
+            log(f"stopping after step {step}: --stop-after {stop_after} (the learning-rate schedule spans {steps})")
+            break
         if minutes is not None and elapsed > minutes * 60:
             log(f"stopping at step {step}: --minutes {minutes} reached")
             break
@@ -308,23 +355,55 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
     return losses
 
 
+# The recipes of the shipped weights (``python -m dlm_cli.demo.train all``): the AR target first, the
+# dLLM starts from it, then the draft. Each is also a plain command line (see the model cards).
+RECIPES: dict[str, dict[str, Any]] = {
+    "ar": {"dir": "dlm-demo-ar", "seed": 0, "steps": 1000, "lr": 1.5e-3, "warmup": 100},
+    "dllm": {"dir": "dlm-demo-dllm", "seed": 0, "steps": 2000, "lr": 1e-3, "warmup": 50, "init": "dlm-demo-ar",
+             "full_share": 0.25, "stop_after": None},
+    "ar-draft": {"dir": "dlm-demo-ar-draft", "seed": 0, "steps": 800, "lr": 2e-3, "warmup": 100},
+}
+
+
+def reproduce(out_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Train the three demo models into ``out_dir`` with :data:`RECIPES`."""
+    for kind in ("ar", "dllm", "ar-draft"):
+        r = dict(RECIPES[kind])
+        out = out_dir / r.pop("dir")
+        init = r.pop("init", None)
+        train(kind, out=out, init=out_dir / init if init else None, log=log, **r)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dlm_cli.demo.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("kind", choices=["dllm", "ar", "ar-draft"])
+    ap.add_argument("kind", choices=["dllm", "ar", "ar-draft", "all"],
+                    help="one model, or 'all': the shipped recipes in order (AR target, dLLM from it, draft)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop after this many steps (the learning-rate schedule still spans --steps)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes")
     ap.add_argument("--save-every", type=int, default=0)
-    ap.add_argument("--init", type=Path, help="start from the weights in this directory (a second stage)")
+    ap.add_argument("--init", type=Path, help="start from the weights in this directory: a dLLM or AR checkpoint "
+                    "of the same size (a dLLM may start from the AR target)")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--full-share", type=float, default=1.0,
+                    help="dllm: share of rows on a full 32..64-slot canvas (the rest: answer + 0..8 pads)")
+    ap.add_argument("--suffix-share", type=float, default=0.0,
+                    help="dllm: share of semi-autoregressive rows (clean prefix, masked suffix)")
+    ap.add_argument("--out", type=Path, required=True, help="the model directory ('all': the directory of the three)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.kind == "all":
+        reproduce(args.out, log)
+        return 0
     train(args.kind, seed=args.seed, steps=args.steps, out=args.out, batch=args.batch, lr=args.lr,
-          minutes=args.minutes, save_every=args.save_every, init=args.init, warmup=args.warmup, log=lambda s: print(s, flush=True))
+          minutes=args.minutes, save_every=args.save_every, init=args.init, warmup=args.warmup, log=log,
+          full_share=args.full_share, suffix_share=args.suffix_share, stop_after=args.stop_after)
     return 0
 
 
