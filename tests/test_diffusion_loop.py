@@ -75,29 +75,35 @@ def test_blocks_are_decoded_left_to_right(counted, prompt_ids):
             assert {p // 16 for p in e.positions} == {e.block}
 
 
+class ScriptedNet(torch.nn.Module):
+    """Wraps a model's network; ``edit(out, slot_of_row)`` rewrites its logits in place. Counts calls."""
+
+    def __init__(self, model, edit):
+        super().__init__()
+        self.inner, self.edit = model.net, edit
+        self.lm_head = model.net.lm_head
+        self.calls = 0
+
+    def forward(self, ids, *, start=0, cache=None, mask=None, rows=None):
+        self.calls += 1
+        out = self.inner(ids, start=start, cache=cache, mask=mask, rows=rows).clone()
+        r0 = start + (rows[0] if rows else 0)
+        self.edit(out, lambda i: r0 + i)
+        return out
+
+
 def _force_eos_at(model, position, prompt_len):
     """Make the network predict end-of-text at one slot with certainty (and nowhere else)."""
     eos = model.eos_ids[0]
-    inner = model.net
 
-    class Forced(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lm_head = inner.lm_head
-            self.calls = 0
+    def edit(out, pos):
+        out[..., eos] = -1e4
+        for i in range(out.shape[1]):
+            if pos(i) == prompt_len + position:
+                out[0, i, :] = -1e4
+                out[0, i, eos] = 1e4
 
-        def forward(self, ids, *, start=0, cache=None, mask=None, rows=None):
-            self.calls += 1
-            out = inner(ids, start=start, cache=cache, mask=mask, rows=rows).clone()
-            r0 = start + (rows[0] if rows else 0)
-            out[..., eos] = -1e4
-            for i in range(out.shape[1]):
-                if r0 + i == prompt_len + position:
-                    out[0, i, :] = -1e4
-                    out[0, i, eos] = 1e4
-            return out
-
-    return Forced()
+    return ScriptedNet(model, edit)
 
 
 def test_generated_tokens_stop_at_the_first_eos(llada_model, prompt_ids):

@@ -12,7 +12,7 @@ from dlm_cli.decode.events import Step
 from dlm_cli.errors import UsageError
 
 from test_cli import dlm, assert_one_line_error
-from test_diffusion_loop import CountingNet, _force_eos_at
+from test_diffusion_loop import CountingNet, ScriptedNet, _force_eos_at
 
 
 def settings(strategy: str, sets=(), **flags):
@@ -169,24 +169,15 @@ def test_every_builtin_profile_decodes(llada_model, prompt_ids, name):
 
 def _forcing(model, slot_token: dict[int, int], prompt_len: int):
     """The network, but certain of ``token`` at generation slot ``slot`` for each item of ``slot_token``."""
-    inner = model.net
 
-    class Forced(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lm_head = inner.lm_head
+    def edit(out, pos):
+        for i in range(out.shape[1]):
+            token = slot_token.get(pos(i) - prompt_len)
+            if token is not None:
+                out[0, i, :] = -1e4
+                out[0, i, token] = 1e4
 
-        def forward(self, ids, *, start=0, cache=None, mask=None, rows=None):
-            out = inner(ids, start=start, cache=cache, mask=mask, rows=rows).clone()
-            r0 = start + (rows[0] if rows else 0)
-            for slot, token in slot_token.items():
-                i = prompt_len + slot - r0
-                if 0 <= i < out.shape[1]:
-                    out[0, i, :] = -1e4
-                    out[0, i, token] = 1e4
-            return out
-
-    return Forced()
+    return ScriptedNet(model, edit)
 
 
 def test_adablock_ends_the_block_just_after_a_confident_delimiter(llada_model, prompt_ids):
@@ -388,28 +379,17 @@ def test_speculative_accept_greedy_and_sampled():
 def _copier(model, source, prompt_len):
     """A network whose answer slot i proposes ``source[i]`` with confidence ~0.5, then end-of-text (certain)."""
     eos = model.eos_ids[0]
-    inner = model.net
 
-    class Copier(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lm_head = inner.lm_head
-            self.calls = 0
+    def edit(out, pos):
+        out.zero_()
+        for i in range(out.shape[1]):
+            slot = pos(i) - prompt_len
+            if 0 <= slot < len(source):
+                out[0, i, source[slot]] = 6.0 - 0.01 * slot  # p ~ 0.5 over a ~600-token vocabulary
+            elif slot >= len(source):
+                out[0, i, eos] = 30.0
 
-        def forward(self, ids, *, start=0, cache=None, mask=None, rows=None):
-            self.calls += 1
-            out = inner(ids, start=start, cache=cache, mask=mask, rows=rows)
-            out = torch.zeros_like(out)
-            r0 = start + (rows[0] if rows else 0)
-            for i in range(out.shape[1]):
-                slot = r0 + i - prompt_len
-                if 0 <= slot < len(source):
-                    out[0, i, source[slot]] = 6.0 - 0.01 * slot  # p ~ 0.5 over a ~600-token vocabulary
-                elif slot >= len(source):
-                    out[0, i, eos] = 30.0
-            return out
-
-    return Copier()
+    return ScriptedNet(model, edit)
 
 
 @pytest.mark.parametrize("strategy,sets", [("threshold", []), ("baseline", []), ("threshold", ["cache=dual"])])
