@@ -268,22 +268,23 @@ def test_demo_weights_are_small_llada_checkpoints():
 
 
 @needs_weights
-@pytest.mark.parametrize("task", ["copy", "reverse", "sort", "story"])
+@pytest.mark.parametrize("task", ["copy", "reverse", "sort", "add", "story"])
 def test_demo_dllm_answers_held_out_prompts(demo_model, task):
     from dlm_cli.demo.evaluate import eval_dllm
 
+    # 68-94% on 50 held-out prompts per task (its model card); an untrained model scores 0
     assert demo_model.info.family == "llada"
-    assert eval_dllm(None, 3, "quality", [task], model=demo_model) == {task: 1.0}
+    assert eval_dllm(None, 4, "quality", [task], model=demo_model)[task] >= 0.75
 
 
 @needs_weights
-@pytest.mark.xfail(strict=True, reason="the shipped demo dLLM has not learned addition and key lookup yet (6% and "
-                   "30% held out, see its model card); remove this marker when retrained weights answer them")
-@pytest.mark.parametrize("task", ["add", "lookup"])
-def test_demo_dllm_answers_dependent_tasks(demo_model, task):
+@pytest.mark.xfail(strict=True, reason="the shipped demo dLLM does not meet issue 3's bar (>= 95% on every "
+                   "deterministic task) yet, see its model card; remove this marker when retrained weights do")
+def test_demo_dllm_meets_the_quality_bar(demo_model):
     from dlm_cli.demo.evaluate import eval_dllm
 
-    assert eval_dllm(None, 3, "quality", [task], model=demo_model) == {task: 1.0}
+    tasks = [n for n, t in T.TASKS.items() if t.deterministic]
+    assert eval_dllm(None, 4, "quality", tasks, model=demo_model) == {t: 1.0 for t in tasks}
 
 
 @needs_weights

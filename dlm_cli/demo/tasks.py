@@ -145,7 +145,7 @@ def held_out(prompt: str) -> bool:
 
 
 # How often each task is drawn for training: the ones tied by carries or order need more examples.
-TRAIN_WEIGHTS = {"copy": 0.75, "reverse": 0.75, "sort": 1.5, "add": 3.0, "lookup": 2.0, "pick": 0.75, "story": 0.5}
+TRAIN_WEIGHTS = {"copy": 0.6, "reverse": 0.9, "sort": 0.6, "add": 3.5, "lookup": 3.5, "pick": 0.5, "story": 0.3}
 
 
 def training_stream(seed: int, tasks: Optional[list[str]] = None) -> Iterator[Example]:

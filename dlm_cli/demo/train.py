@@ -1,7 +1,7 @@
 """Train the embedded demo models from a seed on the CPU.
 
     python -m dlm_cli.demo.train all --out dlm_cli/demo/weights     # the three shipped models, in order
-    python -m dlm_cli.demo.train dllm --seed 0 --steps 2000 --init DIR --full-share 0.25 --out DIR2
+    python -m dlm_cli.demo.train dllm --seed 0 --steps 2000 --lr 1.5e-3 --init DIR --full-share 0.25 --out DIR2
 
 ``dllm`` is a LLaDA-layout masked-diffusion model trained with LLaDA's SFT objective: the prompt
 is never masked; each answer token (the answer, ``<|eot_id|>``, then ``<|endoftext|>`` padding up
@@ -359,7 +359,7 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
 # dLLM starts from it, then the draft. Each is also a plain command line (see the model cards).
 RECIPES: dict[str, dict[str, Any]] = {
     "ar": {"dir": "dlm-demo-ar", "seed": 0, "steps": 1000, "lr": 1.5e-3, "warmup": 100},
-    "dllm": {"dir": "dlm-demo-dllm", "seed": 0, "steps": 2000, "lr": 1e-3, "warmup": 50, "init": "dlm-demo-ar",
+    "dllm": {"dir": "dlm-demo-dllm", "seed": 0, "steps": 2000, "lr": 1.5e-3, "warmup": 50, "init": "dlm-demo-ar",
              "full_share": 0.25, "stop_after": None},
     "ar-draft": {"dir": "dlm-demo-ar-draft", "seed": 0, "steps": 800, "lr": 2e-3, "warmup": 100},
 }
