@@ -244,6 +244,10 @@ def test_strategies_refuse_models_and_drafts_that_do_not_fit(models, tiny_llada)
         decode(models["target"], "hi", "speculative", models["other"])
     with pytest.raises(DlmError, match="needs a diffusion LLM"):
         decode(models["target"], "hi", "speedy")
+    from dlm_cli.models.loading import load
+
+    with pytest.raises(DlmError, match="needs an autoregressive .*-p speedy-lookup"):  # -p lookup on a dLLM
+        list(run(load(str(tiny_llada)), [1, 2, 3], settings("lookup")))
     with pytest.raises(UsageError, match="ngram_min"):
         settings("lookup", ngram_min=4, ngram_max=2)
 

@@ -39,9 +39,11 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
         have = "a diffusion LLM" if model.kind == "diffusion" else "an autoregressive LM"
         want = "a diffusion LLM" if strategy.kind == "diffusion" else "an autoregressive (causal) LM"
         fits = sorted(n for n, s in STRATEGIES.items() if s.kind == model.kind)
+        hint = ("; for input-guided decoding of a dLLM use -p speedy-lookup (or --set lookup=true)"
+                if strategy.name == "lookup" else "")
         raise DlmError(
             f"strategy {strategy.name!r} needs {want}, but {model.info.name} is {have}; "
-            f"use a profile whose strategy is one of: {', '.join(fits)}"
+            f"use a profile whose strategy is one of: {', '.join(fits)}{hint}"
         )
     if strategy.families and model.info.family not in strategy.families:
         raise DlmError(f"strategy {strategy.name!r} works only with {' or '.join(strategy.families)} models, but "
