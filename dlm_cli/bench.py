@@ -98,7 +98,11 @@ def builtin_prompts(per_task: int, tasks: Optional[str]) -> list[BenchPrompt]:
         unknown = [t for t in names if t not in TASKS]
         if unknown:
             raise UsageError(f"--tasks: unknown task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
-    return [BenchPrompt(e.prompt, e.task, e.answer, example=e) for e in suite(per_task, tasks=names)]
+    try:
+        examples = suite(per_task, tasks=names)
+    except ValueError as e:
+        raise UsageError(f"--per-task {per_task}: {e}") from None
+    return [BenchPrompt(e.prompt, e.task, e.answer, example=e) for e in examples]
 
 
 def score(p: BenchPrompt, text: str) -> Optional[bool]:

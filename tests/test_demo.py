@@ -199,6 +199,40 @@ def test_canvas_lengths():
     assert canvas_lengths([50], rng, full_share=1.0)[0] >= 51
 
 
+def test_length_groups_split_short_and_full_canvases():
+    from dlm_cli.demo.train import GEN_LENGTHS, length_groups
+
+    lens = [12, 64, 19, 32, 40, 31]
+    groups = length_groups(lens)
+    assert groups == [[0, 2, 5], [1, 3, 4]]
+    assert all(lens[i] < GEN_LENGTHS[0] for i in groups[0]) and all(lens[i] >= GEN_LENGTHS[0] for i in groups[1])
+    assert length_groups([12, 13]) == [[0, 1]] and length_groups([]) == []
+
+
+def test_a_rows_logits_do_not_depend_on_the_batch_width(tmp_path):
+    """Why grouped training is the same objective: a short row padded to a 64-slot row's width (keys
+    masked, positions explicit) gets the logits it gets alone, and its loss terms add up."""
+    import torch
+
+    from dlm_cli.demo import tokenizer
+    from dlm_cli.demo.train import SIZES, Encoder, build_dllm, dllm_batch, dllm_forward, dllm_loss, dllm_loss_terms
+
+    tok = tokenizer.build(tmp_path)
+    enc = Encoder(tok)
+    net, cfg = build_dllm(tok, SIZES["tiny"])
+    short, long_ = T.TASKS["copy"].example(1), T.TASKS["story"].example(2)
+    both = dllm_batch(enc, [short, long_], random.Random(0), [12, 64])
+    alone = dllm_batch(enc, [short], random.Random(0), [12])
+    with torch.no_grad():
+        wide = dllm_forward(net, *both[:3])[0, both[1][0]]
+        narrow = dllm_forward(net, *alone[:3])[0, alone[1][0]]
+    assert wide.shape == narrow.shape and torch.allclose(wide, narrow, atol=1e-5)
+    total, slots = dllm_loss_terms(net, alone, cfg["mask_token_id"], torch.Generator().manual_seed(3))
+    assert int(slots) == 12
+    again = dllm_loss(net, alone, cfg["mask_token_id"], torch.Generator().manual_seed(3))
+    assert torch.allclose(again, total / slots)
+
+
 def test_dllm_starts_from_the_ar_target(tmp_path):
     from safetensors.torch import load_file
 
@@ -272,7 +306,7 @@ def test_demo_weights_are_small_llada_checkpoints():
 def test_demo_dllm_answers_held_out_prompts(demo_model, task):
     from dlm_cli.demo.evaluate import eval_dllm
 
-    # 68-94% on 50 held-out prompts per task (its model card); an untrained model scores 0
+    # 88-100% on 50 held-out prompts per task (its model card); an untrained model scores 0
     assert demo_model.info.family == "llada"
     assert eval_dllm(None, 4, "quality", [task], model=demo_model)[task] >= 0.75
 
@@ -303,3 +337,11 @@ def test_demo_bench_builtin_suite():
 def test_bench_unknown_task():
     r = runner.invoke(app, ["bench", "--tasks", "copy,nope"])
     assert r.exit_code == 2 and "nope" in r.stderr
+
+
+def test_bench_asks_for_more_prompts_than_a_task_has():
+    # story has 3,600 prompts in all, 198 held out: a clear usage error instead of a hang
+    r = runner.invoke(app, ["bench", "--tasks", "story", "--per-task", "400"])
+    assert r.exit_code == 2
+    assert "--per-task 400" in r.stderr and "'story' has only" in r.stderr and "held-out prompts" in r.stderr
+    assert len(T.suite(150, ["story"])) == 150

@@ -119,6 +119,16 @@ def canvas_lengths(answer_lens: list[int], rng: random.Random, full_share: float
     return out
 
 
+def length_groups(lens: list[int]) -> list[list[int]]:
+    """Row indices split into short canvases and full ones (>= the shortest of :data:`GEN_LENGTHS`).
+
+    Each group is its own forward: padded to one width, a batch with a quarter of 64-slot rows would be
+    about twice as wide as its short rows need, and a training step would cost about twice as much."""
+    short = [i for i, n in enumerate(lens) if n < GEN_LENGTHS[0]]
+    full = [i for i, n in enumerate(lens) if n >= GEN_LENGTHS[0]]
+    return [g for g in (short, full) if g]
+
+
 def dllm_batch(enc: Encoder, examples: list[T.Example], rng: random.Random,
                gen_length: int | list[int] = GEN_LENGTH, suffix_share: float = 0.0) -> tuple[torch.Tensor, ...]:
     """Left-padded ``ids``, the key mask, position ids, the answer region (each row's canvas) and the slots
@@ -166,6 +176,14 @@ def dllm_forward(net: Any, ids: torch.Tensor, keep: torch.Tensor, pos: torch.Ten
 
 def dllm_loss(net: Any, batch: tuple[torch.Tensor, ...], mask_id: int, gen: torch.Generator) -> torch.Tensor:
     """LLaDA SFT loss: mask answer tokens with probability t, weight masked cross-entropy by 1/t."""
+    total, slots = dllm_loss_terms(net, batch, mask_id, gen)
+    return total / slots
+
+
+def dllm_loss_terms(net: Any, batch: tuple[torch.Tensor, ...], mask_id: int,
+                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dllm_loss`'s numerator (the weighted masked cross-entropy) and denominator (maskable slots),
+    so that the loss of a batch split into groups is the sum of numerators over the sum of denominators."""
     ids, keep, pos, region = batch[:4]
     maskable = batch[4] if len(batch) > 4 else region
     B = ids.shape[0]
@@ -181,7 +199,7 @@ def dllm_loss(net: Any, batch: tuple[torch.Tensor, ...], mask_id: int, gen: torc
     # answers and batch 64, the drawn-t weights made each step's gradient that of one or two tokens).
     ratio = masked.sum(1).clamp(min=1) / maskable.sum(1).clamp(min=1)
     weights = (1.0 / ratio)[:, None].expand_as(ids)[masked]
-    return (ce * weights).sum() / maskable.sum()
+    return (ce * weights).sum(), maskable.sum()
 
 
 def ar_batch(enc: Encoder, examples: list[T.Example], rng: random.Random) -> tuple[torch.Tensor, ...]:
@@ -301,7 +319,12 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
         def loss_fn(exs: list[T.Example]) -> torch.Tensor:
             targets = [T.Example(ex.task, ex.prompt, ex.target(rng)) for ex in exs]  # fix the random draws
             lens = canvas_lengths([len(enc.answer(ex.answer)) + 1 for ex in targets], rng, full_share)
-            return dllm_loss(net, dllm_batch(enc, targets, rng, lens, suffix_share), mask_id, gen)
+            total, slots = torch.zeros(()), torch.zeros(())
+            for rows in length_groups(lens):
+                t, n = dllm_loss_terms(net, dllm_batch(enc, [targets[i] for i in rows], rng, [lens[i] for i in rows],
+                                                       suffix_share), mask_id, gen)
+                total, slots = total + t, slots + n
+            return total / slots
 
         save = lambda: save_dllm(net, cfg, tok, out)  # noqa: E731
     else:
@@ -358,8 +381,8 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
 # The recipes of the shipped weights (``python -m dlm_cli.demo.train all``): the AR target first, the
 # dLLM starts from it, then the draft. Each is also a plain command line (see the model cards).
 RECIPES: dict[str, dict[str, Any]] = {
-    "ar": {"dir": "dlm-demo-ar", "seed": 0, "steps": 1000, "lr": 1.5e-3, "warmup": 100},
-    "dllm": {"dir": "dlm-demo-dllm", "seed": 0, "steps": 2000, "lr": 1.5e-3, "warmup": 50, "init": "dlm-demo-ar",
+    "ar": {"dir": "dlm-demo-ar", "seed": 0, "steps": 2000, "lr": 1.5e-3, "warmup": 100},
+    "dllm": {"dir": "dlm-demo-dllm", "seed": 0, "steps": 2600, "lr": 1.5e-3, "warmup": 50, "init": "dlm-demo-ar",
              "full_share": 0.25, "stop_after": None},
     "ar-draft": {"dir": "dlm-demo-ar-draft", "seed": 0, "steps": 800, "lr": 2e-3, "warmup": 100},
 }
