@@ -38,12 +38,12 @@ DEMO_FALLBACK = ["Sort these numbers: 41 7 93 12 58 3", "Reverse this list: red 
                  "Add: 4821 + 377", "Copy this list: apple pear plum fig kiwi"]
 
 
-def demo_prompts(per_task: int) -> list[str]:
+def demo_prompts(per_task: int, tasks: list[str] | None = None) -> list[str]:
     try:
         from dlm_cli.demo.tasks import suite
     except ImportError:
         return DEMO_FALLBACK
-    return [e.prompt for e in suite(per_task)]
+    return [e.prompt for e in suite(per_task, tasks)]
 
 
 def ours(model: Any, ids: list[int], profile: str, draft: Any = None, n: int = 256, **sets: Any) -> tuple[float, Any]:
@@ -111,7 +111,8 @@ def part_demo(args: argparse.Namespace, with_hf: bool) -> None:
     except Exception as exc:  # noqa: BLE001 - a benchmark part is skipped, with the reason
         print(f"\n## demo pair: skipped ({exc})")
         return
-    prompts = [encode(target.tokenizer, p) for p in demo_prompts(args.per_task)]
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
+    prompts = [encode(target.tokenizer, p) for p in demo_prompts(args.per_task, tasks)]
     n = args.demo_tokens
     runs: dict[str, Callable] = {
         "ar (ours)": lambda ids: ours(target, ids, "ar", n=n),
@@ -159,6 +160,7 @@ def main() -> None:
     ap.add_argument("--target", default="dlm-demo-ar")
     ap.add_argument("--draft", default="dlm-demo-ar-draft")
     ap.add_argument("--per-task", type=int, default=2, help="demo prompts per task of the built-in suite")
+    ap.add_argument("--tasks", default="", help="demo: only these suite tasks (comma-separated), e.g. story,copy")
     ap.add_argument("--demo-tokens", type=int, default=96)
     ap.add_argument("--smollm2-tokens", type=int, default=320)
     args = ap.parse_args()

@@ -202,6 +202,11 @@ def test_stop_at_an_end_token_inside_a_draft(models):
     last = [e for e in events if isinstance(e, Verify)][-1]
     assert last.accepted[-1] == eos and last.bonus is None and last.correction is None
     assert done.stats["acceptance_rate"] == 1.0
+    # Drafting stopped at the end token: no draft forward or verified position was spent past it.
+    drafts = [e.tokens for e in events if isinstance(e, Draft)]
+    assert drafts[-1][-1] == eos and all(eos not in d[:-1] for d in drafts)
+    bonuses = sum(e.bonus is not None for e in events if isinstance(e, Verify))
+    assert done.stats["drafted"] + bonuses == len(done.tokens) + 1
 
 
 @pytest.mark.parametrize("n", [1, 5, 7])

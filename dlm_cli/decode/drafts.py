@@ -44,14 +44,17 @@ class ModelDraft(NoDraft):
     (not below 1) otherwise, starting from ``gamma`` at every generation. ``confidence``: stop
     drafting after a token whose draft probability is below it (0 never stops early). Its cache
     holds the committed sequence but the last token, like the target's; drafting feeds the tokens
-    it has not seen, so after a full accept it catches up on two tokens at once.
+    it has not seen, so after a full accept it catches up on two tokens at once. Drafting also stops
+    after one of the target's end tokens (``stop``): nothing after it can be committed, so a draft
+    token past it would be a wasted draft forward and a wasted verified position.
     """
 
     name = "draft"
 
-    def __init__(self, draft: Any, settings: Any, width: int) -> None:
+    def __init__(self, draft: Any, settings: Any, width: int, stop: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.model, self.settings, self.width = draft, settings, width
+        self.stop = frozenset(stop)
         self.gamma = settings.gamma
         self.cache: Any = None
         self.cached = 0
@@ -100,7 +103,7 @@ class ModelDraft(NoDraft):
         if count <= 0:
             return EMPTY, None
         self.gammas.append(count)
-        return self.run(seq[self.cached:], count)
+        return self.run(seq[self.cached:], count, self.stop)
 
     def accepted(self, seq: list[int], n: int, k: int) -> None:
         self.cached = min(self.cached, len(seq) - 1)
