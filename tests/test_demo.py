@@ -276,6 +276,11 @@ def test_focus_steps_train_the_binding_tasks_first():
     assert {"copy", "add", "lookup"} <= after <= set(T.TASKS)  # then the suite's mix, without recall
     # recall is training-only: never in the held-out suite
     assert "recall" not in T.TASKS and all(e.task != "recall" for e in T.suite(2))
+    # a focus share below 1 mixes them into the usual stream for those steps
+    mixed = next(batches(0, 200, focus_steps=1, focus_share=0.5))
+    n_focus = sum(ex.task == "recall" for ex in mixed)
+    assert 50 < n_focus + sum(ex.task == "lookup" for ex in mixed) < 150 and n_focus > 20
+    assert {"copy", "add"} <= {ex.task for ex in mixed}
 
 
 def test_ar_training_smoke(tmp_path):

@@ -166,9 +166,9 @@ def held_out(prompt: str) -> bool:
 # How often each task is drawn for training: the ones tied by carries or order need more examples.
 TRAIN_WEIGHTS = {"copy": 1.0, "reverse": 1.2, "sort": 1.0, "add": 4.5, "lookup": 0.8, "pick": 0.6, "story": 0.4,
                  "recall": 1.0}
-# ``train --focus-steps N`` trains only these for the first N steps (an experiment, in no shipped
-# recipe): alone, lookup with recall beside it forms the key-to-value binding in a few hundred
-# steps, but the rest of the mix then has too few steps (see the dlm-demo card).
+# ``train --focus-steps N --focus-share S``: in the first N steps, a share S of the examples come
+# from these. Alone, lookup with recall beside it forms the key-to-value binding in a few hundred
+# steps; inside the mix it has not formed within this project's training budget (dlm-demo's card).
 FOCUS_TASKS = ["lookup", "recall"]
 
 

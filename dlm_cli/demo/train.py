@@ -21,8 +21,9 @@ short ones spend the compute on the answer tokens.
 same chat-formatted task text with the loss on the answer and its ``<|eot_id|>``. The draft is
 distilled from the target: its loss mixes the answer's cross-entropy with KL(target || draft) on
 the same positions (``--teacher``, ``--distill``), since a draft is worth what it agrees with the
-target, right or wrong. ``--focus-steps`` (in no shipped recipe) first trains on ``lookup`` and
-the auxiliary ``recall`` task alone: the experiment on key lookup in ``dlm-demo``'s card.
+target, right or wrong. The target's first ``--focus-steps`` draw a share (``--focus-share``) of
+their examples from ``lookup`` and the auxiliary ``recall`` task: the key-lookup experiments are
+in ``dlm-demo``'s card.
 """
 
 from __future__ import annotations
@@ -326,14 +327,19 @@ def save_ar(net: Any, tok: Any, out: Path) -> None:
     tok.save_pretrained(str(out))
 
 
-def batches(seed: int, batch: int, focus_steps: int = 0) -> Iterator[list[T.Example]]:
-    """Training batches: the first ``focus_steps`` from :data:`~dlm_cli.demo.tasks.FOCUS_TASKS` only, then the mix."""
+def batches(seed: int, batch: int, focus_steps: int = 0, focus_share: float = 1.0) -> Iterator[list[T.Example]]:
+    """Training batches from the mix; in the first ``focus_steps``, each example comes with probability
+    ``focus_share`` from :data:`~dlm_cli.demo.tasks.FOCUS_TASKS` instead (1.0: only those)."""
     focus = T.training_stream(seed + 1, T.FOCUS_TASKS)
     stream = T.training_stream(seed)
+    coin = random.Random(seed + 2)
     step = 0
     while True:
-        source = focus if step < focus_steps else stream
-        yield [next(source) for _ in range(batch)]
+        if step < focus_steps:
+            yield [next(focus) if focus_share >= 1.0 or coin.random() < focus_share else next(stream)
+                   for _ in range(batch)]
+        else:
+            yield [next(stream) for _ in range(batch)]
         step += 1
 
 
@@ -349,7 +355,7 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
           save_every: int = 0, init: Path | None = None, log: Callable[[str], None] = print,
           on_save: Callable[[int], None] | None = None, full_share: float = 1.0,
           suffix_share: float = 0.0, teacher: Path | None = None, distill: float = 0.0,
-          focus_steps: int = 0) -> list[float]:
+          focus_steps: int = 0, focus_share: float = 1.0) -> list[float]:
     """Train one demo model; returns the per-step losses. Saves to ``out`` at the end (and every ``save_every``)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -357,7 +363,7 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
     tok = demo_tok.build(out)
     enc = Encoder(tok)
     size = size or SIZES[kind]
-    examples = batches(seed, batch, focus_steps)
+    examples = batches(seed, batch, focus_steps, focus_share)
     if kind == "dllm":
         net, cfg = build_dllm(tok, size)
         mask_id = cfg["mask_token_id"]
@@ -472,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill", type=float, default=0.0,
                     help="ar-draft: weight of KL(teacher || draft) against the answer's cross-entropy (0..1)")
     ap.add_argument("--focus-steps", type=int, default=0,
-                    help="train only on lookup and recall for the first N steps (an experiment)")
+                    help="train on lookup and recall for the first N steps (an experiment)")
+    ap.add_argument("--focus-share", type=float, default=1.0,
+                    help="with --focus-steps: the share of those steps' examples from lookup and recall")
     ap.add_argument("--out", type=Path, required=True, help="the model directory ('all': the directory of the three)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -483,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     train(args.kind, seed=args.seed, steps=args.steps, out=args.out, batch=args.batch, lr=args.lr,
           minutes=args.minutes, save_every=args.save_every, init=args.init, warmup=args.warmup, log=log,
           full_share=args.full_share, suffix_share=args.suffix_share, stop_after=args.stop_after,
-          teacher=args.teacher, distill=args.distill, focus_steps=args.focus_steps)
+          teacher=args.teacher, distill=args.distill, focus_steps=args.focus_steps,
+          focus_share=args.focus_share)
     return 0
 
 
