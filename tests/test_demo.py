@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from dlm_cli.cli import app
@@ -297,6 +298,21 @@ def test_ar_training_smoke(tmp_path):
     assert set(net.generation_config.eos_token_id) == {0, 4}
 
 
+def test_bf16_training_autocasts_and_saves_float32(tmp_path):
+    from safetensors.torch import load_file
+
+    from dlm_cli.demo.train import RECIPES, SIZES, train
+
+    kw = dict(seed=0, steps=25, batch=8, lr=1e-2, warmup=3, size=SIZES["tiny"], log=lambda s: None)
+    full = train("dllm", out=tmp_path / "fp32", **kw)
+    half = train("dllm", out=tmp_path / "bf16", bf16=True, **kw)
+    # the same seed and data: bfloat16 arithmetic changes every loss after the first steps, yet it learns
+    assert _falls(half), half
+    assert half[5:] != full[5:]
+    assert all(w.dtype == torch.float32 for w in load_file(str(tmp_path / "bf16" / "model.safetensors")).values())
+    assert all(r.get("bf16") for r in RECIPES.values())  # the shipped weights were trained this way
+
+
 def test_draft_distillation_loss_and_training(tmp_path):
     import torch
     from transformers import AutoTokenizer
@@ -347,26 +363,25 @@ def test_demo_weights_are_small_llada_checkpoints():
 def test_demo_dllm_answers_held_out_prompts(demo_model, task):
     from dlm_cli.demo.evaluate import eval_dllm
 
-    # 88-100% on 50 held-out prompts per task (its model card); an untrained model scores 0
+    # 98-100% on 50 held-out prompts per task (its model card), at least 7 of the first 8; untrained: 0
     assert demo_model.info.family == "llada"
-    assert eval_dllm(None, 4, "quality", [task], model=demo_model)[task] >= 0.75
+    assert eval_dllm(None, 8, "quality", [task], model=demo_model)[task] >= 7 / 8
 
 
 @needs_weights
-@pytest.mark.xfail(strict=True, reason="the shipped demo dLLM does not meet issue 3's bar (>= 95% on every "
-                   "deterministic task) yet, see its model card; remove this marker when retrained weights do")
-def test_demo_dllm_meets_the_quality_bar(demo_model):
+@pytest.mark.xfail(strict=True, reason="key lookup is the one deterministic task below issue 3's 95% bar (at "
+                   "chance, see the dlm-demo model card); remove this marker when retrained weights pass it")
+def test_demo_dllm_meets_the_quality_bar_on_lookup(demo_model):
     from dlm_cli.demo.evaluate import eval_dllm
 
-    tasks = [n for n, t in T.TASKS.items() if t.deterministic]
-    assert eval_dllm(None, 4, "quality", tasks, model=demo_model) == {t: 1.0 for t in tasks}
+    assert eval_dllm(None, 8, "quality", ["lookup"], model=demo_model) == {"lookup": 1.0}
 
 
 @needs_weights
 def test_shipped_draft_agrees_with_its_target():
     from dlm_cli.demo.evaluate import eval_ar
 
-    # The draft is distilled from the target: 91% agreement on 50 prompts per task (its card); the
+    # The draft is distilled from the target: 90% agreement on 50 prompts per task (its card); the
     # same draft trained on the answers alone agreed on 72%, a random one on almost nothing.
     res = eval_ar(DEMO_DIR / EMBEDDED["dlm-demo-ar"][0], DEMO_DIR / EMBEDDED["dlm-demo-ar-draft"][0], 3)
     assert res["agreement"] >= 0.85, res

@@ -24,6 +24,11 @@ the same positions (``--teacher``, ``--distill``), since a draft is worth what i
 target, right or wrong. The target's first ``--focus-steps`` draw a share (``--focus-share``) of
 their examples from ``lookup`` and the auxiliary ``recall`` task: the key-lookup experiments are
 in ``dlm-demo``'s card.
+
+The shipped recipes run the forwards under bfloat16 autocast (``--bf16``; the weights, the optimizer
+and the saved checkpoints stay float32): on a CPU with AVX-512 BF16 a step is about 1.4x faster,
+which buys the dLLM 5,000 steps instead of 2,600 within the 30-minute budget. The gain depends on
+the CPU's bfloat16 support; without ``--bf16`` a model trains in float32 (and differs from the shipped one).
 """
 
 from __future__ import annotations
@@ -355,7 +360,7 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
           save_every: int = 0, init: Path | None = None, log: Callable[[str], None] = print,
           on_save: Callable[[int], None] | None = None, full_share: float = 1.0,
           suffix_share: float = 0.0, teacher: Path | None = None, distill: float = 0.0,
-          focus_steps: int = 0, focus_share: float = 1.0) -> list[float]:
+          focus_steps: int = 0, focus_share: float = 1.0, bf16: bool = False) -> list[float]:
     """Train one demo model; returns the per-step losses. Saves to ``out`` at the end (and every ``save_every``)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -403,7 +408,8 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup)
-        loss = loss_fn(next(examples))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(next(examples))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -435,11 +441,11 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
 # The recipes of the shipped weights (``python -m dlm_cli.demo.train all``): the AR target first, the
 # dLLM starts from it, then the draft. Each is also a plain command line (see the model cards).
 RECIPES: dict[str, dict[str, Any]] = {
-    "ar": {"dir": "dlm-demo-ar", "seed": 0, "steps": 2000, "lr": 1.5e-3, "warmup": 100},
-    "dllm": {"dir": "dlm-demo-dllm", "seed": 0, "steps": 2600, "lr": 1.5e-3, "warmup": 50, "init": "dlm-demo-ar",
-             "full_share": 0.25, "stop_after": None},
+    "ar": {"dir": "dlm-demo-ar", "seed": 0, "steps": 2000, "lr": 1.5e-3, "warmup": 100, "bf16": True},
+    "dllm": {"dir": "dlm-demo-dllm", "seed": 0, "steps": 5000, "lr": 1.5e-3, "warmup": 50, "init": "dlm-demo-ar",
+             "full_share": 0.25, "stop_after": None, "bf16": True},
     "ar-draft": {"dir": "dlm-demo-ar-draft", "seed": 0, "steps": 2000, "lr": 2e-3, "warmup": 100,
-                 "teacher": "dlm-demo-ar", "distill": 0.5},
+                 "teacher": "dlm-demo-ar", "distill": 0.5, "bf16": True},
 }
 
 
@@ -481,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="train on lookup and recall for the first N steps (an experiment)")
     ap.add_argument("--focus-share", type=float, default=1.0,
                     help="with --focus-steps: the share of those steps' examples from lookup and recall")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward passes")
     ap.add_argument("--out", type=Path, required=True, help="the model directory ('all': the directory of the three)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -492,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
           minutes=args.minutes, save_every=args.save_every, init=args.init, warmup=args.warmup, log=log,
           full_share=args.full_share, suffix_share=args.suffix_share, stop_after=args.stop_after,
           teacher=args.teacher, distill=args.distill, focus_steps=args.focus_steps,
-          focus_share=args.focus_share)
+          focus_share=args.focus_share, bf16=args.bf16)
     return 0
 
 
