@@ -72,9 +72,9 @@ def _fmt(v: Any) -> str:
 
 def list_models(json_out: bool) -> None:
     from .models import families  # noqa: F401  (registers the families)
-    from .models.loading import DEMO_DIR, EMBEDDED, FAMILIES
+    from .models.loading import EMBEDDED, FAMILIES, embedded_installed
 
-    embedded = [{"name": n, "description": d, "installed": (DEMO_DIR / sub / "config.json").is_file()}
+    embedded = [{"name": n, "description": d, "installed": embedded_installed(n)}
                 for n, (sub, d) in EMBEDDED.items()]
     from .models.shortnames import SHORT_NAMES, short_name_installed
 

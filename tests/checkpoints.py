@@ -289,3 +289,39 @@ def make_llama(out: Path, *, seed: int = 0, sharpen: float = 4.0, noise: float =
     hf_logging.disable_progress_bar()
     net.save_pretrained(str(out))
     return out
+
+
+def make_adapter(out: Path, *, seed: int = 0, sharpen: float = 4.0, block_size: int = 8, rank: int = 4,
+                 lora_scale: float = 0.05, alpha: float = 8.0) -> Path:
+    """A dlm block-diffusion adapter (LoRA delta + mask embedding) over a tiny random Llama base.
+
+    The base lives in ``out.parent / (out.name + "-base")`` and is named by its path, in the layout
+    ``dlm_cli.demo.adapt.export`` writes for ``smollm2-dlm``.
+    """
+    from transformers import LlamaConfig
+
+    base = make_llama(out.parent / f"{out.name}-base", seed=seed, sharpen=sharpen)
+    cfg = LlamaConfig.from_pretrained(str(base))
+    g = torch.Generator().manual_seed(seed + 100)
+    dims = {"q_proj": (cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim),
+            "k_proj": (cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim),
+            "v_proj": (cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim),
+            "o_proj": (cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size),
+            "gate_proj": (cfg.hidden_size, cfg.intermediate_size), "up_proj": (cfg.hidden_size, cfg.intermediate_size),
+            "down_proj": (cfg.intermediate_size, cfg.hidden_size)}
+    lora = {}
+    for i in range(cfg.num_hidden_layers):
+        for mod, (fan_in, fan_out) in dims.items():
+            part = "self_attn" if mod.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
+            key = f"model.layers.{i}.{part}.{mod}"
+            lora[f"{key}.lora_A.weight"] = torch.randn(rank, fan_in, generator=g) * lora_scale
+            lora[f"{key}.lora_B.weight"] = torch.randn(fan_out, rank, generator=g) * lora_scale
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(lora, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    save_file({"mask_embedding": torch.randn(cfg.hidden_size, generator=g) * 0.3},
+              str(out / "mask_embedding.safetensors"), metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": alpha,
+                                                         "target_modules": sorted(dims)}))
+    (out / "config.json").write_text(json.dumps({"model_type": "dlm-block-diffusion", "base_model": str(base),
+                                                 "layers": "llama", "block_size": block_size, "shift": True}))
+    return out

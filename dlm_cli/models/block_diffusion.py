@@ -1,4 +1,4 @@
-"""Block-diffusion families: SDAR (Qwen3 layers) and Fast-dLLM v2 (Qwen2.5 layers). Thin adapters.
+"""Block-diffusion families over transformers' Llama, Qwen2 and Qwen3 layers: SDAR, Fast-dLLM v2, dlm's adapters.
 
 Both attend causally between blocks of a fixed size counted from position 0 and bidirectionally
 inside a block, which :class:`~dlm_cli.models.base.Denoiser` implements from ``block_size``; the
@@ -14,13 +14,19 @@ prefix KV cache is then exact. They differ in the rest:
   logits right by one), so the first slot of a block is predicted from the last position of the
   previous, final block. The mask token is ``|<MASK>|`` (151665). Its sampler's "small blocks"
   are dlm's ``block_length`` when it is below ``bd_size``.
+- **dlm block-diffusion adapters** (``model_type: "dlm-block-diffusion"``, :mod:`.adapter`): an AR
+  checkpoint (Llama, Qwen2 or Qwen3 layers) plus a LoRA delta, adapted the Fast-dLLM v2 way (AR shift
+  kept); ``smollm2-dlm`` is SmolLM2-135M-Instruct so adapted.
+
+:data:`LAYERS` is the one table of layer kinds; every family here builds its stack from it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from transformers import Qwen2Config, Qwen3Config
+from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RMSNorm, Qwen3RotaryEmbedding
 
@@ -50,21 +56,40 @@ def _block_size(cfg: dict[str, Any], key: str, default: int | None, family: str)
     return value
 
 
+# layer kind -> (config class, decoder layer, norm, rotary embedding), all transformers' own.
+LAYERS: dict[str, tuple[type, type, type, type]] = {
+    "llama": (LlamaConfig, LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding),
+    "qwen2": (Qwen2Config, Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding),
+    "qwen3": (Qwen3Config, Qwen3DecoderLayer, Qwen3RMSNorm, Qwen3RotaryEmbedding),
+}
+
+
+def hf_config(cfg: dict[str, Any], layers: str, family: str) -> Any:
+    if layers not in LAYERS:
+        raise DlmError(f"{family}: unknown layer kind {layers!r}; dlm's block-diffusion stack supports "
+                       f"{', '.join(LAYERS)}")
+    return qwen.hf_config(LAYERS[layers][0], cfg, family, ("mlp_bias",) if layers == "llama" else ())
+
+
+def build(cfg: dict[str, Any], layers: str, family: str) -> DenoiserStack:
+    """A block-diffusion stack of ``layers`` (a :data:`LAYERS` key) described by a config.json dict."""
+    _, layer, norm, rotary = LAYERS[layers]
+    return qwen.build_stack(hf_config(cfg, layers, family), layer, norm, rotary)
+
+
 def build_sdar(cfg: dict[str, Any]) -> DenoiserStack:
-    config = qwen.hf_config(Qwen3Config, cfg, "SDAR")
-    return qwen.build_stack(config, Qwen3DecoderLayer, Qwen3RMSNorm, Qwen3RotaryEmbedding)
+    return build(cfg, "qwen3", "SDAR")
 
 
 def build_fast_dllm_v2(cfg: dict[str, Any]) -> DenoiserStack:
-    config = qwen.hf_config(Qwen2Config, cfg, "Fast-dLLM v2")
-    return qwen.build_stack(config, Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding)
+    return build(cfg, "qwen2", "Fast-dLLM v2")
 
 
 def sdar_spec(cfg: dict[str, Any]) -> NativeSpec:
     if cfg.get("num_experts") or "SDARMoeForCausalLM" in (cfg.get("architectures") or []):
         raise DlmError("SDAR mixture-of-experts checkpoints are not implemented natively (only the dense ones are); "
                        "rerun with --trust-remote-code to use the repository's own code")
-    qwen.hf_config(Qwen3Config, cfg, "SDAR")  # fail early on unsupported options
+    hf_config(cfg, "qwen3", "SDAR")  # fail early on unsupported options
     # SDAR's own sampler takes the block length as an argument; the published checkpoints say 4.
     size = _block_size(cfg, "block_size", 4, "SDAR")
     return NativeSpec(family="sdar", build=lambda: build_sdar(cfg), rename=qwen.rename,
@@ -73,7 +98,7 @@ def sdar_spec(cfg: dict[str, Any]) -> NativeSpec:
 
 
 def fast_dllm_v2_spec(cfg: dict[str, Any]) -> NativeSpec:
-    qwen.hf_config(Qwen2Config, cfg, "Fast-dLLM v2")
+    hf_config(cfg, "qwen2", "Fast-dLLM v2")
     size = _block_size(cfg, "bd_size", 32, "Fast-dLLM v2")
     return NativeSpec(family="fast-dllm-v2", build=lambda: build_fast_dllm_v2(cfg), rename=qwen.rename,
                            max_length=qwen.max_length(cfg), shift=True, block_size=size,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from . import block_diffusion, causal, diffusion_gemma, dream, llada
+from . import adapter, block_diffusion, causal, diffusion_gemma, dream, llada
 from .loading import Family, load_llada, register_family
 from .native import loader
 
+register_family(Family("block-diffusion", "diffusion", adapter.is_adapter_config, adapter.load_adapter,
+                       example="dlm generate -m smollm2-dlm \"...\" (an AR model + dlm's LoRA delta)"))
 register_family(Family("llada", "diffusion", llada.is_llada_config, load_llada,
                        example="dlm generate -m GSAI-ML/LLaDA-8B-Instruct \"...\""))
 register_family(Family("dream", "diffusion", dream.is_dream_config, loader(dream.spec),

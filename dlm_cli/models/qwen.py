@@ -27,8 +27,10 @@ _DROP = re.compile(r".*rotary_emb\.inv_freq")
 SKIP = ""  # a rename result meaning "not a weight: skip it" (see loading.read_tensors)
 
 
-def hf_config(cls: type, cfg: dict[str, Any], family: str) -> Any:
-    """A transformers config of class ``cls`` from a family's config.json (unrelated keys dropped)."""
+def hf_config(cls: type, cfg: dict[str, Any], family: str, extra: tuple[str, ...] = ()) -> Any:
+    """A transformers config of class ``cls`` from a family's config.json (unrelated keys dropped).
+
+    ``extra`` names further keys that ``cls`` reads (Llama's ``mlp_bias``)."""
     missing = [k for k in _REQUIRED if k not in cfg]
     if missing:
         raise DlmError(f"{family} config.json lacks {', '.join(missing)}; is the checkpoint complete?")
@@ -37,7 +39,7 @@ def hf_config(cls: type, cfg: dict[str, Any], family: str) -> Any:
                        "natively; rerun with --trust-remote-code to use the repository's own code")
     from huggingface_hub.errors import StrictDataclassError
 
-    kwargs = {k: cfg[k] for k in _KEYS if cfg.get(k) is not None}
+    kwargs = {k: cfg[k] for k in _KEYS + extra if cfg.get(k) is not None}
     kwargs["use_sliding_window"] = False
     try:
         return cls(**kwargs)
