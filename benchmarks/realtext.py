@@ -45,17 +45,18 @@ ROWS = ("ar:ar,ar:lookup,dlm:one-per-step=quality[eotp=true],dlm:block-1=s2d2[s2
 
 def parse_rows(spec: str) -> list[tuple[str, str, str, dict[str, str]]]:
     rows = []
-    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", spec):
-        item = item.strip(", ")
+    for item in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", spec):
+        item = item.strip()
         if not item:
             continue
         which, _, rest = item.partition(":")
-        label, eq, prof = rest.partition("=")
+        head, bracket, over = rest.partition("[")
+        label, eq, name = head.partition("=")
         if not eq:
-            prof, label = label, label
-        name, _, over = prof.partition("[")
-        sets = dict(kv.split("=", 1) for kv in over.rstrip("]").split(",") if kv) if over else {}
-        rows.append((f"{'smollm2' if which == 'ar' else 'dlm'} {label}", which, name, sets))
+            label, name = rest, head
+        sets = dict(kv.split("=", 1) for kv in over.rstrip("]").split(",") if kv) if bracket else {}
+        prof = name
+        rows.append((f"{'smollm2' if which == 'ar' else 'dlm'} {label}", which, prof, sets))
     return rows
 
 

@@ -28,6 +28,7 @@ class BenchPrompt:
     answer: Optional[str] = None
     system: Optional[str] = None
     example: Any = None  # a demo-suite Example, scored by its task
+    typo: Any = None  # a real-text typo prompt (demo.realtext.Prompt), scored by the share of typos fixed
 
 
 @dataclass
@@ -105,7 +106,43 @@ def builtin_prompts(per_task: int, tasks: Optional[str]) -> list[BenchPrompt]:
     return [BenchPrompt(e.prompt, e.task, e.answer, example=e) for e in examples]
 
 
-def score(p: BenchPrompt, text: str) -> Optional[bool]:
+REAL_KINDS = ("typo", "chat", "continue", "reformat")
+REAL_MAX_NEW_TOKENS = 256
+
+
+def realtext_prompts(per_task: int, tasks: Optional[str]) -> list[BenchPrompt]:
+    """The held-out real-language suite (demo/realtext.py): typo fixes, chat, continuations, reformats."""
+    from .demo.realtext import eval_prompts
+
+    kinds = [t.strip() for t in tasks.split(",")] if tasks else list(REAL_KINDS)
+    unknown = [k for k in kinds if k not in REAL_KINDS]
+    if unknown:
+        raise UsageError(f"--tasks: unknown task {unknown[0]!r} for a real-language model; tasks: "
+                         f"{', '.join(REAL_KINDS)} (the toy tasks need -m dlm-demo)")
+    every = eval_prompts()
+    out = []
+    for k in kinds:
+        mine = [p for p in every if p.kind == k]
+        if per_task > len(mine):
+            raise UsageError(f"--per-task {per_task}: the {k} task has {len(mine)} held-out prompts")
+        out += [BenchPrompt(p.prompt, k, p.answer if k == "reformat" else None, typo=p if k == "typo" else None)
+                for p in mine[:per_task]]
+    return out
+
+
+def is_toy(model: Any) -> bool:
+    """The demo task suite's own models (dlm-demo*), which only know its synthetic tasks."""
+    from .models.loading import DEMO_DIR, REAL_DEFAULT
+
+    path = Path(model.info.path).resolve()
+    return path.parent == DEMO_DIR.resolve() and path.name != REAL_DEFAULT
+
+
+def score(p: BenchPrompt, text: str) -> Optional[float]:
+    if p.typo is not None:
+        from .demo.realtext import typo_scores
+
+        return typo_scores(p.typo.original, p.typo.noisy, p.typo.typos, text)[0]
     if p.example is not None:
         from .demo.tasks import TASKS
 
@@ -217,9 +254,24 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
     from . import profiles as prof
     from .decode.keys import STRATEGIES
 
+    from .demo.tasks import TASKS
+    from .models.loading import TOY_DEFAULT
+
     err = Console(stderr=True, highlight=False)
-    prompts = load_prompts(req.prompts) if req.prompts else builtin_prompts(req.per_task, req.tasks)
-    model = load_model(req.model, req.load, err)
+    file_prompts = load_prompts(req.prompts) if req.prompts else None
+    asked = [t.strip() for t in req.tasks.split(",")] if req.tasks else []
+    spec = req.model
+    if spec is None and asked and any(t in TASKS for t in asked):
+        spec = TOY_DEFAULT  # the toy tasks are only known to the toy models
+    model = load_model(spec, req.load, err)
+    if file_prompts is not None:
+        prompts = file_prompts
+    elif is_toy(model):
+        prompts = builtin_prompts(req.per_task, req.tasks)
+    else:
+        prompts = realtext_prompts(req.per_task, req.tasks)
+        if req.flags.get("max_new_tokens") is None:  # a fixed paragraph is ~100-200 tokens
+            req.flags = {**req.flags, "max_new_tokens": REAL_MAX_NEW_TOKENS}
     diffusion = model.kind == "diffusion"
     names = [n.strip() for n in (req.profiles or ("quality,speedy" if diffusion else "speculative,lookup")).split(",")
              if n.strip()]

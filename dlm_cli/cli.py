@@ -213,10 +213,14 @@ def bench(
         "[default: quality,speedy for a dLLM; speculative,lookup for AR]"),
     prompts: Optional[Path] = typer.Option(
         None, "--prompts", help="JSONL file, one {\"prompt\": ..., \"answer\"?: ..., \"task\"?: ...} per line "
-        "[default: the built-in task suite]"),
+        "[default: the built-in suite: held-out typo/chat/continue/reformat prompts for a real model, "
+        "the synthetic tasks for the dlm-demo models]"),
     reps: int = typer.Option(3, "--reps", min=1, help="timed repetitions over all prompts"),
     per_task: int = typer.Option(4, "--per-task", min=1, help="built-in suite: prompts per task"),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="built-in suite: comma-separated task names"),
+    tasks: Optional[str] = typer.Option(
+        None, "--tasks", help="built-in suite: comma-separated tasks (typo,chat,continue,reformat; the toy "
+        "tasks copy,reverse,sort,add,lookup,pick,story pick dlm-demo). Scores: typo = share of injected typos "
+        "fixed, reformat and toy tasks = exact match, pick = valid"),
     max_new_tokens: Optional[int] = typer.Option(None, "-n", "--max-new-tokens", help="tokens to generate"),
     seed: int = typer.Option(0, "--seed", help="seed for every run"),
     set_: list[str] = SET_OPT,

