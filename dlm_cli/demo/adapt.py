@@ -385,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=2, help="complementary pairs of noisy copies per row")
     ap.add_argument("--checkpoint-minutes", type=float, default=10.0)
     ap.add_argument("--stop-minutes", type=float, default=None, help="stop (resumably) after this long")
-    ap.add_argument("--stop-step", type=int, default=None,
-                    help="stop at this step of the --steps schedule (the shipped run stopped early, see the card)")
+    ap.add_argument("--stop-step", type=int, default=320,
+                    help="stop at this step of the --steps schedule: the shipped run stopped at 320 (see the card); "
+                    "0 runs the whole schedule")
     ap.add_argument("--chat", type=int, default=300)
     ap.add_argument("--continue-prompts", type=int, default=150)
     ap.add_argument("--distill-tokens", type=int, default=160)
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.stage in ("train", "all"):
         train(a.work, seed=a.seed, steps=a.steps, rows_per_step=a.rows_per_step, lr=a.lr, rank=a.rank,
               alpha=a.alpha, block_sizes=sizes, bf16=a.bf16, checkpoint_minutes=a.checkpoint_minutes,
-              stop_minutes=a.stop_minutes, pairs=a.pairs, stop_step=a.stop_step)
+              stop_minutes=a.stop_minutes, pairs=a.pairs, stop_step=a.stop_step or None)
     if a.stage in ("export", "all"):
         meta = {"seed": a.seed, "steps": a.steps, "rows_per_step": a.rows_per_step, "lr": a.lr, "rank": a.rank,
                 "alpha": a.alpha, "block_sizes": list(sizes), "bf16": a.bf16, "pairs": a.pairs,
