@@ -189,11 +189,6 @@ class Adapted(torch.nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(self.net.model.norm(h), self.net.model.embed_tokens.weight)
 
-    def trainable(self) -> dict[str, torch.Tensor]:
-        from peft import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(self.net)
-
 
 def make_row(prompt: list[int], answer: list[int], block: int, end: int, mask_id: int,
              gen: torch.Generator, pairs: int = 1) -> tuple[torch.Tensor, ...]:

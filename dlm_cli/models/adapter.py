@@ -147,13 +147,6 @@ def resolve_base(cfg: dict[str, Any], opts: Any, where: str) -> tuple[Path, dict
     return base_path, base_cfg
 
 
-def block_size(cfg: dict[str, Any], where: str) -> int:
-    size = cfg.get("block_size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise DlmError(f"{where}/config.json needs a positive integer 'block_size', got {size!r}")
-    return size
-
-
 def build_base(base_path: Path, base_cfg: dict[str, Any], kind: str, dtype: torch.dtype, device: torch.device,
                allow_pickle: bool = False) -> torch.nn.Module:
     """The base checkpoint's weights in dlm's block-diffusion stack of ``kind`` layers."""
@@ -172,8 +165,10 @@ def load_adapter(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Denoi
     from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, weight_files
     from .memory import check_fits
 
+    from .block_diffusion import config_block_size
+
     where = str(path)
-    size = block_size(cfg, where)
+    size = config_block_size(cfg, "block_size", None, "dlm block-diffusion adapter")
     lora, scale, mask = read_delta(path)
     base_path, base_cfg = resolve_base(cfg, opts, where)
     kind = layer_kind(cfg, base_cfg, where)

@@ -48,9 +48,9 @@ def is_fast_dllm_v2_config(cfg: dict[str, Any]) -> bool:
             or "Fast_dLLM_QwenForCausalLM" in (cfg.get("architectures") or []))
 
 
-def _block_size(cfg: dict[str, Any], key: str, default: int | None, family: str) -> int:
+def config_block_size(cfg: dict[str, Any], key: str, default: int | None, family: str) -> int:
     value = cfg.get(key, default)
-    if not isinstance(value, int) or value < 1:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise DlmError(f"{family} config.json needs a positive integer {key!r} (the model's block size), "
                        f"got {value!r}")
     return value
@@ -91,7 +91,7 @@ def sdar_spec(cfg: dict[str, Any]) -> NativeSpec:
                        "rerun with --trust-remote-code to use the repository's own code")
     hf_config(cfg, "qwen3", "SDAR")  # fail early on unsupported options
     # SDAR's own sampler takes the block length as an argument; the published checkpoints say 4.
-    size = _block_size(cfg, "block_size", 4, "SDAR")
+    size = config_block_size(cfg, "block_size", 4, "SDAR")
     return NativeSpec(family="sdar", build=lambda: build_sdar(cfg), rename=qwen.rename,
                            max_length=qwen.max_length(cfg), shift=False, block_size=size,
                            mask_id=cfg.get("mask_token_id"), mask_token="<|MASK|>", default_mask_id=SDAR_MASK_ID)
@@ -99,7 +99,7 @@ def sdar_spec(cfg: dict[str, Any]) -> NativeSpec:
 
 def fast_dllm_v2_spec(cfg: dict[str, Any]) -> NativeSpec:
     hf_config(cfg, "qwen2", "Fast-dLLM v2")
-    size = _block_size(cfg, "bd_size", 32, "Fast-dLLM v2")
+    size = config_block_size(cfg, "bd_size", 32, "Fast-dLLM v2")
     return NativeSpec(family="fast-dllm-v2", build=lambda: build_fast_dllm_v2(cfg), rename=qwen.rename,
                            max_length=qwen.max_length(cfg), shift=True, block_size=size,
                            mask_id=cfg.get("mask_token_id"), mask_token="|<MASK>|",
