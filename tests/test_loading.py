@@ -158,7 +158,7 @@ def test_a_model_too_big_for_free_memory_is_refused_before_loading(dream_dir, mo
         load(str(dream_dir))
     assert read == []  # refused before a single tensor was read
     monkeypatch.setattr(memory, "available_ram", lambda: need * 2)
-    with pytest.raises(TypeError):  # past the check: our stub read_tensors returned None
+    with pytest.raises((TypeError, AttributeError)):  # past the check: our stub read_tensors returned None
         load(str(dream_dir))
 
 

@@ -153,7 +153,11 @@ def build_base(base_path: Path, base_cfg: dict[str, Any], kind: str, dtype: torc
     from . import block_diffusion, qwen
     from .loading import load_into, read_tensors, weight_files
 
+    from .memory import tensor_shapes
+    from .sizes import check_config
+
     files = weight_files(base_path, allow_pickle)
+    check_config(base_cfg, tensor_shapes(files), str(base_path))
     tensors = read_tensors(files, qwen.rename, dtype, device)
     return load_into(lambda: block_diffusion.build(base_cfg, kind, "block-diffusion adapter"), tensors, device,
                      str(base_path))

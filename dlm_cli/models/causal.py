@@ -75,11 +75,13 @@ def load_causal(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Causal
 
     from .loading import (eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers,
                           weight_files)
-    from .memory import check_fits
+    from .memory import check_fits, tensor_shapes
+    from .sizes import check_config
 
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
     files = weight_files(path, opts.allow_pickle)
+    check_config(cfg, tensor_shapes(files), str(path))
     check_fits(files, dtype, device, name, opts.device_map)
     tok = load_tokenizer(path)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False,
@@ -88,11 +90,15 @@ def load_causal(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Causal
         kwargs["device_map"] = opts.device_map
     try:
         with quiet_transformers():
-            net = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+            net, report = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise DlmError(f"{name}: transformers could not load it as a causal LM ({type(exc).__name__}: "
                        f"{str(exc).splitlines()[0] if str(exc) else ''}); the checkpoint is incomplete or "
                        "does not match its config.json") from None
+    missing = sorted(report.get("missing_keys") or [])
+    if missing:  # transformers would initialise them at random and decode garbage
+        raise DlmError(f"{path} lacks weights {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
+                       "the checkpoint is incomplete or of another architecture than its config.json says")
     if not opts.device_map:
         net.to(device)
     net.eval()

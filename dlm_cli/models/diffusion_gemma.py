@@ -157,11 +157,13 @@ def load_diffusion_gemma(path: Path, cfg: dict[str, Any], opts: Any, name: str) 
     from transformers import DiffusionGemmaForBlockDiffusion
 
     from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
-    from .memory import check_fits
+    from .memory import check_fits, tensor_shapes
+    from .sizes import check_config
 
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
     files = weight_files(path, opts.allow_pickle)
+    check_config(cfg, tensor_shapes(files), str(path))
     check_fits(files, dtype, device, name, opts.device_map)
     tok = load_tokenizer(path)
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": all(f.suffix == ".safetensors" for f in files)}
@@ -169,10 +171,14 @@ def load_diffusion_gemma(path: Path, cfg: dict[str, Any], opts: Any, name: str) 
         kwargs["device_map"] = opts.device_map
     try:
         with quiet_transformers():
-            net = DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+            net, report = DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), output_loading_info=True, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise DlmError(f"cannot load {name} as DiffusionGemma ({str(exc).splitlines()[0]}); "
                        "the checkpoint is incomplete or of another architecture") from None
+    missing = sorted(report.get("missing_keys") or [])
+    if missing:  # transformers would initialise them at random and decode garbage
+        raise DlmError(f"{path} lacks weights {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
+                       "the checkpoint is incomplete or of another architecture")
     if not opts.device_map:
         net.to(device)
     net.eval()

@@ -98,10 +98,18 @@ def llama_config(cfg: dict[str, Any]) -> tuple[LlamaConfig, bool]:
             + ", ".join(unsupported)
             + "; rerun with --trust-remote-code to use the repository's own code"
         )
+    from huggingface_hub.errors import StrictDataclassError
+
     try:
-        d_model, n_heads, n_layers = int(cfg["d_model"]), int(cfg["n_heads"]), int(cfg["n_layers"])
+        return _llama_config(cfg, bias)
     except KeyError as exc:
         raise DlmError(f"LLaDA config.json lacks the key {exc.args[0]!r}; is the checkpoint complete?") from None
+    except (ValueError, TypeError, ArithmeticError, StrictDataclassError) as exc:
+        raise DlmError(f"LLaDA config.json is not valid ({' '.join(str(exc).split())}); re-download the model") from None
+
+
+def _llama_config(cfg: dict[str, Any], bias: bool) -> tuple[LlamaConfig, bool]:
+    d_model, n_heads, n_layers = int(cfg["d_model"]), int(cfg["n_heads"]), int(cfg["n_layers"])
     hidden = cfg.get("mlp_hidden_size") or int(cfg.get("mlp_ratio", 4)) * d_model
     if cfg.get("activation_type", "silu") == "swiglu" and not cfg.get("mlp_hidden_size"):
         hidden //= 2
@@ -139,6 +147,7 @@ def spec(cfg: dict[str, Any]) -> NativeSpec:
         family=FAMILY,
         build=lambda: build_net(cfg),
         rename=to_ours,
+        strict_names=True,
         max_length=int(cfg.get("max_sequence_length", 4096)),
         mask_id=mask_id(cfg),
         token_count=int(cfg["vocab_size"]) if cfg.get("vocab_size") else None,

@@ -7,7 +7,6 @@ meta device, so a model never needs twice its size in memory.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from contextlib import contextmanager
@@ -106,44 +105,21 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    """``config.json`` of a model directory, after checking that no file the loaders read escapes it."""
+    from .modeldir import check_dir, read_json
+
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise UsageError(f"{path} is not a model directory: it has no config.json")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DlmError(f"{cfg_path} is not valid JSON ({exc}); re-download the model") from None
-    if not isinstance(cfg, dict):
-        raise DlmError(f"{cfg_path} does not hold a JSON object; re-download the model")
-    return cfg
+    check_dir(path)
+    return read_json(cfg_path, "re-download the model")
 
 
 def weight_files(path: Path, allow_pickle: bool) -> list[Path]:
-    """The checkpoint's safetensors files; refuses pickle weights unless allowed."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise DlmError(f"{index} is not a valid safetensors index ({exc}); re-download the model") from None
-        files = [path / s for s in shards]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise DlmError(f"{path} lacks weight shards {', '.join(missing)}; the download is incomplete, re-download it")
-        return files
-    files = sorted(path.glob("*.safetensors"))
-    if files:
-        return files
-    pickles = sorted(path.glob("*.bin")) + sorted(path.glob("*.pt")) + sorted(path.glob("*.pth"))
-    if pickles:
-        if not allow_pickle:
-            raise DlmError(
-                f"{path} has only pickle weights ({pickles[0].name}); loading a pickle can run arbitrary code, "
-                "so dlm refuses it: convert it to safetensors, or pass --allow-pickle if you trust the source"
-            )
-        return pickles
-    raise DlmError(f"{path} has no weights (no *.safetensors file; pickle .bin weights are only used, and only "
-                   "downloaded, with --allow-pickle)")
+    """The checkpoint's weight files (:func:`dlm_cli.models.modeldir.weight_files`: pickle gate, inside the directory)."""
+    from .modeldir import weight_files as files
+
+    return files(path, allow_pickle)
 
 
 def read_tensors(files: list[Path], rename: Callable[[str], str | None], dtype: torch.dtype,
@@ -181,25 +157,66 @@ def read_tensors(files: list[Path], rename: Callable[[str], str | None], dtype: 
     return out
 
 
-def load_into(net_factory: Callable[[], torch.nn.Module], tensors: dict[str, torch.Tensor],
-              device: torch.device, where: str) -> torch.nn.Module:
-    """Build the network on the meta device and assign the loaded tensors (no double allocation)."""
+def build_meta(net_factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """The network with every parameter on the meta device: its names and shapes, no memory."""
     with torch.device("meta"):
-        net = net_factory()
-    expected = set(net.state_dict())
+        return net_factory()
+
+
+def published_shapes(files: list[Path], rename: Callable[[str], str | None], family: str | None = None,
+                     where: str = "") -> dict[str, tuple[int, ...]] | None:
+    """The checkpoint's tensors under our names with their header shapes (None for pickle weights).
+
+    With ``family``, a name ``rename`` does not know (None) is refused as another family's weight.
+    """
+    from .memory import tensor_shapes
+
+    shapes = tensor_shapes(files)
+    if shapes is None:
+        return None
+    out: dict[str, tuple[int, ...]] = {}
+    foreign = []
+    for name, shape in shapes.items():
+        ours = rename(name)
+        if ours == "":
+            continue
+        if ours is None and family is not None:
+            foreign.append(name)
+        out[ours or name] = shape
+    if foreign:
+        raise DlmError(f"{where} holds weights that are not {family}'s ({', '.join(sorted(foreign)[:3])}"
+                       f"{' ...' if len(foreign) > 3 else ''}); its weights are of another family than its "
+                       "config.json says")
+    return out
+
+
+def check_weights(net: torch.nn.Module, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """The weights' names and shapes against the network the config describes (built on meta)."""
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     tied = getattr(net.config, "tie_word_embeddings", False)
-    missing = sorted(expected - set(tensors) - ({"lm_head.weight"} if tied else set()))
-    unexpected = sorted(set(tensors) - expected)
+    missing = sorted(set(expected) - set(shapes) - ({"lm_head.weight"} if tied else set()))
+    unexpected = sorted(set(shapes) - set(expected))
     if missing:
         raise DlmError(f"{where} lacks weights {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
                        "the checkpoint is incomplete or of another family")
     if unexpected:
         raise DlmError(f"{where} has weights dlm does not expect ({', '.join(unexpected[:3])}); "
                        "the checkpoint is of another architecture")
-    for name, t in tensors.items():
-        if tuple(t.shape) != tuple(net.state_dict()[name].shape):
-            raise DlmError(f"{where}: weight {name} has shape {tuple(t.shape)} but config.json implies "
-                           f"{tuple(net.state_dict()[name].shape)}; config and weights do not match")
+    for name, shape in shapes.items():
+        if tuple(shape) != expected[name]:
+            raise DlmError(f"{where}: weight {name} has shape {tuple(shape)} but config.json implies "
+                           f"{expected[name]}; config and weights do not match")
+
+
+def load_into(net_factory: Callable[[], torch.nn.Module] | torch.nn.Module, tensors: dict[str, torch.Tensor],
+              device: torch.device, where: str) -> torch.nn.Module:
+    """Assign the loaded tensors to the network built on the meta device (no double allocation).
+
+    ``net_factory`` is a factory, or a network :func:`build_meta` already built.
+    """
+    net = net_factory if isinstance(net_factory, torch.nn.Module) else build_meta(net_factory)
+    check_weights(net, {k: tuple(t.shape) for k, t in tensors.items()}, where)
+    tied = getattr(net.config, "tie_word_embeddings", False)
     net.load_state_dict(tensors, strict=False, assign=True)
     if tied:
         net.lm_head.weight = net.model.embed_tokens.weight
@@ -259,8 +276,14 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
                     return Qwen2Tokenizer.from_pretrained(str(path))
                 raise DlmError(f"the tokenizer of {path} is defined by code shipped with the model; rerun with "
                                "--trust-remote-code to run it (arbitrary Python, with your permissions)") from None
-    except (OSError, ValueError, StrictDataclassError) as exc:  # the last: config.json fails validation
-        raise DlmError(f"cannot load the tokenizer of {path} ({str(exc).splitlines()[0]}); "
+    except DlmError:
+        raise
+    # Hostile or broken tokenizer files fail inside transformers and tokenizers with any of these
+    # (a tokenizer.json of the wrong shape: KeyError, TypeError; nested too deep: RecursionError).
+    except (OSError, ValueError, LookupError, TypeError, AttributeError, RecursionError,
+            StrictDataclassError) as exc:  # the last: config.json fails validation
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DlmError(f"cannot load the tokenizer of {path} ({first}); "
                        "the model directory needs tokenizer.json or the tokenizer's own files") from None
     finally:
         hf_logging.set_verbosity(level)
@@ -274,9 +297,11 @@ def eos_ids(cfg: dict[str, Any], tokenizer: Any, path: Path | None = None) -> tu
     raws = [cfg.get("eos_token_id")]
     gen = path / "generation_config.json" if path is not None else None
     if gen is not None and gen.is_file():
+        from .modeldir import read_json
+
         try:
-            raws.append(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id"))
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raws.append(read_json(gen, "").get("eos_token_id"))
+        except DlmError:
             pass  # a broken generation config only loses these extra end ids
     for raw in raws:
         for v in raw if isinstance(raw, list) else [raw]:
@@ -328,12 +353,14 @@ def resolve_path(spec: str, opts: LoadOptions) -> tuple[str, Path]:
 def load(spec: str | None, opts: LoadOptions | None = None, *, role: str = "model") -> Any:
     """Load the model ``spec`` names (default: the embedded demo dLLM)."""
     from . import families  # noqa: F401  (registers the families)
+    from .sizes import check_values
 
     opts = opts or LoadOptions()
     if spec is not None and "@" in spec and not Path(spec).exists():
         spec, opts.revision = spec.split("@", 1)
     name, path = resolve_path(spec or default_model()[0], opts)
     cfg = read_config(path)
+    check_values(cfg, str(path))  # before a family translates a single size
     for family in FAMILIES:
         if family.detect(cfg):
             return family.load(path, cfg, opts, name)

@@ -9,7 +9,9 @@ the OOM killer end it.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -27,27 +29,70 @@ _SAFE_DTYPES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16
 
 
 def read_header(path: Path) -> dict[str, dict]:
-    """The tensor table of a safetensors file (name -> {dtype, shape, data_offsets})."""
+    """The tensor table of a safetensors file (name -> {dtype, shape, data_offsets}), checked.
+
+    Every entry must be an object with a dtype, a shape of non-negative integers and data offsets
+    that fit the file: a hostile or truncated file is one line here, before safetensors or torch
+    sees it. Tables are cached by path, size and modification time (the loaders ask several times).
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise DlmError(f"cannot read weights file {path} ({exc.strerror or exc}); re-download the model") from None
+    return dict(_read_header(str(path), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _read_header(path: str, size: int, _mtime: int) -> tuple[tuple[str, dict], ...]:
     try:
         with open(path, "rb") as fh:
             raw = fh.read(8)
             if len(raw) < 8:
                 raise ValueError("shorter than its 8-byte header length")
             (n,) = struct.unpack("<Q", raw)
-            if n > 100 * 1024 * 1024:
-                raise ValueError(f"header length {n} is implausible")
+            if n > min(100 * 1024 * 1024, size - 8):
+                raise ValueError(f"header length {n} is implausible for a file of {size} bytes")
             header = json.loads(fh.read(n))
-    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise DlmError(f"weights file {path} is corrupt or truncated ({exc}); delete it and download it again") from None
-    header.pop("__metadata__", None)
-    return header
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+        header.pop("__metadata__", None)
+        data = size - 8 - n
+        for name, info in header.items():
+            _check_entry(name, info, data)
+    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise DlmError(f"weights file {path} is corrupt or truncated ({why}); delete it and download it again") from None
+    return tuple(header.items())
+
+
+def _check_entry(name: str, info: object, data: int) -> None:
+    if not isinstance(info, dict):
+        raise ValueError(f"tensor {name!r} is described by {type(info).__name__}, not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise ValueError(f"tensor {name!r} has no dtype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError(f"tensor {name!r} has the shape {shape!r}, not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise ValueError(f"tensor {name!r} has the data offsets {offsets!r}, not [start, end]")
+    if offsets[1] > data:
+        raise ValueError(f"tensor {name!r} ends at byte {offsets[1]} of the data but the file holds {data}")
+    if dtype in _SAFE_DTYPES and math.prod(shape) * _SAFE_DTYPES[dtype] != offsets[1] - offsets[0]:
+        raise ValueError(f"tensor {name!r} of shape {shape} and dtype {dtype} does not fill its "
+                         f"{offsets[1] - offsets[0]} bytes")
 
 
 def _numel(info: dict) -> int:
-    n = 1
-    for d in info.get("shape", []):
-        n *= int(d)
-    return n
+    return math.prod(info["shape"])
+
+
+def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]] | None:
+    """Every tensor's published name and shape, from the headers; None when a file is not safetensors."""
+    if any(f.suffix != ".safetensors" for f in files):
+        return None
+    return {name: tuple(info["shape"]) for f in files for name, info in read_header(f).items()}
 
 
 def parameter_count(files: list[Path]) -> int | None:

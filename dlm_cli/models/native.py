@@ -24,6 +24,8 @@ class NativeSpec:
 
     ``mask_id`` wins; else ``mask_token`` is looked up in the tokenizer; else ``default_mask_id``.
     ``token_count`` is the real vocabulary size when the embedding is padded beyond it.
+    ``strict_names``: the family publishes its own weight names (LLaDA's), so a name ``rename`` does
+    not know is another family's weight, not one to keep verbatim.
     """
 
     family: str
@@ -36,6 +38,7 @@ class NativeSpec:
     mask_token: str | None = None
     default_mask_id: int | None = None
     token_count: int | None = None
+    strict_names: bool = False  # a weight name ``rename`` does not map (None) belongs to another family
 
 
 def resolve_mask_id(spec: NativeSpec, tokenizer: Any, vocab_size: int) -> int:
@@ -52,19 +55,25 @@ def resolve_mask_id(spec: NativeSpec, tokenizer: Any, vocab_size: int) -> int:
 
 def load_native(path: Path, cfg: dict[str, Any], opts: Any, name: str, spec: NativeSpec) -> Denoiser:
     """Load a natively supported dLLM family described by ``spec``."""
-    from .loading import (eos_ids, load_into, load_tokenizer, model_info, pick_device, pick_dtype, read_tensors,
-                          weight_files)
+    from .loading import (build_meta, check_weights, eos_ids, load_into, load_tokenizer, model_info, pick_device,
+                          pick_dtype, published_shapes, read_tensors, weight_files)
     from .memory import check_fits
+    from .sizes import check_config
 
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
     files = weight_files(path, opts.allow_pickle)
+    shapes = published_shapes(files, spec.rename, spec.family if spec.strict_names else None, str(path))
+    check_config(cfg, None if shapes is None else list(shapes), str(path))
     check_fits(files, dtype, device, name, opts.device_map)
     tok = load_tokenizer(path)  # before the weights: a broken download fails fast
+    net = build_meta(spec.build)
+    if shapes is not None:  # names and shapes against the config before a tensor is read
+        check_weights(net, shapes, str(path))
     # With a device map the weights are read to the CPU first; accelerate then places each layer.
     home = torch.device("cpu") if opts.device_map else device
     tensors = read_tensors(files, spec.rename, dtype, home)
-    net = load_into(spec.build, tensors, home, str(path))
+    net = load_into(net, tensors, home, str(path))
     net.to(dtype)
     if opts.device_map:
         net = shard(net, dtype)

@@ -11,9 +11,10 @@ forward over the canvas: the decode loop's caches are accepted and ignored.
 from __future__ import annotations
 
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -21,6 +22,7 @@ from ..errors import DlmError
 from .base import Denoiser
 
 FAMILY = "remote-code"
+T = TypeVar("T")
 # The auto classes a dLLM repository maps its model to, most specific first.
 _AUTO = ("AutoModelForMaskedLM", "AutoModel", "AutoModelForCausalLM")
 
@@ -54,11 +56,31 @@ def warn(message: str) -> None:
         pass
 
 
+def repository_code(name: str, run: Callable[[], T]) -> T:
+    """``run()``, which imports and runs the repository's own code: whatever that code raises is one line.
+
+    The code is arbitrary (it may fail to import, or raise anything while building the model), so
+    this is the one place that catches every ``Exception``: the user needs to know that it was the
+    repository's code, and its last traceback line, not dlm's traceback.
+    """
+    try:
+        return run()
+    except DlmError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        last = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1].strip()
+        if not last.startswith(type(exc).__name__):
+            last = f"{type(exc).__name__}: {last}"
+        raise DlmError(f"{name}: the repository's own code (run by --trust-remote-code) failed: {last}; "
+                       "check the repository's requirements (its transformers version, extra packages)") from None
+
+
 def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> RemoteDenoiser:
     import transformers
 
     from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
-    from .memory import check_fits
+    from .memory import check_fits, tensor_shapes
+    from .sizes import check_config
 
     auto_map = cfg.get("auto_map") or {}
     auto = next((a for a in _AUTO if a in auto_map), None)
@@ -70,18 +92,19 @@ def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Remote
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
     files = weight_files(path, opts.allow_pickle)
+    check_config(cfg, tensor_shapes(files), str(path))
     check_fits(files, dtype, device, name, opts.device_map)
-    tok = load_tokenizer(path, trust_remote_code=True)
+    tok = repository_code(name, lambda: load_tokenizer(path, trust_remote_code=True))
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": True,
                               "use_safetensors": all(f.suffix == ".safetensors" for f in files)}
     if opts.device_map:
         kwargs["device_map"] = opts.device_map
-    try:
+
+    def build() -> Any:
         with quiet_transformers():
-            net = getattr(transformers, auto).from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError, ImportError, AttributeError, TypeError) as exc:
-        raise DlmError(f"{name}: its own model code failed to load ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else ''}); check the repository's requirements") from None
+            return getattr(transformers, auto).from_pretrained(str(path), **kwargs)
+
+    net = repository_code(name, build)
     if not opts.device_map:
         net.to(device)
     net.eval()
