@@ -174,6 +174,11 @@ def generate(
                                "(to watch the unmasking; not counted in the stats)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object with the text and the stats"),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="send the prompt as raw text"),
+    parse_special: bool = typer.Option(
+        False, "--parse-special", help="let control tokens written in the prompt (<|im_end|>, <|eot_id|>) act as "
+        "control tokens; by default they stay text, and only the chat template's markup makes them"),
+    no_stdin: bool = typer.Option(
+        False, "--no-stdin", help="never read stdin (for a pipe nobody writes to: ssh, some CI runners)"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no stats line"),
     trace: Optional[Path] = typer.Option(None, "--trace", help="write every decoding event to this JSONL file"),
     allow_different_tokenizers: bool = typer.Option(
@@ -198,6 +203,7 @@ def generate(
         json_out=json_out, chat_template=not no_chat_template, quiet=quiet, trace=trace,
         allow_different_tokenizers=allow_different_tokenizers,
         load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle),
+        extra={"parse_special": parse_special, "no_stdin": no_stdin},
     )
     code = run_generate(request, load_model=_load_model, default_profile=_default_profile)
     if code:

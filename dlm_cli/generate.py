@@ -105,7 +105,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     from .prompting import check_length, encode, gather
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty())
+    text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty(), no_stdin=req.extra.get("no_stdin", False))
 
     settings = None
     if req.profile is not None:
@@ -124,7 +124,8 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     from .view import show
     from .view.canvas import Canvas
 
-    ids = encode(model.tokenizer, text_in, system=req.system, chat_template=req.chat_template)
+    ids = encode(model.tokenizer, text_in, system=req.system, chat_template=req.chat_template,
+                 parse_special=req.extra.get("parse_special", False), context=model.max_length)
     fit_length(settings, model, [len(ids)])
     check_length(len(ids), settings.max_new_tokens, model.max_length, model.info.name)
     events = run(model, ids, settings, draft=draft)

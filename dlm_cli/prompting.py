@@ -20,20 +20,67 @@ def decode_text(data: bytes, source: str) -> str:
                          "convert it to UTF-8 first") from None
 
 
+MAX_INPUT_BYTES = 16 * 1024 * 1024  # far more than any model's context holds; bounds memory before tokenising
+
+
+def check_utf8(text: str, source: str) -> str:
+    """``text`` if it encodes as UTF-8; an argument with invalid bytes (decoded by Python as
+    surrogates) is one line with the offending byte and its offset."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = b""
+        if raw:
+            decode_text(raw, source)  # names the bad byte and its offset
+        raise UsageError(f"{source} is not valid UTF-8 text (a lone surrogate at character {exc.start}); "
+                         "convert it to UTF-8 first") from None
+    return text
+
+
+def read_bounded(fh: IO[bytes], source: str, limit: int = MAX_INPUT_BYTES) -> bytes:
+    """At most ``limit`` bytes of ``fh``; more (a huge file, ``/dev/zero``) is one line saying how to cut it."""
+    data = fh.read(limit + 1)
+    if len(data) > limit:
+        mib = limit // (1024 * 1024)
+        raise UsageError(f"{source} holds more than {mib} MiB, more than dlm reads as a prompt; give only the part "
+                         f"the model should see (e.g. `head -c {mib // 4}M FILE | dlm generate ...`)")
+    return data
+
+
 def read_stdin(stdin: IO[Any]) -> str:
     buf = getattr(stdin, "buffer", None)
-    data = buf.read() if buf is not None else stdin.read()
+    data = read_bounded(buf if buf is not None else stdin, "stdin")
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")
     return decode_text(data, "stdin")
 
 
-def gather(prompt: str | None, file: Path | None, stdin: IO[Any], stdin_is_tty: bool) -> str:
+def read_file(file: Path) -> str:
+    try:
+        with open(file, "rb") as fh:
+            data = read_bounded(fh, f"-f {file}")
+    except OSError as exc:
+        raise UsageError(f"cannot read -f {file}: {exc.strerror or exc}") from None
+    return decode_text(data, str(file))
+
+
+def gather(prompt: str | None, file: Path | None, stdin: IO[Any], stdin_is_tty: bool, *,
+           no_stdin: bool = False) -> str:
     """The prompt text from the argument, ``-f FILE`` and piped stdin.
 
     With material on stdin or in a file and a PROMPT argument, the argument is the instruction
-    and the material follows it. ``-`` as PROMPT reads stdin explicitly.
+    and the material follows it. ``-`` as PROMPT reads stdin explicitly. ``no_stdin``
+    (``--no-stdin``) never reads stdin, for a pipe nobody writes to (ssh, some CI runners).
     """
+    if prompt is not None:
+        check_utf8(prompt, "the PROMPT argument")
+    if no_stdin:
+        if prompt == "-":
+            raise UsageError("'-' reads the prompt from stdin, which --no-stdin forbids; drop one of them")
+        stdin_is_tty = True
     material: str | None = None
     if prompt == "-":
         prompt = None
@@ -43,11 +90,7 @@ def gather(prompt: str | None, file: Path | None, stdin: IO[Any], stdin_is_tty: 
     if file is not None:
         if material is not None:
             raise UsageError("give the material either on stdin ('-') or with -f FILE, not both")
-        try:
-            data = Path(file).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read -f {file}: {exc.strerror or exc}") from None
-        material = decode_text(data, str(file))
+        material = read_file(file)
         if not material.strip():
             raise UsageError(f"{file} is empty; give a file with text in it")
     elif material is None and not stdin_is_tty:
@@ -65,15 +108,39 @@ def gather(prompt: str | None, file: Path | None, stdin: IO[Any], stdin_is_tty: 
     return prompt if material is None else material
 
 
-def encode(tokenizer: Any, text: str, *, system: str | None = None, chat_template: bool = True) -> list[int]:
-    """Token ids of the prompt, with the model's chat template when it has one and it is wanted."""
+def encode(tokenizer: Any, text: str, *, system: str | None = None, chat_template: bool = True,
+           parse_special: bool = False, context: int | None = None) -> list[int]:
+    """Token ids of the prompt, with the model's chat template when it has one and it is wanted.
+
+    The user's text (and ``system``) is tokenised as text: a control token written in it
+    (``<|im_end|>``, ``<|eot_id|>``) stays those characters, so material cannot end the user turn or
+    inject a role, as llama.cpp does by default. Only the chat template's own markup becomes
+    control tokens. ``parse_special`` (``--parse-special``) parses them everywhere. ``context``
+    refuses, before tokenising, a text too long for that many tokens whatever its tokenisation.
+    """
+    from .controltokens import encode_chat, encode_plain
+
+    check_utf8(text, "the prompt")
+    if system is not None:
+        check_utf8(system, "--system")
+    if context is not None:
+        check_size(tokenizer, len(text) + len(system or ""), context)
     if chat_template and getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(tokenizer.encode(rendered, add_special_tokens=False))
+        return encode_chat(tokenizer, text, system, parse_special=parse_special)
     if system:
         text = f"{system}\n\n{text}"
-    return list(tokenizer.encode(text))
+    return encode_plain(tokenizer, text, add_special_tokens=True, parse_special=parse_special)
+
+
+def check_size(tokenizer: Any, chars: int, context: int) -> None:
+    """Refuse ``chars`` characters of text that cannot fit ``context`` tokens, without tokenising it."""
+    from .controltokens import max_token_chars
+
+    longest = max_token_chars(tokenizer)
+    if longest and chars > context * longest:
+        least = chars // longest
+        raise UsageError(f"the input is {chars} characters, at least {least} tokens, but the model's context is "
+                         f"{context} tokens; give only the part the model should see")
 
 
 def check_length(prompt_tokens: int, max_new_tokens: int, context: int, name: str) -> None:
