@@ -325,3 +325,32 @@ def make_adapter(out: Path, *, seed: int = 0, sharpen: float = 4.0, block_size: 
     (out / "config.json").write_text(json.dumps({"model_type": "dlm-block-diffusion", "base_model": str(base),
                                                  "layers": "llama", "block_size": block_size, "shift": True}))
     return out
+
+
+def write_raw_safetensors(path: Path, header: object, data: bytes = b"") -> Path:
+    """A safetensors file with an arbitrary (possibly hostile) JSON header and data section."""
+    import struct
+
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def make_hub_symlinked(home: Path, repo: str, src: Path, rev: str = "0" * 40) -> Path:
+    """huggingface-hub's real cache layout: every snapshot file a relative symlink into ``blobs/``."""
+    import hashlib
+    import os
+
+    root = home / "hub" / f"models--{repo.replace('/', '--')}"
+    snap = root / "snapshots" / rev
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file():
+            data = f.read_bytes()
+            blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            os.symlink(os.path.relpath(blob, snap), snap / f.name)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(rev)
+    return snap
