@@ -203,7 +203,7 @@ def generate(
         json_out=json_out, chat_template=not no_chat_template, quiet=quiet, trace=trace,
         allow_different_tokenizers=allow_different_tokenizers,
         load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle),
-        extra={"parse_special": parse_special, "no_stdin": no_stdin},
+        parse_special=parse_special, no_stdin=no_stdin,
     )
     code = run_generate(request, load_model=_load_model, default_profile=_default_profile)
     if code:

@@ -38,6 +38,8 @@ class GenerateRequest:
     trace: Optional[Path]
     allow_different_tokenizers: bool
     load: Any
+    parse_special: bool = False  # --parse-special: control tokens in the prompt act as control tokens
+    no_stdin: bool = False  # --no-stdin: never read stdin
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,7 +107,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     from .prompting import check_length, encode, gather
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty(), no_stdin=req.extra.get("no_stdin", False))
+    text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty(), no_stdin=req.no_stdin)
 
     settings = None
     if req.profile is not None:
@@ -125,7 +127,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     from .view.canvas import Canvas
 
     ids = encode(model.tokenizer, text_in, system=req.system, chat_template=req.chat_template,
-                 parse_special=req.extra.get("parse_special", False), context=model.max_length)
+                 parse_special=req.parse_special, context=model.max_length)
     fit_length(settings, model, [len(ids)])
     check_length(len(ids), settings.max_new_tokens, model.max_length, model.info.name)
     events = run(model, ids, settings, draft=draft)

@@ -133,6 +133,16 @@ def leftovers(out: Path) -> list[Path]:
     return [p for pattern in (f"{out.name}.tmp-*", f"{out.name}.damaged-*") for p in out.parent.glob(pattern)]
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
 def sweep(out: Path) -> None:
     """Remove :func:`leftovers` when no conversion is running (the lock is free); never fails."""
     try:
@@ -141,7 +151,7 @@ def sweep(out: Path) -> None:
         with _lock(out, wait=False) as held:
             if held:
                 for p in leftovers(out):
-                    shutil.rmtree(p, ignore_errors=True)
+                    _remove(p)
     except OSError:
         pass
 
@@ -207,7 +217,7 @@ def _install(tmp: Path, out: Path) -> None:
         aside = out.with_name(f"{out.name}.damaged-{os.getpid()}")
         os.replace(out, aside)
         os.replace(tmp, out)
-        shutil.rmtree(aside, ignore_errors=True)
+        _remove(aside)
     else:
         os.replace(tmp, out)
     _fsync(out.parent)
@@ -232,7 +242,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         if is_converted(out):
             return out
         for p in leftovers(out):
-            shutil.rmtree(p, ignore_errors=True)
+            _remove(p)
         what = "rebuilding the damaged" if os.path.lexists(out) else "converting"
         _say(f"dlm: {what} {gguf.name} once to safetensors in {out} (about 15 s)")
         tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
