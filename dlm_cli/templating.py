@@ -72,11 +72,11 @@ def _env_class() -> type:
                 raise TemplateLimit("it formats with a computed or huge field width")
             return super().call_binop(context, operator, left, right)
 
-        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja's
+        def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
             for a in (*args, *kwargs.values()):
-                if isinstance(a, int) and not isinstance(a, bool) and abs(a) > __self.max_chars:
-                    raise TemplateLimit(f"it calls a function with the number {a}, past the {__self.max_chars} bound")
-            return super().call(__context, __obj, *args, **kwargs)
+                if isinstance(a, int) and not isinstance(a, bool) and abs(a) > self.max_chars:
+                    raise TemplateLimit(f"it calls a function with the number {a}, past the {self.max_chars} bound")
+            return super().call(context, obj, *args, **kwargs)
 
     return BoundedSandbox
 

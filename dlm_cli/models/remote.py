@@ -79,8 +79,7 @@ def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Remote
     import transformers
 
     from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
-    from .memory import check_fits, tensor_shapes
-    from .sizes import check_config
+    from .memory import check_fits
 
     auto_map = cfg.get("auto_map") or {}
     auto = next((a for a in _AUTO if a in auto_map), None)
@@ -91,8 +90,7 @@ def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Remote
          "anything your user can; dlm decodes it as an in-place masked-diffusion model, without a cache")
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
-    files = weight_files(path, opts.allow_pickle)
-    check_config(cfg, tensor_shapes(files), str(path))
+    files = weight_files(path, opts.allow_pickle)  # sizes were checked in load(); its layers may mean anything
     check_fits(files, dtype, device, name, opts.device_map)
     tok = repository_code(name, lambda: load_tokenizer(path, trust_remote_code=True))
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": True,

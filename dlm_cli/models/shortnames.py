@@ -243,8 +243,10 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
             return out
         for p in leftovers(out):
             _remove(p)
-        what = "rebuilding the damaged" if os.path.lexists(out) else "converting"
-        _say(f"dlm: {what} {gguf.name} once to safetensors in {out} (about 15 s)")
+        if os.path.lexists(out):
+            _say(f"dlm: the converted copy in {out} is damaged; converting {gguf.name} again (about 15 s)")
+        else:
+            _say(f"dlm: converting {gguf.name} once to safetensors in {out} (about 15 s)")
         tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
         try:
             net, tok = _load_gguf(gguf)
