@@ -298,3 +298,18 @@ def test_text_too_long_for_the_context_is_refused_before_tokenising(tiny_tok, mo
                                          r"context is 256 tokens"):
         encode(tiny_tok, "word " * 1_000_000, context=256)
     assert calls == []
+
+
+def cli_prompt_tokens(model: Path, *args: str, input: str | None = None) -> int:
+    import json
+
+    result = CliRunner().invoke(app, ["generate", "-m", str(model), "-n", "2", "--json", *args], input=input)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)["prompt_tokens"]
+
+
+def test_parse_special_and_no_stdin_through_the_cli(tiny_llada):
+    assert cli_prompt_tokens(tiny_llada, INJECT) > cli_prompt_tokens(tiny_llada, INJECT, "--parse-special")
+    material = "the quick brown fox " * 5
+    assert cli_prompt_tokens(tiny_llada, "hi", "--no-stdin", input=material) < cli_prompt_tokens(
+        tiny_llada, "hi", input=material)
