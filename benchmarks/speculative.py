@@ -93,9 +93,9 @@ def compare(name: str, prompts: list[list[int]], reps: int, runs: dict[str, Call
         dones = [r for r in results[k] if not isinstance(r, list)]
         ntok = sum(len(t) for t in toks)
         nfe = sum(d.nfe for d in dones)
-        drafted = sum(d.stats.get("drafted", 0) for d in dones)
-        acc = sum(d.stats.get("accepted", 0) for d in dones)
-        dnfe = sum(d.stats.get("draft_nfe", 0) for d in dones)
+        drafted = sum(d.drafted or 0 for d in dones)
+        acc = sum(d.accepted or 0 for d in dones)
+        dnfe = sum(d.draft_nfe or 0 for d in dones)
         row = {"seconds": secs[k], "speedup": secs[base] / secs[k], "tokens": ntok,
                "tokens_per_nfe": ntok / nfe if nfe else float("nan"),
                "acceptance": acc / drafted if drafted else float("nan"), "identical": same / len(toks)}

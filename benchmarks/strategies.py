@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         plain = same_without_cache(s, runs)
         if s.cache != "none" and plain is not None:
             r.cache_agreement = sum(a.tokens == b.tokens for a, b in zip(ds, dones[plain])) / len(ds)
-        r.refreshes = sum(d.stats.get("refreshes", 0) for d in ds) / len(ds)
+        r.refreshes = sum(d.refreshes or 0 for d in ds) / len(ds)
         per: dict[str, list[bool]] = {}
         for p, text in zip(prompts, texts[name]):
             per.setdefault(p.task, []).append(bool(score(p, text)))

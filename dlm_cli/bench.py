@@ -204,10 +204,10 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
                   ttft_seconds=statistics.mean(d.ttft_seconds or 0.0 for d in ds))
         row.speedup = base_seconds / row.seconds if row.seconds > 0 else 0.0
         row.agreement = sum(d.tokens == b.tokens for d, b in zip(ds, dones[base_name])) / len(ds)
-        row.draft_nfe = sum(d.stats.get("draft_nfe", 0) for d in ds) / len(ds)
-        drafted = sum(d.stats.get("drafted", 0) for d in ds)
+        row.draft_nfe = sum(d.draft_nfe or 0 for d in ds) / len(ds)
+        drafted = sum(d.drafted or 0 for d in ds)
         if drafted:
-            row.acceptance_rate = sum(d.stats.get("accepted", 0) for d in ds) / drafted
+            row.acceptance_rate = sum(d.accepted or 0 for d in ds) / drafted
         scores: dict[str, list[bool]] = {}
         for p, d in zip(prompts, ds):
             ok = score(p, model.tokenizer.decode(d.tokens, skip_special_tokens=True))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -40,7 +40,6 @@ class GenerateRequest:
     load: Any
     parse_special: bool = False  # --parse-special: control tokens in the prompt act as control tokens
     no_stdin: bool = False  # --no-stdin: never read stdin
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def stats_line(done: Any, *, interrupted: bool = False, paced: bool = False) -> str:
@@ -48,14 +47,12 @@ def stats_line(done: Any, *, interrupted: bool = False, paced: bool = False) -> 
              f"{done.tokens_per_second:.1f} tok/s"]
     if done.ttft_seconds is not None:
         parts.append(f"TTFT {done.ttft_seconds * 1000:.0f} ms")
-    rate = done.stats.get("acceptance_rate")
-    if rate is not None:
-        st = done.stats
-        parts.append(f"accept {rate:.0%} ({st['accepted']}/{st['drafted']})")
-        parts.append(f"mean accepted length {st['mean_accepted_length']:.2f}")
-        if st.get("draft_nfe"):
-            parts.append(f"draft NFE {st['draft_nfe']}")
-        parts.append(f"draft/verify {st['draft_seconds']:.2f}/{st['verify_seconds']:.2f} s")
+    if done.draft_source is not None:  # the AR loop drafted
+        parts.append(f"accept {done.acceptance_rate or 0.0:.0%} ({done.accepted}/{done.drafted})")
+        parts.append(f"mean accepted length {done.mean_accepted_length or 0.0:.2f}")
+        if done.draft_nfe:
+            parts.append(f"draft NFE {done.draft_nfe}")
+        parts.append(f"draft/verify {done.draft_seconds:.2f}/{done.verify_seconds:.2f} s")
     if interrupted:
         parts.append("interrupted")
     if paced:
@@ -82,7 +79,7 @@ def result_json(done: Any, text: str, settings: Any, model: Any, draft: Any, pro
         "device": model.info.device,
         "dtype": model.info.dtype,
         "settings": settings.as_dict(),
-        "stats": done.stats,
+        "stats": done.stats(),
     }
 
 

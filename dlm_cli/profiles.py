@@ -117,6 +117,12 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, **self.values}
 
+    def frozen(self) -> Any:
+        """The run's typed, frozen settings (a dataclass generated from the strategy's declared keys)."""
+        from .decode.keys import frozen
+
+        return frozen(self.strategy, self.values)
+
 
 def parse_set(item: str) -> tuple[str, Any]:
     """``KEY=VALUE`` with VALUE read as a TOML value, or as a bare string when it is not one."""
@@ -142,7 +148,7 @@ def build(
     flags: dict[str, Any] | None = None,
 ) -> Settings:
     """Merge defaults < profile ``data`` < ``--set`` items < CLI ``flags`` and validate every value."""
-    from .decode.keys import STRATEGIES, keys_for, suggest
+    from .decode.keys import STRATEGIES, keys_for, renamed, suggest
 
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     overrides = [parse_set(item) for item in sets]
@@ -159,6 +165,7 @@ def build(
                          f"allowed: {', '.join(sorted(STRATEGIES))}")
     meta["strategy"] = strategy
     keys = keys_for(strategy)
+    old_names = renamed(strategy)
     allowed = sorted(keys) + sorted(META)
     values = {name: key.default for name, key in keys.items()}
     sources = {name: "default" for name in keys}
@@ -172,6 +179,11 @@ def build(
                 raise UsageError(f"{label}: {name} = {value!r} must be a string")
             meta[name] = value
             return
+        if name in old_names and name not in keys:
+            new = old_names[name]
+            warn(f"{label}: key {name!r} is now called {new!r}; the old name will stop working in the next "
+                 f"release, so write {new} = {value!r}")
+            name = new
         if name not in keys:
             if origin == "profile" and changed_strategy:
                 return  # the profile's keys for its own strategy do not carry over to another one
@@ -197,20 +209,17 @@ def build(
 
 
 def check_combination(settings: Settings, where: str) -> None:
-    """Reject settings that cannot work together, with the reason."""
-    from .decode.keys import STRATEGIES
+    """Reject settings that cannot work together, with the reason (declared with the keys and strategies)."""
+    from .decode.keys import conflict
 
-    for key, value, why in STRATEGIES[settings.strategy].conflicts:
-        if settings.values.get(key) == value:
-            raise UsageError(f"{where}: strategy {settings.strategy!r} cannot be used with {key} = {value!r}: {why}")
-    for check in COMBINATION_CHECKS:
-        problem = check(settings)
-        if problem:
-            raise UsageError(f"{where}: {problem}")
+    problem = conflict(settings.strategy, settings.values)
+    if problem:
+        raise UsageError(f"{where}: {problem}")
 
 
-# Functions Settings -> str | None, registered by feature modules that constrain other keys.
-COMBINATION_CHECKS: list[Any] = []
+def warn(message: str) -> None:
+    """One ``dlm: warning: ...`` line on stderr."""
+    print(f"dlm: warning: {message}", file=sys.stderr)
 
 
 def load(

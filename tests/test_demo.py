@@ -95,8 +95,6 @@ def demo_tokenizer(tmp_path_factory):
 
 
 def test_tokenizer_round_trip_and_specials(demo_tokenizer):
-    from transformers import AutoTokenizer
-
     from dlm_cli.demo.tokenizer import SPECIALS
     from dlm_cli.prompting import encode
 

@@ -168,3 +168,25 @@ def test_decode_time_excludes_the_consumer(llada_model, prompt_ids):
             time.sleep(0.05)  # a slow view
         done = ev
     assert done.seconds < 8 * 0.05
+
+
+@pytest.mark.parametrize("profile,sets", [
+    ("quality", []), ("speedy", []), ("freedave", []), ("speedy", ["temperature=0.8"]), ("prophet", []),
+])
+def test_a_model_that_prefers_the_mask_token_still_fills_every_slot(llada_model, prompt_ids, profile, sets):
+    # Committing the mask token would leave its slot masked: the loop would spin forever. It is
+    # never proposed; the next most likely token is, and every slot gets a real token.
+    mask = llada_model.mask_id
+
+    def edit(out, pos):
+        out[..., mask] = out.max() + 10.0
+
+    original = llada_model.net
+    llada_model.net = ScriptedNet(llada_model, edit)
+    try:
+        events = decode(llada_model, prompt_ids, profile, max_new_tokens=24, sets=sets)
+    finally:
+        llada_model.net = original
+    committed = [t for e in events if isinstance(e, Step) for t in e.tokens]
+    assert len(committed) >= 1 and mask not in committed
+    assert {p for e in events if isinstance(e, Step) for p in e.positions + e.filled} == set(range(24))

@@ -10,7 +10,7 @@ import torch
 from checkpoints import make_diffusion_gemma, make_dream, make_fast_dllm_v2, make_sdar
 from dlm_cli import profiles
 from dlm_cli.decode import run
-from dlm_cli.decode.diffusion import decode_blocks
+from dlm_cli.decode.canvas import BlockCanvas
 from dlm_cli.decode.events import Done, Step
 from dlm_cli.models.loading import load
 
@@ -81,6 +81,15 @@ def test_every_family_decodes_every_slot_with_baseline_and_threshold(models, fam
         absolute = [p + len(ids) for p in e.positions]
         if grid_end(len(ids)) is not None:
             assert len({grid_end(p) for p in absolute}) == 1
+
+
+def decode_blocks(model, start: int, length: int, block_length: int) -> list[tuple[int, int]]:
+    from types import SimpleNamespace
+
+    from dlm_cli.decode.events import Clock
+
+    cfg = SimpleNamespace(max_new_tokens=length - start, block_length=block_length, eotp=False)
+    return BlockCanvas(model, [1] * start, cfg, Clock()).blocks()
 
 
 def test_decode_blocks_never_straddle_the_model_grid(models):
@@ -236,7 +245,7 @@ def test_gemma_native_equals_transformers_generate(models):
     assert done.tokens == ref[: len(done.tokens)] and len(done.tokens) > 0
     steps = [e for e in events if isinstance(e, Step)]
     assert done.nfe == len(steps) and sorted(p for e in steps for p in e.positions) == list(
-        range(min(40, 16 * done.stats["blocks"])))
+        range(min(40, 16 * done.blocks)))
 
 
 def test_gemma_native_refuses_other_families(models):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from types import SimpleNamespace
+
 import torch
 
-from dlm_cli.decode.diffusion import schedule
+from dlm_cli.decode.rules.baseline import schedule
 from dlm_cli.decode.rules.base import StepState
 from dlm_cli.decode.rules.baseline import Baseline
 from dlm_cli.decode.rules.threshold import Factor, Threshold
-from dlm_cli.profiles import Settings
 
 
 def state(conf: list[float], quota: int = 1) -> StepState:
@@ -20,8 +21,12 @@ def state(conf: list[float], quota: int = 1) -> StepState:
                      candidates=cand, quota=quota, step=0, steps=1, block=0)
 
 
-def settings(**values) -> Settings:
-    return Settings("test", dict(values), {}, {"strategy": "test"})
+def settings(**values) -> SimpleNamespace:
+    """Every declared key at its default (any strategy), with ``values`` on top: what a rule reads."""
+    from dlm_cli.decode.keys import STRATEGIES, keys_for
+
+    defaults = {k: key.default for name in STRATEGIES for k, key in keys_for(name).items()}
+    return SimpleNamespace(**{**defaults, **values})
 
 
 def picked(mask: torch.Tensor) -> list[int]:

@@ -17,7 +17,8 @@ from dlm_cli.cli import app
 from dlm_cli.decode import run
 from dlm_cli.decode.drafts import LookupDraft, ModelDraft
 from dlm_cli.decode.events import Done, Draft, Verify
-from dlm_cli.decode.speculative import probabilities, verify
+from dlm_cli.decode.loops.ar import verify
+from dlm_cli.decode.sampling import probabilities
 from dlm_cli.models.loading import load
 
 PROMPTS = ["the quick brown fox jumps", "hello world, how are you"]
@@ -60,11 +61,11 @@ def decode(model, prompt: str, profile: str, draft=None, n: int = 40, **sets) ->
 
 
 @pytest.mark.parametrize("method", [
-    ("speculative", "draft", {"adaptive_gamma": False, "gamma": 4, "draft_confidence": 0.0}),
-    ("speculative", "draft", {"adaptive_gamma": True}),
+    ("speculative", "draft", {"adaptive_draft": False, "draft_length": 4, "draft_confidence": 0.0}),
+    ("speculative", "draft", {"adaptive_draft": True}),
     ("speculative", "draft", {"draft_confidence": 0.6}),
     ("speculative", "other", {"allow_different_tokenizers": True}),
-    ("lookup", None, {"ngram_min": 1, "ngram_max": 2, "num_draft_tokens": 6}),
+    ("lookup", None, {"ngram_min": 1, "ngram_max": 2, "draft_length": 6}),
 ], ids=["fixed-gamma", "adaptive-gamma", "confidence-cutoff", "different-tokenizer", "lookup"])
 def test_greedy_output_is_the_targets_own(models, method):
     profile, draft_name, sets = method
@@ -73,10 +74,10 @@ def test_greedy_output_is_the_targets_own(models, method):
         base, _ = decode(target, prompt, "ar")
         done, _ = decode(target, prompt, profile, draft, **sets)
         assert done.tokens == base.tokens
-        assert done.stats["drafted"] > 0
-        assert done.nfe == done.stats["target_nfe"] and done.nfe <= base.nfe
+        assert done.drafted > 0
+        assert done.nfe <= base.nfe
     if draft_name == "draft":
-        assert done.stats["accepted"] > 0 and done.nfe < base.nfe
+        assert done.accepted > 0 and done.nfe < base.nfe
 
 
 def test_kv_rollback_across_many_rejections(models):
@@ -84,31 +85,31 @@ def test_kv_rollback_across_many_rejections(models):
     target = models["target"]
     for prompt in PROMPTS:
         base, _ = decode(target, prompt, "ar", n=60)
-        done, events = decode(target, prompt, "speculative", models["rival"], n=60, gamma=4, adaptive_gamma=False,
+        done, events = decode(target, prompt, "speculative", models["rival"], n=60, draft_length=4, adaptive_draft=False,
                               draft_confidence=0.0)
         assert done.tokens == base.tokens
         rejections = sum(1 for e in events if isinstance(e, Verify) and e.rejected)
-        assert rejections >= 40 and done.stats["acceptance_rate"] < 0.2
+        assert rejections >= 40 and done.acceptance_rate < 0.2
 
 
 def test_adaptive_gamma_grows_after_full_accepts_shrinks_otherwise_and_resets(models):
-    s = settings("speculative", gamma=3, adaptive_gamma=True)
+    s = settings("speculative", draft_length=3, adaptive_draft=True)
     src = ModelDraft(models["draft"], s, 0)
     src.begin([1, 2], None)
     src.accepted([1, 2, 3, 4, 5, 6], 3, 3)
-    assert src.gamma == 5
+    assert src.length == 5
     src.accepted([1, 2, 3, 4, 5, 6, 7], 0, 5)
-    assert src.gamma == 4
+    assert src.length == 4
     for _ in range(10):
         src.accepted([1, 2, 3, 4, 5, 6, 7], 1, 2)
-    assert src.gamma == 1
+    assert src.length == 1
     src.begin([1, 2], None)
-    assert src.gamma == 3
+    assert src.length == 3
 
 
 @pytest.mark.parametrize("realign", [False, True])
 def test_lookup_proposes_what_followed_the_latest_longest_match(realign):
-    src = LookupDraft(settings("lookup", ngram_min=1, ngram_max=3, num_draft_tokens=4, realign=realign))
+    src = LookupDraft(settings("lookup", ngram_min=1, ngram_max=3, draft_length=4, realign=realign))
     src.begin([], None)
     seq = [5, 6, 7, 8, 9, 1, 5, 6, 7, 2, 3, 9, 9, 5, 6]
     tokens, q = src.propose(seq, 10)
@@ -162,7 +163,7 @@ def test_speculative_sampling_matches_the_target_over_many_seeds(models):
     target = _with_eos(models["flat"], 10**6)  # no end token: every run gives two tokens
     draft = models["flat-draft"]
     ids = target.tokenizer.encode(PROMPTS[0])
-    s = settings("speculative", n=2, temperature=1.0, top_p=0.95, gamma=2, adaptive_gamma=False)
+    s = settings("speculative", n=2, temperature=1.0, top_p=0.95, draft_length=2, adaptive_draft=False)
     firsts, seconds, accepted = [], [], 0
     for seed in range(700):
         s.seed = seed
@@ -170,7 +171,7 @@ def test_speculative_sampling_matches_the_target_over_many_seeds(models):
         done = events[-1]
         firsts.append(done.tokens[0])
         seconds.append(done.tokens[1])
-        accepted += done.stats["accepted"]
+        accepted += done.accepted
     assert 0 < accepted < 700  # both the accept and the residual paths ran
     with torch.inference_mode():
         logits = target.net(torch.tensor([ids])).logits[0, -1:]
@@ -196,24 +197,24 @@ def test_stop_at_an_end_token_inside_a_draft(models):
     ref, _ = decode(t2, PROMPTS[0], "ar", n=40)
     assert ref.tokens == base.tokens[:stop] and ref.finish_reason == "eos"
     # The target as its own draft: every draft is accepted, so the end token lands inside one.
-    done, events = decode(t2, PROMPTS[0], "speculative", target, n=40, gamma=16, adaptive_gamma=False,
+    done, events = decode(t2, PROMPTS[0], "speculative", target, n=40, draft_length=16, adaptive_draft=False,
                           draft_confidence=0.0)
     assert done.tokens == ref.tokens and done.finish_reason == "eos"
     last = [e for e in events if isinstance(e, Verify)][-1]
-    assert last.accepted[-1] == eos and last.bonus is None and last.correction is None
-    assert done.stats["acceptance_rate"] == 1.0
+    assert last.accepted_tokens[-1] == eos and last.bonus is None and last.correction is None
+    assert done.acceptance_rate == 1.0
     # Drafting stopped at the end token: no draft forward or verified position was spent past it.
     drafts = [e.tokens for e in events if isinstance(e, Draft)]
     assert drafts[-1][-1] == eos and all(eos not in d[:-1] for d in drafts)
     bonuses = sum(e.bonus is not None for e in events if isinstance(e, Verify))
-    assert done.stats["drafted"] + bonuses == len(done.tokens) + 1
+    assert done.drafted + bonuses == len(done.tokens) + 1
 
 
 @pytest.mark.parametrize("n", [1, 5, 7])
 def test_max_new_tokens_falls_inside_a_draft(models, n):
     target = models["target"]
     base, _ = decode(target, PROMPTS[1], "ar", n=n)
-    done, events = decode(target, PROMPTS[1], "speculative", target, n=n, gamma=16, adaptive_gamma=False,
+    done, events = decode(target, PROMPTS[1], "speculative", target, n=n, draft_length=16, adaptive_draft=False,
                           draft_confidence=0.0)
     assert done.tokens == base.tokens and len(done.tokens) == n and done.finish_reason == "length"
     assert done.nfe == 1  # n - 1 drafts and the bonus in one verify
@@ -221,20 +222,20 @@ def test_max_new_tokens_falls_inside_a_draft(models, n):
 
 
 def test_draft_and_verify_events_describe_each_step(models):
-    done, events = decode(models["target"], PROMPTS[0], "speculative", models["draft"], n=30, gamma=4,
-                          adaptive_gamma=False)
+    done, events = decode(models["target"], PROMPTS[0], "speculative", models["draft"], n=30, draft_length=4,
+                          adaptive_draft=False)
     verifies = [e for e in events if isinstance(e, Verify)]
     drafts = [e for e in events if isinstance(e, Draft)]
     assert len(verifies) == len(drafts) == done.nfe
     out = []
     for d, v in zip(drafts, verifies):
-        assert v.accepted == d.tokens[: len(v.accepted)] and v.rejected == d.tokens[len(v.accepted):]
+        assert v.accepted_tokens == d.tokens[: len(v.accepted_tokens)] and v.rejected == d.tokens[len(v.accepted_tokens):]
         assert (v.correction is None) != (v.bonus is None)
         assert (v.bonus is not None) == (not v.rejected)
-        out += v.accepted + [v.correction if v.correction is not None else v.bonus]
+        out += v.accepted_tokens + [v.correction if v.correction is not None else v.bonus]
     assert out == done.tokens
-    st = done.stats
-    assert st["accepted"] == sum(len(v.accepted) for v in verifies)
+    st = done.stats()
+    assert st["accepted"] == sum(len(v.accepted_tokens) for v in verifies)
     assert st["mean_accepted_length"] == pytest.approx(1 + st["accepted"] / done.nfe)
     assert st["mean_accepted_length"] == pytest.approx(done.tokens_per_nfe)
     assert st["acceptance_per_position"][0] >= st["acceptance_per_position"][-1]
@@ -268,9 +269,9 @@ def test_cli_json_reports_the_speculative_statistics(ckpts):
     assert out["profile"] == "speculative" and out["draft"] == str(ckpts["draft"]) and out["family"] == "causal"
     st = out["stats"]
     for key in ("drafted", "accepted", "acceptance_rate", "mean_accepted_length", "acceptance_per_position",
-                "target_nfe", "draft_nfe", "draft_seconds", "verify_seconds"):
+                "verifies", "draft_nfe", "draft_seconds", "verify_seconds"):
         assert key in st
-    assert st["target_nfe"] == out["nfe"] and st["draft_nfe"] > 0
+    assert st["verifies"] == out["nfe"] and st["draft_nfe"] > 0
     assert st["acceptance_rate"] == pytest.approx(st["accepted"] / st["drafted"])
 
 
@@ -308,9 +309,9 @@ def test_live_view_colours_tokens_by_origin_and_previews_the_draft(models):
     c.apply(Start("autoregressive", 3, 10))
     c.apply(Draft(0, 0, [40, 41, 42]))
     assert [str(s.style) for s in render_canvas(c).spans] == ["grey50 italic"] * 3
-    c.apply(Verify(0, 1, 0, accepted=[40, 41], drafted=3, rejected=[42], correction=43))
+    c.apply(Verify(0, 1, 0, accepted_tokens=[40, 41], drafted=3, rejected=[42], correction=43))
     c.apply(Draft(1, 3, [44]))
-    c.apply(Verify(1, 2, 3, accepted=[44], drafted=1, bonus=45))
+    c.apply(Verify(1, 2, 3, accepted_tokens=[44], drafted=1, bonus=45))
     assert c.tokens == [40, 41, 43, 44, 45] and c.origin == ["draft", "draft", "correction", "draft", "bonus"]
     styles = [str(s.style) for s in render_canvas(c, final=True).spans]
     assert styles == [ORIGIN_STYLES[o] for o in c.origin]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from types import SimpleNamespace
+
 import torch
 
 from dlm_cli.decode.rules.adablock import boundary
@@ -17,13 +19,16 @@ from dlm_cli.decode.rules.entropy import entropy_bounded_select
 from dlm_cli.decode.rules.localleap import localleap_select
 from dlm_cli.decode.rules.prophet import Prophet, bar
 from dlm_cli.decode.rules.threshold import Threshold
-from dlm_cli.profiles import Settings
 
 NEG = float("-inf")
 
 
-def settings(**values) -> Settings:
-    return Settings("test", dict(values), {}, {"strategy": "test"})
+def settings(**values) -> SimpleNamespace:
+    """Every declared key at its default (any strategy), with ``values`` on top: what a rule reads."""
+    from dlm_cli.decode.keys import STRATEGIES, keys_for
+
+    defaults = {k: key.default for name in STRATEGIES for k, key in keys_for(name).items()}
+    return SimpleNamespace(**{**defaults, **values})
 
 
 def picked(mask: torch.Tensor) -> list[int]:
@@ -103,8 +108,8 @@ def test_prophet_stops_at_the_first_step_whose_gap_passes_the_bar(gaps, progress
     rule = Prophet(settings(remasking="low_confidence", rank="confidence", prophet_window=4))
     stopped = None
     for i, g in enumerate(gaps):
-        rule.select(gap_state(g, progress))
-        if rule.finish:
+        st = gap_state(g, progress)
+        if rule.settled(st, rule.select(st)):
             stopped = i
             break
     assert stopped == stop_at
@@ -116,8 +121,10 @@ def test_prophet_gap_is_averaged_over_the_next_window_of_masked_rows():
     st.logits[1, 0] = 10.0  # row 1 would be committed (quota 1, most confident); rows 2, 3 are next
     st.confidence = torch.softmax(st.logits.double(), -1).max(-1).values
     st.logits[2, 0] = 4.5
-    rule.select(st)  # mean gap over rows 0, 2 = (1 + 4.5) / 2 = 2.75 ≥ 2.5
-    assert rule.finish
+    sel = rule.select(st)  # mean gap over rows 0, 2 = (1 + 4.5) / 2 = 2.75 ≥ 2.5
+    assert sel.tolist() == [False, True, False, False, False, False] and rule.settled(st, sel)
+    also = torch.tensor([False, False, True, False, False, False])
+    assert not rule.settled(st, sel | also)  # the next rows are then 0 and 3: mean gap 1 < 2.5
 
 
 def test_credit_decays_accumulates_and_fuses_by_the_formula():
@@ -138,11 +145,9 @@ def test_credit_rule_resets_at_each_block_and_raises_a_persistent_guess_over_thr
     rule = Credit(settings(threshold=0.9, rank="confidence", credit_decay=0.8, credit_gamma=0.2, credit_alpha=0.7))
     logits = torch.log(torch.tensor([[0.85, 0.1, 0.05]]))
     cand = torch.tensor([True])
-    rule.start_block(0, 1)
-    p = [torch.softmax(rule.adjust_logits(logits, cand), -1)[0, 0].item() for _ in range(3)]
+    p = [torch.softmax(rule.adjust_logits(logits, cand, 0), -1)[0, 0].item() for _ in range(3)]
     assert p[0] < p[1] < p[2] and p[0] > 0.85  # the trace keeps adding belief
-    rule.start_block(1, 1)
-    assert torch.softmax(rule.adjust_logits(logits, cand), -1)[0, 0].item() == pytest.approx(p[0])
+    assert torch.softmax(rule.adjust_logits(logits, cand, 1), -1)[0, 0].item() == pytest.approx(p[0])
 
 
 def test_localleap_commits_anchor_neighbours_within_the_radius_only():
@@ -180,13 +185,14 @@ def test_edit_rewrites_committed_rows_whose_new_prediction_passes_tau_edit():
 
 def test_edit_post_steps_run_while_edits_happen_up_to_the_cap():
     rule = Edit(settings(threshold=0.9, rank="confidence", edit_threshold=0.5, edit_post_steps=2))
-    rule.start_block(0, 3)
     st = from_probs([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]], [False, False, False])
     st.tokens = torch.tensor([1, 1, 0])
     st.editable = torch.ones(3, dtype=torch.bool)
     assert picked(rule.edit(st)) == [0, 1]
-    assert [rule.post_step(), rule.post_step(), rule.post_step()] == [True, True, False]
+    assert [rule.post_step(0), rule.post_step(0), rule.post_step(0)] == [True, True, False]
     st.tokens = torch.tensor([0, 0, 0])
-    rule.start_block(2, 3)
     rule.edit(st)
-    assert rule.post_step() is False  # nothing edited: the block is done
+    assert rule.post_step(2) is False  # nothing edited: the block is done
+    st.tokens = torch.tensor([1, 1, 0])
+    rule.edit(st)
+    assert rule.post_step(2) is True  # a new block starts with a fresh cap

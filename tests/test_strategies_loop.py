@@ -109,7 +109,7 @@ def test_prophet_commits_everything_once_the_gap_is_large(counted, prompt_ids):
 @pytest.mark.parametrize("sets", [[], ["eotp=true"], ["block_length=16"]])
 def test_freedave_output_equals_the_one_token_per_step_baseline_with_fewer_nfe(llada_model, prompt_ids, sets):
     base = decode(llada_model, prompt_ids, "baseline", sets, max_new_tokens=64)[-1]
-    fd = decode(llada_model, prompt_ids, "freedave", sets + ["freedave_drafts=6"], max_new_tokens=64)[-1]
+    fd = decode(llada_model, prompt_ids, "freedave", sets + ["draft_length=6"], max_new_tokens=64)[-1]
     assert fd.tokens == base.tokens
     assert fd.nfe < base.nfe == 64 or "eotp=true" in sets
 
@@ -123,8 +123,8 @@ def test_refresh_every_step_equals_no_cache(llada_model, prompt_ids, cache, stra
     stale = decode(llada_model, prompt_ids, strategy, [f"cache={cache}"], max_new_tokens=48, block_length=16)
     assert fresh[-1].tokens == plain[-1].tokens and fresh[-1].nfe == plain[-1].nfe
     assert [e.positions for e in fresh if isinstance(e, Step)] == [e.positions for e in plain if isinstance(e, Step)]
-    assert fresh[-1].stats["refreshes"] == fresh[-1].nfe - 3  # every step but the three block starts
-    assert stale[-1].stats["refreshes"] == 0
+    assert fresh[-1].refreshes == fresh[-1].nfe - 3  # every step but the three block starts
+    assert stale[-1].refreshes == 0
 
 
 def test_elastic_refresh_fires_on_drift_and_never_with_a_tiny_threshold(llada_model, prompt_ids):
@@ -133,8 +133,8 @@ def test_elastic_refresh_fires_on_drift_and_never_with_a_tiny_threshold(llada_mo
     never = decode(llada_model, prompt_ids, "threshold", ["cache=dual", "elastic_threshold=1e-9"],
                    max_new_tokens=48, block_length=16)[-1]
     dual = decode(llada_model, prompt_ids, "threshold", ["cache=dual"], max_new_tokens=48, block_length=16)[-1]
-    assert eager.stats["refreshes"] > 0
-    assert never.stats["refreshes"] == 0 and never.tokens == dual.tokens and never.nfe == dual.nfe
+    assert eager.refreshes > 0
+    assert never.refreshes == 0 and never.tokens == dual.tokens and never.nfe == dual.nfe
 
 
 @pytest.mark.parametrize("sets,fragments", [
@@ -272,7 +272,7 @@ def test_refresh_every_step_equals_no_cache_on_a_shifted_family(dream_model, set
     eager = decode(dream_model, ids, "threshold", sets[:1] + ["eotp=false", "elastic_threshold=0.999999"],
                    max_new_tokens=32, block_length=16)[-1]
     assert fresh.tokens == plain.tokens and fresh.nfe == plain.nfe
-    assert eager.stats["refreshes"] > 0
+    assert eager.refreshes > 0
 
 
 @pytest.mark.parametrize("mode", ["dual", "prefix"])
@@ -340,7 +340,7 @@ def test_s2d2_always_verifying_is_exactly_greedy_ar_decoding(sdar_model, block_m
         model.net = original
     done = events[-1]
     assert done.tokens == greedy_ar(model, ids, 24)
-    assert done.nfe == calls and done.stats["verifies"] * 2 == done.nfe  # every step: draft + verify
+    assert done.nfe == calls and done.verifies * 2 == done.nfe  # every step: draft + verify
     assert done.nfe < 2 * 24  # some drafts were accepted beyond the first token
 
 
@@ -352,15 +352,15 @@ def test_s2d2_policy_skips_verification_when_drafts_are_unsure_and_needs_a_block
     ids = encode(block_model.tokenizer, "sort these numbers: 3 1 2")
     never = decode(block_model, ids, "s2d2", ["s2d2_min_gain=1000"], max_new_tokens=24, block_length=8)[-1]
     plain = decode(block_model, ids, "threshold", ["eotp=false"], max_new_tokens=24, block_length=8)[-1]
-    assert never.stats["verifies"] == 0 and never.tokens == plain.tokens and never.nfe == plain.nfe
+    assert never.verifies == 0 and never.tokens == plain.tokens and never.nfe == plain.nfe
     sampled = decode(block_model, ids, "s2d2", ["s2d2_min_gain=0", "temperature=0.9"], max_new_tokens=24)[-1]
-    assert sampled.stats["verifies"] > 0 and block_model.mask_id not in sampled.tokens
+    assert sampled.verifies > 0 and block_model.mask_id not in sampled.tokens
     with pytest.raises(DlmError, match="needs a block-diffusion model"):
         decode(llada_model, prompt_ids, "s2d2", max_new_tokens=8)
 
 
 def test_speculative_accept_greedy_and_sampled():
-    from dlm_cli.decode.rules.s2d2 import expected_accepted, speculative_accept
+    from dlm_cli.decode.loops.s2d2 import expected_accepted, speculative_accept
 
     p = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.2, 0.6]], dtype=torch.float64)
     assert speculative_accept(torch.tensor([1, 0, 2]), p, p, None, True) == (3, None)
@@ -400,14 +400,14 @@ def test_lookup_commits_the_agreeing_copy_in_one_step(llada_model, strategy, set
     try:
         plain = decode(llada_model, ids, strategy, sets + ["eotp=true"], max_new_tokens=32, block_length=32)
         net.calls = 0
-        guided = decode(llada_model, ids, strategy, sets + ["eotp=true", "lookup=true", "lookup_draft=32"], max_new_tokens=32,
+        guided = decode(llada_model, ids, strategy, sets + ["eotp=true", "lookup=true", "draft_length=32"], max_new_tokens=32,
                         block_length=32)
     finally:
         llada_model.net = original
     assert plain[-1].tokens == guided[-1].tokens == ids
     assert plain[-1].nfe >= len(ids)  # no confidence reaches 0.9: one copied token per step
     assert guided[-1].nfe == net.calls <= 4  # the end, the first token, then the whole run from the prompt
-    assert guided[-1].stats["lookup_commits"] >= len(ids) - 2
+    assert guided[-1].lookup_commits >= len(ids) - 2
 
 
 def test_lookup_never_commits_what_the_model_does_not_propose(llada_model):
@@ -415,18 +415,19 @@ def test_lookup_never_commits_what_the_model_does_not_propose(llada_model):
 
     from dlm_cli.decode.guided import GuidedCommits
 
-    g = GuidedCommits(SimpleNamespace(lookup_ngram=3, lookup_draft=16), [1, 2, 10, 11, 12, 13, 14, 3])
+    g = GuidedCommits(SimpleNamespace(ngram_max=3, draft_length=16), [1, 2, 10, 11, 12, 13, 14, 3], torch.device("cpu"))
+    none = torch.zeros(6, dtype=torch.bool)
     x0 = torch.tensor([0, 0, 12, 13, 99, 14])
     cand = torch.tensor([False, False, True, True, True, True])
     # answer so far 10 11: the prompt continues 12 13 14 3; the model disagrees at the third slot
-    assert g.select([10, 11], 2, x0, cand, torch.tensor([10, 11, 0, 0, 0, 0])).tolist() == [
+    assert g.add(none, [10, 11], 2, x0, cand, torch.tensor([10, 11, 0, 0, 0, 0])).tolist() == [
         False, False, True, True, False, False]
     # a slot committed earlier to another token ends the run too
     cand2 = torch.tensor([False, False, True, False, True, True])
-    assert g.select([10, 11], 2, torch.tensor([0, 0, 12, 0, 14, 3]), cand2,
+    assert g.add(none, [10, 11], 2, torch.tensor([0, 0, 12, 0, 14, 3]), cand2,
                     torch.tensor([10, 11, 0, 7, 0, 0])).tolist() == [False, False, True, False, False, False]
     # no n-gram of the answer's end occurs earlier: nothing is drafted
-    assert not g.select([77], 1, x0[1:], cand[1:], torch.zeros(5, dtype=torch.long)).any()
+    assert not g.add(none[1:], [77], 1, x0[1:], cand[1:], torch.zeros(5, dtype=torch.long)).any()
 
 
 def test_lookup_is_refused_with_a_strategy_that_runs_its_own_loop():

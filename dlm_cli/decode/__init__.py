@@ -1,6 +1,9 @@
 """Decoding: ``run(model, prompt_ids, settings)`` returns an iterator of events.
 
-Importing this package registers every strategy and its keys.
+Reading order: :func:`run` picks the strategy's loop (:mod:`.loops`), which is handed the
+strategy's part (a commit rule from :mod:`.rules` for the block driver, a draft source from
+:mod:`.drafts` for the AR loop) and the run's frozen settings (:func:`.keys.frozen`). Importing
+this package registers every strategy and its keys.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ import torch
 from ..errors import DlmError
 from . import ar  # noqa: F401  (the autoregressive strategies: ar, speculative, lookup)
 from . import common  # noqa: F401  (registers the shared keys)
-from . import gemma_native  # noqa: F401  (DiffusionGemma's own sampler)
-from .events import Done, Event, Start, Step  # noqa: F401
+from .events import Clock, Done, Event, Start, Step, timed  # noqa: F401
 from .keys import STRATEGIES
-from .rules import adablock, baseline, credit, edit, entropy, freedave, localleap, prophet, s2d2, threshold  # noqa: F401,E501
+from .loops import ar as ar_loop
+from .loops import blocks, freedave, gemma_native, s2d2
+from .rules import adablock, baseline, credit, edit, entropy, localleap, prophet, threshold  # noqa: F401
+
+LOOPS = {"blocks": blocks.run, "freedave": freedave.run, "s2d2": s2d2.run, "gemma-native": gemma_native.run,
+         "ar": ar_loop.run}
 
 
 def resolve_seed(settings: Any) -> int:
@@ -32,9 +39,8 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return gen
 
 
-def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) -> Iterator[Event]:
-    """Decode with the strategy named in ``settings``; the model's kind must match the strategy's."""
-    strategy = STRATEGIES[settings.strategy]
+def check_fits(strategy: Any, model: Any) -> None:
+    """The model's kind and family must be the strategy's."""
     if strategy.kind != model.kind:
         have = "a diffusion LLM" if model.kind == "diffusion" else "an autoregressive LM"
         want = "a diffusion LLM" if strategy.kind == "diffusion" else "an autoregressive (causal) LM"
@@ -48,16 +54,18 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
     if strategy.families and model.info.family not in strategy.families:
         raise DlmError(f"strategy {strategy.name!r} works only with {' or '.join(strategy.families)} models, but "
                        f"{model.info.name} is a {model.info.family} model; pick another strategy (e.g. -p speedy)")
-    seed = resolve_seed(settings)
-    if strategy.kind == "diffusion":
-        from .diffusion import decode
 
-        generator = make_generator(model.device, seed)
-        rule = strategy.factory(settings)
-        loop = getattr(rule, "loop", None)  # a method with its own loop (FreeDave's draft-and-verify)
-        if loop is not None:
-            return loop(model, prompt_ids, generator)
-        return decode(model, prompt_ids, settings, rule, generator)
-    if strategy.factory is None:
-        raise DlmError(f"strategy {strategy.name!r} is not available yet")
-    return strategy.factory(model, prompt_ids, settings, draft=draft, seed=seed)
+
+def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) -> Iterator[Event]:
+    """Decode with the strategy named in ``settings`` (a :class:`~dlm_cli.profiles.Settings`)."""
+    strategy = STRATEGIES[settings.strategy]
+    check_fits(strategy, model)
+    resolve_seed(settings)
+    cfg = settings.frozen()
+    generator = make_generator(model.device, cfg.seed)
+    if strategy.kind == "diffusion":
+        part = strategy.factory(cfg) if strategy.factory is not None else None
+    else:
+        part = strategy.factory(model, cfg, draft)
+    clock = Clock()
+    return timed(LOOPS[strategy.loop](model, prompt_ids, cfg, part, generator, clock), clock)

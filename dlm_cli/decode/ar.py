@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import DlmError, UsageError
-from ..profiles import COMBINATION_CHECKS
 from .drafts import LookupDraft, ModelDraft, NoDraft, TextDraft
-from .events import Event
-from .keys import Key, Strategy, register_strategy
-
-
-def _generator(model: Any, seed: int) -> Any:
-    from . import make_generator
-
-    return make_generator(model.device, seed)
+from .keys import Key, Strategy, at_most, register_strategy
 
 
 _SAME: "weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, bool]]" = weakref.WeakKeyDictionary()
@@ -42,16 +34,11 @@ def width(model: Any) -> int:
     return model.token_count or model.vocab_size
 
 
-def plain(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None, seed: int = 0) -> Iterator[Event]:
-    from .speculative import decode
-
-    return decode(model, prompt_ids, settings, NoDraft(), _generator(model, seed))
+def plain(model: Any, settings: Any, draft: Any) -> NoDraft:
+    return NoDraft()
 
 
-def speculative(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None,
-                seed: int = 0) -> Iterator[Event]:
-    from .speculative import decode
-
+def speculative(model: Any, settings: Any, draft: Any) -> Any:
     if draft is None:
         raise UsageError("the speculative strategy needs a draft model: pass --draft MODEL (e.g. --draft "
                          "dlm-demo-ar-draft with -m dlm-demo-ar), or use -p lookup, which drafts from the input")
@@ -59,41 +46,38 @@ def speculative(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any 
         raise UsageError(f"the draft {draft.info.name} is a diffusion LLM; speculative decoding needs an "
                          "autoregressive (causal) draft model")
     if same_tokenizer(model.tokenizer, draft.tokenizer):
-        source: Any = ModelDraft(draft, settings, width(model), stop=tuple(model.eos_ids))
-    elif settings.allow_different_tokenizers:
-        source = TextDraft(draft, model, settings)
-    else:
-        raise DlmError(f"the draft {draft.info.name} has a different tokenizer from the target {model.info.name} "
-                       f"({len(draft.tokenizer)} vs {len(model.tokenizer)} tokens, or other ids); pass "
-                       "--allow-different-tokenizers to draft by re-encoding text (exact, usually slower), or "
-                       "pick a draft that shares the target's tokenizer")
-    return decode(model, prompt_ids, settings, source, _generator(model, seed))
+        return ModelDraft(draft, settings, width(model), stop=tuple(model.eos_ids))
+    if settings.allow_different_tokenizers:
+        return TextDraft(draft, model, settings)
+    raise DlmError(f"the draft {draft.info.name} has a different tokenizer from the target {model.info.name} "
+                   f"({len(draft.tokenizer)} vs {len(model.tokenizer)} tokens, or other ids); pass "
+                   "--allow-different-tokenizers to draft by re-encoding text (exact, usually slower), or "
+                   "pick a draft that shares the target's tokenizer")
 
 
-def lookup(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None, seed: int = 0) -> Iterator[Event]:
-    from .speculative import decode
-
-    return decode(model, prompt_ids, settings, LookupDraft(settings), _generator(model, seed))
+def lookup(model: Any, settings: Any, draft: Any) -> LookupDraft:
+    return LookupDraft(settings)
 
 
 register_strategy(Strategy(
     "ar", "autoregressive", "plain AR decoding, one target forward per token: the baseline for speculative and lookup",
-    factory=plain))
+    factory=plain, loop="ar"))
 
 register_strategy(Strategy(
     "speculative", "autoregressive",
     "draft with a small model, verify in one target forward (Leviathan et al. 2023): greedy output identical "
     "to the target's, sampling exact by rejection",
     keys=(
-        Key("gamma", int, 4, "draft tokens per verify step (the start value when adaptive_gamma)", min=1, max=64),
-        Key("adaptive_gamma", bool, True, "transformers' heuristic: gamma +2 after a fully accepted draft, "
-            "-1 otherwise; reset for every generation"),
+        Key("draft_length", int, 4, "draft tokens per verify step (the start value when adaptive_draft)", min=1,
+            max=64, old=("gamma",)),
+        Key("adaptive_draft", bool, True, "transformers' heuristic: draft_length +2 after a fully accepted draft, "
+            "-1 otherwise; reset for every generation", old=("adaptive_gamma",)),
         Key("draft_confidence", float, 0.6, "stop drafting after a token the draft gives less than this "
             "probability; 0 never stops early", min=0.0, max=1.0),
         Key("allow_different_tokenizers", bool, False, "let a draft with another tokenizer work by re-encoding "
             "text (universal assisted decoding); also --allow-different-tokenizers"),
     ),
-    factory=speculative))
+    factory=speculative, loop="ar"))
 
 register_strategy(Strategy(
     "lookup", "autoregressive",
@@ -102,17 +86,9 @@ register_strategy(Strategy(
     keys=(
         Key("ngram_max", int, 3, "longest n-gram looked up (tried first)", min=1, max=32),
         Key("ngram_min", int, 1, "shortest n-gram looked up", min=1, max=32),
-        Key("num_draft_tokens", int, 15, "most tokens proposed per verify step", min=1, max=256),
+        Key("draft_length", int, 15, "most tokens proposed per verify step", min=1, max=256,
+            old=("num_draft_tokens",)),
         Key("realign", bool, True, "when the last n-gram has no match (the model just edited the input), "
             "resume the draft after the token it replaced (Aggressive Decoding)"),
     ),
-    factory=lookup))
-
-
-def _ngram_order(settings: Any) -> str | None:
-    if settings.strategy == "lookup" and settings.ngram_min > settings.ngram_max:
-        return f"ngram_min = {settings.ngram_min} is above ngram_max = {settings.ngram_max}; lower ngram_min"
-    return None
-
-
-COMBINATION_CHECKS.append(_ngram_order)
+    factory=lookup, loop="ar", conflicts=(at_most("ngram_min", "ngram_max"),)))

@@ -93,11 +93,11 @@ class Forward:
         from ..models.stack import DenoiserStack
 
         approximate = self.cache is not None and not model.block_size
-        self.every = int(getattr(settings, "refresh", 0) or 0) if approximate else 0
-        gamma = float(getattr(settings, "elastic_threshold", 0.0) or 0.0)
+        self.every = settings.refresh if approximate else 0
         # The attention probe and the layer-wise refresh need dlm's own transformer stack.
-        self.gamma = gamma if approximate and isinstance(model.net, DenoiserStack) else 0.0
-        self.probe = AttentionProbe(model, int(getattr(settings, "elastic_layer", 0))) if self.gamma > 0 else None
+        elastic = approximate and isinstance(model.net, DenoiserStack)
+        self.elastic_threshold = settings.elastic_threshold if elastic else 0.0
+        self.probe = AttentionProbe(model, settings.elastic_layer) if self.elastic_threshold > 0 else None
         self.layers = ElasticLayers(self.probe.index) if self.probe is not None else None
         self.age = 0  # forwards since the last full one
         self.stale = False  # the elastic test asked for a recompute at the next step
@@ -155,4 +155,4 @@ class Forward:
         hot = int(prev.mean(0).argmax())
         a, b = prev[:, hot], now[:, hot]
         sim = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
-        self.stale = sim < self.gamma
+        self.stale = sim < self.elastic_threshold

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from .keys import Conflict, Key, register_keys
 
-from ..profiles import COMBINATION_CHECKS
-from .keys import Key, register_keys
+
+def needs_cache(key: str, off: object) -> Conflict:
+    """``key`` refreshes a KV cache: it means nothing with ``cache = "none"``."""
+    return Conflict(lambda v: v.get("cache") == "none" and v.get(key, off) != off,
+                    lambda v: f"{key} = {v[key]!r} refreshes a KV cache, but cache = 'none'; "
+                              f"set cache = \"prefix\" or \"dual\", or drop {key}")
+
 
 register_keys(
     None,
@@ -29,8 +34,9 @@ register_keys(
             "are final and never decoded (Learn2PD)"),
         Key("lookup", bool, False, "input-guided commits: draft the slots after the committed text from n-gram "
             "matches in the prompt and commit the run where the model's proposals agree (prompt lookup)"),
-        Key("lookup_ngram", int, 3, "with lookup: the longest n-gram looked up (down to 1)", min=1),
-        Key("lookup_draft", int, 16, "with lookup: the most slots drafted at a step", min=1),
+        Key("ngram_max", int, 3, "with lookup: the longest n-gram looked up (down to 1)", min=1,
+            old=("lookup_ngram",)),
+        Key("draft_length", int, 16, "with lookup: the most slots drafted at a step", min=1, old=("lookup_draft",)),
         Key("refresh", int, 0, "with a prefix or dual cache, recompute the whole cache every N steps of a block "
             "(1: every step, exact); 0: only at block starts", min=0),
         Key("elastic_threshold", float, 0.0, "Elastic-Cache: recompute the cache when the cosine similarity of "
@@ -39,26 +45,5 @@ register_keys(
         Key("elastic_layer", int, 0, "Elastic-Cache: the layer whose attention is watched and from which the cache "
             "is refreshed (negative: from the top; 0 refreshes every layer)"),
     ],
+    conflicts=(needs_cache("refresh", 0), needs_cache("elastic_threshold", 0.0)),
 )
-
-
-def _check(settings: Any) -> str | None:
-    """Combinations no strategy can honour."""
-    v = settings.values
-    if v.get("cache") == "none":
-        for key, off in (("refresh", 0), ("elastic_threshold", 0.0)):
-            if v.get(key, off) != off:
-                return (f"{key} = {v[key]!r} refreshes a KV cache, but cache = 'none'; "
-                        f"set cache = \"prefix\" or \"dual\", or drop {key}")
-    if v.get("lookup") and settings.strategy in ("freedave", "s2d2", "gemma-native"):
-        return (f"lookup = true adds input-guided commits to the diffusion decode loop, but strategy "
-                f"{settings.strategy!r} runs its own draft-and-verify loop; drop lookup or pick another strategy")
-    if settings.strategy == "freedave" and v.get("temperature", 0.0) > 0:
-        return ("strategy 'freedave' is lossless against greedy one-token-per-step decoding only; "
-                "set temperature = 0")
-    if "adablock_min" in v and v["adablock_min"] > v["adablock_max"]:
-        return f"adablock_min = {v['adablock_min']} is above adablock_max = {v['adablock_max']}; lower it"
-    return None
-
-
-COMBINATION_CHECKS.append(_check)

@@ -1,4 +1,4 @@
-"""Draft sources for the AR loop in :mod:`~dlm_cli.decode.speculative`: where candidate tokens come from.
+"""Draft sources for the AR loop in :mod:`~dlm_cli.decode.loops.ar`: where candidate tokens come from.
 
 A source answers ``propose(seq, room)`` with at most ``room`` draft tokens (a 1-D tensor in the
 target's vocabulary) and their draft probabilities ``q`` (``[k, V]``, or None when it has none),
@@ -38,10 +38,10 @@ class NoDraft:
 
 
 class ModelDraft(NoDraft):
-    """A smaller AR model with the target's tokenizer drafts ``gamma`` tokens, one forward each.
+    """A smaller AR model with the target's tokenizer drafts ``draft_length`` tokens, one forward each.
 
     ``adaptive``: transformers' heuristic draft length, +2 after a fully accepted draft and -1
-    (not below 1) otherwise, starting from ``gamma`` at every generation. ``confidence``: stop
+    (not below 1) otherwise, starting from ``draft_length`` at every generation. ``confidence``: stop
     drafting after a token whose draft probability is below it (0 never stops early). Its cache
     holds the committed sequence but the last token, like the target's; drafting feeds the tokens
     it has not seen, so after a full accept it catches up on two tokens at once. Drafting also stops
@@ -55,21 +55,21 @@ class ModelDraft(NoDraft):
         super().__init__()
         self.model, self.settings, self.width = draft, settings, width
         self.stop = frozenset(stop)
-        self.gamma = settings.gamma
+        self.length = settings.draft_length
         self.cache: Any = None
         self.cached = 0
         self.generator: torch.Generator | None = None
-        self.gammas: list[int] = []
+        self.lengths: list[int] = []
 
     def begin(self, seq: list[int], generator: torch.Generator | None) -> None:
         self.cache = self.model.new_cache()
         self.cached = 0
-        self.gamma = self.settings.gamma
+        self.length = self.settings.draft_length
         self.generator = generator
 
     def run(self, ids: list[int], count: int, stop: set[int] = frozenset()) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feed ``ids`` (tokens the draft cache lacks) and draft up to ``count`` tokens greedily or by sampling."""
-        from .speculative import probabilities
+        from .sampling import probabilities
 
         s = self.settings
         sampling = s.temperature > 0
@@ -99,20 +99,20 @@ class ModelDraft(NoDraft):
         return torch.cat(tokens), q
 
     def propose(self, seq: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        count = min(self.gamma, room)
+        count = min(self.length, room)
         if count <= 0:
             return EMPTY, None
-        self.gammas.append(count)
+        self.lengths.append(count)
         return self.run(seq[self.cached:], count, self.stop)
 
     def accepted(self, seq: list[int], n: int, k: int) -> None:
         self.cached = min(self.cached, len(seq) - 1)
         rollback(self.cache, self.cached)
-        if self.settings.adaptive_gamma and k:
-            self.gamma = self.gamma + 2 if n == k else max(1, self.gamma - 1)
+        if self.settings.adaptive_draft and k:
+            self.length = self.length + 2 if n == k else max(1, self.length - 1)
 
     def stats(self) -> dict[str, Any]:
-        return {"mean_gamma": sum(self.gammas) / len(self.gammas) if self.gammas else 0.0}
+        return {"mean_draft_length": sum(self.lengths) / len(self.lengths) if self.lengths else 0.0}
 
 
 class TextDraft(ModelDraft):
@@ -121,7 +121,7 @@ class TextDraft(ModelDraft):
     The committed text is re-encoded with the draft's tokenizer; the draft's cache keeps the
     longest prefix that still matches. Its draft is decoded to text and encoded with the target's
     tokenizer; the target verifies those tokens as a proposal without probabilities (exact, see
-    :func:`~dlm_cli.decode.speculative.verify`).
+    :func:`~dlm_cli.decode.loops.ar.verify`).
     """
 
     name = "text"
@@ -141,7 +141,7 @@ class TextDraft(ModelDraft):
         self.held = []
 
     def propose(self, seq: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        count = min(self.gamma, room)
+        count = min(self.length, room)
         if count <= 0:
             return EMPTY, None
         dtok = self.model.tokenizer
@@ -158,7 +158,7 @@ class TextDraft(ModelDraft):
         tokens, _ = self.run(want[same:], count, stop=set(self.model.eos_ids))
         drafted = tokens.tolist()
         self.held = want + drafted[:-1]
-        self.gammas.append(count)
+        self.lengths.append(count)
         if drafted and drafted[-1] in self.model.eos_ids:
             drafted = drafted[:-1]
         ids = self.target.tokenizer.encode(dtok.decode(drafted, skip_special_tokens=False), add_special_tokens=False)
@@ -166,8 +166,8 @@ class TextDraft(ModelDraft):
 
     def accepted(self, seq: list[int], n: int, k: int) -> None:
         # The draft cache is re-synchronised from the text at the next proposal.
-        if self.settings.adaptive_gamma and k:
-            self.gamma = self.gamma + 2 if n == k else max(1, self.gamma - 1)
+        if self.settings.adaptive_draft and k:
+            self.length = self.length + 2 if n == k else max(1, self.length - 1)
 
 
 class LookupDraft(NoDraft):
@@ -175,7 +175,7 @@ class LookupDraft(NoDraft):
 
     The last ``n`` committed tokens, for ``n`` from ``ngram_max`` down to ``ngram_min``, are looked
     up among the earlier n-grams of the prompt and the output; the tokens that followed the most
-    recent match are the draft (at most ``num_draft_tokens``). With ``realign``, when nothing
+    recent match are the draft (at most ``draft_length``). With ``realign``, when nothing
     matches because the model just wrote a token of its own (an edit of the input), the n-gram
     before that token is looked up instead and the draft resumes after the token it replaced, as
     Aggressive Decoding re-aligns after an edit. An index of every n-gram's positions grows with
@@ -184,10 +184,11 @@ class LookupDraft(NoDraft):
 
     name = "lookup"
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, *, ngram_min: int | None = None, realign: bool | None = None) -> None:
         super().__init__()
-        self.lo, self.hi, self.most = settings.ngram_min, settings.ngram_max, settings.num_draft_tokens
-        self.skips = (0, 1) if settings.realign else (0,)
+        self.lo = settings.ngram_min if ngram_min is None else ngram_min
+        self.hi, self.most = settings.ngram_max, settings.draft_length
+        self.skips = (0, 1) if (settings.realign if realign is None else realign) else (0,)
         self.index: dict[tuple[int, ...], list[int]] = {}
         self.indexed = 0
         self.hits = 0

@@ -7,25 +7,46 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 
 class Clock:
-    """Decode time only: paused while a consumer handles an event, so a slow view never inflates stats."""
+    """Decode time only: paused while a consumer handles an event, so a slow view never inflates stats.
+
+    :func:`timed` runs it around a loop: it counts while the loop computes and stops at each yield.
+    """
 
     def __init__(self) -> None:
         self.busy = 0.0
-        self._since = time.perf_counter()
+        self._since: float | None = None
 
     def pause(self) -> float:
-        """Stop counting (call just before ``yield``); returns the busy seconds so far."""
-        self.busy += time.perf_counter() - self._since
-        self._since = time.perf_counter()
+        """Stop counting; returns the busy seconds so far."""
+        if self._since is not None:
+            self.busy += time.perf_counter() - self._since
+            self._since = None
         return self.busy
 
     def resume(self) -> None:
-        """Start counting again (call just after ``yield``)."""
         self._since = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """The busy seconds so far, without stopping."""
+        return self.busy + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
+
+def timed(events: Iterator["Event"], clock: Clock) -> Iterator["Event"]:
+    """``events`` with ``clock`` counting only while the loop computes the next event."""
+    it = iter(events)
+    while True:
+        clock.resume()
+        try:
+            ev = next(it)
+        except StopIteration:
+            return
+        finally:
+            clock.pause()
+        yield ev
 
 
 @dataclass(slots=True)
@@ -75,7 +96,7 @@ class Verify:
     step: int
     nfe: int
     position: int
-    accepted: list[int]
+    accepted_tokens: list[int]
     drafted: int
     rejected: list[int] = field(default_factory=list)  # the draft tokens after the first rejected one
     correction: int | None = None
@@ -84,7 +105,11 @@ class Verify:
 
 @dataclass(slots=True)
 class Done:
-    """Decoding ended. ``tokens`` are the generated tokens, cut before the first end-of-text token."""
+    """Decoding ended. ``tokens`` are the generated tokens, cut before the first end-of-text token.
+
+    The fields after ``finish_reason`` are the loop's own counts; a loop leaves those it has no
+    notion of at None, and :meth:`stats` (the ``stats`` object of ``--json``) lists the rest.
+    """
 
     tokens: list[int]
     nfe: int
@@ -92,11 +117,24 @@ class Done:
     seconds: float
     ttft_seconds: float | None
     finish_reason: str  # "eos", "length" or "interrupted"
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def generated_tokens(self) -> int:
-        return len(self.tokens)
+    blocks: int | None = None  # dLLM blocks (canvases, for DiffusionGemma) decoded
+    cache: str | None = None  # the dLLM cache policy that ran
+    refreshes: int | None = None  # full cache recomputes inside a block
+    edits: int | None = None  # committed slots rewritten (token-to-token editing)
+    drafted: int | None = None  # draft tokens proposed for verification
+    accepted: int | None = None  # of those, accepted
+    verifies: int | None = None  # verify forwards (S2D2) or verify steps (AR loop)
+    draft_nfe: int | None = None  # forwards of a draft model
+    draft_source: str | None = None  # AR loop: "model", "text", "lookup"
+    draft_seconds: float | None = None
+    verify_seconds: float | None = None
+    acceptance_per_position: list[float] | None = None
+    lookup_commits: int | None = None  # dLLM lookup: slots committed because they matched the draft
+    lookup_drafts: int | None = None
+    encoder_forwards: int | None = None  # DiffusionGemma: encoder passes
+    canvas_length: int | None = None
+    max_denoising_steps: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # a draft source's own counts
 
     @property
     def tokens_per_nfe(self) -> float:
@@ -105,6 +143,30 @@ class Done:
     @property
     def tokens_per_second(self) -> float:
         return len(self.tokens) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """accepted / drafted, when something was drafted."""
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def mean_accepted_length(self) -> float | None:
+        """AR loop: tokens per verify step, ``1 + accepted / verifies``."""
+        return 1 + self.accepted / self.verifies if self.verifies and self.accepted is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        """The loop's counts that apply (not None), with the derived rates."""
+        out = {name: getattr(self, name) for name in STAT_FIELDS if getattr(self, name) is not None}
+        if self.draft_source is not None:
+            out["acceptance_rate"] = self.acceptance_rate or 0.0
+            out["mean_accepted_length"] = self.mean_accepted_length or 0.0
+        out.update(self.extra)
+        return out
+
+
+STAT_FIELDS = ("blocks", "cache", "refreshes", "edits", "drafted", "accepted", "verifies", "draft_nfe",
+               "draft_source", "draft_seconds", "verify_seconds", "acceptance_per_position", "lookup_commits",
+               "lookup_drafts", "encoder_forwards", "canvas_length", "max_denoising_steps")
 
 
 Event = Start | Step | Draft | Verify | Done

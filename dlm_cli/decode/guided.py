@@ -15,7 +15,6 @@ not itself propose at this step.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -26,13 +25,13 @@ from .drafts import LookupDraft
 class GuidedCommits:
     """Per-run state: the n-gram index of the committed prefix and the count of slots committed by lookup."""
 
-    def __init__(self, settings: Any, prompt_ids: list[int]) -> None:
-        self.most = settings.lookup_draft
-        self.source = LookupDraft(SimpleNamespace(ngram_min=1, ngram_max=settings.lookup_ngram,
-                                                  num_draft_tokens=self.most, realign=False))
+    def __init__(self, settings: Any, prompt_ids: list[int], device: torch.device) -> None:
+        self.most = settings.draft_length
+        self.source = LookupDraft(settings, ngram_min=1, realign=False)
         self.prompt = list(prompt_ids)
         self.seen: list[int] = []
-        self.committed = 0  # slots committed because they matched the draft (beyond the rule's own)
+        self.device = device
+        self.committed = torch.zeros((), dtype=torch.long, device=device)  # beyond the rule's own (on device)
         self.drafts = 0
 
     def draft(self, prefix: list[int], room: int) -> list[int]:
@@ -41,22 +40,28 @@ class GuidedCommits:
         if seq[: len(self.seen)] != self.seen:  # an edit rewrote committed text: index afresh
             self.source.begin(seq, None)
         self.seen = seq
-        tokens, _ = self.source.propose(seq, room)
+        tokens, _ = self.source.propose(seq, min(room, self.most))
         return tokens.tolist()
 
-    def select(self, prefix: list[int], start: int, x0: torch.Tensor, candidates: torch.Tensor,
-               tokens: torch.Tensor) -> torch.Tensor:
-        """Rows of the block to commit: the run from ``start`` (the first masked row) where the draft agrees."""
-        out = torch.zeros_like(candidates)
+    def add(self, selected: torch.Tensor, prefix: list[int], start: int, x0: torch.Tensor, candidates: torch.Tensor,
+            tokens: torch.Tensor) -> torch.Tensor:
+        """``selected`` plus the run from row ``start`` (the first mask) where the draft agrees with the canvas.
+
+        A masked row agrees when the model's own proposal ``x0`` is the draft token; a row committed
+        earlier (out of order) when it already holds it. The run stops at the first disagreement.
+        Computed on the device: no transfer.
+        """
         draft = self.draft(prefix, int(candidates.shape[0]) - start)
-        if draft:
-            self.drafts += 1
-        for j, want in enumerate(draft):
-            r = start + j
-            if bool(candidates[r]):
-                if int(x0[r]) != want:
-                    break
-                out[r] = True
-            elif int(tokens[r]) != want:  # committed earlier, out of order, to something else
-                break
-        return out
+        if not draft:
+            return selected
+        self.drafts += 1
+        end = start + len(draft)
+        want = torch.tensor(draft, dtype=torch.long, device=self.device)
+        agree = torch.where(candidates[start:end], x0[start:end] == want, tokens[start:end] == want)
+        run = torch.zeros_like(candidates)
+        run[start:end] = torch.cumprod(agree.long(), 0).bool() & candidates[start:end]
+        self.committed += (run & ~selected).sum()
+        return selected | run
+
+    def count(self) -> int:
+        return int(self.committed)

@@ -1,17 +1,19 @@
-"""Declared settings keys and the strategy registry.
+"""Declared settings keys, their conflicts, the strategy registry, and the typed settings of a run.
 
 Every setting is declared once, as a :class:`Key` with its type, default and range; profile
 validation, ``--set`` parsing, ``dlm profiles show`` and the README's key table all derive from
 these declarations. A strategy registers its keys with :func:`register_strategy`; a feature that
-composes with every strategy of a kind (EoTP, caches, editing, ...) registers with
-:func:`register_keys`.
+composes with every strategy of a kind (EoTP, caches, lookup, ...) registers with
+:func:`register_keys`. Settings that cannot go together are declared the same way, as data: a
+value a key refuses for a strategy (:attr:`Key.refuse`), or a :class:`Conflict` on a strategy or a
+kind. :func:`frozen` turns validated settings into the frozen dataclass a decode loop reads.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Callable, Mapping
 
 KINDS = ("diffusion", "autoregressive")
 
@@ -29,6 +31,8 @@ class Key:
     choices: tuple[str, ...] | None = None
     optional: bool = False  # None (absent) is allowed and means "derive it" (see help)
     min_open: bool = False  # the bound is exclusive: min < value
+    refuse: tuple[tuple[Any, str], ...] = ()  # (value, why): allowed in general, refused by this strategy
+    old: tuple[str, ...] = ()  # former names, still read (with a warning that gives this name)
 
     def allowed(self) -> str:
         """The allowed values, in words, for error messages and docs."""
@@ -74,22 +78,63 @@ class Key:
         return value
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """Values that cannot go together: when ``test(values)`` holds, the settings are refused with ``why``.
+
+    ``why`` may be a function of the values, for a message that quotes them.
+    """
+
+    test: Callable[[Mapping[str, Any]], bool]
+    why: str | Callable[[Mapping[str, Any]], str]
+
+    def message(self, values: Mapping[str, Any]) -> str:
+        return self.why(values) if callable(self.why) else self.why
+
+
+def no_cache(method: str, why: str) -> Conflict:
+    """``method`` runs its forwards without a KV cache."""
+    return Conflict(lambda v: v.get("cache", "none") != "none",
+                    lambda v: f"strategy {method!r} cannot be used with cache = {v['cache']!r}: {why}; "
+                              "set cache = \"none\"")
+
+
+def at_most(lo: str, hi: str) -> Conflict:
+    """``lo ≤ hi``."""
+    return Conflict(lambda v: v[lo] > v[hi], lambda v: f"{lo} = {v[lo]} is above {hi} = {v[hi]}; lower {lo}")
+
+
+def own_loop(method: str) -> Conflict:
+    """``lookup`` adds commits to the block loop, which ``method`` does not run."""
+    return Conflict(lambda v: bool(v.get("lookup")),
+                    f"lookup = true adds input-guided commits to the diffusion decode loop, but strategy "
+                    f"{method!r} runs its own draft-and-verify loop; drop lookup or pick another strategy")
+
+
 @dataclass
 class Strategy:
-    """A named decoding method: its kind, its own keys, and a factory for its rule/loop object."""
+    """A named decoding method: its kind, its own keys, its loop, and a factory for the loop's part.
+
+    ``loop`` names the decode loop (:mod:`dlm_cli.decode.loops`) that runs it: ``"blocks"`` (the
+    dLLM block driver, with the commit rule ``factory(settings)`` returns), ``"freedave"``,
+    ``"s2d2"``, ``"gemma-native"``, or ``"ar"`` (the AR loop, with the draft source
+    ``factory(model, settings, draft)`` returns).
+    """
 
     name: str
     kind: str
     summary: str
     keys: tuple[Key, ...] = ()
     factory: Callable[..., Any] | None = None
-    conflicts: tuple[tuple[str, Any, str], ...] = field(default_factory=tuple)  # (key, value, why)
+    conflicts: tuple[Conflict, ...] = ()
     families: tuple[str, ...] = ()  # model families it works with (a model's own sampler); empty: all
+    loop: str = "blocks"
 
 
 STRATEGIES: dict[str, Strategy] = {}
 COMMON: dict[str, dict[str, Key]] = {kind: {} for kind in KINDS}
 SHARED: dict[str, Key] = {}  # keys every kind has (sampling, length)
+KIND_CONFLICTS: dict[str, list[Conflict]] = {kind: [] for kind in KINDS}
 
 
 def register_strategy(strategy: Strategy) -> Strategy:
@@ -99,11 +144,13 @@ def register_strategy(strategy: Strategy) -> Strategy:
     return strategy
 
 
-def register_keys(kind: str | None, keys: list[Key] | tuple[Key, ...]) -> None:
-    """Keys that apply to every strategy of ``kind`` (or of every kind when None)."""
+def register_keys(kind: str | None, keys: list[Key] | tuple[Key, ...], conflicts: tuple[Conflict, ...] = ()) -> None:
+    """Keys (and their conflicts) that apply to every strategy of ``kind`` (or of every kind when None)."""
     target = SHARED if kind is None else COMMON[kind]
     for key in keys:
         target[key.name] = key
+    for kind_ in ([kind] if kind else KINDS):
+        KIND_CONFLICTS[kind_].extend(conflicts)
 
 
 def keys_for(strategy: str) -> dict[str, Key]:
@@ -113,6 +160,45 @@ def keys_for(strategy: str) -> dict[str, Key]:
     out.update(COMMON[s.kind])
     out.update({k.name: k for k in s.keys})
     return out
+
+
+def renamed(strategy: str) -> dict[str, str]:
+    """Former key names still read for ``strategy``: old name -> current name."""
+    return {old: k.name for k in keys_for(strategy).values() for old in k.old}
+
+
+def conflict(strategy: str, values: Mapping[str, Any]) -> str | None:
+    """Why these values cannot go together for ``strategy``, or None when they can."""
+    s = STRATEGIES[strategy]
+    for key in keys_for(strategy).values():
+        for value, why in key.refuse:
+            if values.get(key.name) == value:
+                return f"strategy {strategy!r} cannot be used with {key.name} = {value!r}: {why}"
+    for c in (*s.conflicts, *KIND_CONFLICTS[s.kind]):
+        if c.test(values):
+            return c.message(values)
+    return None
+
+
+_TYPES: dict[str, type] = {}
+
+
+def settings_type(strategy: str) -> type:
+    """The frozen dataclass of a run of ``strategy``: one typed field per declared key, plus ``strategy``."""
+    if strategy not in _TYPES:
+        fields = [("strategy", str)] + [(k.name, k.type if not k.optional else k.type | None, field(default=k.default))
+                                         for k in keys_for(strategy).values()]
+        fields[0] = ("strategy", str, field(default=strategy))
+        name = "".join(p.capitalize() for p in strategy.replace("-", "_").split("_")) + "Settings"
+        _TYPES[strategy] = make_dataclass(name, fields, frozen=True, slots=True)
+    return _TYPES[strategy]
+
+
+def frozen(strategy: str, values: Mapping[str, Any]) -> Any:
+    """Validated ``values`` as the run's frozen settings (every key present; unknown names ignored)."""
+    cls = settings_type(strategy)
+    names = keys_for(strategy)
+    return cls(**{k: v for k, v in values.items() if k in names})
 
 
 def suggest(name: str, options: list[str]) -> str:

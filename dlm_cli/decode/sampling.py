@@ -8,6 +8,8 @@ temperature, as in the reference implementations.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
@@ -41,11 +43,28 @@ def propose(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    exclude: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For logits ``[n, V]``: the candidate token ``x0`` per row and its confidence ``p(x0)`` (float64)."""
+    """For logits ``[n, V]``: the candidate token ``x0`` per row and its confidence ``p(x0)`` (float64).
+
+    ``exclude`` (the mask token) is never proposed: committing it would leave the slot masked and
+    the step without progress. The confidence stays the plain softmax's, so nothing else changes.
+    """
     probs = torch.softmax(_wide(logits), dim=-1)
+    choose = logits if exclude is None or exclude >= logits.shape[-1] else without(logits, exclude)
     if temperature > 0:
-        x0 = gumbel_argmax(warp(logits, temperature, top_k, top_p), generator)
+        x0 = gumbel_argmax(warp(choose, temperature, top_k, top_p), generator)
     else:
-        x0 = torch.argmax(logits, dim=-1)
+        x0 = torch.argmax(choose, dim=-1)
     return x0, probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
+def without(logits: torch.Tensor, token: int) -> torch.Tensor:
+    """A copy of ``logits`` where ``token`` can never win (its logit is ``-inf``)."""
+    return logits.index_fill(-1, torch.tensor([token], device=logits.device), -torch.inf)
+
+
+def probabilities(logits: torch.Tensor, settings: Any) -> torch.Tensor:
+    """Rows of ``softmax(warp(logits))`` in float64: the distribution sampled from, for target and draft alike."""
+    wide = logits.float() if logits.device.type == "mps" else logits.double()
+    return torch.softmax(warp(wide, settings.temperature, settings.top_k, settings.top_p), dim=-1)

@@ -58,10 +58,10 @@ class Canvas:
             self.step, self.nfe = event.step, event.nfe
             self.draft = []
             self.drafted += event.drafted
-            self.accepted += len(event.accepted)
+            self.accepted += len(event.accepted_tokens)
             pos = event.position
             self.last = set()
-            for t in event.accepted:
+            for t in event.accepted_tokens:
                 self._put(pos, t, None, event.step, "draft")
                 self.last.add(pos)
                 pos += 1

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from ..keys import Key, Strategy, register_strategy
-from .threshold import RANK, THRESHOLD, Threshold
+from ..keys import Key, Strategy, at_most, register_strategy
+from .base import AdaptiveBlocks
+from .threshold import THRESHOLD, THRESHOLD_RANK, Threshold
 
 _DELIMITERS: dict[tuple[int, str], torch.Tensor] = {}
 
@@ -42,18 +43,17 @@ def boundary(x0: torch.Tensor, probability: torch.Tensor, is_delimiter: torch.Te
     return int(torch.argmax(score))
 
 
-class AdaBlock(Threshold):
+class AdaBlock(Threshold, AdaptiveBlocks):
     name = "adablock"
 
-    def begin(self, model: Any, prompt_tokens: int, length: int) -> None:
-        super().begin(model, prompt_tokens, length)
-        s = self.settings
-        self.lookahead = max(s.adablock_max - s.block_length, 0)
-        self.is_delimiter = delimiter_ids(model.tokenizer, model.vocab_size, s.delimiters)
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.lookahead = max(settings.adablock_max - settings.block_length, 0)
 
-    def block_end(self, bs: int, be: int, limit: int, x0: torch.Tensor, probability: torch.Tensor) -> int:
+    def block_end(self, model: Any, bs: int, be: int, limit: int, x0: torch.Tensor, probability: torch.Tensor) -> int:
         s = self.settings
-        r = boundary(x0, probability, self.is_delimiter, s.adablock_min - 1, s.delimiter_threshold)
+        is_delimiter = delimiter_ids(model.tokenizer, model.vocab_size, s.delimiters)
+        r = boundary(x0, probability, is_delimiter, s.adablock_min - 1, s.delimiter_threshold)
         return be if r is None else bs + r + 1
 
 
@@ -63,7 +63,7 @@ register_strategy(
         kind="diffusion",
         summary="AdaBlock: threshold decoding in blocks that end at a confident delimiter (newline, period, ...)",
         keys=(
-            THRESHOLD, RANK,
+            THRESHOLD, THRESHOLD_RANK,
             Key("adablock_min", int, 4, "the shortest adaptive block", min=1),
             Key("adablock_max", int, 64, "the longest adaptive block (the look-ahead window)", min=1),
             Key("delimiter_threshold", float, 0.3, "a predicted delimiter ends the block when its confidence "
@@ -71,6 +71,6 @@ register_strategy(
             Key("delimiters", str, ".\n;!?", "characters that end a semantic unit"),
         ),
         factory=AdaBlock,
-        conflicts=(("rank", "entropy", "a bound on entropy is the entropy-bounded rule; use strategy = \"eb\""),),
+        conflicts=(at_most("adablock_min", "adablock_max"),),
     )
 )

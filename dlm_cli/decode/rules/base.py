@@ -35,51 +35,62 @@ class StepState:
 
 
 class CommitRule:
-    """Decides which masked positions of the current block to commit at a step.
+    """Decides which masked positions of the current block to commit at a step: :meth:`select`.
 
-    Subclasses set ``name`` and implement :meth:`select`; they may override :meth:`start_block`
-    (reset per-block state) and :meth:`adjust_logits` (rewrite logits before candidates are drawn).
-    ``uses_schedule`` marks rules whose step count comes from ``steps`` (the LLaDA schedule) rather
-    than from the logits.
-
-    Optional hooks the loop honours: :meth:`begin` (once per run, sees the model), :meth:`edit`
-    (token-to-token editing of committed rows), :meth:`post_step` (keep stepping a block with no
-    masks left), ``finish`` (set by :meth:`select` to fill every remaining mask with its argmax and
-    stop, as Prophet does) and :meth:`block_end` (adaptive block length, given a look-ahead).
+    A rule that needs more says so by also deriving from one of the capabilities below; the block
+    driver (:mod:`..loops.blocks`) calls only what a rule has.
     """
 
     name = "rule"
-    uses_schedule = False
-    lookahead: int | None = None  # adaptive blocks: rows past the default block end to look at
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
-        self.finish = False
-
-    def begin(self, model: Any, prompt_tokens: int, length: int) -> None:
-        """Called once per run, before the first block."""
-        self.finish = False
-
-    def start_block(self, block: int, length: int) -> None:
-        """Called when decoding of a block begins."""
-
-    def adjust_logits(self, logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        return logits
 
     def select(self, state: StepState) -> torch.Tensor:
         raise NotImplementedError
 
-    def edit(self, state: StepState) -> torch.Tensor | None:
-        """Committed rows to rewrite with ``x0`` this step; None when the rule never edits."""
-        return None
 
-    def post_step(self) -> bool:
-        """Whether to run another step on a block whose masks are all committed."""
-        return False
+class Scheduled:
+    """The number committed per step comes from a schedule (LLaDA's ``steps``), given to ``select`` as ``quota``."""
 
-    def block_end(self, bs: int, be: int, limit: int, x0: torch.Tensor, probability: torch.Tensor) -> int:
-        """The end of the block starting at ``bs``: ``be`` by default; rows up to ``limit`` are given."""
-        return be
+    def quotas(self, masked: int, width: int, slots: int) -> list[int]:
+        raise NotImplementedError
+
+
+class AdjustsLogits:
+    """Rewrites the logits of the block before candidates are drawn (CreditDecoding)."""
+
+    def adjust_logits(self, logits: torch.Tensor, candidates: torch.Tensor, block: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Edits:
+    """Token-to-token editing of committed rows (LLaDA2.1), with extra steps once a block has no masks."""
+
+    def edit(self, state: StepState) -> torch.Tensor:
+        """Committed rows to rewrite with ``x0`` this step."""
+        raise NotImplementedError
+
+    def post_step(self, block: int) -> bool:
+        """Whether to run another step on block ``block``, whose masks are all committed."""
+        raise NotImplementedError
+
+
+class AdaptiveBlocks:
+    """Chooses where each block ends from a look-ahead of ``lookahead`` rows past the default end (AdaBlock)."""
+
+    lookahead = 0
+
+    def block_end(self, model: Any, bs: int, be: int, limit: int, x0: torch.Tensor, probability: torch.Tensor) -> int:
+        """The end of the block starting at ``bs``; ``x0`` and ``probability`` cover rows ``[bs, limit)``."""
+        raise NotImplementedError
+
+
+class Settles:
+    """Can tell that the answer is settled (Prophet): every remaining mask is then committed at once."""
+
+    def settled(self, state: StepState, selected: torch.Tensor) -> bool:
+        raise NotImplementedError
 
 
 def top1(confidence: torch.Tensor) -> torch.Tensor:

@@ -12,16 +12,26 @@ from __future__ import annotations
 import torch
 
 from ..keys import Key, Strategy, register_strategy
-from .base import CommitRule, StepState, rank_scores, topk_mask
+from .base import CommitRule, Scheduled, StepState, rank_scores, topk_mask
 from .threshold import RANK
 
 
-class Baseline(CommitRule):
+def schedule(masked: int, steps: int) -> list[int]:
+    """LLaDA's even spread: how many positions to commit at each of ``steps`` steps (remainder first)."""
+    steps = max(1, steps)
+    base, extra = divmod(masked, steps)
+    return [base + (1 if i < extra else 0) for i in range(steps)]
+
+
+class Baseline(CommitRule, Scheduled):
     name = "baseline"
-    uses_schedule = True
+
+    def quotas(self, masked: int, width: int, slots: int) -> list[int]:
+        """The block's share of ``steps`` (default: one per slot), spread evenly over its masks."""
+        return schedule(masked, (self.settings.steps or slots) * width // slots)
 
     def select(self, state: StepState) -> torch.Tensor:
-        conf = rank_scores(state, getattr(self.settings, "rank", "confidence"))
+        conf = rank_scores(state, self.settings.rank)
         if self.settings.remasking == "random":
             noise = torch.rand(conf.shape, device=conf.device, generator=state.generator, dtype=conf.dtype)
             conf = torch.where(state.candidates, noise, torch.full_like(conf, -torch.inf))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..keys import Key, Strategy, register_strategy
-from .threshold import RANK, THRESHOLD, Threshold
+from .base import AdjustsLogits
+from .threshold import THRESHOLD, THRESHOLD_RANK, Threshold
 
 
 def credit_update(credit: torch.Tensor, logits: torch.Tensor, candidates: torch.Tensor, beta: float,
@@ -29,16 +30,19 @@ def fuse(logits: torch.Tensor, credit: torch.Tensor, alpha: float) -> torch.Tens
     return logits + alpha * torch.log1p(credit).to(logits.dtype)
 
 
-class Credit(Threshold):
+class Credit(Threshold, AdjustsLogits):
     name = "credit"
 
-    def start_block(self, block: int, length: int) -> None:
-        self.credit: torch.Tensor | None = None
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self.credit: torch.Tensor | None = None  # the current block's credits
+        self.block = -1
 
-    def adjust_logits(self, logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def adjust_logits(self, logits: torch.Tensor, candidates: torch.Tensor, block: int) -> torch.Tensor:
         s = self.settings
-        if getattr(self, "credit", None) is None or self.credit.shape != logits.shape:
+        if block != self.block or self.credit is None or self.credit.shape != logits.shape:
             self.credit = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+            self.block = block
         credit_update(self.credit, logits, candidates, s.credit_decay, s.credit_gamma)
         return fuse(logits, self.credit, s.credit_alpha)
 
@@ -49,12 +53,11 @@ register_strategy(
         kind="diffusion",
         summary="CreditDecoding: decayed trace credits fused into the logits, then the threshold rule",
         keys=(
-            THRESHOLD, RANK,
+            THRESHOLD, THRESHOLD_RANK,
             Key("credit_decay", float, 0.8, "β: credits decay by this factor at each step", min=0.0, max=1.0),
             Key("credit_gamma", float, 0.2, "γ: a masked position's top-1 token gains p_top1^γ credit", min=0.0),
             Key("credit_alpha", float, 0.7, "α: fused logits are logits + α·log(1 + credit)", min=0.0),
         ),
         factory=Credit,
-        conflicts=(("rank", "entropy", "a bound on entropy is the entropy-bounded rule; use strategy = \"eb\""),),
     )
 )

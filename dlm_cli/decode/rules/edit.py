@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..keys import Key, Strategy, register_strategy
-from .base import StepState
-from .threshold import RANK, THRESHOLD, Threshold
+from .base import Edits, StepState
+from .threshold import THRESHOLD, THRESHOLD_RANK, Threshold
 
 
 def edit_select(x0: torch.Tensor, probability: torch.Tensor, tokens: torch.Tensor, editable: torch.Tensor,
@@ -24,20 +24,23 @@ def edit_select(x0: torch.Tensor, probability: torch.Tensor, tokens: torch.Tenso
     return editable & (x0 != tokens) & (probability > tau_edit)
 
 
-class Edit(Threshold):
+class Edit(Threshold, Edits):
     name = "edit"
 
-    def start_block(self, block: int, length: int) -> None:
-        self.edited = False
-        self.posts = 0
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self.edited: torch.Tensor | None = None  # whether the last step edited anything (on device)
+        self.block, self.posts = -1, 0
 
     def edit(self, state: StepState) -> torch.Tensor:
         out = edit_select(state.x0, state.probability, state.tokens, state.editable, self.settings.edit_threshold)
-        self.edited = bool(out.any())
+        self.edited = out.any()
         return out
 
-    def post_step(self) -> bool:
-        if self.edited and self.posts < self.settings.edit_post_steps:
+    def post_step(self, block: int) -> bool:
+        if block != self.block:
+            self.block, self.posts = block, 0
+        if self.edited is not None and bool(self.edited) and self.posts < self.settings.edit_post_steps:
             self.posts += 1
             return True
         return False
@@ -50,13 +53,12 @@ register_strategy(
         summary="LLaDA2.1 editing: threshold mask-to-token commits plus token-to-token rewrites above "
                 "edit_threshold",
         keys=(
-            THRESHOLD, RANK,
+            THRESHOLD, THRESHOLD_RANK,
             Key("edit_threshold", float, 0.9, "rewrite a committed token when the model predicts another one "
                 "with probability above this", min=0.0, max=1.0),
             Key("edit_post_steps", int, 4, "most extra steps per block, after its last mask, while edits happen",
                 min=0),
         ),
         factory=Edit,
-        conflicts=(("rank", "entropy", "a bound on entropy is the entropy-bounded rule; use strategy = \"eb\""),),
     )
 )

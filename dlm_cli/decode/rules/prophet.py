@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..keys import Key, Strategy, register_strategy
-from .base import StepState
+from .base import Settles, StepState
 from .baseline import Baseline, BASELINE_KEYS
 
 BARS = (7.5, 5.0, 2.5)
@@ -33,16 +33,13 @@ def top2_gap(logits: torch.Tensor, rows: torch.Tensor, window: int) -> float | N
     return float((top[:, 0] - top[:, 1]).mean())
 
 
-class Prophet(Baseline):
+class Prophet(Baseline, Settles):
     name = "prophet"
 
-    def select(self, state: StepState) -> torch.Tensor:
-        sel = super().select(state)
-        left = state.candidates & ~sel
-        g = top2_gap(state.logits, left, self.settings.prophet_window)
-        if g is not None and g >= bar(state.progress):
-            self.finish = True
-        return sel
+    def settled(self, state: StepState, selected: torch.Tensor) -> bool:
+        """The top-2 gap over the next masks this step leaves is above the bar for the progress so far."""
+        g = top2_gap(state.logits, state.candidates & ~selected, self.settings.prophet_window)
+        return g is not None and g >= bar(state.progress)
 
 
 register_strategy(

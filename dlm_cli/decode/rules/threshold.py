@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..keys import Key, Strategy, register_strategy
@@ -11,6 +13,9 @@ THRESHOLD = Key("threshold", float, 0.9, "commit every masked position of the bl
                 min=0.0, max=1.0)
 RANK = Key("rank", str, "confidence", "what positions are ranked by: confidence p(x0), margin p_top1 − p_top2 "
            "(Dream's topk_margin) or entropy (negative entropy, Dream's entropy)", choices=RANKS)
+# A threshold on an entropy score is the entropy-bounded rule: the threshold family refuses it.
+THRESHOLD_RANK = replace(RANK, refuse=(("entropy", "a bound on entropy is the entropy-bounded rule; "
+                                                   "use strategy = \"eb\""),))
 
 
 def threshold_select(confidence: torch.Tensor, candidates: torch.Tensor, tau: float) -> torch.Tensor:
@@ -27,7 +32,7 @@ class Threshold(CommitRule):
     name = "threshold"
 
     def select(self, state: StepState) -> torch.Tensor:
-        score = rank_scores(state, getattr(self.settings, "rank", "confidence"))
+        score = rank_scores(state, self.settings.rank)
         return threshold_select(score, state.candidates, self.settings.threshold)
 
 
@@ -53,9 +58,8 @@ register_strategy(
         name="threshold",
         kind="diffusion",
         summary="Fast-dLLM threshold: commit every masked position with confidence ≥ threshold (at least one)",
-        keys=(THRESHOLD, RANK),
+        keys=(THRESHOLD, THRESHOLD_RANK),
         factory=Threshold,
-        conflicts=(("rank", "entropy", "a bound on entropy is the entropy-bounded rule; use strategy = \"eb\""),),
     )
 )
 register_strategy(

@@ -24,15 +24,9 @@ from typing import Any, Iterator
 
 import torch
 
-from ..models.causal import rollback
-from .events import Clock, Done, Draft, Event, Start, Step, Verify
-from .sampling import warp
-
-
-def probabilities(logits: torch.Tensor, settings: Any) -> torch.Tensor:
-    """Rows of ``softmax(warp(logits))`` in float64: the distribution sampled from, for target and draft alike."""
-    wide = logits.float() if logits.device.type == "mps" else logits.double()
-    return torch.softmax(warp(wide, settings.temperature, settings.top_k, settings.top_p), dim=-1)
+from ...models.causal import rollback
+from ..events import Clock, Done, Draft, Event, Start, Step, Verify
+from ..sampling import probabilities
 
 
 def verify(logits: torch.Tensor, draft: torch.Tensor, q: torch.Tensor | None, settings: Any,
@@ -69,9 +63,9 @@ def verify(logits: torch.Tensor, draft: torch.Tensor, q: torch.Tensor | None, se
     return n, int(torch.multinomial(p[k], 1, generator=generator))
 
 
-def decode(target: Any, prompt_ids: list[int], settings: Any, source: Any, generator: torch.Generator) -> Iterator[Event]:
+def run(target: Any, prompt_ids: list[int], settings: Any, source: Any, generator: torch.Generator,
+        clock: Clock) -> Iterator[Event]:
     """Generate with ``target``, drafting from ``source`` (see :mod:`~dlm_cli.decode.drafts`), and yield events."""
-    clock = Clock()
     device = target.device
     eos = set(target.eos_ids)
     limit = settings.max_new_tokens
@@ -88,9 +82,7 @@ def decode(target: Any, prompt_ids: list[int], settings: Any, source: Any, gener
     ttft = None
     finish = "length"
 
-    clock.pause()
     yield Start(kind="autoregressive", prompt_tokens=len(seq), length=limit)
-    clock.resume()
     source.begin(seq, generator)
     while len(out) < limit:
         t0 = time.perf_counter()
@@ -102,9 +94,7 @@ def decode(target: Any, prompt_ids: list[int], settings: Any, source: Any, gener
         draft_s += t1 - t0
         if k:
             draft_list = draft.tolist()
-            clock.pause()
             yield Draft(step=steps, position=len(out), tokens=draft_list, source=source.name)
-            clock.resume()
             t1 = time.perf_counter()
             feed = torch.cat([buf[cached: len(seq)], draft])
         else:
@@ -135,34 +125,24 @@ def decode(target: Any, prompt_ids: list[int], settings: Any, source: Any, gener
         out.extend(new if stop is None else new[:-1])
         source.accepted(seq, n, k)
         if ttft is None:
-            ttft = clock.pause()
-            clock.resume()
-        clock.pause()
+            ttft = clock.elapsed()
         if k:
             acc = new[:n] if stop is None or stop >= n else new
             tail = new[len(acc):]
-            yield Verify(step=steps, nfe=nfe, position=position, accepted=acc, drafted=k,
+            yield Verify(step=steps, nfe=nfe, position=position, accepted_tokens=acc, drafted=k,
                          rejected=draft_list[n:],
                          correction=tail[0] if tail and n < k else None,
                          bonus=tail[0] if tail and n == k else None)
         else:
             conf = float(torch.softmax(logits[0].float(), -1)[token])
             yield Step(step=steps, nfe=nfe, positions=[position], tokens=[token], confidences=[conf])
-        clock.resume()
         steps += 1
         if stop is not None:
             break
-    seconds = clock.pause()
-    stats: dict[str, Any] = {"target_nfe": nfe, "draft_nfe": source.nfe, "verify_steps": steps}
+    counts: dict[str, Any] = {"draft_nfe": source.nfe, "verifies": steps}
     if source.name != "none":
-        stats.update({
-            "drafted": drafted, "accepted": accepted,
-            "acceptance_rate": accepted / drafted if drafted else 0.0,
-            "mean_accepted_length": 1 + accepted / steps if steps else 0.0,
-            "acceptance_per_position": [a / d for a, d in zip(accepted_at, drafted_at)],
-            "draft_seconds": draft_s, "verify_seconds": verify_s,
-            "draft_source": source.name,
-        })
-        stats.update(source.stats())
-    yield Done(tokens=out, nfe=nfe, steps=steps, seconds=seconds, ttft_seconds=ttft, finish_reason=finish,
-               stats=stats)
+        counts.update(drafted=drafted, accepted=accepted, draft_seconds=draft_s, verify_seconds=verify_s,
+                      draft_source=source.name, extra=source.stats(),
+                      acceptance_per_position=[a / d for a, d in zip(accepted_at, drafted_at)])
+    yield Done(tokens=out, nfe=nfe, steps=steps, seconds=clock.elapsed(), ttft_seconds=ttft, finish_reason=finish,
+               **counts)

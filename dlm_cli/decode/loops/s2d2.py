@@ -1,0 +1,141 @@
+"""S2D2: self-speculative decoding for block-diffusion models (2025).
+
+A block-diffusion model run with block size 1 (causal attention) is an AR model, so it can verify
+its own diffusion drafts. At each step one diffusion forward drafts every masked position of the
+block. A cheap policy scores the leftmost masked span ``a_1..a_k`` (the contiguous masked run
+starting at the block's first mask): the expected number of accepted tokens ``Σ_j Π_{i≤j} c_i``
+from the draft confidences. When it reaches ``s2d2_min_gain``, one AR forward (``grid = 1``)
+verifies the span by speculative rejection sampling (greedy: accept while the draft is the AR
+argmax) and commits the accepted prefix plus the AR correction at the first rejection; otherwise
+the step commits by the threshold rule. With ``s2d2_min_gain = 0`` every step verifies, and the
+output is exactly the model's greedy AR decoding.
+
+Families whose logits are next-token aligned (Fast-dLLM v2) verify the span in one causal forward;
+in-place families (SDAR) need the position being predicted to hold a mask, so their verify forward
+is a batch of ``k`` canvases, one per span position (still one NFE). No cache: ``cache = "none"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from ...errors import DlmError
+from ..canvas import BlockCanvas
+from ..events import Clock, Event
+from ..keys import Key, Strategy, no_cache, own_loop, register_strategy
+from ..rules.threshold import THRESHOLD, threshold_select
+from ..sampling import propose, warp, without
+
+
+def expected_accepted(confidence: torch.Tensor) -> float:
+    """``Σ_j Π_{i≤j} c_i``: the expected accepted length when draft ``j`` survives with probability ``c_j``."""
+    return float(torch.cumprod(confidence.double(), 0).sum())
+
+
+def speculative_accept(draft: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None,
+                       greedy: bool) -> tuple[int, int | None]:
+    """Accepted draft count and the correction token at the first rejection (None if all were accepted).
+
+    ``q``/``p`` are the draft's and the verifier's distributions ``[k, V]``. Greedy: accept while the
+    draft is the verifier's argmax; else accept with probability ``min(1, p/q)`` and resample a
+    rejection from ``normalize(max(0, p − q))`` (Leviathan et al., Chen et al.).
+    """
+    k = len(draft)
+    if greedy:
+        best = p.argmax(-1)
+        bad = (best != draft).nonzero()
+        if len(bad) == 0:
+            return k, None
+        j = int(bad[0])
+        return j, int(best[j])
+    rows = torch.arange(k, device=draft.device)
+    ratio = (p[rows, draft] / q[rows, draft].clamp_min(1e-300)).clamp(max=1.0)
+    u = torch.rand(k, dtype=ratio.dtype, device=draft.device, generator=generator)
+    bad = (u > ratio).nonzero()
+    if len(bad) == 0:
+        return k, None
+    j = int(bad[0])
+    residual = (p[j] - q[j]).clamp_min(0)
+    residual = residual / residual.sum() if float(residual.sum()) > 0 else p[j]
+    return j, int(torch.multinomial(residual.float(), 1, generator=generator))
+
+
+def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: torch.Generator | None,
+        clock: Clock) -> Iterator[Event]:
+    if not model.block_size or model.info.family == "diffusion-gemma":
+        raise DlmError(f"strategy 's2d2' verifies with the model run at block size 1, which needs a "
+                       f"block-diffusion model (SDAR, Fast-dLLM v2); {model.info.name} is a {model.info.family} "
+                       "model; pick another strategy (e.g. -p speedy)")
+    s = settings
+    model.begin(len(prompt_ids), generator)
+    c = BlockCanvas(model, prompt_ids, s, clock)
+    mask_id = c.mask_id
+    sample = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator, exclude=mask_id)
+    greedy = s.temperature == 0
+    neg_inf = torch.tensor(-torch.inf, dtype=c.wide, device=c.device)
+    nfe = drafted = accepted = verifies = 0
+
+    def dist(logits: torch.Tensor) -> torch.Tensor:
+        """The distribution drafts and corrections come from: never the mask token."""
+        logits = without(logits.double(), mask_id) if mask_id < logits.shape[-1] else logits.double()
+        return torch.softmax(warp(logits, s.temperature, s.top_k, s.top_p) if not greedy else logits, -1)
+
+    yield c.start()
+    blocks = c.blocks()
+    for b, (bs, be) in enumerate(blocks):
+        if bs >= c.end:
+            break
+        while c.masked(bs, be):
+            x = c.x
+            logits = model.logits(x, 0, be, rows=(bs, be))[0]
+            nfe += 1
+            cand = x[0, bs:be] == mask_id
+            x0, prob = propose(logits, **sample)
+            conf = torch.where(cand, prob, neg_inf)
+            first = c.first_mask(bs, be) - bs
+            k = int(torch.cumprod(cand[first:].long(), 0).sum())  # the leftmost masked span
+            if expected_accepted(prob[first : first + k]) >= s.s2d2_min_gain:
+                a0 = bs + first
+                span = x0[first : first + k]
+                draft = x.clone()
+                draft[0, a0 : a0 + k] = span
+                if model.shift:
+                    ar = model.logits(draft, 0, a0 + k, rows=(a0, a0 + k), grid=1)[0]
+                else:  # in place: the predicted position must hold a mask; earlier ones the draft
+                    batch = draft.repeat(k, 1)
+                    for j in range(k):
+                        batch[j, a0 + j :] = mask_id
+                    out = model.logits(batch, 0, a0 + k, rows=(a0, a0 + k), grid=1)
+                    ar = out[torch.arange(k), torch.arange(k)]
+                nfe += 1
+                verifies += 1
+                n, fix = speculative_accept(span, dist(logits[first : first + k]), dist(ar), generator, greedy)
+                drafted += k
+                accepted += n
+                sel = torch.zeros_like(cand)
+                sel[first : first + n + (fix is not None)] = True
+                if fix is not None:
+                    x0 = x0.clone()
+                    x0[first + n] = fix
+            else:
+                sel = threshold_select(conf, cand, s.threshold)
+            yield c.commit(bs, sel, x0, conf, nfe=nfe, block=b)
+    yield c.done(nfe, blocks=len(blocks), cache="none", drafted=drafted, accepted=accepted, verifies=verifies)
+
+
+register_strategy(
+    Strategy(
+        name="s2d2",
+        kind="diffusion",
+        summary="S2D2: block-diffusion drafts verified by the same model run as an AR model (block size 1)",
+        keys=(
+            THRESHOLD,
+            Key("s2d2_min_gain", float, 2.0, "verify the leftmost masked span when its expected accepted length "
+                "Σ_j Π_{i≤j} c_i reaches this (0: always, which is exactly greedy AR decoding)", min=0.0),
+        ),
+        loop="s2d2",
+        conflicts=(no_cache("s2d2", "S2D2 runs its diffusion and verify forwards without a cache"), own_loop("s2d2")),
+    )
+)
