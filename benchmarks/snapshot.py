@@ -105,6 +105,8 @@ def run_one(model: Any, draft: Any, prompt_ids: list[int], profile: str, sets: l
                 return {"error": f"hang: more than {MAX_EVENTS} events"}
     except DlmError as exc:
         return {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001  (a crash is behaviour too: record it)
+        return {"error": f"crash: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]}
     d, done = digest(events)
     return {"tokens": done.tokens, "text": model.tokenizer.decode(done.tokens, skip_special_tokens=True),
             "nfe": done.nfe, "steps": done.steps, "finish": done.finish_reason, "events": d}
@@ -156,7 +158,7 @@ def record(quick: bool = False, only: tuple[str, ...] = (), out_path: Path | Non
                         out[f"{label} | {name} t0.8 | {k}"] = run_one(model, draft, ids, prof,
                                                                      sets + ["temperature=0.8"], n, seed=11)
             print(f"{label}: {len(runs)} profile runs x {len(prompts)} prompts", file=sys.stderr)
-            if out_path is not None:  # after each model: an interrupted run keeps what it did
+            if out_path is not None and not only:  # after each model: an interrupted run keeps what it did
                 out_path.write_text(json.dumps(out, indent=1, sort_keys=True))
     return out
 
@@ -184,6 +186,8 @@ def main() -> int:
     args = ap.parse_args()
     snap = record(args.quick, tuple(x for x in args.only.split(",") if x), args.out)
     if args.out:
+        if args.only and args.out.exists():  # add to a snapshot recorded earlier
+            snap = {**json.loads(args.out.read_text()), **snap}
         args.out.write_text(json.dumps(snap, indent=1, sort_keys=True))
     if args.check:
         old = json.loads(args.check.read_text())

@@ -71,8 +71,8 @@ def _fmt(v: Any) -> str:
 
 
 def list_models(json_out: bool) -> None:
-    from .models import families  # noqa: F401  (registers the families)
-    from .models.loading import EMBEDDED, FAMILIES, embedded_installed
+    from .models.families import FAMILIES
+    from .models.resolve import EMBEDDED, embedded_installed
 
     embedded = [{"name": n, "description": d, "installed": embedded_installed(n)}
                 for n, (sub, d) in EMBEDDED.items()]

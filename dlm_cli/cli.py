@@ -19,7 +19,7 @@ try:  # typer >= 0.20 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on real click
     from click import exceptions as clickx
 
-from .errors import RUNTIME, USAGE, DlmError, UsageError
+from .errors import RUNTIME, USAGE, DlmError, UsageError, silence_stdout
 
 INTERRUPTED = 130
 
@@ -31,15 +31,6 @@ def _fail(message: str, code: int) -> None:
     except (BrokenPipeError, ValueError):
         pass
     raise SystemExit(code)
-
-
-def _silence_stdout() -> None:
-    """After a closed pipe, point stdout at /dev/null so Python's exit-time flush stays quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 class DlmGroup(TyperGroup):
@@ -60,7 +51,7 @@ class DlmGroup(TyperGroup):
         except DlmError as exc:
             _fail(str(exc), exc.exit_code)
         except BrokenPipeError:
-            _silence_stdout()
+            silence_stdout()
             _fail("output pipe closed; stopped", RUNTIME)
         # Without standalone mode, an explicit exit (--help, --version, typer.Exit) comes back as a code.
         if isinstance(code, int) and code:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 USAGE = 2
 RUNTIME = 1
 
@@ -19,3 +22,12 @@ class UsageError(DlmError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, exit_code=USAGE)
+
+
+def silence_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so Python's exit-time flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

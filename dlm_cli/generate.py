@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from rich.console import Console
 
-from .errors import RUNTIME
+from .errors import RUNTIME, silence_stdout
 
 INTERRUPTED = 130
 
@@ -138,9 +138,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
             shown = show(events, canvas, view=view, out=sys.stdout, err_console=err, color_by=req.color_by,
                          transient=stdout_tty and not req.json_out, pace=req.pace, trace=trace)
         except BrokenPipeError:
-            from .cli import _silence_stdout
-
-            _silence_stdout()
+            silence_stdout()
             err.print(f"dlm: output pipe closed; stopped after {len(canvas.final_tokens())} tokens",
                       markup=False, highlight=False)
             return RUNTIME

@@ -301,7 +301,7 @@ def test_dream_weights_in_a_llada_directory_are_detected(llada, tmp_path):
 
 def test_llada_weights_of_another_shape_are_detected_before_reading(llada, monkeypatch):
     set_config(llada, mlp_hidden_size=48)
-    monkeypatch.setattr("dlm_cli.models.loading.read_tensors", lambda *a, **k: pytest.fail("tensors were read"))
+    monkeypatch.setattr("dlm_cli.models.files.read_tensors", lambda *a, **k: pytest.fail("tensors were read"))
     one_line(gen(llada), 1, "has shape (32, 64) but config.json implies (32, 48)")
 
 

@@ -152,7 +152,7 @@ def test_a_model_too_big_for_free_memory_is_refused_before_loading(dream_dir, mo
     assert memory.weight_bytes([dream_dir / "model.safetensors"], torch.bfloat16) == 2 * params
     monkeypatch.setattr(memory, "available_ram", lambda: need // 3)
     read = []
-    monkeypatch.setattr("dlm_cli.models.loading.read_tensors", lambda *a, **k: read.append(1))
+    monkeypatch.setattr("dlm_cli.models.files.read_tensors", lambda *a, **k: read.append(1))
     with pytest.raises(DlmError, match=r"needs about 0\.0 GiB .* in float32 but only 0\.0 GiB of RAM is free; "
                                        r"--dtype bfloat16 halves it"):
         load(str(dream_dir))

@@ -135,7 +135,8 @@ def merge(net: torch.nn.Module, lora: dict[str, torch.Tensor], scale: float, mas
 
 
 def resolve_base(cfg: dict[str, Any], opts: Any, where: str) -> tuple[Path, dict[str, Any]]:
-    from .loading import read_config, resolve_path
+    from .files import read_config
+    from .resolve import resolve_path
 
     base = cfg.get("base_model")
     if not isinstance(base, str) or not base:
@@ -151,7 +152,7 @@ def build_base(base_path: Path, base_cfg: dict[str, Any], kind: str, dtype: torc
                allow_pickle: bool = False) -> torch.nn.Module:
     """The base checkpoint's weights in dlm's block-diffusion stack of ``kind`` layers."""
     from . import block_diffusion, qwen
-    from .loading import load_into, read_tensors, weight_files
+    from .files import load_into, read_tensors, weight_files
 
     from .memory import tensor_shapes
     from .sizes import check_config
@@ -166,7 +167,7 @@ def build_base(base_path: Path, base_cfg: dict[str, Any], kind: str, dtype: torc
 def load_adapter(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Denoiser:
     """Load an adapter directory over its base model (see the module doc)."""
     from . import qwen
-    from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, weight_files
+    from .files import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, weight_files
     from .memory import check_fits
 
     from .block_diffusion import config_block_size

@@ -73,8 +73,7 @@ def is_causal_config(cfg: dict[str, Any]) -> bool:
 def load_causal(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> CausalLM:
     from transformers import AutoModelForCausalLM
 
-    from .loading import (eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers,
-                          weight_files)
+    from .files import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
     from .memory import check_fits, tensor_shapes
     from .sizes import check_config
 

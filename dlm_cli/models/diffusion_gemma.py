@@ -156,7 +156,7 @@ def load_diffusion_gemma(path: Path, cfg: dict[str, Any], opts: Any, name: str) 
     """Load with transformers' own class (no remote code), from safetensors only unless pickle is allowed."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
+    from .files import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
     from .memory import check_fits, tensor_shapes
     from .sizes import check_config
 

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
 from . import adapter, block_diffusion, causal, diffusion_gemma, dream, llada
-from .loading import Family, load_llada, register_family
+from .files import LoadOptions
 from .native import loader
+
+
+@dataclass
+class Family:
+    """How to recognise and load one model family."""
+
+    name: str
+    kind: str  # "diffusion" or "autoregressive"
+    detect: Callable[[dict[str, Any]], bool]
+    load: Callable[[Path, dict[str, Any], LoadOptions, str], Any]
+    example: str = ""
+
+
+FAMILIES: list[Family] = []
+
+
+def register_family(family: Family) -> None:
+    FAMILIES.append(family)
+
 
 register_family(Family("block-diffusion", "diffusion", adapter.is_adapter_config, adapter.load_adapter,
                        example="dlm generate -m smollm2-dlm \"...\" (an AR model + dlm's LoRA delta)"))
-register_family(Family("llada", "diffusion", llada.is_llada_config, load_llada,
+register_family(Family("llada", "diffusion", llada.is_llada_config, loader(llada.spec),
                        example="dlm generate -m GSAI-ML/LLaDA-8B-Instruct \"...\""))
 register_family(Family("dream", "diffusion", dream.is_dream_config, loader(dream.spec),
                        example="dlm generate -m Dream-org/Dream-v0-Instruct-7B \"...\""))

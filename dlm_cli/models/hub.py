@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..errors import DlmError
 
 if TYPE_CHECKING:
-    from .loading import LoadOptions
+    from .files import LoadOptions
 
 # Weights in safetensors, configs and tokenizers. Pickles and code only when the user allows them.
 SAFE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "tokenizer*"]

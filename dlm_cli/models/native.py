@@ -55,8 +55,8 @@ def resolve_mask_id(spec: NativeSpec, tokenizer: Any, vocab_size: int) -> int:
 
 def load_native(path: Path, cfg: dict[str, Any], opts: Any, name: str, spec: NativeSpec) -> Denoiser:
     """Load a natively supported dLLM family described by ``spec``."""
-    from .loading import (build_meta, check_weights, eos_ids, load_into, load_tokenizer, model_info, pick_device,
-                          pick_dtype, published_shapes, read_tensors, weight_files)
+    from .files import (build_meta, check_weights, eos_ids, load_into, load_tokenizer, model_info, pick_device,
+                        pick_dtype, published_shapes, read_tensors, weight_files)
     from .memory import check_fits
     from .sizes import check_config
 

@@ -78,7 +78,7 @@ def repository_code(name: str, run: Callable[[], T]) -> T:
 def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> RemoteDenoiser:
     import transformers
 
-    from .loading import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
+    from .files import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
     from .memory import check_fits
 
     auto_map = cfg.get("auto_map") or {}

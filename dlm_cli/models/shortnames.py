@@ -170,7 +170,7 @@ def _load_gguf(gguf: Path) -> tuple[Any, Any]:
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .loading import quiet_transformers
+    from .files import quiet_transformers
 
     bar = gguf_utils.tqdm
     gguf_utils.tqdm = lambda items, **_: items  # its own tqdm bar, which the CLI's stderr does not want

