@@ -14,6 +14,9 @@ Models: the embedded ``dlm-demo`` (its held-out suite, 2 prompts per task) and `
 each with fixed seeds. Diffusion profiles run with every cache their strategy allows; a sampled run
 (temperature 0.8, fixed seed) is added for a few profiles. Float ties are not an issue: the same
 process, the same threads, the same order of operations.
+
+To compare with an older commit, run this file from a worktree of it
+(``git worktree add /tmp/base REV; cp benchmarks/snapshot.py /tmp/base/benchmarks/``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -163,6 +167,11 @@ def record(quick: bool = False, only: tuple[str, ...] = (), out_path: Path | Non
     return out
 
 
+def _norm(value: Any) -> Any:
+    """Temporary directories differ between runs: not behaviour."""
+    return re.sub(r"/tmp/[\w.-]+/", "<tmp>/", value) if isinstance(value, str) else value
+
+
 def compare(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     diffs = []
     for key in sorted(set(old) | set(new)):
@@ -171,7 +180,7 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             diffs.append(f"{key}: {'missing now' if b is None else 'new'}")
             continue
         for field in ("error", "tokens", "nfe", "steps", "finish", "events"):
-            if a.get(field) != b.get(field):
+            if _norm(a.get(field)) != _norm(b.get(field)):
                 diffs.append(f"{key}: {field} {a.get(field)!r} -> {b.get(field)!r}"[:400])
                 break
     return diffs

@@ -7,11 +7,15 @@ or a closed pipe (``Shown.interrupted``), so the caller can keep what was alread
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Iterator
 
 from ..decode.events import Event
 from .canvas import Canvas
+from .detok import StreamingText
 
 
 @dataclass
@@ -21,21 +25,37 @@ class Shown:
     streamed: str = ""  # text already written to stdout by the plain view
 
 
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for the block; one that arrives meanwhile is delivered after it."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class PlainStream:
     """Writes text to ``out`` as soon as it is final (committed, left of every mask)."""
 
     def __init__(self, canvas: Canvas, out: IO[str]) -> None:
         self.canvas, self.out = canvas, out
         self.written = ""
+        self.stream = StreamingText(canvas.tokenizer)
 
     def update(self) -> None:
-        text = self.canvas.final_text()
+        text = self.stream.text(self.canvas.final_tokens())
         # A trailing replacement char may be half of a multi-byte character: wait for the rest.
         text = text.rstrip("\ufffd")
         if len(text) > len(self.written) and text.startswith(self.written):
-            self.out.write(text[len(self.written):])
-            self.out.flush()
-            self.written = text
+            with interrupts_held():  # a Ctrl-C here must not separate writing a piece from recording it
+                self.out.write(text[len(self.written):])
+                self.out.flush()
+                self.written = text
 
 
 def show(
