@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,45 @@ def test_every_shipped_profile_validates():
     for name, ref in profiles.available().items():
         s = profiles.load(name)
         assert s.strategy and ref.origin == "built-in"
+
+
+@pytest.mark.parametrize("strategy,old,new,value", [
+    ("speculative", "gamma", "draft_length", 7), ("speculative", "adaptive_gamma", "adaptive_draft", False),
+    ("lookup", "num_draft_tokens", "draft_length", 9), ("threshold", "lookup_draft", "draft_length", 5),
+    ("threshold", "lookup_ngram", "ngram_max", 2), ("freedave", "freedave_drafts", "draft_length", 6),
+])
+def test_old_key_names_still_work_with_a_warning_naming_the_new_one(capsys, strategy, old, new, value):
+    s = profiles.build({"strategy": strategy, old: value}, "mine.toml", profile="mine")
+    assert s.values[new] == value and old not in s.values
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"dlm: warning: mine.toml: key {old!r} is now called {new!r}" in err
+    # The run's frozen settings carry only the new name.
+    cfg = s.frozen()
+    assert getattr(cfg, new) == value and not hasattr(cfg, old)
+
+
+def test_frozen_settings_are_typed_complete_and_immutable():
+    import dataclasses
+
+    s = profiles.load("speedy")
+    cfg = s.frozen()
+    assert cfg.strategy == "threshold" and cfg.threshold == 0.9 and cfg.cache == "dual" and cfg.refresh == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.threshold = 0.5
+    names = {f.name for f in dataclasses.fields(cfg)}
+    assert names == {"strategy", *s.values}
+
+
+@pytest.mark.parametrize("sets,why", [
+    (["strategy=credit", "rank=entropy"], "strategy 'credit' cannot be used with rank = 'entropy'"),
+    (["strategy=freedave", "cache=dual"], "strategy 'freedave' cannot be used with cache = 'dual'"),
+    (["strategy=freedave", "cache=none", "temperature=0.5"], "lossless against greedy"),
+    (["strategy=s2d2", "cache=none", "lookup=true"], "runs its own draft-and-verify loop"),
+    (["refresh=2", "cache=none"], "refresh = 2 refreshes a KV cache, but cache = 'none'"),
+    (["strategy=adablock", "adablock_min=9", "adablock_max=8"], "adablock_min = 9 is above adablock_max = 8"),
+])
+def test_conflicts_declared_with_keys_and_strategies_are_refused_in_one_line(sets, why):
+    from dlm_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match=re.escape(why)):
+        profiles.load("speedy", sets=sets)
