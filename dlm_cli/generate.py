@@ -75,6 +75,7 @@ def result_json(done: Any, text: str, settings: Any, model: Any, draft: Any, pro
         "strategy": settings.strategy,
         "model": model.info.name,
         "family": model.info.family,
+        "parameters": model.info.parameters,
         "draft": draft.info.name if draft is not None else None,
         "device": model.info.device,
         "dtype": model.info.dtype,

@@ -49,6 +49,10 @@ def test_json_has_the_promised_fields(tiny_llada):
     assert out["profile"] == "speedy" and out["settings"]["strategy"] == "threshold"
     assert out["settings"]["seed"] == 3 and out["settings"]["max_new_tokens"] == 16
     assert out["tokens_per_nfe"] == pytest.approx(out["generated_tokens"] / out["nfe"])
+    from dlm_cli.models.loading import load
+
+    assert out["parameters"] == sum(p.numel() for p in load(str(tiny_llada)).net.parameters()) > 0
+    assert out["stats"]["blocks"] >= 1 and out["stats"]["cache"] == "dual"  # typed Done fields, as JSON
 
 
 def test_json_reports_the_seed_it_drew_so_the_run_can_be_repeated(tiny_llada):

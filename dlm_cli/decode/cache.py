@@ -36,7 +36,7 @@ class AttentionProbe:
     """
 
     def __init__(self, model: Denoiser, layer: int) -> None:
-        layers = model.net.model.layers
+        layers = model.decoder_layers()
         self.index = layer % len(layers)
         self.attn = layers[self.index].self_attn
         self.rows: tuple[int, int] | None = None  # the block's absolute positions

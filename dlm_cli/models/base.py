@@ -65,10 +65,9 @@ class Denoiser:
     def vocab_size(self) -> int:
         return self.net.lm_head.weight.shape[0]
 
-    @property
-    def exact_prefix_cache(self) -> bool:
-        """Block-causal attention makes a cached prefix exactly what a full forward would compute."""
-        return self.block_size is not None
+    def decoder_layers(self) -> Any:
+        """The network's decoder layers, in order (Elastic-Cache's attention probe hooks one of them)."""
+        return self.net.model.layers
 
     def new_cache(self) -> DenoiserCache:
         return DenoiserCache()
