@@ -146,7 +146,7 @@ def test_elastic_refresh_fires_on_drift_and_never_with_a_tiny_threshold(llada_mo
     (["strategy=adablock", "adablock_min=40", "adablock_max=20"], ["adablock_min = 40", "adablock_max = 20"]),
     (["strategy=threshold", "credit_decay=0.5"], ["unknown key 'credit_decay' for strategy 'threshold'"]),
     (["strategy=prophet", "threshold=0.9"], ["unknown key 'threshold' for strategy 'prophet'"]),
-    (["strategy=s2d2", "cache=prefix"], ["'s2d2' cannot be used with cache = 'prefix'"]),
+    (["strategy=s2d2", "lookup=true"], ["lookup = true", "'s2d2' runs its own draft-and-verify loop"]),
 ])
 def test_impossible_combinations_are_refused_with_one_line(tiny_llada, sets, fragments):
     with pytest.raises(UsageError) as info:
@@ -325,8 +325,8 @@ def greedy_ar(model, ids, n):
     return out[:cut]
 
 
-@pytest.mark.parametrize("which", ["sdar", "fdv2"])
-def test_s2d2_always_verifying_is_exactly_greedy_ar_decoding(sdar_model, block_model, which):
+@pytest.mark.parametrize("which,cache", [("sdar", "none"), ("fdv2", "none"), ("sdar", "prefix"), ("fdv2", "prefix")])
+def test_s2d2_always_verifying_is_exactly_greedy_ar_decoding(sdar_model, block_model, which, cache):
     from dlm_cli.prompting import encode
 
     model = sdar_model if which == "sdar" else block_model
@@ -334,7 +334,8 @@ def test_s2d2_always_verifying_is_exactly_greedy_ar_decoding(sdar_model, block_m
     original = model.net
     model.net = CountingNet(original)
     try:
-        events = decode(model, ids, "s2d2", ["s2d2_min_gain=0", "eotp=false"], max_new_tokens=24, block_length=8)
+        events = decode(model, ids, "s2d2", ["s2d2_min_gain=0", "eotp=false", f"cache={cache}"], max_new_tokens=24,
+                        block_length=8)
         calls = model.net.calls
     finally:
         model.net = original

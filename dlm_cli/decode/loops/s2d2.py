@@ -12,7 +12,15 @@ output is exactly the model's greedy AR decoding.
 
 Families whose logits are next-token aligned (Fast-dLLM v2) verify the span in one causal forward;
 in-place families (SDAR) need the position being predicted to hold a mask, so their verify forward
-is a batch of ``k`` canvases, one per span position (still one NFE). No cache: ``cache = "none"``.
+is a batch of ``k`` canvases, one per span position (still one NFE).
+
+With ``cache = "prefix"`` (or ``"dual"``: the same for block-causal attention) both forwards keep
+exact caches: the diffusion forward the block cache of every block-diffusion strategy (the keys
+and values of finished blocks under block-causal attention), and the verifier, for next-token
+aligned families, its own causal cache of the committed prefix (keys and values under causal
+attention, which differ from the block-causal ones). After a verify, the verifier's cache is cut
+back to the accepted prefix; positions committed by threshold steps are added at the next verify.
+Outputs are identical with and without the caches.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import torch
 from ...errors import DlmError
 from ..canvas import BlockCanvas
 from ..events import Clock, Event
-from ..keys import Key, Strategy, no_cache, own_loop, register_strategy
+from ..cache import Forward
+from ..keys import Key, Strategy, own_loop, register_strategy
 from ..rules.threshold import THRESHOLD, threshold_select
 from ..sampling import propose, warp, without
 
@@ -72,10 +81,13 @@ def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: 
     model.begin(len(prompt_ids), generator)
     c = BlockCanvas(model, prompt_ids, s, clock)
     mask_id = c.mask_id
+    drafter = Forward(model, s, c.length)  # the block cache (or none), and the diffusion NFE
+    verifier = model.new_cache() if s.cache != "none" and model.shift else None
+    verified = 0  # the verifier cache holds causal keys and values for [0, verified)
     sample = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator, exclude=mask_id)
     greedy = s.temperature == 0
     neg_inf = torch.tensor(-torch.inf, dtype=c.wide, device=c.device)
-    nfe = drafted = accepted = verifies = 0
+    drafted = accepted = verifies = 0
 
     def dist(logits: torch.Tensor) -> torch.Tensor:
         """The distribution drafts and corrections come from: never the mask token."""
@@ -87,10 +99,11 @@ def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: 
     for b, (bs, be) in enumerate(blocks):
         if bs >= c.end:
             break
+        first_step = True
         while c.masked(bs, be):
             x = c.x
-            logits = model.logits(x, 0, be, rows=(bs, be))[0]
-            nfe += 1
+            logits = drafter(x, bs, be, first=first_step)[0]
+            first_step = False
             cand = x[0, bs:be] == mask_id
             x0, prob = propose(logits, **sample)
             conf = torch.where(cand, prob, neg_inf)
@@ -101,7 +114,9 @@ def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: 
                 span = x0[first : first + k]
                 draft = x.clone()
                 draft[0, a0 : a0 + k] = span
-                if model.shift:
+                if verifier is not None:
+                    ar = model.logits(draft, verified, a0 + k, cache=verifier, rows=(a0, a0 + k), grid=1)[0]
+                elif model.shift:
                     ar = model.logits(draft, 0, a0 + k, rows=(a0, a0 + k), grid=1)[0]
                 else:  # in place: the predicted position must hold a mask; earlier ones the draft
                     batch = draft.repeat(k, 1)
@@ -109,9 +124,11 @@ def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: 
                         batch[j, a0 + j :] = mask_id
                     out = model.logits(batch, 0, a0 + k, rows=(a0, a0 + k), grid=1)
                     ar = out[torch.arange(k), torch.arange(k)]
-                nfe += 1
                 verifies += 1
                 n, fix = speculative_accept(span, dist(logits[first : first + k]), dist(ar), generator, greedy)
+                if verifier is not None:  # inputs up to the last accepted draft token are final
+                    verified = a0 + n
+                    verifier.truncate(verified)
                 drafted += k
                 accepted += n
                 sel = torch.zeros_like(cand)
@@ -121,8 +138,10 @@ def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: 
                     x0[first + n] = fix
             else:
                 sel = threshold_select(conf, cand, s.threshold)
-            yield c.commit(bs, sel, x0, conf, nfe=nfe, block=b)
-    yield c.done(nfe, blocks=len(blocks), cache="none", drafted=drafted, accepted=accepted, verifies=verifies)
+            yield c.commit(bs, sel, x0, conf, nfe=drafter.nfe + verifies, block=b)
+    drafter.close()
+    yield c.done(drafter.nfe + verifies, blocks=len(blocks), cache=s.cache, drafted=drafted, accepted=accepted,
+                 verifies=verifies)
 
 
 register_strategy(
@@ -136,6 +155,6 @@ register_strategy(
                 "Σ_j Π_{i≤j} c_i reaches this (0: always, which is exactly greedy AR decoding)", min=0.0),
         ),
         loop="s2d2",
-        conflicts=(no_cache("s2d2", "S2D2 runs its diffusion and verify forwards without a cache"), own_loop("s2d2")),
+        conflicts=(own_loop("s2d2"),),
     )
 )
