@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UsageError
+from .errors import INTERRUPTS, UsageError
 
 
 @dataclass
@@ -178,16 +178,27 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
     seed0 = {name: s.seed for name, s in runs}
     seconds = {name: [0.0] * reps for name, _ in runs}
     dones: dict[str, list[Any]] = {name: [] for name, _ in runs}
-    for rep in range(reps):
-        for k, prompt_ids in enumerate(ids):
-            for name, s in runs:
-                s.seed = seed0[name] + k  # same seeds across reps and profiles: comparable samples
-                done = _consume(run(model, prompt_ids, s, draft=draft))
-                seconds[name][rep] += done.seconds
-                if rep == 0:
-                    dones[name].append(done)
-                if progress:
-                    progress()
+    stopped: BaseException | None = None
+    try:
+        for rep in range(reps):
+            for k, prompt_ids in enumerate(ids):
+                for name, s in runs:
+                    s.seed = seed0[name] + k  # same seeds across reps and profiles: comparable samples
+                    done = _consume(run(model, prompt_ids, s, draft=draft))
+                    seconds[name][rep] += done.seconds
+                    if rep == 0:
+                        dones[name].append(done)
+                    if progress:
+                        progress()
+    except INTERRUPTS as exc:  # Ctrl-C or SIGTERM: the rows over the prompts every profile finished
+        stopped, reps = exc, 1
+        m = min(len(d) for d in dones.values())
+        if m == 0:
+            raise
+        prompts = prompts[:m]
+        for name in dones:
+            dones[name] = dones[name][:m]
+            seconds[name] = [sum(d.seconds for d in dones[name])]
     base_name = runs[0][0]
     base_seconds = statistics.mean(seconds[base_name])
     rows = []
@@ -222,7 +233,17 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
         if s.strategy in ("speculative", "lookup") and not drafted:
             row.warnings.append("drafted nothing")
         rows.append(row)
+    if stopped is not None:
+        raise BenchInterrupted(rows, len(prompts), stopped)
     return rows
+
+
+class BenchInterrupted(Exception):
+    """A bench stopped early: the rows over the first ``prompts`` prompts (one rep), and what stopped it."""
+
+    def __init__(self, rows: list[Row], prompts: int, cause: BaseException) -> None:
+        super().__init__(f"interrupted after {prompts} prompts")
+        self.rows, self.prompts, self.cause = rows, prompts, cause
 
 
 def render(rows: list[Row], console: Console, title: str) -> None:
@@ -300,13 +321,21 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
     with Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("runs", total=total)
-        rows = run_bench(model, draft, runs, prompts, req.reps, chat_template=req.chat_template,
-                         progress=lambda: bar.advance(task))
-    title = (f"{model.info.name} · {len(prompts)} prompts × {req.reps} reps · baseline {baseline} · "
-             f"{model.info.device}")
+        stopped = None
+        try:
+            rows = run_bench(model, draft, runs, prompts, req.reps, chat_template=req.chat_template,
+                             progress=lambda: bar.advance(task))
+        except BenchInterrupted as exc:
+            rows, stopped = exc.rows, exc
+    n, reps = (len(prompts), req.reps) if stopped is None else (stopped.prompts, 1)
+    title = (f"{model.info.name} · {n} prompts × {reps} reps · baseline {baseline} · "
+             f"{model.info.device}" + (f" · interrupted: {n} of {len(prompts)} prompts" if stopped else ""))
     if req.json_out:
-        payload = {"model": model.info.name, "device": model.info.device, "prompts": len(prompts),
-                   "reps": req.reps, "baseline": baseline, "rows": [asdict(r) for r in rows]}
+        payload = {"model": model.info.name, "device": model.info.device, "prompts": n,
+                   "reps": reps, "baseline": baseline, "interrupted": stopped is not None,
+                   "rows": [asdict(r) for r in rows]}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
         render(rows, Console(highlight=False), title)
+    if stopped is not None:
+        raise stopped.cause  # the CLI ends it with one line and 130 (143 for SIGTERM)

@@ -21,7 +21,7 @@ def list_profiles(json_out: bool) -> None:
     for name, ref in sorted(profiles.available().items()):
         data = profiles.read(ref)
         rows.append({"name": name, "strategy": data.get("strategy", "?"), "origin": ref.origin,
-                     "description": data.get("description", ""), "path": str(ref.path)})
+                     "description": str(data.get("description", "")), "path": str(ref.path)})
     if json_out:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return

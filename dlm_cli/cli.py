@@ -19,9 +19,8 @@ try:  # typer >= 0.20 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on real click
     from click import exceptions as clickx
 
-from .errors import RUNTIME, USAGE, DlmError, UsageError, silence_stdout
-
-INTERRUPTED = 130
+from .errors import (INTERRUPTED, RUNTIME, USAGE, DlmError, Interrupted, UsageError, handle_interrupts,
+                     interrupt_word, restore_interrupts, silence_stdout)
 
 
 def _fail(message: str, code: int) -> None:
@@ -37,6 +36,13 @@ class DlmGroup(TyperGroup):
     """Turns every error a user can cause into one stderr line and an exit code (2 usage, 1 runtime)."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        old = handle_interrupts()
+        try:
+            return self._main(*args, **kwargs)
+        finally:
+            restore_interrupts(old)
+
+    def _main(self, *args: Any, **kwargs: Any) -> Any:
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except clickx.NoArgsIsHelpError:
@@ -44,6 +50,8 @@ class DlmGroup(TyperGroup):
         except clickx.UsageError as exc:
             cmd = exc.ctx.command_path if exc.ctx is not None else "dlm"
             _fail(f"{exc.format_message()} (see '{cmd} --help')", USAGE)
+        except Interrupted as exc:
+            _fail(interrupt_word(exc), exc.code)
         except (typer.Abort, KeyboardInterrupt):
             _fail("interrupted", INTERRUPTED)
         except clickx.ClickException as exc:
@@ -161,7 +169,7 @@ def generate(
         None, "--view", help="live canvas on stderr, plain streaming text on stdout, or none "
         "[default: live when stderr is a terminal]"),
     color_by: ColorBy = typer.Option(ColorBy.confidence, "--color-by", help="live view colours"),
-    pace: float = typer.Option(0.0, "--pace", min=0.0, help="live view: at least this many seconds per step "
+    pace: float = typer.Option(0.0, "--pace", min=0.0, max=60.0, help="live view: at least this many seconds per step "
                                "(to watch the unmasking; not counted in the stats)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object with the text and the stats"),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="send the prompt as raw text"),
@@ -213,7 +221,7 @@ def bench(
         "[default: the built-in suite: held-out typo/chat/continue/reformat prompts for a real model, "
         "the synthetic tasks for the dlm-demo models]"),
     reps: int = typer.Option(3, "--reps", min=1, help="timed repetitions over all prompts"),
-    per_task: int = typer.Option(4, "--per-task", min=1, help="built-in suite: prompts per task"),
+    per_task: int = typer.Option(4, "--per-task", min=1, max=1000, help="built-in suite: prompts per task"),
     tasks: Optional[str] = typer.Option(
         None, "--tasks", help="built-in suite: comma-separated tasks (typo,chat,continue,reformat; the toy "
         "tasks copy,reverse,sort,add,lookup,pick,story pick dlm-demo). Scores: typo = share of injected typos "

@@ -31,3 +31,57 @@ def silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
+
+
+INTERRUPTED = 130
+TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process ended by `kill` or `timeout`
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT, exit 130) or SIGTERM (exit 143: timeout, systemd, CI), raised by dlm's own handlers.
+
+    Not a KeyboardInterrupt: typer turns that into a silent exit 130, and dlm wants one line saying
+    what it kept. A BaseException, so that no ``except Exception`` swallows it.
+    """
+
+    def __init__(self, code: int = INTERRUPTED) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+INTERRUPTS = (KeyboardInterrupt, Interrupted)
+
+
+def interrupt_code(exc: BaseException | None) -> int:
+    return exc.code if isinstance(exc, Interrupted) else INTERRUPTED
+
+
+def interrupt_word(exc: BaseException | None) -> str:
+    return "terminated (SIGTERM)" if interrupt_code(exc) == TERMINATED else "interrupted"
+
+
+def handle_interrupts() -> dict:
+    """From now on SIGINT and SIGTERM raise :class:`Interrupted` in the main thread; returns the old handlers."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(TERMINATED if signum == signal.SIGTERM else INTERRUPTED)
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # a shell's background job keeps ignoring Ctrl-C
+                old[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):  # not the main thread
+            pass
+    return old
+
+
+def restore_interrupts(old: dict) -> None:
+    import signal
+
+    for sig, handler in old.items():
+        try:
+            signal.signal(sig, handler)
+        except (ValueError, OSError, TypeError):
+            pass

@@ -14,9 +14,8 @@ from typing import Any, Callable, Optional
 
 from rich.console import Console
 
-from .errors import RUNTIME, silence_stdout
+from .errors import RUNTIME, DlmError, UsageError, interrupt_code, interrupt_word, silence_stdout
 
-INTERRUPTED = 130
 
 
 @dataclass
@@ -94,8 +93,29 @@ def fit_length(settings: Any, model: Any, prompt_lengths: list[int]) -> None:
 
 
 def _write(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # /dev/full, a full disk, a vanished mount
+        silence_stdout()
+        raise DlmError(f"cannot write the output to stdout: {exc.strerror or exc}; free some space or send the "
+                       "output elsewhere") from None
+
+
+def open_trace(path: Path, material: Optional[Path]) -> Any:
+    """The ``--trace`` file, opened for writing; refused when it is the input or cannot be written."""
+    if material is not None and path.exists() and path.resolve() == Path(material).resolve():
+        raise UsageError(f"--trace {path} is the input file given with -f; writing the trace there would "
+                         "destroy it, so name another file")
+    if path.is_dir():
+        raise UsageError(f"--trace {path} is a directory; give a file name (e.g. {path / 'trace.jsonl'})")
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write --trace {path}: {exc.strerror or exc}; give a path in a writable "
+                         "directory that exists") from None
 
 
 def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
@@ -118,9 +138,13 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
         draft_spec = req.draft or settings.meta.get("draft")
     if req.allow_different_tokenizers and "allow_different_tokenizers" in settings.values:
         settings.allow_different_tokenizers = True
-    draft = load_model(draft_spec, req.load, err, role="draft") if draft_spec and model.kind != "diffusion" else None
+    from .decode import STRATEGIES, check_fits, run
 
-    from .decode import run
+    check_fits(STRATEGIES[settings.strategy], model)  # before any length check: the profile may not fit at all
+    if req.draft and model.kind == "diffusion":
+        raise UsageError(f"--draft is for speculative decoding of an AR target, but {model.info.name} is a diffusion "
+                         "LLM; drop --draft (dLLM strategies draft from the model itself, e.g. -p s2d2 or -p freedave)")
+    draft = load_model(draft_spec, req.load, err, role="draft") if draft_spec and model.kind != "diffusion" else None
     from .view import show
     from .view.canvas import Canvas
 
@@ -133,7 +157,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     view = req.view or ("live" if err.is_terminal and not req.json_out else "none")
     stdout_tty = sys.stdout.isatty()
     canvas = Canvas(model.tokenizer, model.eos_ids)
-    trace = open(req.trace, "w", encoding="utf-8") if req.trace else None
+    trace = open_trace(Path(req.trace), req.file) if req.trace else None
     try:
         try:
             shown = show(events, canvas, view=view, out=sys.stdout, err_console=err, color_by=req.color_by,
@@ -145,18 +169,34 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
             return RUNTIME
     finally:
         if trace is not None:
-            trace.close()
+            try:
+                trace.close()
+            except OSError:  # its last flush hit a full disk: the warning below says the trace stopped
+                pass
 
+    if shown.trace_error:
+        err.print(shown.trace_error, markup=False, highlight=False)
     done = canvas.done
     if shown.interrupted or done is None:
-        text = canvas.final_text()
-        if not req.json_out:
-            _write(text[len(shown.streamed):] + ("\n" if text else ""))
-        more = len(canvas.committed_tokens()) - len(canvas.final_tokens())
+        from .decode.events import Done
+
+        kept = canvas.final_tokens()
+        text = model.tokenizer.decode(kept, skip_special_tokens=True)
+        if req.json_out:  # the partial result, so a script keeps what was decoded
+            partial = Done(tokens=kept, nfe=canvas.nfe, steps=canvas.step + 1, seconds=0.0, ttft_seconds=None,
+                           finish_reason="interrupted")
+            out = result_json(partial, text, settings, model, draft, len(ids))
+            out.update(seconds=None, tokens_per_second=None)
+            _write(json.dumps(out, ensure_ascii=False) + "\n")
+        else:
+            _write(text[len(shown.streamed):] if text.startswith(shown.streamed) else "\n" + text)
+            _write("\n" if text else "")
+        more = len(canvas.committed_tokens()) - len(kept)
         note = f" ({more} more committed after the first masked slot)" if more > 0 else ""
-        err.print(f"dlm: interrupted: kept {len(canvas.final_tokens())} committed tokens{note}",
-                  markup=False, highlight=False)
-        return INTERRUPTED
+        if view == "live" and not err.is_terminal:
+            err.file.write("\n")  # the last frame of a live view on a pipe does not end its line
+        err.print(f"dlm: {interrupt_word(shown.cause)}: kept {len(kept)} committed tokens{note}", markup=False, highlight=False)
+        return interrupt_code(shown.cause)
 
     text = model.tokenizer.decode(done.tokens, skip_special_tokens=True)
     if req.json_out:

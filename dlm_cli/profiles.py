@@ -66,6 +66,8 @@ def find(name: str) -> ProfileRef:
     """The profile a ``-p`` argument names; raises UsageError with the known names when there is none."""
     if name.endswith(".toml") or os.sep in name or "/" in name:
         path = Path(name).expanduser()
+        if path.is_dir():
+            raise UsageError(f"profile {name} is a directory; give a .toml file in it, or a profile name")
         if not path.is_file():
             raise UsageError(f"profile file {name} does not exist; give an existing .toml file or a profile name")
         return ProfileRef(path.stem, path, "file")

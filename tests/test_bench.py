@@ -44,3 +44,30 @@ def test_bench_bad_prompts_file(tiny_llada, tmp_path):
     bad.write_text('{"prompt": "ok"}\n{"text": "no prompt key"}\n')
     r = runner.invoke(app, ["bench", "-m", str(tiny_llada), "--prompts", str(bad)])
     assert r.exit_code == 2 and f"{bad}:2" in r.stderr and "prompt" in r.stderr
+
+
+def test_ctrl_c_during_bench_prints_the_rows_measured_so_far(tiny_llada, monkeypatch):
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    import dlm_cli.decode as decode
+    from dlm_cli.cli import app
+    from dlm_cli.errors import Interrupted
+
+    real, calls = decode.run, []
+
+    def interrupted_later(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 + 2 * 3 + 1:  # warm-up (2), three prompts for both profiles, then Ctrl-C
+            raise Interrupted()  # what dlm's SIGINT handler raises
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decode, "run", interrupted_later)
+    r = CliRunner().invoke(app, ["bench", "-m", "dlm-demo", "-p", "speedy", "-n", "16", "--per-task", "2", "--json"])
+    assert r.exit_code == 130 and "Traceback" not in r.stderr, (r.exit_code, r.stderr, r.exception)
+    out = _json.loads(r.stdout)
+    assert out["interrupted"] and out["prompts"] == 3 and out["reps"] == 1
+    assert [row["profile"] for row in out["rows"]] == ["baseline", "speedy"]
+    assert all(row["runs"] == 3 for row in out["rows"])
+    assert r.stderr.strip().splitlines()[-1] == "dlm: interrupted", r.stderr

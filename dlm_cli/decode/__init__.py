@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..errors import DlmError
+from ..errors import UsageError
 from . import ar  # noqa: F401  (the autoregressive strategies: ar, speculative, lookup)
 from . import common  # noqa: F401  (registers the shared keys)
 from .events import Clock, Done, Event, Start, Step, timed  # noqa: F401
@@ -47,12 +47,12 @@ def check_fits(strategy: Any, model: Any) -> None:
         fits = sorted(n for n, s in STRATEGIES.items() if s.kind == model.kind)
         hint = ("; for input-guided decoding of a dLLM use -p speedy-lookup (or --set lookup=true)"
                 if strategy.name == "lookup" else "")
-        raise DlmError(
+        raise UsageError(
             f"strategy {strategy.name!r} needs {want}, but {model.info.name} is {have}; "
             f"use a profile whose strategy is one of: {', '.join(fits)}{hint}"
         )
     if strategy.families and model.info.family not in strategy.families:
-        raise DlmError(f"strategy {strategy.name!r} works only with {' or '.join(strategy.families)} models, but "
+        raise UsageError(f"strategy {strategy.name!r} works only with {' or '.join(strategy.families)} models, but "
                        f"{model.info.name} is a {model.info.family} model; pick another strategy (e.g. -p speedy)")
 
 

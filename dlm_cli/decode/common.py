@@ -20,7 +20,8 @@ register_keys(
         Key("top_k", int, 0, "sample only from the k most likely tokens; 0 is off", min=0),
         Key("top_p", float, 1.0, "sample only from the smallest set with this much probability; 1 is off",
             min=0.0, max=1.0, min_open=True),
-        Key("seed", int, None, "random seed; default: a fresh one, reported in --json", min=0, optional=True),
+        Key("seed", int, None, "random seed; default: a fresh one, reported in --json", min=0, max=2**63 - 1,
+            optional=True),
     ],
 )
 

@@ -12,6 +12,7 @@ kind. :func:`frozen` turns validated settings into the frozen dataclass a decode
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable, Mapping
 
@@ -65,6 +66,8 @@ class Key:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"must be {self.allowed()}")
             value = float(value)
+            if not math.isfinite(value):  # nan passes every comparison, and --json cannot carry it
+                raise ValueError(f"is not a finite number; allowed: {self.allowed()}")
         elif t is str:
             if not isinstance(value, str):
                 raise ValueError(f"must be {self.allowed()}")

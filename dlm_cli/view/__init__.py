@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any, Iterable, Iterator
 
 from ..decode.events import Event
+from ..errors import INTERRUPTS
 from .canvas import Canvas
 from .detok import StreamingText
 
@@ -22,6 +23,8 @@ from .detok import StreamingText
 class Shown:
     canvas: Canvas
     interrupted: bool = False
+    trace_error: str | None = None  # why --trace stopped early
+    cause: BaseException | None = None  # the KeyboardInterrupt (or SIGTERM's Terminated) that stopped it
     streamed: str = ""  # text already written to stdout by the plain view
 
 
@@ -83,14 +86,18 @@ def show(
         for event in events:
             canvas.apply(event)
             if trace is not None:
-                trace.write(json.dumps({"event": type(event).__name__, **asdict(event)}) + "\n")
-                trace.flush()
+                try:
+                    trace.write(json.dumps({"event": type(event).__name__, **asdict(event)}) + "\n")
+                    trace.flush()
+                except OSError as exc:  # a full disk: stop tracing, keep generating
+                    shown.trace_error = f"dlm: warning: the trace stopped: {exc.strerror or exc}"
+                    trace = None
             if live is not None:
                 live.update()
             elif plain is not None:
                 plain.update()
-    except KeyboardInterrupt:
-        shown.interrupted = True
+    except INTERRUPTS as exc:
+        shown.interrupted, shown.cause = True, exc
     finally:
         if live is not None:
             live.__exit__(None, None, None)
