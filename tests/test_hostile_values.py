@@ -93,3 +93,13 @@ def test_stdout_on_a_full_device_is_one_line(tiny_llada):
     assert p.returncode == 1 and "Traceback" not in p.stderr and "Exception ignored" not in p.stderr
     assert [line for line in p.stderr.splitlines() if line.startswith("dlm: ")] == [
         next(line for line in p.stderr.splitlines() if "cannot write the output" in line)]
+
+
+def test_a_trace_that_hits_a_full_disk_stops_with_a_warning_and_the_text_still_comes(tiny_llada):
+    import os
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    r = dlm("generate", "-m", str(tiny_llada), "hi", "-n", "8", "--seed", "0", "--trace", "/dev/full")
+    assert r.exit_code == 0 and "Traceback" not in r.stderr
+    assert "dlm: warning: the trace stopped" in r.stderr and r.stdout.strip()
