@@ -11,6 +11,11 @@ import time
 DLM = [sys.executable, "-m", "dlm_cli"]
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it, even when pytest runs as a background job (SIG_IGN)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def env() -> dict[str, str]:
     e = dict(os.environ)
     e.pop("PYTHONWARNINGS", None)
@@ -29,7 +34,7 @@ def test_help_imports_neither_torch_nor_transformers():
 def test_a_closed_pipe_gives_one_line_and_no_traceback(tiny_llada):
     cmd = DLM + ["generate", "-m", str(tiny_llada), "hello", "-n", "200", "-p", "quality", "--view", "plain",
                  "--set", "block_length=1"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), preexec_fn=default_sigint)
     first = p.stdout.read(5)  # like `| head -c 5`
     p.stdout.close()
     err = p.stderr.read().decode()
@@ -43,7 +48,7 @@ def test_ctrl_c_keeps_what_was_committed_and_leaves_no_traceback(tiny_llada, tmp
     trace = tmp_path / "trace.jsonl"
     cmd = DLM + ["generate", "-m", str(tiny_llada), "hello", "-n", "200", "-p", "quality", "--view", "live",
                  "--pace", "0.05", "--set", "block_length=1", "--trace", str(trace)]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until a few steps are committed
         if trace.exists() and trace.read_text().count('"Step"') >= 5:
@@ -59,7 +64,7 @@ def test_ctrl_c_keeps_what_was_committed_and_leaves_no_traceback(tiny_llada, tmp
 
 
 def _start_and_signal(cmd, trace, sig, steps=5):
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until a few steps are committed
         if trace.exists() and trace.read_text().count('"Step"') >= steps:
@@ -99,7 +104,7 @@ def test_ctrl_c_before_decoding_starts_says_so_in_one_line(tmp_path):
     # The embedded demo loads in well under a second here, so interrupt a slower start: a prompt
     # that waits for stdin (no material arrives), then Ctrl-C.
     p = subprocess.Popen(DLM + ["generate", "-m", "dlm-demo", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=env())
+                         stderr=subprocess.PIPE, env=env(), preexec_fn=default_sigint)
     time.sleep(3)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
