@@ -113,6 +113,17 @@ PICKLE_OPT = typer.Option(False, "--allow-pickle", help="allow pickle (.bin) wei
 SET_OPT = typer.Option([], "--set", metavar="KEY=VALUE", help="override a profile key (repeatable)")
 
 
+THREADS_OPT = typer.Option(None, "--threads", min=1, max=1024, help="CPU threads for torch [default: torch's own, "
+                           "usually one per core; on a busy machine, or for tiny models, 1 is often faster]")
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _load_options(device: Device, dtype: DType, device_map: Optional[str], trust_remote_code: bool,
                   allow_pickle: bool) -> Any:
     from .models.loading import LoadOptions
@@ -182,6 +193,7 @@ def generate(
     trace: Optional[Path] = typer.Option(None, "--trace", help="write every decoding event to this JSONL file"),
     allow_different_tokenizers: bool = typer.Option(
         False, "--allow-different-tokenizers", help="let a draft with another tokenizer work by re-encoding text"),
+    threads: Optional[int] = THREADS_OPT,
     device: Device = DEVICE_OPT,
     dtype: DType = DTYPE_OPT,
     device_map: Optional[str] = DEVICE_MAP_OPT,
@@ -191,6 +203,7 @@ def generate(
     """Generate text for a prompt and stream it, with a live view of the decoding on stderr."""
     from .generate import GenerateRequest, run_generate
 
+    _set_threads(threads)
     if json_out and view == View.plain:
         raise UsageError("--view plain streams text to stdout, which --json keeps for the JSON object; "
                          "use --view live or --view none with --json")
@@ -232,6 +245,7 @@ def bench(
     json_out: bool = typer.Option(False, "--json", help="print the rows as JSON"),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="send prompts as raw text"),
     allow_different_tokenizers: bool = typer.Option(False, "--allow-different-tokenizers"),
+    threads: Optional[int] = THREADS_OPT,
     device: Device = DEVICE_OPT,
     dtype: DType = DTYPE_OPT,
     device_map: Optional[str] = DEVICE_MAP_OPT,
@@ -241,6 +255,7 @@ def bench(
     """Compare profiles against the baseline on the same prompts, in one run: NFE, speed, agreement, score."""
     from .bench import BenchRequest, run_bench_command
 
+    _set_threads(threads)
     _quiet_libraries()
     request = BenchRequest(
         model=model, draft=draft, profiles=profiles, prompts=prompts, reps=reps, per_task=per_task,

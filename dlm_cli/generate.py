@@ -77,6 +77,7 @@ def result_json(done: Any, text: str, settings: Any, model: Any, draft: Any, pro
         "parameters": model.info.parameters,
         "draft": draft.info.name if draft is not None else None,
         "device": model.info.device,
+        "threads": __import__("torch").get_num_threads(),
         "dtype": model.info.dtype,
         "settings": settings.as_dict(),
         "stats": done.stats(),

