@@ -21,7 +21,8 @@ def list_profiles(json_out: bool) -> None:
     for name, ref in sorted(profiles.available().items()):
         data = profiles.read(ref)
         rows.append({"name": name, "strategy": data.get("strategy", "?"), "origin": ref.origin,
-                     "description": str(data.get("description", "")), "path": str(ref.path)})
+                     "description": str(data.get("description", "")), "path": str(ref.path),
+                     "default": profiles.DEFAULTS.get(name) if ref.origin == "built-in" else None})
     if json_out:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
@@ -29,7 +30,8 @@ def list_profiles(json_out: bool) -> None:
     for col in ("name", "strategy", "origin", "description"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["strategy"], r["origin"], r["description"])
+        note = f" ({r['default']})" if r["default"] else ""
+        table.add_row(r["name"] + ("*" if r["default"] else ""), r["strategy"], r["origin"], r["description"] + note)
     _out().print(table)
     _out().print(f"user profiles: {profiles.user_dir()}/NAME.toml", style="dim")
 

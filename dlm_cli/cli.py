@@ -157,9 +157,9 @@ def _load_model(spec: Optional[str], opts: Any, err: Any, role: str = "model") -
 
 
 def _default_profile(model: Any, draft: Optional[str]) -> str:
-    if model.kind == "diffusion":
-        return "speedy"
-    return "speculative" if draft else "ar"
+    from .profiles import default_for
+
+    return default_for(model.kind, bool(draft))
 
 
 @app.command()

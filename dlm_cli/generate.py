@@ -162,7 +162,8 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     try:
         try:
             shown = show(events, canvas, view=view, out=sys.stdout, err_console=err, color_by=req.color_by,
-                         transient=stdout_tty and not req.json_out, pace=req.pace, trace=trace)
+                         transient=stdout_tty and not req.json_out, pace=req.pace, trace=trace,
+                         stream=not stdout_tty and not req.json_out)
         except BrokenPipeError:
             silence_stdout()
             err.print(f"dlm: output pipe closed; stopped after {len(canvas.final_tokens())} tokens",

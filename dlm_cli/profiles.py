@@ -31,6 +31,17 @@ META = {
 }
 
 
+# The profile used when -p is not given, by what the model is (and whether a --draft is given).
+DEFAULTS = {"speedy": "default for a dLLM", "ar": "default for an AR model", "speculative": "default for an AR "
+            "model with --draft"}
+
+
+def default_for(kind: str, draft: bool) -> str:
+    if kind == "diffusion":
+        return "speedy"
+    return "speculative" if draft else "ar"
+
+
 @dataclass(frozen=True)
 class ProfileRef:
     name: str

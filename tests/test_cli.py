@@ -211,3 +211,11 @@ def test_unknown_model_lists_every_short_name_and_each_strategy_has_a_profile():
     from dlm_cli.decode.keys import STRATEGIES
 
     assert set(STRATEGIES) - {s.strategy for s in map(profiles.load, profiles.available())} == set()
+
+
+def test_profiles_list_says_which_profile_is_the_default():
+    rows = {r["name"]: r for r in json.loads(dlm("profiles", "list", "--json").stdout)}
+    assert rows["speedy"]["default"] == "default for a dLLM" and rows["ar"]["default"].startswith("default for an AR")
+    assert rows["quality"]["default"] is None
+    table = dlm("profiles", "list").stdout
+    assert "speedy*" in table and "default for a dLLM" in table

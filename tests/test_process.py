@@ -110,3 +110,18 @@ def test_ctrl_c_before_decoding_starts_says_so_in_one_line(tmp_path):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err.decode()
     assert err.decode().strip().splitlines() == ["dlm: interrupted"]
+
+
+def test_a_pipe_gets_the_text_as_it_becomes_final_without_view_plain(tiny_llada, tmp_path):
+    # `dlm generate ... | head -c 5` with the default view: the bytes arrive while decoding goes on,
+    # and the closed pipe stops the generation long before its 200 steps.
+    trace = tmp_path / "trace.jsonl"
+    cmd = DLM + ["generate", "-m", str(tiny_llada), "hello", "-n", "200", "-p", "quality", "--set",
+                 "block_length=1", "--pace", "0.02", "--trace", str(trace)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), preexec_fn=default_sigint)
+    first = p.stdout.read(5)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    code = p.wait(timeout=120)
+    assert len(first) == 5 and code == 1 and "Traceback" not in err and "pipe closed" in err
+    assert trace.read_text().count('"Step"') < 200

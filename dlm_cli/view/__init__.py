@@ -72,10 +72,14 @@ def show(
     transient: bool = True,
     pace: float = 0.0,
     trace: IO[str] | None = None,
+    stream: bool = False,
 ) -> Shown:
-    """Consume ``events`` into ``canvas`` with the ``view`` ("live", "plain" or "none")."""
+    """Consume ``events`` into ``canvas`` with the ``view`` ("live", "plain" or "none").
+
+    ``stream`` also writes the final text to ``out`` as it becomes final, whatever the view (stdout
+    is a pipe: ``| head -c 20`` gets its bytes, and a closed pipe stops the generation, at once)."""
     shown = Shown(canvas)
-    plain = PlainStream(canvas, out) if view == "plain" else None
+    plain = PlainStream(canvas, out) if view == "plain" or stream else None
     live = None
     if view == "live":
         from .live import LiveView
@@ -94,7 +98,7 @@ def show(
                     trace = None
             if live is not None:
                 live.update()
-            elif plain is not None:
+            if plain is not None:
                 plain.update()
     except INTERRUPTS as exc:
         shown.interrupted, shown.cause = True, exc
