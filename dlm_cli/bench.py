@@ -294,7 +294,7 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
         if req.flags.get("max_new_tokens") is None:  # a fixed paragraph is ~100-200 tokens
             req.flags = {**req.flags, "max_new_tokens": REAL_MAX_NEW_TOKENS}
     diffusion = model.kind == "diffusion"
-    names = [n.strip() for n in (req.profiles or ("quality,speedy" if diffusion else "speculative,lookup")).split(",")
+    names = [n.strip() for n in (req.profiles or ("speedy" if diffusion else "speculative,lookup")).split(",")
              if n.strip()]
     baseline = "baseline" if diffusion else "ar"
     runs = [(baseline, prof.load(baseline, flags=req.flags))]
@@ -305,6 +305,10 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
         if STRATEGIES[s.strategy].kind != model.kind:
             raise UsageError(f"profile {n!r} (strategy {s.strategy}) does not fit {model.info.name}, "
                              f"which is {'a diffusion LLM' if diffusion else 'an autoregressive LM'}")
+        if s.frozen() == runs[0][1].frozen():  # e.g. quality is the baseline: one row, not two of one configuration
+            err.print(f"dlm: {n} decodes exactly as the baseline ({baseline}); its row is the baseline's",
+                      markup=False, highlight=False)
+            continue
         runs.append((s.profile if n == s.profile else n, s))
     draft_spec = req.draft or next((s.meta.get("draft") for _, s in runs if s.meta.get("draft")), None)
     draft = load_model(draft_spec, req.load, err, role="draft") if draft_spec and not diffusion else None

@@ -228,7 +228,7 @@ def bench(
     draft: Optional[str] = typer.Option(None, "--draft", help="draft model for speculative profiles"),
     profiles: Optional[str] = typer.Option(
         None, "-p", "--profiles", help="comma-separated profiles to compare with the baseline "
-        "[default: quality,speedy for a dLLM; speculative,lookup for AR]"),
+        "[default: speedy for a dLLM; speculative,lookup for AR; the baseline row always comes first]"),
     prompts: Optional[Path] = typer.Option(
         None, "--prompts", help="JSONL file, one {\"prompt\": ..., \"answer\"?: ..., \"task\"?: ...} per line "
         "[default: the built-in suite: held-out typo/chat/continue/reformat prompts for a real model, "
