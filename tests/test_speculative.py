@@ -349,3 +349,19 @@ def test_causal_family_refuses_pickle_weights_unless_allowed(tmp_path):
         load(str(ckpt))
     model = load(str(ckpt), LoadOptions(allow_pickle=True))
     assert model.kind == "autoregressive" and model.info.family == "causal"
+
+
+def test_previews_never_show_raw_control_tokens(models):
+    from dlm_cli.decode.events import Start
+    from dlm_cli.view.canvas import Canvas
+    from dlm_cli.view.live import render_canvas
+
+    tok = models["target"].tokenizer
+    specials = [i for i in tok.all_special_ids]
+    assert specials
+    c = Canvas(tok, (0,))
+    c.apply(Start("autoregressive", 3, 10))
+    c.apply(Draft(0, 0, [40, *specials, 41]))
+    shown = render_canvas(c).plain
+    assert not any(tok.decode([i]) and tok.decode([i]) in shown for i in specials if tok.decode([i]).strip())
+    assert shown.count("·") == len(specials) and tok.decode([40]) in shown

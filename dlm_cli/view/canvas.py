@@ -32,6 +32,8 @@ class Canvas:
         self.drafted = 0
         self.accepted = 0
         self._pieces: dict[int, str] = {}
+        # Control tokens (<|im_end|>, <|eot_id|>, ...) never reach the text: the views show a dot.
+        self.special = set(getattr(tokenizer, "all_special_ids", None) or ()) | self.eos_ids
 
     # -- events -------------------------------------------------------------------------------
     def apply(self, event: Event) -> None:
@@ -89,6 +91,8 @@ class Canvas:
     def piece(self, token: int) -> str:
         """The text of one token (cached: the live view asks for the same ids every frame)."""
         text = self._pieces.get(token)
+        if text is None and token in self.special:
+            text = self._pieces[token] = "·"
         if text is None:
             text = self.tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
             self._pieces[token] = text
