@@ -169,6 +169,10 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
             err.print(f"dlm: output pipe closed; stopped after {len(canvas.final_tokens())} tokens",
                       markup=False, highlight=False)
             return RUNTIME
+        except OSError as exc:  # streaming to /dev/full, a full disk, a vanished mount
+            silence_stdout()
+            raise DlmError(f"cannot write the output to stdout: {exc.strerror or exc}; free some space or send "
+                           "the output elsewhere") from None
     finally:
         if trace is not None:
             try:
