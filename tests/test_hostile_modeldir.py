@@ -17,7 +17,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from checkpoints import make_dream, make_llama, make_remote, make_hub_symlinked, write_raw_safetensors
+from checkpoints import make_dream, make_hub_symlinked, make_llama, make_remote, write_raw_safetensors
+from test_cli import assert_one_line_error
 from dlm_cli.cli import app
 from dlm_cli.errors import DlmError
 from dlm_cli.models.loading import LoadOptions, load
@@ -39,13 +40,8 @@ def gen(model: Path | str, *extra: str):
 
 
 def one_line(result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dlm: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
+    assert_one_line_error(result, code, *fragments)
+    return result.stderr.strip()
 
 
 def index(path: Path, weight_map: object) -> None:
