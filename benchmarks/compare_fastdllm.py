@@ -65,7 +65,7 @@ def fetch_generate(source: str | None, work: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fastdllm", default=os.environ.get("FASTDLLM_REPO"), help="Fast-dLLM checkout or git dir")
-    ap.add_argument("-m", "--model", default=None, help="LLaDA-layout model directory (default: the demo dLLM)")
+    ap.add_argument("-m", "--model", default="dlm-demo", help="LLaDA-layout model directory (default: the demo dLLM)")
     ap.add_argument("--per-task", type=int, default=3)
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--block-length", type=int, default=32)

@@ -106,7 +106,7 @@ def same_without_cache(settings: Any, runs: list[tuple[str, str, Any]]) -> str |
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-m", "--model", default=None, help="model (default: the embedded demo dLLM)")
+    ap.add_argument("-m", "--model", default="dlm-demo", help="model (default: the embedded demo dLLM)")
     ap.add_argument("-p", "--profiles", default=METHODS, help="comma-separated profiles (quality is the baseline)")
     ap.add_argument("--caches", default="none,dual", help="cache modes to run each profile with")
     ap.add_argument("--per-task", type=int, default=6, help="held-out prompts per task")
