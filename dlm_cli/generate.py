@@ -100,9 +100,14 @@ def _write(text: str) -> None:
     except BrokenPipeError:
         raise
     except OSError as exc:  # /dev/full, a full disk, a vanished mount
-        silence_stdout()
-        raise DlmError(f"cannot write the output to stdout: {exc.strerror or exc}; free some space or send the "
-                       "output elsewhere") from None
+        raise output_failed(exc) from None
+
+
+def output_failed(exc: OSError) -> DlmError:
+    """stdout cannot be written: quiet it for the exit-time flush and say so in one line."""
+    silence_stdout()
+    return DlmError(f"cannot write the output to stdout: {exc.strerror or exc}; free some space or send the "
+                    "output elsewhere")
 
 
 def open_trace(path: Path, material: Optional[Path]) -> Any:
@@ -170,9 +175,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
                       markup=False, highlight=False)
             return RUNTIME
         except OSError as exc:  # streaming to /dev/full, a full disk, a vanished mount
-            silence_stdout()
-            raise DlmError(f"cannot write the output to stdout: {exc.strerror or exc}; free some space or send "
-                           "the output elsewhere") from None
+            raise output_failed(exc) from None
     finally:
         if trace is not None:
             try:
