@@ -41,15 +41,41 @@ class Row:
     generated_tokens: float = 0.0
     tokens_per_nfe: float = 0.0
     tokens_per_second: float = 0.0
-    tokens_per_second_std: float = 0.0
+    tokens_per_second_iqr: tuple[float, float] = (0.0, 0.0)
     seconds: float = 0.0
     ttft_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    decode_tokens_per_second: float = 0.0
     speedup: float = 1.0
+    speedup_iqr: tuple[float, float] = (1.0, 1.0)
+    speedup_plain: float = 1.0
     agreement: float = 1.0
     score: Optional[float] = None
     task_scores: dict[str, float] = field(default_factory=dict)
     acceptance_rate: Optional[float] = None
+    peak_memory_mb: float = 0.0
+    weight_gbps: float = 0.0
+    sweep: dict[str, str] = field(default_factory=dict)
+    baseline: bool = False
     warnings: list[str] = field(default_factory=list)
+
+
+FORMULAS = {
+    "tokens_per_nfe": "generated tokens / NFE, where generated tokens stop before the first end token "
+                      "(no padding, nothing after it) and NFE counts the model's forward passes",
+    "tokens_per_second": "generated tokens / decode seconds over all prompts; the median over reps (IQR)",
+    "speedup": "headline baseline seconds / row seconds over the same prompts (ratio of sums, median over "
+               "reps); the headline baseline is one token per step with EoTP (it stops at the end token) for "
+               "a dLLM, ar for an AR model; ( ) is the IQR of the per-prompt ratios",
+    "speedup_plain": "one-token-per-step baseline without EoTP (it decodes every slot) seconds / row seconds",
+    "agreement": "share of prompts whose generated tokens equal the first baseline's",
+    "prefill_seconds": "mean time to the first committed token (the prompt's forward and the first step)",
+    "decode_tokens_per_second": "(generated tokens - prompts) / (seconds - prefill seconds), summed over prompts",
+    "weight_gbps": "weight bytes x forwards per second (draft forwards at the draft's bytes), as gpt-fast "
+                   "reports it; hold it against the machine's copy bandwidth (2 x bytes / seconds of a 256 MiB "
+                   "copy)",
+    "peak_memory_mb": "CUDA: the allocator's peak; CPU: the process's resident set, sampled at every event",
+}
 
 
 @dataclass
@@ -58,8 +84,8 @@ class BenchRequest:
     draft: Optional[str]
     profiles: Optional[str]
     prompts: Optional[Path]
-    reps: int
-    per_task: int
+    reps: Optional[int]  # None: 1 for a real model, 3 for the toys
+    per_task: Optional[int]
     tasks: Optional[str]
     flags: dict[str, Any]
     sets: list[str]
@@ -67,6 +93,8 @@ class BenchRequest:
     chat_template: bool
     allow_different_tokenizers: bool
     load: Any
+    format: str = "table"
+    calibrate: bool = False
 
 
 def load_prompts(path: Path) -> list[BenchPrompt]:
@@ -108,6 +136,9 @@ def builtin_prompts(per_task: int, tasks: Optional[str]) -> list[BenchPrompt]:
 
 REAL_KINDS = ("typo", "chat", "continue", "reformat")
 REAL_MAX_NEW_TOKENS = 256
+# Defaults sized for about a minute on 2 CPU cores: the real model is slow, the toys are not.
+REAL_PER_TASK, REAL_REPS = 1, 1
+TOY_PER_TASK, TOY_REPS = 4, 3
 
 
 def realtext_prompts(per_task: int, tasks: Optional[str]) -> list[BenchPrompt]:
@@ -159,10 +190,28 @@ def _consume(events: Any) -> Any:
     return done
 
 
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else 0.0
+
+
+def _iqr(xs: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (the values themselves for fewer than four)."""
+    if len(xs) < 4:
+        return (min(xs), max(xs)) if xs else (0.0, 0.0)
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[2]
+
+
 def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list[BenchPrompt], reps: int,
-              *, chat_template: bool = True, progress: Optional[Callable[[], None]] = None) -> list[Row]:
-    """Run every (profile name, settings) pair on every prompt, ``reps`` times; the first pair is the baseline."""
+              *, chat_template: bool = True, progress: Optional[Callable[[], None]] = None,
+              baselines: int = 1, sweeps: Optional[dict[str, dict[str, str]]] = None) -> list[Row]:
+    """Run every (row name, settings) pair on every prompt, ``reps`` times.
+
+    The first ``baselines`` pairs are baselines: agreement is against the first, speedup against the
+    last of them (the headline), ``speedup_plain`` against the first.
+    """
     from .decode import run
+    from .machine import PeakMemory, weight_bytes
     from .prompting import check_length, encode
 
     ids = [encode(model.tokenizer, p.prompt, system=p.system, chat_template=chat_template) for p in prompts]
@@ -176,16 +225,17 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
     for _, s in runs:  # warmup: first-call allocations and lazy init stay out of the timings
         _consume(run(model, ids[0], s, draft=draft))
     seed0 = {name: s.seed for name, s in runs}
-    seconds = {name: [0.0] * reps for name, _ in runs}
+    seconds = {name: [[0.0] * len(ids) for _ in range(reps)] for name, _ in runs}
     dones: dict[str, list[Any]] = {name: [] for name, _ in runs}
+    memory = {name: PeakMemory(model.info.device) for name, _ in runs}
     stopped: BaseException | None = None
     try:
         for rep in range(reps):
             for k, prompt_ids in enumerate(ids):
                 for name, s in runs:
                     s.seed = seed0[name] + k  # same seeds across reps and profiles: comparable samples
-                    done = _consume(run(model, prompt_ids, s, draft=draft))
-                    seconds[name][rep] += done.seconds
+                    done = _consume(memory[name].watch(run(model, prompt_ids, s, draft=draft)))
+                    seconds[name][rep][k] = done.seconds
                     if rep == 0:
                         dones[name].append(done)
                     if progress:
@@ -198,24 +248,39 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
         prompts = prompts[:m]
         for name in dones:
             dones[name] = dones[name][:m]
-            seconds[name] = [sum(d.seconds for d in dones[name])]
-    base_name = runs[0][0]
-    base_seconds = statistics.mean(seconds[base_name])
+            seconds[name] = [[d.seconds for d in dones[name]]]
+    n = len(dones[runs[0][0]])
+    per_prompt = {name: [_median([seconds[name][r][k] for r in range(reps)]) for k in range(n)] for name, _ in runs}
+    totals = {name: [sum(seconds[name][r][:n]) for r in range(reps)] for name, _ in runs}
+    plain, head = runs[0][0], runs[baselines - 1][0]
+    head_total, plain_total = _median(totals[head]), _median(totals[plain])
+    own_bytes = weight_bytes(model)
+    draft_bytes = weight_bytes(draft) if draft is not None else 0
     rows = []
-    for name, s in runs:
+    for idx, (name, s) in enumerate(runs):
         ds = dones[name]
         tok = sum(len(d.tokens) for d in ds)
         nfe = sum(d.nfe for d in ds)
-        rates = [tok / t if t > 0 else 0.0 for t in seconds[name]]
+        draft_nfe = sum(d.draft_nfe or 0 for d in ds)
+        total = _median(totals[name])
+        rates = [tok / t if t > 0 else 0.0 for t in totals[name]]
+        ttft = [d.ttft_seconds or 0.0 for d in ds]
+        decode_s = total - sum(ttft)
         row = Row(profile=name, strategy=s.strategy, runs=len(ds) * reps, nfe=nfe / len(ds),
                   generated_tokens=tok / len(ds), tokens_per_nfe=tok / nfe if nfe else 0.0,
-                  tokens_per_second=statistics.mean(rates),
-                  tokens_per_second_std=statistics.stdev(rates) if len(rates) > 1 else 0.0,
-                  seconds=statistics.mean(seconds[name]),
-                  ttft_seconds=statistics.mean(d.ttft_seconds or 0.0 for d in ds))
-        row.speedup = base_seconds / row.seconds if row.seconds > 0 else 0.0
-        row.agreement = sum(d.tokens == b.tokens for d, b in zip(ds, dones[base_name])) / len(ds)
-        row.draft_nfe = sum(d.draft_nfe or 0 for d in ds) / len(ds)
+                  tokens_per_second=_median(rates), tokens_per_second_iqr=_iqr(rates), seconds=total,
+                  ttft_seconds=statistics.mean(ttft), prefill_seconds=statistics.mean(ttft),
+                  decode_tokens_per_second=max(tok - len(ds), 0) / decode_s if decode_s > 0 else 0.0,
+                  baseline=idx < baselines, sweep=dict((sweeps or {}).get(name, {})))
+        row.speedup = head_total / total if total > 0 else 0.0
+        row.speedup_plain = plain_total / total if total > 0 else 0.0
+        ratios = [b / t for b, t in zip(per_prompt[head], per_prompt[name]) if t > 0]
+        row.speedup_iqr = _iqr(ratios)
+        row.agreement = sum(d.tokens == b.tokens for d, b in zip(ds, dones[plain])) / len(ds)
+        row.draft_nfe = draft_nfe / len(ds)
+        if total > 0:
+            row.weight_gbps = (own_bytes * nfe + draft_bytes * draft_nfe) / total / 1e9
+        row.peak_memory_mb = memory[name].peak / 2**20
         drafted = sum(d.drafted or 0 for d in ds)
         if drafted:
             row.acceptance_rate = sum(d.accepted or 0 for d in ds) / drafted
@@ -228,8 +293,8 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
             flat = [x for v in scores.values() for x in v]
             row.score = sum(flat) / len(flat)
             row.task_scores = {t: sum(v) / len(v) for t, v in scores.items()}
-        if name != base_name and row.speedup < 1.0:
-            row.warnings.append("slower than the baseline")
+        if not row.baseline and row.speedup < 1.0:
+            row.warnings.append(f"slower than the baseline ({head})")
         if s.strategy in ("speculative", "lookup") and not drafted:
             row.warnings.append("drafted nothing")
         rows.append(row)
@@ -246,22 +311,85 @@ class BenchInterrupted(Exception):
         self.rows, self.prompts, self.cause = rows, prompts, cause
 
 
-def render(rows: list[Row], console: Console, title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    for col in ("profile", "strategy", "NFE", "tok/NFE", "tok/s", "speedup", "agree", "score", "note"):
-        table.add_column(col, justify="left" if col in ("profile", "strategy", "note") else "right")
+COLUMNS = ("profile", "strategy", "NFE", "tok/NFE", "tok/s", "speedup", "×plain", "agree", "score", "note")
+MACHINE_COLUMNS = ("profile", "prefill", "decode tok/s", "GB/s", "peak MB")
+
+
+def _columns(diffusion: bool) -> tuple[str, ...]:
+    return COLUMNS if diffusion else tuple(c for c in COLUMNS if c != "×plain")
+
+
+def _short(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def _cells(r: Row, diffusion: bool, *, rate_spread: bool = True) -> list[str]:
+    note = "; ".join(r.warnings)
+    if r.acceptance_rate is not None:
+        drafts = f", draft NFE {r.draft_nfe:.1f}" if r.draft_nfe else ""
+        note = f"accept {r.acceptance_rate:.0%}{drafts}" + (f"; {note}" if note else "")
+    lo, hi = r.speedup_iqr
+    speed = f"{r.speedup:.2f}×" + ("" if r.baseline and abs(lo - 1) < 1e-9 and abs(hi - 1) < 1e-9
+                                   else f" ({_short(lo)}–{_short(hi)})")
+    lo, hi = r.tokens_per_second_iqr
+    rate = f"{r.tokens_per_second:.1f}" + (f" ({lo:.1f}–{hi:.1f})" if rate_spread and hi - lo > 1e-9 else "")
+    score = "" if r.score is None else f"{r.score:.0%}" if r.score in (0, 1) else f"{r.score:.1%}"
+    cells = [r.profile, r.strategy, f"{r.nfe:.1f}", f"{r.tokens_per_nfe:.2f}", rate, speed,
+             f"{r.speedup_plain:.2f}×", f"{r.agreement:.0%}", score, note]
+    return cells if diffusion else cells[:6] + cells[7:]
+
+
+def _machine_cells(r: Row, copy_gbps: Optional[float]) -> list[str]:
+    share = f" ({r.weight_gbps / copy_gbps:.0%})" if copy_gbps else ""
+    return [r.profile, f"{r.prefill_seconds * 1000:.0f} ms", f"{r.decode_tokens_per_second:.1f}",
+            f"{r.weight_gbps:.2f}{share}", f"{r.peak_memory_mb:.0f}"]
+
+
+FOOTNOTE = ("tok/NFE = generated tokens (stopped before the end token, no padding) / forward passes; "
+            "tok/s = generated tokens / decode seconds, median over reps; speedup = headline baseline "
+            "seconds / row seconds on the same prompts (IQR of the per-prompt ratios); the headline baseline "
+            "is {head}{plain}; agree = outputs equal to {first}'s.")
+MACHINE_FOOTNOTE = ("prefill = mean time to the first committed token; decode tok/s = (generated tokens - "
+                    "prompts) / (seconds - prefill); GB/s = weight bytes × forwards per second{copy}; "
+                    "peak MB = {memory}.")
+
+
+def footnote(rows: list[Row], diffusion: bool, copy_gbps: Optional[float], device: str) -> tuple[str, str]:
+    base = [r.profile for r in rows if r.baseline]
+    plain = f"; ×plain = {base[0]} seconds / row seconds" if diffusion else ""
+    copy = f" (in parentheses: of this machine's copy bandwidth, {copy_gbps:.1f} GB/s)" if copy_gbps else ""
+    memory = "the CUDA allocator's peak" if device.startswith("cuda") else "the process's resident set, sampled at each step"
+    return (FOOTNOTE.format(head=base[-1] if base else "", plain=plain, first=base[0] if base else ""),
+            MACHINE_FOOTNOTE.format(copy=copy, memory=memory))
+
+
+def render(rows: list[Row], console: Console, title: str, *, diffusion: bool = True,
+           copy_gbps: Optional[float] = None, device: str = "cpu") -> None:
+    speed_note, machine_note = footnote(rows, diffusion, copy_gbps, device)
+    from rich import box
+
+    table = Table(title=title, title_justify="left", caption=speed_note, caption_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    cols = [c for c in _columns(diffusion) if c != "strategy"]  # the terminal is narrow: --format md has it
+    notes = any(r.warnings or r.acceptance_rate is not None for r in rows)
+    for col in cols if notes else cols[:-1]:
+        table.add_column(col, justify="left" if col in ("profile", "note") else "right",
+                         no_wrap=col not in ("profile", "note"))
     for r in rows:
-        score = "" if r.score is None else f"{r.score:.1%}"
-        note = "; ".join(r.warnings)
-        if r.acceptance_rate is not None:
-            drafts = f", draft NFE {r.draft_nfe:.1f}" if r.draft_nfe else ""
-            note = f"accept {r.acceptance_rate:.0%}{drafts}" + (f"; {note}" if note else "")
-        table.add_row(r.profile, r.strategy, f"{r.nfe:.1f}", f"{r.tokens_per_nfe:.2f}",
-                      f"{r.tokens_per_second:.1f} ± {r.tokens_per_second_std:.1f}", f"{r.speedup:.2f}×",
-                      f"{r.agreement:.0%}", score, note, style="yellow" if r.warnings else None)
+        cells = _cells(r, diffusion, rate_spread=False)  # the speedup's per-prompt IQR is the spread shown
+        cells = [cells[0]] + cells[2:]
+        table.add_row(*(cells if notes else cells[:-1]),
+                      style="yellow" if r.warnings else ("dim" if r.baseline else None))
     console.print(table)
-    tasks = sorted({t for r in rows for t in r.task_scores})
-    if tasks and tasks != ["all"]:
+    machine = Table(title="time and memory", title_justify="left", caption=machine_note, caption_justify="left",
+                    box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in MACHINE_COLUMNS:
+        machine.add_column(col, justify="left" if col == "profile" else "right")
+    for r in rows:
+        machine.add_row(*_machine_cells(r, copy_gbps))
+    console.print(machine)
+    tasks = task_names(rows)
+    if tasks:
         per = Table(title="score by task", title_justify="left")
         per.add_column("profile")
         for t in tasks:
@@ -271,14 +399,99 @@ def render(rows: list[Row], console: Console, title: str) -> None:
         console.print(per)
 
 
-def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> None:
+def task_names(rows: list[Row]) -> list[str]:
+    tasks = sorted({t for r in rows for t in r.task_scores})
+    return tasks if tasks and tasks != ["all"] else []
+
+
+def markdown(rows: list[Row], title: str, *, diffusion: bool, copy_gbps: Optional[float], device: str) -> str:
+    def table(cols: tuple[str, ...], body: list[list[str]]) -> list[str]:
+        out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        return out + ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+
+    speed_note, machine_note = footnote(rows, diffusion, copy_gbps, device)
+    lines = [f"**{title}**", ""] + table(_columns(diffusion), [_cells(r, diffusion) for r in rows])
+    lines += ["", speed_note, ""] + table(MACHINE_COLUMNS, [_machine_cells(r, copy_gbps) for r in rows])
+    lines += ["", machine_note]
+    tasks = task_names(rows)
+    if tasks:
+        lines += [""] + table(("profile", *tasks), [[r.profile] + [f"{r.task_scores[t]:.0%}" if t in r.task_scores
+                                                                    else "" for t in tasks] for r in rows])
+    return "\n".join(lines) + "\n"
+
+
+def flat(r: Row) -> dict[str, Any]:
+    """One row as flat columns (for CSV): the IQRs split, task scores and swept keys prefixed."""
+    d = asdict(r)
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if k in ("tokens_per_second_iqr", "speedup_iqr"):
+            out[k.replace("_iqr", "_q1")], out[k.replace("_iqr", "_q3")] = v
+        elif k == "task_scores":
+            out.update({f"score_{t}": x for t, x in v.items()})
+        elif k == "sweep":
+            out.update({f"set_{t}": x for t, x in v.items()})
+        elif k == "warnings":
+            out[k] = "; ".join(v)
+        else:
+            out[k] = v
+    return out
+
+
+def write_rows(rows: list[Row], fmt: str, payload: dict[str, Any], title: str, *, diffusion: bool,
+               copy_gbps: Optional[float]) -> None:
+    device = payload["device"]
+    if fmt == "json":
+        sys.stdout.write(json.dumps({**payload, "rows": [asdict(r) for r in rows], "formulas": FORMULAS},
+                                    indent=2) + "\n")
+    elif fmt == "jsonl":
+        for r in rows:
+            sys.stdout.write(json.dumps({"model": payload["model"], **asdict(r)}) + "\n")
+    elif fmt == "csv":
+        import csv
+
+        table = [flat(r) for r in rows]
+        names: list[str] = []
+        for t in table:
+            names += [k for k in t if k not in names]
+        w = csv.DictWriter(sys.stdout, fieldnames=names, lineterminator="\n")
+        w.writeheader()
+        w.writerows(table)
+    elif fmt == "md":
+        sys.stdout.write(markdown(rows, title, diffusion=diffusion, copy_gbps=copy_gbps, device=device))
+    else:
+        render(rows, Console(highlight=False), title, diffusion=diffusion, copy_gbps=copy_gbps, device=device)
+
+
+FORMATS = ("table", "md", "csv", "json", "jsonl")
+
+
+@dataclass
+class Plan:
+    """What a bench runs: the rows (baselines first), the model, the draft, the prompts."""
+
+    model: Any
+    draft: Any
+    runs: list[tuple[str, Any]]
+    baselines: int
+    prompts: list[BenchPrompt]
+    sweeps: dict[str, dict[str, str]]
+    chat_template: bool = True
+
+    @property
+    def diffusion(self) -> bool:
+        return self.model.kind == "diffusion"
+
+
+def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], points: Any = None) -> Plan:
+    """Load the model and draft, pick the prompts, build the baselines and every (profile × sweep point) row."""
     from . import profiles as prof
     from .decode.keys import STRATEGIES
-
     from .demo.tasks import TASKS
     from .models.loading import TOY_DEFAULT
+    from .sweep import grid
 
-    err = Console(stderr=True, highlight=False)
+    points = grid(req.sets) if points is None else points  # before loading: a bad --set fails fast
     file_prompts = load_prompts(req.prompts) if req.prompts else None
     asked = [t.strip() for t in req.tasks.split(",")] if req.tasks else []
     spec = req.model
@@ -288,28 +501,41 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
     if file_prompts is not None:
         prompts = file_prompts
     elif is_toy(model):
-        prompts = builtin_prompts(req.per_task, req.tasks)
+        prompts = builtin_prompts(req.per_task or TOY_PER_TASK, req.tasks)
     else:
-        prompts = realtext_prompts(req.per_task, req.tasks)
+        prompts = realtext_prompts(req.per_task or REAL_PER_TASK, req.tasks)
         if req.flags.get("max_new_tokens") is None:  # a fixed paragraph is ~100-200 tokens
             req.flags = {**req.flags, "max_new_tokens": REAL_MAX_NEW_TOKENS}
     diffusion = model.kind == "diffusion"
     names = [n.strip() for n in (req.profiles or ("speedy" if diffusion else "speculative,lookup")).split(",")
              if n.strip()]
-    baseline = "baseline" if diffusion else "ar"
-    runs = [(baseline, prof.load(baseline, flags=req.flags))]
+    if diffusion:  # one token per step, then the same stopping at the end token (the headline)
+        runs = [("baseline", prof.load("baseline", flags=req.flags)),
+                ("baseline+eotp", prof.load("baseline", sets=["eotp=true"], flags=req.flags))]
+    else:
+        runs = [("ar", prof.load("ar", flags=req.flags))]
+    baselines = len(runs)
+    seen = {s.frozen(): name for name, s in runs}
+    sweeps: dict[str, dict[str, str]] = {}
     for n in names:
-        s = prof.load(n, sets=req.sets, flags=req.flags)
-        if req.allow_different_tokenizers and "allow_different_tokenizers" in s.values:
-            s.allow_different_tokenizers = True
-        if STRATEGIES[s.strategy].kind != model.kind:
-            raise UsageError(f"profile {n!r} (strategy {s.strategy}) does not fit {model.info.name}, "
-                             f"which is {'a diffusion LLM' if diffusion else 'an autoregressive LM'}")
-        if s.frozen() == runs[0][1].frozen():  # e.g. quality is the baseline: one row, not two of one configuration
-            err.print(f"dlm: {n} decodes exactly as the baseline ({baseline}); its row is the baseline's",
-                      markup=False, highlight=False)
-            continue
-        runs.append((s.profile if n == s.profile else n, s))
+        for point in points:
+            s = prof.load(n, sets=list(point.sets), flags=req.flags)
+            if req.allow_different_tokenizers and "allow_different_tokenizers" in s.values:
+                s.allow_different_tokenizers = True
+            if STRATEGIES[s.strategy].kind != model.kind:
+                raise UsageError(f"profile {n!r} (strategy {s.strategy}) needs "
+                                 f"{'a diffusion LLM' if model.kind != 'diffusion' else 'an autoregressive model'}"
+                                 f", but {model.info.name} is "
+                                 f"{'a diffusion LLM' if diffusion else 'an autoregressive LM'}; pick another -m or -p")
+            name = (s.profile if n == s.profile else n) + (f" {point.label}" if point.label else "")
+            key = s.frozen()
+            if key in seen:  # e.g. quality is the baseline: one row, not two of one configuration
+                err.print(f"dlm: {name} decodes exactly as {seen[key]}; its row is {seen[key]}'s",
+                          markup=False, highlight=False)
+                continue
+            seen[key] = name
+            runs.append((name, s))
+            sweeps[name] = dict(point.swept)
     draft_spec = req.draft or next((s.meta.get("draft") for _, s in runs if s.meta.get("draft")), None)
     draft = load_model(draft_spec, req.load, err, role="draft") if draft_spec and not diffusion else None
     if draft is None and not diffusion:
@@ -318,28 +544,59 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
             raise UsageError(f"profile {needy[0]!r} drafts with a draft model: pass --draft MODEL, "
                              "or compare -p lookup, which needs none")
         runs = [(n, s) for n, s in runs if s.strategy != "speculative"]  # the default list, without a draft
+    return Plan(model, draft, runs, baselines, prompts, sweeps, req.chat_template)
 
+
+def measure(p: Plan, reps: int, err: Console) -> tuple[list[Row], Optional[BenchInterrupted]]:
+    """Run the plan with a progress bar (one line per tenth when stderr is not a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    total = req.reps * len(prompts) * len(runs)
+    total = reps * len(p.prompts) * len(p.runs)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        bar.advance(task)
+        if not err.is_terminal and (done[0] * 10 // total) > ((done[0] - 1) * 10 // total):
+            err.print(f"dlm: bench: {done[0]}/{total} runs", markup=False, highlight=False)
+
     with Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("runs", total=total)
-        stopped = None
         try:
-            rows = run_bench(model, draft, runs, prompts, req.reps, chat_template=req.chat_template,
-                             progress=lambda: bar.advance(task))
+            rows = run_bench(p.model, p.draft, p.runs, p.prompts, reps, chat_template=p.chat_template,
+                             progress=tick, baselines=p.baselines, sweeps=p.sweeps)
         except BenchInterrupted as exc:
-            rows, stopped = exc.rows, exc
-    n, reps = (len(prompts), req.reps) if stopped is None else (stopped.prompts, 1)
-    title = (f"{model.info.name} · {n} prompts × {reps} reps · baseline {baseline} · "
-             f"{model.info.device}" + (f" · interrupted: {n} of {len(prompts)} prompts" if stopped else ""))
-    if req.json_out:
-        payload = {"model": model.info.name, "device": model.info.device, "prompts": n,
-                   "reps": reps, "baseline": baseline, "interrupted": stopped is not None,
-                   "rows": [asdict(r) for r in rows]}
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
-    else:
-        render(rows, Console(highlight=False), title)
+            return exc.rows, exc
+    return rows, None
+
+
+def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> None:
+    from .machine import copy_bandwidth, weight_bytes
+
+    err = Console(stderr=True, highlight=False)
+    fmt = "json" if req.json_out else req.format
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
+    p = plan(req, err, load_model=load_model)
+    model = p.model
+    gbps, fresh = copy_bandwidth(model.info.device, remeasure=req.calibrate)
+    if fresh or req.calibrate:
+        err.print(f"dlm: this machine copies at {gbps:.1f} GB/s on {model.info.device} (cached for later runs)",
+                  markup=False, highlight=False)
+    reps = req.reps or (TOY_REPS if is_toy(model) else REAL_REPS)
+    rows, stopped = measure(p, reps, err)
+    n, reps = (len(p.prompts), reps) if stopped is None else (stopped.prompts, 1)
+    base = [name for name, _ in p.runs[: p.baselines]]
+    import torch
+
+    title = (f"{model.info.name} · {n} prompts × {reps} reps · baseline {' and '.join(base)} · "
+             f"{model.info.device} · {torch.get_num_threads()} threads"
+             + (f" · interrupted: {n} of {len(p.prompts)} prompts" if stopped else ""))
+    payload = {"model": model.info.name, "device": model.info.device, "threads": torch.get_num_threads(),
+               "prompts": n, "reps": reps, "baselines": base, "headline_baseline": base[-1],
+               "copy_gbps": round(gbps, 2), "weight_bytes": weight_bytes(model),
+               "interrupted": stopped is not None}
+    write_rows(rows, fmt, payload, title, diffusion=p.diffusion, copy_gbps=gbps)
     if stopped is not None:
         raise stopped.cause  # the CLI ends it with one line and 130 (143 for SIGTERM)

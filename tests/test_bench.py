@@ -24,10 +24,12 @@ def test_bench_json_rows(tiny_llada, tmp_path):
     out = json.loads(r.stdout)
     rows = {row["profile"]: row for row in out["rows"]}
     # quality is the baseline's configuration: one row, not two of the same thing
-    assert list(rows) == ["baseline", "speedy"] and out["prompts"] == 2
-    assert "quality decodes exactly as the baseline (baseline)" in r.stderr
+    assert list(rows) == ["baseline", "baseline+eotp", "speedy"] and out["prompts"] == 2
+    assert "quality decodes exactly as baseline; its row is baseline's" in r.stderr
     base, speedy = rows["baseline"], rows["speedy"]
-    assert base["speedup"] == 1.0 and base["agreement"] == 1.0 and base["nfe"] == 32
+    assert base["speedup_plain"] == 1.0 and base["agreement"] == 1.0 and base["nfe"] == 32
+    assert rows["baseline+eotp"]["speedup"] == 1.0 and out["headline_baseline"] == "baseline+eotp"
+    assert base["baseline"] and not speedy["baseline"] and set(out["formulas"]) >= {"speedup", "tokens_per_nfe"}
     assert speedy["nfe"] < base["nfe"] and speedy["tokens_per_nfe"] > 1
     assert base["score"] is not None and set(base["task_scores"]) == {"sort"}
     assert base["runs"] == 4
@@ -60,7 +62,7 @@ def test_ctrl_c_during_bench_prints_the_rows_measured_so_far(tiny_llada, monkeyp
 
     def interrupted_later(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2 + 2 * 3 + 1:  # warm-up (2), three prompts for both profiles, then Ctrl-C
+        if len(calls) == 3 + 3 * 3 + 1:  # warm-up (3), three prompts for the three rows, then Ctrl-C
             raise Interrupted()  # what dlm's SIGINT handler raises
         return real(*args, **kwargs)
 
@@ -69,6 +71,61 @@ def test_ctrl_c_during_bench_prints_the_rows_measured_so_far(tiny_llada, monkeyp
     assert r.exit_code == 130 and "Traceback" not in r.stderr, (r.exit_code, r.stderr, r.exception)
     out = _json.loads(r.stdout)
     assert out["interrupted"] and out["prompts"] == 3 and out["reps"] == 1
-    assert [row["profile"] for row in out["rows"]] == ["baseline", "speedy"]
+    assert [row["profile"] for row in out["rows"]] == ["baseline", "baseline+eotp", "speedy"]
     assert all(row["runs"] == 3 for row in out["rows"])
     assert r.stderr.strip().splitlines()[-1] == "dlm: interrupted", r.stderr
+
+
+def test_eotp_baseline_stops_at_the_end_token_with_the_same_output():
+    """The headline baseline is the one-token-per-step baseline that stops at the end token: fewer NFE, same text."""
+    r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "sort,copy", "--per-task", "2", "-p", "speedy",
+                            "--reps", "1", "-n", "32", "--json"])
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    plain, eotp, speedy = out["rows"]
+    assert (plain["profile"], eotp["profile"]) == ("baseline", "baseline+eotp") and plain["baseline"] and eotp["baseline"]
+    assert plain["nfe"] == 32 and eotp["nfe"] < 16  # the toy answers are about six tokens
+    assert eotp["agreement"] == 1.0 and eotp["generated_tokens"] == plain["generated_tokens"]
+    assert eotp["tokens_per_nfe"] > 2 * plain["tokens_per_nfe"]
+    for row in out["rows"]:
+        assert row["peak_memory_mb"] > 0 and row["weight_gbps"] > 0 and row["prefill_seconds"] > 0
+        lo, hi = row["speedup_iqr"]
+        assert lo <= hi
+
+
+def test_sweep_rows_are_the_product_of_the_listed_values():
+    r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "sort", "--per-task", "1", "-p", "speedy",
+                            "--reps", "1", "-n", "16", "--set", "threshold=0.5,0.9", "--set", "block_length=8,16",
+                            "--format", "jsonl"])
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    names = [row["profile"] for row in rows]
+    assert names == ["baseline", "baseline+eotp", "speedy threshold=0.5 block_length=8",
+                     "speedy threshold=0.5 block_length=16", "speedy threshold=0.9 block_length=8",
+                     "speedy threshold=0.9 block_length=16"]
+    assert rows[3]["sweep"] == {"threshold": "0.5", "block_length": "16"} and rows[0]["sweep"] == {}
+
+
+def test_bench_formats_and_duplicate_rows(tmp_path):
+    base = ["bench", "-m", "dlm-demo", "--tasks", "copy", "--per-task", "1", "--reps", "1", "-n", "16"]
+    r = runner.invoke(app, base + ["-p", "speedy,speedy", "--format", "csv"])
+    assert r.exit_code == 0, r.stderr
+    import csv
+    import io
+
+    table = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [t["profile"] for t in table] == ["baseline", "baseline+eotp", "speedy"]  # speedy once
+    assert "speedy decodes exactly as speedy" in r.stderr
+    assert {"speedup_q1", "speedup_q3", "score_copy", "weight_gbps"} <= set(table[0])
+    md = runner.invoke(app, base + ["-p", "speedy", "--format", "md"])
+    assert md.exit_code == 0 and "| profile | strategy | NFE |" in md.stdout and "headline baseline" in md.stdout
+    bad = runner.invoke(app, base + ["-p", "speedy", "--format", "xml"])
+    assert bad.exit_code == 2 and "--format 'xml' is unknown" in bad.stderr
+
+
+def test_bench_progress_lines_when_stderr_is_not_a_terminal():
+    r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "copy", "--per-task", "2", "--reps", "1",
+                            "-n", "16", "-p", "speedy", "--json"])
+    assert r.exit_code == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("dlm: bench: ")]
+    assert lines[-1] == "dlm: bench: 6/6 runs" and 1 < len(lines) <= 10
