@@ -45,7 +45,7 @@ class Row:
     seconds: float = 0.0
     ttft_seconds: float = 0.0
     prefill_seconds: float = 0.0
-    decode_tokens_per_second: float = 0.0
+    decode_seconds: float = 0.0
     speedup: float = 1.0
     speedup_iqr: tuple[float, float] = (1.0, 1.0)
     speedup_plain: float = 1.0
@@ -70,7 +70,7 @@ FORMULAS = {
     "speedup_plain": "one-token-per-step baseline without EoTP (it decodes every slot) seconds / row seconds",
     "agreement": "share of prompts whose generated tokens equal the first baseline's",
     "prefill_seconds": "mean time to the first committed token (the prompt's forward and the first step)",
-    "decode_tokens_per_second": "(generated tokens - prompts) / (seconds - prefill seconds), summed over prompts",
+    "decode_seconds": "mean seconds per prompt after the first committed token (seconds - prefill seconds)",
     "weight_gbps": "weight bytes x forwards per second (draft forwards at the draft's bytes), as gpt-fast "
                    "reports it; hold it against the machine's copy bandwidth (2 x bytes / seconds of a 256 MiB "
                    "copy)",
@@ -270,7 +270,7 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
                   generated_tokens=tok / len(ds), tokens_per_nfe=tok / nfe if nfe else 0.0,
                   tokens_per_second=_median(rates), tokens_per_second_iqr=_iqr(rates), seconds=total,
                   ttft_seconds=statistics.mean(ttft), prefill_seconds=statistics.mean(ttft),
-                  decode_tokens_per_second=max(tok - len(ds), 0) / decode_s if decode_s > 0 else 0.0,
+                  decode_seconds=max(decode_s, 0.0) / len(ds),
                   baseline=idx < baselines, sweep=dict((sweeps or {}).get(name, {})))
         row.speedup = head_total / total if total > 0 else 0.0
         row.speedup_plain = plain_total / total if total > 0 else 0.0
@@ -312,7 +312,7 @@ class BenchInterrupted(Exception):
 
 
 COLUMNS = ("profile", "strategy", "NFE", "tok/NFE", "tok/s", "speedup", "×plain", "agree", "score", "note")
-MACHINE_COLUMNS = ("profile", "prefill", "decode tok/s", "GB/s", "peak MB")
+MACHINE_COLUMNS = ("profile", "prefill", "decode", "GB/s", "peak MB")
 
 
 def _columns(diffusion: bool) -> tuple[str, ...]:
@@ -341,7 +341,7 @@ def _cells(r: Row, diffusion: bool, *, rate_spread: bool = True) -> list[str]:
 
 def _machine_cells(r: Row, copy_gbps: Optional[float]) -> list[str]:
     share = f" ({r.weight_gbps / copy_gbps:.0%})" if copy_gbps else ""
-    return [r.profile, f"{r.prefill_seconds * 1000:.0f} ms", f"{r.decode_tokens_per_second:.1f}",
+    return [r.profile, f"{r.prefill_seconds * 1000:.0f} ms", f"{r.decode_seconds * 1000:.0f} ms",
             f"{r.weight_gbps:.2f}{share}", f"{r.peak_memory_mb:.0f}"]
 
 
@@ -349,8 +349,8 @@ FOOTNOTE = ("tok/NFE = generated tokens (stopped before the end token, no paddin
             "tok/s = generated tokens / decode seconds, median over reps; speedup = headline baseline "
             "seconds / row seconds on the same prompts (IQR of the per-prompt ratios); the headline baseline "
             "is {head}{plain}; agree = outputs equal to {first}'s.")
-MACHINE_FOOTNOTE = ("prefill = mean time to the first committed token; decode tok/s = (generated tokens - "
-                    "prompts) / (seconds - prefill); GB/s = weight bytes × forwards per second{copy}; "
+MACHINE_FOOTNOTE = ("prefill = mean time to the first committed token (the prompt's forward and the first "
+                    "step); decode = mean time per prompt after it; GB/s = weight bytes × forwards per second{copy}; "
                     "peak MB = {memory}.")
 
 

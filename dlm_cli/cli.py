@@ -288,6 +288,53 @@ def bench(
     run_bench_command(request, load_model=_load_model)
 
 
+@app.command()
+def tune(
+    profile: str = typer.Option(..., "-p", "--profile", help="the profile whose keys are searched"),
+    search: list[str] = typer.Option([], "--search", metavar="KEY=LO:HI:STEP|KEY=A,B,C",
+                                     help="a key and its values (repeatable: their product is searched)"),
+    floor: Optional[float] = typer.Option(None, "--floor", help="the least score (task score, or agreement with "
+                                          "the baseline when prompts have no answers) [default: the headline "
+                                          "baseline's own score]"),
+    write: Optional[str] = typer.Option(None, "--write", help="save the best point as this user profile (or .toml path)"),
+    force: bool = typer.Option(False, "--force", help="replace the profile --write names"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="draw the front: FILE.png, .svg, .pdf or .html"),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL prompts, as for dlm bench"),
+    reps: Optional[int] = typer.Option(None, "--reps", min=1, help="timed repetitions [default: as dlm bench]"),
+    per_task: Optional[int] = typer.Option(None, "--per-task", min=1, max=1000, help="built-in suite: prompts per task"),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="built-in suite: comma-separated tasks"),
+    max_new_tokens: Optional[int] = typer.Option(None, "-n", "--max-new-tokens", help="tokens to generate"),
+    seed: int = typer.Option(0, "--seed", help="seed for every run"),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="fix a key for every searched point"),
+    fmt: str = typer.Option("table", "--format", help="table, md, csv, json or jsonl"),
+    json_out: bool = typer.Option(False, "--json", help="the same as --format json"),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="send prompts as raw text"),
+    threads: Optional[int] = THREADS_OPT,
+    device: Device = DEVICE_OPT,
+    dtype: DType = DTYPE_OPT,
+    device_map: Optional[str] = DEVICE_MAP_OPT,
+    trust_remote_code: bool = REMOTE_OPT,
+    allow_pickle: bool = PICKLE_OPT,
+) -> None:
+    """Search a profile's keys for the fastest settings whose score stays above a floor; print the Pareto front.
+
+    Every point of the grid runs as a `dlm bench` row against the same baselines in one run. Speed is
+    the speedup over the headline baseline (see `dlm bench --help` for the formulas).
+    """
+    from .bench import BenchRequest
+    from .tune import TuneRequest, run_tune_command
+
+    _set_threads(threads)
+    _quiet_libraries()
+    bench_req = BenchRequest(
+        model=model, draft=None, profiles=profile, prompts=prompts, reps=reps, per_task=per_task, tasks=tasks,
+        flags={"max_new_tokens": max_new_tokens, "seed": seed}, sets=list(set_), json_out=json_out,
+        chat_template=not no_chat_template, allow_different_tokenizers=False,
+        load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle), format=fmt)
+    run_tune_command(TuneRequest(bench_req, profile, list(search), floor, write, force, plot), load_model=_load_model)
+
+
 @profiles_app.command("list")
 def profiles_list(json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List the built-in and user profiles with their strategy and description."""
