@@ -212,7 +212,7 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
     """
     from .decode import run
     from .machine import PeakMemory, weight_bytes
-    from .prompting import check_length, encode
+    from .prompting import check_length, check_trained, encode
 
     ids = [encode(model.tokenizer, p.prompt, system=p.system, chat_template=chat_template) for p in prompts]
     from .generate import fit_length
@@ -222,6 +222,8 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
     for i in ids:
         for _, s in runs:
             check_length(len(i), s.max_new_tokens, model.max_length, model.info.name)
+    for _, s in runs:
+        check_trained(model, s.max_new_tokens)
     for _, s in runs:  # warmup: first-call allocations and lazy init stay out of the timings
         _consume(run(model, ids[0], s, draft=draft))
     seed0 = {name: s.seed for name, s in runs}

@@ -128,7 +128,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
                  default_profile: Callable[[Any, Optional[str]], str]) -> int:
     """Run one generation; returns the exit code (0, or 130 after Ctrl-C)."""
     from . import profiles
-    from .prompting import check_length, encode, gather
+    from .prompting import check_length, check_trained, encode, gather
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty(), no_stdin=req.no_stdin)
@@ -158,6 +158,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
                  parse_special=req.parse_special, context=model.max_length)
     fit_length(settings, model, [len(ids)])
     check_length(len(ids), settings.max_new_tokens, model.max_length, model.info.name)
+    check_trained(model, settings.max_new_tokens)
     events = run(model, ids, settings, draft=draft)
 
     view = req.view or ("live" if err.is_terminal and not req.json_out else "none")

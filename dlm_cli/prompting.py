@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Optional
 
 from .errors import UsageError
 
@@ -149,3 +149,27 @@ def check_length(prompt_tokens: int, max_new_tokens: int, context: int, name: st
         fix = f"lower -n to {room} or less" if room > 0 else "shorten the input"
         raise UsageError(f"the prompt is {prompt_tokens} tokens and -n asks for {max_new_tokens} more, but "
                          f"{name}'s context is {context} tokens; {fix}")
+
+
+TRAINED_KEY = "dlm_max_new_tokens"  # a dlm-trained model's config: the longest generation it handles
+
+
+def trained_length(path: str) -> Optional[int]:
+    """The most tokens a dlm-trained model was checked to generate (its config's ``dlm_max_new_tokens``)."""
+    import json
+
+    try:
+        value = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get(TRAINED_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def check_trained(model: Any, max_new_tokens: int) -> None:
+    """Refuse a generation longer than the model's trained range (a toy dLLM's canvas): it would print nothing."""
+    if model.kind != "diffusion":
+        return
+    most = trained_length(model.info.path)
+    if most is not None and max_new_tokens > most:
+        raise UsageError(f"{model.info.name} was trained to fill canvases of up to {most} slots, and with -n "
+                         f"{max_new_tokens} it answers with nothing; use -n {most} or less")

@@ -103,3 +103,18 @@ def test_a_trace_that_hits_a_full_disk_stops_with_a_warning_and_the_text_still_c
     r = dlm("generate", "-m", str(tiny_llada), "hi", "-n", "8", "--seed", "0", "--trace", "/dev/full")
     assert r.exit_code == 0 and "Traceback" not in r.stderr
     assert "dlm: warning: the trace stopped" in r.stderr and r.stdout.strip()
+
+
+def test_n_beyond_the_toy_dllms_trained_canvas_is_refused_with_its_range():
+    from typer.testing import CliRunner
+
+    from dlm_cli.cli import app
+
+    r = CliRunner().invoke(app, ["generate", "-m", "dlm-demo", "Sort these numbers: 4 7 1 9 3", "-n", "65"])
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.strip() == ("dlm: dlm-demo was trained to fill canvases of up to 64 slots, and with -n 65 it "
+                                "answers with nothing; use -n 64 or less")
+    ok = CliRunner().invoke(app, ["generate", "-m", "dlm-demo", "Sort these numbers: 4 7 1 9 3", "-n", "64"])
+    assert ok.exit_code == 0 and ok.stdout.strip() == "1 3 4 7 9"
+    b = CliRunner().invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "sort", "-n", "128"])
+    assert b.exit_code == 2 and "up to 64 slots" in b.stderr

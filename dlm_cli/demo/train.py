@@ -320,6 +320,7 @@ def save_dllm(net: Any, cfg: dict[str, Any], tok: Any, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = {llada.to_llada(k): v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = {**cfg, "dlm_max_new_tokens": GEN_LENGTH}  # dlm refuses longer canvases, which it never saw
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(generation_config(tok), indent=2) + "\n")
     tok.save_pretrained(str(out))
