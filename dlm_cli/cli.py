@@ -113,15 +113,27 @@ PICKLE_OPT = typer.Option(False, "--allow-pickle", help="allow pickle (.bin) wei
 SET_OPT = typer.Option([], "--set", metavar="KEY=VALUE", help="override a profile key (repeatable)")
 
 
-THREADS_OPT = typer.Option(None, "--threads", min=1, max=1024, help="CPU threads for torch [default: torch's own, "
-                           "usually one per core; on a busy machine, or for tiny models, 1 is often faster]")
+THREADS_OPT = typer.Option(None, "--threads", min=1, max=1024, help="CPU threads for torch [default: 1 for models "
+                           "under 20M parameters, else torch's own (one per core); on a busy machine 1 is often faster]")
+TINY_PARAMETERS = 20_000_000  # below this a forward is mostly per-op overhead: more threads only add syncs
+_threads_given = False
 
 
 def _set_threads(threads: Optional[int]) -> None:
+    global _threads_given
+    _threads_given = threads is not None or bool(os.environ.get("OMP_NUM_THREADS"))
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _auto_threads(model: Any) -> None:
+    """One thread for a tiny model on the CPU, unless --threads or OMP_NUM_THREADS said otherwise."""
+    if not _threads_given and model.info.device == "cpu" and model.info.parameters < TINY_PARAMETERS:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def _load_options(device: Device, dtype: DType, device_map: Optional[str], trust_remote_code: bool,
@@ -152,8 +164,12 @@ def _load_model(spec: Optional[str], opts: Any, err: Any, role: str = "model") -
             err.print(note, markup=False, highlight=False)
     if err.is_terminal:
         with err.status(f"loading {role} {label} ...", spinner="dots"):
-            return load(spec, opts, role=role)
-    return load(spec, opts, role=role)
+            model = load(spec, opts, role=role)
+    else:
+        model = load(spec, opts, role=role)
+    if role == "model":
+        _auto_threads(model)
+    return model
 
 
 def _default_profile(model: Any, draft: Optional[str]) -> str:

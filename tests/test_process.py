@@ -125,3 +125,22 @@ def test_a_pipe_gets_the_text_as_it_becomes_final_without_view_plain(tiny_llada,
     code = p.wait(timeout=120)
     assert len(first) == 5 and code == 1 and "Traceback" not in err and "pipe closed" in err
     assert trace.read_text().count('"Step"') < 200
+
+
+def test_a_tiny_model_runs_on_one_thread_unless_told_otherwise():
+    import json
+
+    base = DLM + ["generate", "-m", "dlm-demo", "Sort these numbers: 4 7 1 9 3", "-n", "16", "--json"]
+    e = env()
+    e.pop("OMP_NUM_THREADS", None)
+    e["HF_HUB_OFFLINE"] = "1"
+    e["XDG_CACHE_HOME"] = e["XDG_CONFIG_HOME"] = "/nonexistent-dlm-test"
+
+    def threads(cmd, **extra):
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**e, **extra}, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["threads"]
+
+    assert threads(base) == 1  # 2M parameters: one thread (measured faster, idle or busy)
+    assert threads(base + ["--threads", "2"]) == 2
+    assert threads(base, OMP_NUM_THREADS="2") == 2
