@@ -351,6 +351,38 @@ def tune(
     run_tune_command(TuneRequest(bench_req, profile, list(search), floor, write, force, plot), load_model=_load_model)
 
 
+@app.command()
+def replay(
+    path: Path = typer.Argument(..., help="a trace written by dlm generate --trace FILE"),
+    view: Optional[View] = typer.Option(None, "--view", help="live, plain or none [default: live on a terminal]"),
+    pace: float = typer.Option(0.05, "--pace", min=0.0, help="seconds to hold each step"),
+    color_by: ColorBy = typer.Option(ColorBy.confidence, "--color-by", help="colour slots by confidence or by step"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="no stats line"),
+) -> None:
+    """Replay a recorded generation in the live view (no model needed: the trace carries its tokens' text)."""
+    from .trace import run_replay
+
+    code = run_replay(path, view=view.value if view else None, pace=pace, color_by=color_by.value, quiet=quiet)
+    if code:
+        raise SystemExit(code)
+
+
+trace_app = typer.Typer(cls=DlmGroup, no_args_is_help=True, help="Read trace files written by dlm generate --trace.")
+app.add_typer(trace_app, name="trace")
+
+
+@trace_app.command("html")
+def trace_html(
+    path: Path = typer.Argument(..., help="a trace written by dlm generate --trace FILE"),
+    out: Path = typer.Option(..., "-o", "--output", help="the HTML file to write"),
+) -> None:
+    """Write the decode-order map: the text coloured by commit step, with hovers and a step timeline."""
+    from .trace import run_html
+
+    run_html(path, out)
+    print(f"dlm: wrote {out}", file=sys.stderr)
+
+
 @profiles_app.command("list")
 def profiles_list(json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List the built-in and user profiles with their strategy and description."""

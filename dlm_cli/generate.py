@@ -165,6 +165,23 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     stdout_tty = sys.stdout.isatty()
     canvas = Canvas(model.tokenizer, model.eos_ids)
     trace = open_trace(Path(req.trace), req.file) if req.trace else None
+    recorder = None
+    trace_warning = None
+    if trace is not None:
+        from .trace import Recorder, header, write_line
+
+        recorder = Recorder()
+        events = recorder.wrap(events)
+        try:
+            write_line(trace, header(model, settings, len(ids)))
+        except OSError as exc:  # a full disk: no trace, the generation goes on
+            trace_warning = f"dlm: warning: the trace stopped: {exc.strerror or exc}"
+            try:
+                trace.close()
+            except OSError:
+                pass
+            trace = None
+    shown = None
     try:
         try:
             shown = show(events, canvas, view=view, out=sys.stdout, err_console=err, color_by=req.color_by,
@@ -180,12 +197,15 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     finally:
         if trace is not None:
             try:
+                if recorder is not None and not (shown is not None and shown.trace_error):
+                    kept = canvas.done.tokens if canvas.done is not None else canvas.final_tokens()
+                    write_line(trace, recorder.footer(model.tokenizer, model.tokenizer.decode(kept, skip_special_tokens=True)))
                 trace.close()
             except OSError:  # its last flush hit a full disk: the warning below says the trace stopped
                 pass
 
-    if shown.trace_error:
-        err.print(shown.trace_error, markup=False, highlight=False)
+    if shown.trace_error or trace_warning:
+        err.print(shown.trace_error or trace_warning, markup=False, highlight=False)
     done = canvas.done
     if shown.interrupted or done is None:
         from .decode.events import Done

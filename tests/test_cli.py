@@ -172,7 +172,7 @@ def test_trace_file_holds_every_event(tiny_llada, tmp_path):
     trace = tmp_path / "t.jsonl"
     r = dlm("generate", "-m", str(tiny_llada), "hi", "-n", "16", "-p", "quality", "--trace", str(trace), "--json")
     lines = [json.loads(x) for x in trace.read_text().splitlines()]
-    assert [x["event"] for x in lines[:1] + lines[-1:]] == ["Start", "Done"]
+    assert [x["event"] for x in lines[:2] + lines[-2:]] == ["Trace", "Start", "Done", "Vocab"]
     assert sum(x["event"] == "Step" for x in lines) == json.loads(r.stdout)["nfe"] == 16
 
 
