@@ -383,6 +383,39 @@ def trace_html(
     print(f"dlm: wrote {out}", file=sys.stderr)
 
 
+filter_app = typer.Typer(cls=DlmGroup, no_args_is_help=True, help="Learn2PD's learned unmasking filter.")
+app.add_typer(filter_app, name="filter")
+
+
+@filter_app.command("train")
+def filter_train(
+    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL training prompts ({\"prompt\": ...} per "
+                                           "line) [default: the model's training distribution, never bench's "
+                                           "held-out prompts]"),
+    count: int = typer.Option(100, "--count", min=1, max=100000, help="default prompts to decode"),
+    max_new_tokens: Optional[int] = typer.Option(None, "-n", "--max-new-tokens", help="slots per decode "
+                                                 "[default: 64 for the toys, 256 for a real model]"),
+    epochs: int = typer.Option(4000, "--epochs", min=1, help="full-batch training epochs"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where to write the filter [default: the user cache, "
+                                       "where -p learn2pd finds it]"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = THREADS_OPT,
+    device: Device = DEVICE_OPT,
+    dtype: DType = DTYPE_OPT,
+    trust_remote_code: bool = REMOTE_OPT,
+    allow_pickle: bool = PICKLE_OPT,
+) -> None:
+    """Train Learn2PD's filter on the oracle of the model's own one-token-per-step decodes; use it with -p learn2pd."""
+    from .filter import FilterRequest, run_filter_train
+
+    _set_threads(threads)
+    _quiet_libraries()
+    run_filter_train(FilterRequest(model, prompts, count, max_new_tokens, epochs, out, seed,
+                                   _load_options(device, dtype, None, trust_remote_code, allow_pickle)),
+                     load_model=_load_model)
+
+
 @profiles_app.command("list")
 def profiles_list(json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List the built-in and user profiles with their strategy and description."""

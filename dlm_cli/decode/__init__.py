@@ -20,7 +20,8 @@ from .events import Clock, Done, Event, Start, Step, timed  # noqa: F401
 from .keys import STRATEGIES
 from .loops import ar as ar_loop
 from .loops import blocks, freedave, gemma_native, s2d2
-from .rules import adablock, baseline, credit, edit, entropy, localleap, prophet, threshold  # noqa: F401
+from .rules import adablock, baseline, credit, edit, entropy, learn2pd, localleap, prophet, threshold  # noqa: F401
+from .rules.base import NeedsModel
 
 LOOPS = {"blocks": blocks.run, "freedave": freedave.run, "s2d2": s2d2.run, "gemma-native": gemma_native.run,
          "ar": ar_loop.run}
@@ -65,6 +66,8 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
     generator = make_generator(model.device, cfg.seed)
     if strategy.kind == "diffusion":
         part = strategy.factory(cfg) if strategy.factory is not None else None
+        if isinstance(part, NeedsModel):
+            part.bind(model)
     else:
         part = strategy.factory(model, cfg, draft)
     clock = Clock()

@@ -86,6 +86,13 @@ class AdaptiveBlocks:
         raise NotImplementedError
 
 
+class NeedsModel:
+    """Loads something of the model's before decoding (Learn2PD's filter): :meth:`bind` runs once per run."""
+
+    def bind(self, model: Any) -> None:
+        raise NotImplementedError
+
+
 class Settles:
     """Can tell that the answer is settled (Prophet): every remaining mask is then committed at once."""
 
