@@ -8,12 +8,14 @@ Chromium headless through selenium.
 from __future__ import annotations
 
 import json
+import sys
 import shutil
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -404,3 +406,19 @@ def test_the_page_shows_the_masks_filling_in(served, browser):
         "return [...document.querySelectorAll('#canvas span')].map(s => s.style.color).filter(Boolean)")
     assert len(colours) >= 5  # committed tokens are drawn in their confidence colour
     assert "24 NFE" in browser.find_element(By.ID, "counter").text
+
+
+def test_a_bounded_load_loses_nothing(dllm):
+    """Four clients, 40 requests, a queue of 1: each gets its full greedy answer or a 503 saying the queue is full."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from serve_load import run_load
+
+    s = Running(dllm, profile="speedy", queue_size=1)
+    try:
+        out = run_load(s.url, "dlm-demo", clients=4, requests=40, deadline=60, prompts=[SORT, REVERSE])
+        assert out.wrong == [] and out.errors == []
+        assert out.sent == 40 and out.ok + out.busy == 40 and out.ok > 0
+        st = s.status()
+        assert st["rejected"] == out.busy and st["served"] == out.ok + 4  # + the four expected answers
+    finally:
+        s.stop()
