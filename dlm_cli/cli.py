@@ -269,10 +269,10 @@ def bench(
 
 @app.command()
 def serve(
-    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP + " [default: as dlm generate]"),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP + " (default: as dlm generate)"),
     draft: Optional[str] = typer.Option(None, "--draft", help="draft model for speculative decoding (AR target)"),
     profile: Optional[str] = typer.Option(
-        None, "-p", "--profile", help="default profile (a request may name another) [default: as dlm generate]"),
+        None, "-p", "--profile", help="default profile; a request may name another (default: as dlm generate)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; any but loopback needs --api-key"),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="port to listen on (0: any free one)"),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="DLM_API_KEY", show_envvar=True,

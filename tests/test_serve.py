@@ -422,3 +422,27 @@ def test_a_bounded_load_loses_nothing(dllm):
         assert st["rejected"] == out.busy and st["served"] == out.ok + 4  # + the four expected answers
     finally:
         s.stop()
+
+
+def test_the_command_serves_until_ctrl_c(tmp_path):
+    """The real `dlm serve` process: its start line names the address, it answers, and Ctrl-C ends it with 130."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "dlm_cli", "serve", "-m", "dlm-demo", "--port", "0", "--threads",
+                             "1", "--queue-size", "3"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    try:
+        line = proc.stderr.readline()
+        assert line.startswith("dlm serve: dlm-demo (profile speedy) on http://127.0.0.1:") and "queue 3" in line, line
+        url = line.split(" on ", 1)[1].split("/ ", 1)[0]
+        with urllib.request.urlopen(url + "/v1/models", timeout=30) as r:
+            assert json.load(r)["data"][0]["id"] == "dlm-demo"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        assert proc.stderr.read().strip() == "dlm: interrupted"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

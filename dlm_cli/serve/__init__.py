@@ -104,6 +104,7 @@ def run_serve(req: ServeRequest, *, load_model: Callable[..., Any],
         hosts = sorted({*LOOPBACK_NAMES, req.host.strip("[]")}) if loopback else None
         app = create_app(engine, api_key=req.api_key, hosts=hosts)
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+        sock.listen(2048)  # from here a client waits in the backlog until uvicorn accepts it
         shown = f"[{req.host}]" if ":" in req.host else req.host
         port = sock.getsockname()[1]
         draft_note = f", draft {draft.info.name}" if draft is not None else ""
