@@ -416,6 +416,45 @@ def filter_train(
                      load_model=_load_model)
 
 
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP + " (default: as dlm generate)"),
+    draft: Optional[str] = typer.Option(None, "--draft", help="draft model for speculative decoding (AR target)"),
+    profile: Optional[str] = typer.Option(
+        None, "-p", "--profile", help="default profile; a request may name another (default: as dlm generate)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; any but loopback needs --api-key"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="port to listen on (0: any free one)"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="DLM_API_KEY", show_envvar=True,
+                                          help="require this key as 'Authorization: Bearer KEY'"),
+    queue_size: int = typer.Option(8, "--queue-size", min=1, max=10_000,
+                                   help="requests that may wait while one decodes; one more gets HTTP 503"),
+    allow_different_tokenizers: bool = typer.Option(
+        False, "--allow-different-tokenizers", help="let a draft with another tokenizer work by re-encoding text"),
+    threads: Optional[int] = THREADS_OPT,
+    device: Device = DEVICE_OPT,
+    dtype: DType = DTYPE_OPT,
+    device_map: Optional[str] = DEVICE_MAP_OPT,
+    trust_remote_code: bool = REMOTE_OPT,
+    allow_pickle: bool = PICKLE_OPT,
+) -> None:
+    """Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions,
+    streaming included) and a browser view of the unmasking at /.
+
+    Limits: batch size 1 (one request decodes at a time, the others wait in a queue of --queue-size;
+    a full queue answers 503); one model (and draft) per server. A request may pick a profile and
+    --set keys through extra_body: {"profile": NAME, "set": ["key=value"]}; {"dlm_steps": true} adds
+    every decoding step to the stream as 'event: dlm_step'.
+    """
+    from .serve import ServeRequest, run_serve
+
+    _set_threads(threads)
+    _quiet_libraries()
+    request = ServeRequest(model=model, draft=draft, profile=profile, host=host, port=port, api_key=api_key,
+                           queue_size=queue_size, allow_different_tokenizers=allow_different_tokenizers,
+                           load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle))
+    run_serve(request, load_model=_load_model, default_profile=_default_profile)
+
+
 @profiles_app.command("list")
 def profiles_list(json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List the built-in and user profiles with their strategy and description."""

@@ -63,23 +63,31 @@ def encode_plain(tokenizer: Any, text: str, *, add_special_tokens: bool, parse_s
     return list(tokenizer.encode(text, add_special_tokens=add_special_tokens, split_special_tokens=True))
 
 
-def _messages(contents: list[str], system: bool) -> list[dict[str, str]]:
-    roles = (["system"] if system else []) + ["user"]
+def _messages(contents: list[str], system: bool | tuple[str, ...]) -> list[dict[str, str]]:
+    """The messages of ``contents``: a system message (``system``) and the user's, or the given roles."""
+    roles = system if isinstance(system, tuple) else (["system"] if system else []) + ["user"]
     return [{"role": r, "content": c} for r, c in zip(roles, contents)]
 
 
 def encode_chat(tokenizer: Any, text: str, system: str | None, *, parse_special: bool = False) -> list[int]:
     """The chat prompt's ids, control tokens only from the template's markup (see the module doc)."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    return encode_messages(tokenizer, messages, parse_special=parse_special)
+
+
+def encode_messages(tokenizer: Any, messages: list[dict[str, str]], *, parse_special: bool = False) -> list[int]:
+    """A whole conversation's ids (``dlm serve``'s chat requests), as :func:`encode_chat` makes them."""
     from .templating import render
 
-    contents = ([system] if system else []) + [text]
-    rendered = render(tokenizer, _messages(contents, bool(system)))
+    contents = [m["content"] for m in messages]
+    roles = tuple(m["role"] for m in messages)
+    rendered = render(tokenizer, _messages(contents, roles))
     pattern = special_pattern(tokenizer)
     if parse_special or pattern is None or not any(pattern.search(c) for c in contents):
         return list(tokenizer.encode(rendered, add_special_tokens=False))
-    spans = content_spans(tokenizer, contents, bool(system), rendered)
+    spans = content_spans(tokenizer, contents, roles, rendered)
     if spans is None:
-        skeleton = render(tokenizer, _messages([SENTINEL.format(i) for i in range(len(contents))], bool(system)))
+        skeleton = render(tokenizer, _messages([SENTINEL.format(i) for i in range(len(contents))], roles))
         if len(pattern.findall(rendered)) == len(pattern.findall(skeleton)):
             return list(tokenizer.encode(rendered, add_special_tokens=False))  # the template dropped them
         found = next(m.group() for c in contents for m in [pattern.search(c)] if m)
@@ -89,7 +97,7 @@ def encode_chat(tokenizer: Any, text: str, system: str | None, *, parse_special:
     return encode_marked(tokenizer, rendered, spans)
 
 
-def content_spans(tokenizer: Any, contents: list[str], system: bool, rendered: str) -> list[tuple[int, int]] | None:
+def content_spans(tokenizer: Any, contents: list[str], system: bool | tuple[str, ...], rendered: str) -> list[tuple[int, int]] | None:
     """Where each content lies in ``rendered`` (as the template transformed it); None when that cannot be told."""
     from .templating import render
 

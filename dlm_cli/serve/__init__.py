@@ -1,0 +1,116 @@
+"""``dlm serve``: an OpenAI-compatible HTTP server over the decoder's event stream, and a browser view of it.
+
+:mod:`.engine` decodes (one worker thread, a bounded queue), :mod:`.schema` maps OpenAI's
+request and response shapes, :mod:`.app` holds the Starlette routes and ``page.html`` the view.
+This module only checks the command's options, binds the port, loads the model and runs uvicorn.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from rich.console import Console
+
+from ..errors import DlmError, UsageError
+
+
+@dataclass
+class ServeRequest:
+    model: Optional[str]
+    draft: Optional[str]
+    profile: Optional[str]
+    host: str
+    port: int
+    api_key: Optional[str]
+    queue_size: int
+    load: Any
+    allow_different_tokenizers: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_access(host: str, api_key: Optional[str]) -> None:
+    """Only loopback may go without an API key."""
+    if api_key is not None and not api_key.strip():
+        raise UsageError("--api-key is empty; give a key (clients send it as 'Authorization: Bearer KEY'), or "
+                         "drop --api-key on a loopback --host")
+    if not is_loopback(host) and api_key is None:
+        raise UsageError(f"--host {host} is not a loopback address, so anyone who reaches it could use the model; "
+                         "pass --api-key KEY (or set DLM_API_KEY), which clients then send as a bearer token")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads so a taken port fails at once."""
+    try:
+        family = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host} cannot be resolved ({exc.strerror}); give an IP address or a known "
+                         "host name") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        hint = "pick another --port, or stop what listens there" if exc.errno in (98, 48) else \
+            "pick another --host or --port"
+        raise DlmError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}") from None
+    return sock
+
+
+def run_serve(req: ServeRequest, *, load_model: Callable[..., Any],
+              default_profile: Callable[[Any, Optional[str]], str]) -> None:
+    try:
+        import uvicorn
+
+        from .app import LOOPBACK_NAMES, create_app
+    except ImportError as exc:
+        raise DlmError(f"dlm serve needs the 'serve' extra ({exc.name} is missing): pip install 'dlm-cli[serve]'") \
+            from None
+    from .. import profiles
+    from ..decode import STRATEGIES, check_fits
+    from .engine import Engine
+
+    check_access(req.host, req.api_key)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    settings = profiles.load(req.profile) if req.profile is not None else None
+    sock = bind(req.host, req.port)
+    try:
+        model_spec = req.model or (settings.meta.get("model") if settings else None)
+        model = load_model(model_spec, req.load, err)
+        draft_spec = req.draft or (settings.meta.get("draft") if settings else None)
+        if req.draft and model.kind == "diffusion":
+            raise UsageError(f"--draft is for speculative decoding of an AR target, but {model.info.name} is a "
+                             "diffusion LLM; drop --draft")
+        profile = req.profile or default_profile(model, draft_spec)
+        settings = profiles.load(profile)
+        check_fits(STRATEGIES[settings.strategy], model)
+        draft_spec = draft_spec or settings.meta.get("draft")
+        draft = load_model(draft_spec, req.load, err, role="draft") if draft_spec and model.kind != "diffusion" \
+            else None
+        engine = Engine(model, draft, profile=profile, queue_size=req.queue_size, model_spec=model_spec,
+                        allow_different_tokenizers=req.allow_different_tokenizers)
+        loopback = is_loopback(req.host)
+        hosts = sorted({*LOOPBACK_NAMES, req.host.strip("[]")}) if loopback else None
+        app = create_app(engine, api_key=req.api_key, hosts=hosts)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+        sock.listen(2048)  # from here a client waits in the backlog until uvicorn accepts it
+        shown = f"[{req.host}]" if ":" in req.host else req.host
+        port = sock.getsockname()[1]
+        draft_note = f", draft {draft.info.name}" if draft is not None else ""
+        err.print(f"dlm serve: {model.info.name} (profile {profile}{draft_note}) on http://{shown}:{port}/ "
+                  f"(the browser view; OpenAI API under /v1) · batch size 1, queue {req.queue_size}"
+                  f"{' · API key required' if req.api_key else ''} · Ctrl-C stops", markup=False)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
