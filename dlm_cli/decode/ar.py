@@ -6,7 +6,7 @@ import weakref
 from typing import Any
 
 from ..errors import DlmError, UsageError
-from .drafts import LookupDraft, ModelDraft, NoDraft, TextDraft
+from .drafts import DiffusionDraft, LookupDraft, ModelDraft, NoDraft, TextDraft
 from .keys import Key, Strategy, at_most, register_strategy
 
 
@@ -55,6 +55,19 @@ def speculative(model: Any, settings: Any, draft: Any) -> Any:
                    "pick a draft that shares the target's tokenizer")
 
 
+def diffuspec(model: Any, settings: Any, draft: Any) -> DiffusionDraft:
+    if draft is None:
+        raise UsageError("the diffuspec strategy drafts with a diffusion LLM: pass --draft DLLM with the target's "
+                         "tokenizer (e.g. -m smollm2 --draft smollm2-dlm, or -m dlm-demo-ar --draft dlm-demo)")
+    if getattr(draft, "kind", None) != "diffusion":
+        raise UsageError(f"diffuspec drafts with a diffusion LLM, but {draft.info.name} is autoregressive; use "
+                         "-p speculative for an AR draft")
+    if not same_tokenizer(model.tokenizer, draft.tokenizer):
+        raise DlmError(f"the drafter {draft.info.name} has a different tokenizer from {model.info.name}; DiffuSpec "
+                       "needs the target's tokenizer")
+    return DiffusionDraft(draft, settings, width(model), tuple(model.eos_ids))
+
+
 def lookup(model: Any, settings: Any, draft: Any) -> LookupDraft:
     return LookupDraft(settings)
 
@@ -92,3 +105,21 @@ register_strategy(Strategy(
             "resume the draft after the token it replaced (Aggressive Decoding)"),
     ),
     factory=lookup, loop="ar", conflicts=(at_most("ngram_min", "ngram_max"),)))
+
+register_strategy(Strategy(
+    "diffuspec", "autoregressive",
+    "DiffuSpec: a dLLM with the target's tokenizer drafts a span in one forward, a causal-consistency path "
+    "search over its top-k lattice picks the draft, the AR target verifies it (greedy: identical to ar)",
+    keys=(
+        Key("draft_length", int, 30, "the longest span drafted (k_max, also the first span)", min=1, max=256),
+        Key("draft_min", int, 20, "the shortest span the adaptive draft length sets (k_min)", min=1, max=256),
+        Key("draft_step", int, 10, "the adaptive length's step δ when acceptance keeps up", min=0, max=256),
+        Key("cps_mass", float, 0.8, "a position's candidates: its top tokens until their mass reaches this",
+            min=0.0, max=1.0, min_open=True),
+        Key("cps_candidates", int, 15, "at most this many candidates per position (the end token added)",
+            min=1, max=256),
+        Key("cps_beam", int, 3, "beam width of the path search", min=1, max=64),
+        Key("cps_lambda", float, 0.5, "weight of the drafter's log-probability against the n-gram proxy's",
+            min=0.0, max=1.0),
+    ),
+    factory=diffuspec, loop="ar", conflicts=(at_most("draft_min", "draft_length"),)))

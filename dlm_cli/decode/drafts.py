@@ -221,3 +221,170 @@ class LookupDraft(NoDraft):
 
     def stats(self) -> dict[str, Any]:
         return {"lookup_hits": self.hits, "lookup_misses": self.misses}
+
+
+class ContextNGram:
+    """The causal proxy of DiffuSpec's path search: an interpolated 3-gram model of the context so far.
+
+    DiffuSpec fits a KenLM 3-gram on each dataset's training split; dlm has no such corpus at run
+    time, so the proxy is fitted on the prompt and the output, and grows with them:
+    ``p(w | a, b) = 0.6·c(abw)/c(ab) + 0.3·c(bw)/c(b) + 0.1·(c(w) + 1)/(N + V)``, with the weight
+    of an unseen context given to the lower orders.
+    """
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+        self.uni: dict[int, int] = {}
+        self.bi: dict[tuple[int, int], int] = {}
+        self.tri: dict[tuple[int, int, int], int] = {}
+        self.ctx1: dict[int, int] = {}
+        self.ctx2: dict[tuple[int, int], int] = {}
+        self.seen = 0
+
+    def grow(self, seq: list[int]) -> None:
+        for j in range(self.seen, len(seq)):
+            w = seq[j]
+            self.uni[w] = self.uni.get(w, 0) + 1
+            if j >= 1:
+                self.bi[(seq[j - 1], w)] = self.bi.get((seq[j - 1], w), 0) + 1
+                self.ctx1[seq[j - 1]] = self.ctx1.get(seq[j - 1], 0) + 1
+            if j >= 2:
+                key = (seq[j - 2], seq[j - 1])
+                self.tri[(*key, w)] = self.tri.get((*key, w), 0) + 1
+                self.ctx2[key] = self.ctx2.get(key, 0) + 1
+        self.seen = len(seq)
+
+    def logp(self, a: int | None, b: int | None, w: int) -> float:
+        import math
+
+        uni = (self.uni.get(w, 0) + 1) / (self.seen + self.vocab)
+        parts, weights = [], []
+        if a is not None and b is not None and self.ctx2.get((a, b)):
+            parts.append(self.tri.get((a, b, w), 0) / self.ctx2[(a, b)])
+            weights.append(0.6)
+        if b is not None and self.ctx1.get(b):
+            parts.append(self.bi.get((b, w), 0) / self.ctx1[b])
+            weights.append(0.3)
+        rest = 1.0 - sum(weights)
+        return math.log(sum(p * x for p, x in zip(weights, parts)) + rest * uni)
+
+
+class DiffusionDraft(NoDraft):
+    """DiffuSpec (Li et al., 2025): a dLLM with the target's tokenizer drafts a span in one forward.
+
+    Each round appends ``k`` masks to the committed sequence and runs one dLLM forward (the token
+    lattice ``q_i``). The causal-consistency path search keeps, per position, the smallest set of
+    top tokens whose probability mass reaches ``cps_mass`` (at most ``cps_candidates``, the end token
+    always added), stops the lattice after the first position whose own set holds an end token,
+    and beam-searches it (width ``cps_beam``) left to right by ``λ·log q_i + (1 − λ)·log p_ng``,
+    ``λ = cps_lambda``, with the n-gram proxy :class:`ContextNGram`. The best path is the draft;
+    the target verifies it as any proposal without draft probabilities (greedy: its own greedy
+    output; sampling: exact, one-hot ``q``). The next span length is set by DiffuSpec's adaptive
+    draft length: EMAs (ρ = 0.5) of the generated length (before the first end token) and of the
+    accepted length, ``k ← clip(⌊L̄gen⌋ + δ·[L̄acc ≥ L̄gen], draft_min, draft_length)``, starting at
+    ``draft_length``. A block-diffusion drafter keeps an exact prefix KV cache of the committed text.
+    """
+
+    name = "diffusion"
+
+    def __init__(self, drafter: Any, settings: Any, width: int, stop: tuple[int, ...]) -> None:
+        super().__init__()
+        self.model, self.settings, self.width = drafter, settings, width
+        self.stop = tuple(stop)
+        self.k = settings.draft_length
+        self.gen_ema = self.acc_ema = float(settings.draft_length)
+        self.cache: Any = None
+        self.valid = 0  # drafter cache positions [0, valid) hold final tokens
+        self.proxy = ContextNGram(width)
+        self.lengths: list[int] = []
+        self.last_gen = 0
+
+    def begin(self, seq: list[int], generator: torch.Generator | None) -> None:
+        s = self.settings
+        self.k, self.gen_ema, self.acc_ema = s.draft_length, float(s.draft_length), float(s.draft_length)
+        self.model.begin(len(seq), generator)
+        self.cache = self.model.new_cache() if self.model.block_size is not None else None
+        self.valid = 0
+        self.proxy = ContextNGram(self.width)
+        self.proxy.grow(seq)
+
+    def lattice(self, seq: list[int], k: int) -> torch.Tensor:
+        """One drafter forward over ``seq`` + ``k`` masks: the probabilities at the masks, ``[k, V]``."""
+        m = self.model
+        n = len(seq)
+        x = torch.full((1, n + k), m.mask_id, dtype=torch.long, device=m.device)
+        x[0, :n] = torch.tensor(seq, dtype=torch.long, device=m.device)
+        self.nfe += 1
+        if self.cache is None:
+            logits = m.logits(x, 0, n + k, rows=(n, n + k))[0]
+        else:
+            logits = m.logits(x, self.valid, n + k, cache=self.cache, rows=(n, n + k))[0]
+            self.valid = n // m.block_size * m.block_size  # blocks before the committed text's last are final
+            self.cache.truncate(self.valid)
+        probs = torch.softmax(logits.float(), -1)
+        if probs.shape[1] != self.width:
+            probs = probs[:, : self.width] if probs.shape[1] > self.width else torch.nn.functional.pad(
+                probs, (0, self.width - probs.shape[1]))
+        return probs
+
+    def search(self, seq: list[int], probs: torch.Tensor) -> list[int]:
+        """The causal-consistency path search over the lattice: the draft's tokens."""
+        import math
+
+        s = self.settings
+        top = torch.topk(probs, min(s.cps_candidates, probs.shape[1]), dim=-1)
+        # The smallest prefix of each row's top tokens whose mass reaches cps_mass (one host transfer).
+        keep = (top.values.cumsum(-1) - top.values) < s.cps_mass
+        vals, ids, keep = top.values.tolist(), top.indices.tolist(), keep.tolist()
+        eos = set(self.stop)
+        sets = []
+        for row_v, row_i, row_k in zip(vals, ids, keep):
+            cands = [(t, v) for t, v, ok in zip(row_i, row_v, row_k) if ok]
+            natural_end = any(t in eos for t, _ in cands)
+            for e in self.stop:
+                if all(t != e for t, _ in cands):
+                    cands.append((e, None))
+            sets.append(cands)
+            if natural_end:
+                break
+        lam = s.cps_lambda
+        beams: list[tuple[float, list[int], bool]] = [(0.0, [], False)]
+        for i, cands in enumerate(sets):
+            grown = []
+            for score, path, ended in beams:
+                if ended:
+                    grown.append((score, path, True))
+                    continue
+                ctx = seq + path
+                a = ctx[-2] if len(ctx) >= 2 else None
+                b = ctx[-1] if ctx else None
+                for t, v in cands:
+                    q = v if v is not None else float(probs[i, t])
+                    lq = math.log(max(q, 1e-30))
+                    grown.append((score + lam * lq + (1 - lam) * self.proxy.logp(a, b, t), path + [t], t in eos))
+            grown.sort(key=lambda g: g[0], reverse=True)
+            beams = grown[: s.cps_beam]
+        return beams[0][1] if beams else []
+
+    def propose(self, seq: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        k = min(self.k, room)
+        if k <= 0:
+            return EMPTY, None
+        self.proxy.grow(seq)
+        probs = self.lattice(seq, k)
+        greedy = probs.argmax(-1)
+        ends = torch.isin(greedy, torch.tensor(self.stop, device=greedy.device)).nonzero()
+        self.last_gen = int(ends[0, 0]) if len(ends) else k  # L_gen = min(s_t - 1, k)
+        path = self.search(seq, probs)
+        self.lengths.append(len(path))
+        return torch.tensor(path, dtype=torch.long), None
+
+    def accepted(self, seq: list[int], n: int, k: int) -> None:
+        s, rho = self.settings, 0.5
+        self.gen_ema = (1 - rho) * self.gen_ema + rho * self.last_gen
+        self.acc_ema = (1 - rho) * self.acc_ema + rho * n
+        grow = s.draft_step if self.acc_ema >= self.gen_ema else 0
+        self.k = max(s.draft_min, min(s.draft_length, int(self.gen_ema) + grow))
+
+    def stats(self) -> dict[str, Any]:
+        return {"mean_draft_length": sum(self.lengths) / len(self.lengths) if self.lengths else 0.0}

@@ -7,8 +7,9 @@ to W). At each step the rule commits the masked rows whose ``sigmoid(f(c)) > fil
 Combine it with ``eotp = true`` for the paper's ``generate_l2p_eot``. It is trained by ``dlm filter
 train`` on the oracle of "extremely greedy parallel" decoding (:class:`Oracle`).
 
-Where the filter comes from (``filter = ""``): ``learn2pd.safetensors`` in the model's directory
-(the embedded models ship one), else the one ``dlm filter train`` wrote to the user cache.
+Where the filter comes from (``filter = ""``): the one shipped for an embedded model
+(``dlm_cli/demo/filters/NAME.safetensors``), else the one ``dlm filter train`` wrote to the user
+cache. (Not the model's directory: loaders read every safetensors file there as weights.)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..keys import Key, Strategy, register_strategy
 from .base import CommitRule, NeedsModel, StepState, top1
 
 WIDTH = 32
-FILE = "learn2pd.safetensors"
+SHIPPED = Path(__file__).resolve().parents[2] / "demo" / "filters"
 
 
 class Filter(torch.nn.Module):
@@ -51,7 +52,7 @@ def find_filter(model: Any, given: str) -> Path:
         if not path.is_file():
             raise UsageError(f"filter = {given!r}: no such file; train one with dlm filter train -m MODEL --out FILE")
         return path
-    for path in (Path(model.info.path) / FILE, cache_path(model.info.name)):
+    for path in (SHIPPED / f"{model.info.name}.safetensors", cache_path(model.info.name)):
         if path.is_file():
             return path
     raise UsageError(f"no Learn2PD filter for {model.info.name}; train one with `dlm filter train -m "
