@@ -125,9 +125,35 @@ def test_loglikelihood_rolling_sums_every_token(ar):
     assert total == pytest.approx(want, abs=1e-4) and total < 0
 
 
-def test_loglikelihood_of_a_dllm_says_why_not(dllm):
-    with pytest.raises(DlmError, match="loglikelihood needs an autoregressive model.*dlm-demo is a diffusion LLM"):
-        dllm.loglikelihood([Instance("loglikelihood", {}, ("a", " b"), 0)])
+def test_a_dllms_loglikelihood_is_llada_monte_carlo_estimate(dllm):
+    import torch
+
+    ctx_text = chat(dllm, "Sort these numbers: 1 7 0 2")
+    reqs = [Instance("loglikelihood", {}, (ctx_text + "0", c), i) for i, c in enumerate([" 1 2 7", " 7 2 1"])]
+    (good, good_greedy), (bad, bad_greedy) = dllm.loglikelihood(reqs)
+    assert good > bad and good_greedy and not bad_greedy  # the toy dLLM sorts
+    assert dllm.loglikelihood(reqs[:1]) == [(good, good_greedy)]  # seeded: the same estimate again
+    # one continuation token: every draw masks it alone, so the estimate is its exact log-probability
+    for c in (" 7", " 9"):
+        ctx, cont = dllm.encode_pair(ctx_text + "0 1 2", c)
+        assert len(cont) == 1
+        x = torch.tensor([ctx + [dllm.model.mask_id]])
+        with torch.inference_mode():
+            exact = torch.log_softmax(dllm.model.logits(x, rows=(len(ctx), len(ctx) + 1)).float(), -1)[0, 0, cont[0]]
+        (ll, _), = dllm.loglikelihood([Instance("loglikelihood", {}, (ctx_text + "0 1 2", c), 0)])
+        assert ll == pytest.approx(float(exact), abs=1e-4)
+
+
+def test_what_a_dllm_cannot_score_says_why_not(dllm, tmp_path):
+    from checkpoints import make_sdar
+
+    from dlm_cli.evals.lmeval import DlmLM
+
+    with pytest.raises(DlmError, match="loglikelihood_rolling needs an autoregressive model.*dlm-demo is a diffusion"):
+        dllm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("a b c",), 0)])
+    block = DlmLM(model=str(make_sdar(tmp_path / "sdar")), profile="speedy")
+    with pytest.raises(DlmError, match="loglikelihood needs an autoregressive model.*only for LLaDA and Dream"):
+        block.loglikelihood([Instance("loglikelihood", {}, ("a", " b"), 0)])
 
 
 def evaluate(model_args, tasks):

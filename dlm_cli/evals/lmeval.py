@@ -10,14 +10,20 @@ and, from Python, ``import dlm_cli.evals.lmeval`` before ``lm_eval.simple_evalua
 
 ``--model_args``: ``model`` (a dlm model spec; default dlm's default model), ``profile`` (default:
 ``speedy`` for a dLLM, ``ar`` or ``speculative`` for AR), ``draft``, ``device``, ``dtype``,
-``device_map``, ``trust_remote_code``, ``allow_pickle``, ``seed`` (0), ``threads``; any other
+``device_map``, ``trust_remote_code``, ``allow_pickle``, ``seed`` (0), ``threads``, ``mc_samples``
+and ``mc_batch`` (a dLLM's likelihood estimate); any other
 ``KEY=VALUE`` is a profile key (as ``--set KEY=VALUE``), e.g. ``threshold=0.7``.
 
 ``generate_until`` works for every model: the context is decoded by the profile, stopped as
 soon as the committed text holds one of ``until``, and cut before it; ``max_gen_toks`` is
 ``max_new_tokens``. ``loglikelihood`` and ``loglikelihood_rolling`` are exact for AR models (the
-token log-probabilities of one forward); a dLLM has no exact likelihood and dlm does not estimate
-one, so those requests stop with one line that says so. Contexts are sent as raw text; lm-eval's
+token log-probabilities of one forward). A dLLM has no exact likelihood: for the fully
+bidirectional ones (LLaDA, Dream) ``loglikelihood`` is LLaDA's Monte-Carlo estimate (Nie et al.
+2025, "Large Language Diffusion Models", eq. 6 and its evaluation code): the mean over
+``mc_samples`` (128) draws of ``-Σ_masked CE / (k / L)`` with k of the L continuation tokens
+masked, k stratified over the batch of ``mc_batch`` (32), and is_greedy from its one-token-per-step
+low-confidence check; other dLLMs (block diffusion, DiffusionGemma) and ``loglikelihood_rolling``
+on any dLLM stop with one line that says so. Contexts are sent as raw text; lm-eval's
 ``--apply_chat_template`` renders the model's chat template first.
 """
 
@@ -49,8 +55,8 @@ class DlmLM(LM):
     """An lm-eval ``LM`` over a dlm model and profile; requests are decoded one at a time."""
 
     def __init__(self, model: Optional[str] = None, profile: Optional[str] = None, draft: Optional[str] = None,
-                 seed: int = 0, threads: Optional[int] = None, batch_size: Any = None,
-                 max_batch_size: Any = None, **keys: Any) -> None:
+                 seed: int = 0, threads: Optional[int] = None, mc_samples: int = 128, mc_batch: int = 32,
+                 batch_size: Any = None, max_batch_size: Any = None, **keys: Any) -> None:
         super().__init__()
         from ..models.loading import LoadOptions, load
         from ..profiles import default_for, load as load_profile
@@ -81,6 +87,9 @@ class DlmLM(LM):
         self.profile = str(profile) if profile is not None else default_for(self.model.kind, draft is not None)
         self.sets = [f"{k}={_toml(v)}" for k, v in keys.items()]
         self.seed = int(seed)
+        self.mc_samples, self.mc_batch = int(mc_samples), int(mc_batch)
+        if self.mc_samples < 1 or self.mc_batch < 1:
+            raise UsageError("--model_args mc_samples and mc_batch must be at least 1")
         load_profile(self.profile, sets=self.sets)  # a bad profile or key fails now, not after the first request
         self.templated = False
 
@@ -174,12 +183,13 @@ class DlmLM(LM):
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         from tqdm import tqdm
 
-        self._need_ar("loglikelihood")
+        if self.model.kind != "autoregressive" and not self.estimable:
+            self._need_ar("loglikelihood")
         out = []
         for req in tqdm(requests, disable=disable_tqdm, desc="dlm loglikelihood"):
             context, continuation = req.args
             ctx, cont = self.encode_pair(context, continuation)
-            result = self.score(ctx, cont)
+            result = self.score(ctx, cont) if self.model.kind == "autoregressive" else self.estimate(ctx, cont)
             out.append(result)
             self.cache_hook.add_partial("loglikelihood", req.args, result)
         return out
@@ -204,11 +214,19 @@ class DlmLM(LM):
 
     # --- helpers ---
 
+    @property
+    def estimable(self) -> bool:
+        """A fully bidirectional dLLM, whose likelihood LLaDA's Monte-Carlo bound estimates."""
+        return self.model.kind == "diffusion" and self.model.info.family in ("llada", "dream") \
+            and self.model.block_size is None
+
     def _need_ar(self, what: str) -> None:
         if self.model.kind != "autoregressive":
+            some = "only LLaDA and Dream models have an estimate, loglikelihood (not rolling)" \
+                if what == "loglikelihood_rolling" else "dlm estimates it only for LLaDA and Dream models"
             raise DlmError(f"{what} needs an autoregressive model, and {self.model.info.name} is a diffusion LLM, "
-                           "which has no exact likelihood (dlm does not estimate one); evaluate it on generate_until "
-                           "tasks (e.g. gsm8k, humaneval), or pass an AR model")
+                           f"which has no exact likelihood ({some}); evaluate it on generate_until tasks "
+                           "(e.g. gsm8k, humaneval), or pass an AR model")
 
     @property
     def prefix_token(self) -> int:
@@ -256,6 +274,61 @@ class DlmLM(LM):
         ll = logp.gather(1, target[:, None]).sum().item()
         greedy = bool((logp.argmax(dim=-1) == target).all())
         return ll, greedy
+
+
+    def estimate(self, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+        """LLaDA's Monte-Carlo estimate of log p(cont | ctx) for a bidirectional dLLM, and its greedy check.
+
+        Each draw masks k of the L continuation tokens (the context stays clean) and scores
+        ``-Σ_masked CE / (k / L)``; within a batch the k are stratified, ``k, k + L/b, ...`` mod L.
+        """
+        import torch
+
+        if not cont:
+            return 0.0, True
+        m = self.model
+        keep = m.max_length - len(cont)
+        if keep < 1:
+            raise UsageError(f"a continuation of {len(cont)} tokens does not fit {m.info.name}'s context "
+                             f"of {m.max_length} tokens")
+        ctx = ctx[-keep:]
+        n0, length = len(ctx), len(cont)
+        device = m.device
+        seq = torch.tensor(ctx + cont, dtype=torch.long, device=device)
+        target = seq[n0:]
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        total, done = 0.0, 0
+        with torch.inference_mode():
+            while done < self.mc_samples:
+                b = min(self.mc_batch, self.mc_samples - done)
+                k = int(torch.randint(1, length + 1, (), generator=gen))
+                counts = torch.round(torch.linspace(float(k), k + (b - 1) * (length / b), steps=b)).long()
+                counts = (counts - 1) % length + 1
+                ranks = torch.rand(b, length, generator=gen).argsort(dim=1).argsort(dim=1)
+                masked = (ranks < counts[:, None]).to(device)  # exactly counts[i] random slots of row i
+                x = seq.repeat(b, 1)
+                x[:, n0:] = torch.where(masked, torch.full_like(x[:, n0:], m.mask_id), x[:, n0:])
+                logp = torch.log_softmax(m.logits(x, rows=(n0, n0 + length)).float(), dim=-1)
+                token_logp = logp.gather(-1, target.expand(b, -1)[..., None])[..., 0]
+                weight = (length / counts.to(device).float())[:, None]
+                total += float((token_logp * masked * weight).sum())
+                done += b
+            greedy = self._greedy_check(seq.clone(), n0)
+        return total / self.mc_samples, greedy
+
+    def _greedy_check(self, seq: Any, n0: int) -> bool:
+        """Whether one-token-per-step low-confidence decoding of the masked continuation gives it back."""
+        import torch
+
+        target = seq[n0:].clone()
+        seq[n0:] = self.model.mask_id
+        for _ in range(len(target)):
+            rows = (seq[n0:] == self.model.mask_id).nonzero()[:, 0]
+            probs = torch.softmax(self.model.logits(seq[None], rows=(n0, len(seq)))[0].float(), dim=-1)[rows]
+            conf, tok = probs.max(dim=-1)
+            best = int(conf.argmax())
+            seq[n0 + int(rows[best])] = tok[best]
+        return bool((seq[n0:] == target).all())
 
 
 def _cut(text: str, until: list[str]) -> str:
