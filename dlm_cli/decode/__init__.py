@@ -20,7 +20,7 @@ from .events import Clock, Done, Event, Start, Step, timed  # noqa: F401
 from .keys import STRATEGIES
 from .loops import ar as ar_loop
 from .loops import blocks, freedave, gemma_native, s2d2
-from .rules import adablock, baseline, credit, edit, entropy, learn2pd, localleap, prophet, threshold  # noqa: F401
+from .rules import adablock, baseline, credit, edit, entropy, ete, learn2pd, localleap, prophet, threshold  # noqa: F401
 from .rules.base import NeedsModel
 
 LOOPS = {"blocks": blocks.run, "freedave": freedave.run, "s2d2": s2d2.run, "gemma-native": gemma_native.run,

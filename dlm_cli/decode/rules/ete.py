@@ -1,0 +1,61 @@
+"""ETE, Explore-Then-Exploit (Fu et al., 2025, arXiv 2511.21103): dlm's reading of the abstract.
+
+Only the abstract is public: confidence-only commits carry almost no information per round, so
+ETE (i) decodes across blocks and (ii) deliberately commits a few high-uncertainty tokens, whose
+values reshape the rest into cascades of confident commits. The paper's rule, thresholds and
+counts are not known; this is dlm's reading, labelled as such:
+
+- exploit: commit every masked position of the window with ``c ≥ threshold`` (at least the top-1);
+- explore: when that commits fewer than ``explore_below`` positions, also commit the
+  ``explore`` masked positions of highest entropy (their argmax, or a sample when sampling).
+
+Cross-block decoding is the profile's: its block is the whole canvas (``block_length = 256``), cut
+only where a block-diffusion model's own grid requires it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..keys import Key, Strategy, register_strategy
+from .base import CommitRule, StepState, entropy
+from .threshold import threshold_select
+
+
+def ete_select(state: StepState, tau: float, below: int, explore: int) -> torch.Tensor:
+    sel = threshold_select(state.confidence, state.candidates, tau)
+    if explore == 0 or int(sel.sum()) >= below:
+        return sel
+    wide = state.logits.double() if state.logits.device.type != "mps" else state.logits.float()
+    h = entropy(torch.softmax(wide, -1))
+    h = torch.where(state.candidates & ~sel, h, torch.full_like(h, -torch.inf))
+    k = min(explore, int((state.candidates & ~sel).sum()))
+    if k > 0:
+        sel = sel.clone()
+        sel[torch.topk(h, k).indices] = True
+    return sel
+
+
+class ExploreThenExploit(CommitRule):
+    name = "ete"
+
+    def select(self, state: StepState) -> torch.Tensor:
+        s = self.settings
+        return ete_select(state, s.threshold, s.explore_below, s.explore)
+
+
+register_strategy(
+    Strategy(
+        name="ete",
+        kind="diffusion",
+        summary="ETE (dlm's reading of the abstract): threshold commits across the whole canvas, plus the "
+                "highest-entropy masks when too few pass",
+        keys=(Key("threshold", float, 0.9, "exploit: commit every masked position with confidence ≥ this",
+                  min=0.0, max=1.0),
+              Key("explore_below", int, 2, "explore when the threshold commits fewer than this many", min=0,
+                  max=4096),
+              Key("explore", int, 1, "explore: how many highest-entropy masked positions to commit as well",
+                  min=0, max=4096)),
+        factory=ExploreThenExploit,
+    )
+)
