@@ -561,11 +561,11 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
     draft_spec = req.draft or next((s.meta.get("draft") for _, s in runs if s.meta.get("draft")), None)
     draft = load_model(draft_spec, req.load, err, role="draft") if draft_spec and not diffusion else None
     if draft is None and not diffusion:
-        needy = [n for n, s in runs if s.strategy in ("speculative", "diffuspec")]
+        needy = [n for n, s in runs if s.strategy in ("speculative", "diffuspec", "ead")]
         if needy and req.profiles:
             raise UsageError(f"profile {needy[0]!r} drafts with a draft model: pass --draft MODEL, "
                              "or compare -p lookup, which needs none")
-        runs = [(n, s) for n, s in runs if s.strategy not in ("speculative", "diffuspec")]  # the default list, without a draft
+        runs = [(n, s) for n, s in runs if s.strategy not in ("speculative", "diffuspec", "ead")]  # the default list, without a draft
     return Plan(model, draft, runs, baselines, prompts, sweeps, req.chat_template)
 
 

@@ -19,12 +19,12 @@ from . import common  # noqa: F401  (registers the shared keys)
 from .events import Clock, Done, Event, Start, Step, timed  # noqa: F401
 from .keys import STRATEGIES
 from .loops import ar as ar_loop
-from .loops import blocks, freedave, gemma_native, s2d2
+from .loops import blocks, ead, freedave, gemma_native, s2d2
 from .rules import adablock, baseline, credit, edit, entropy, ete, learn2pd, localleap, prophet, threshold  # noqa: F401
 from .rules.base import NeedsModel
 
 LOOPS = {"blocks": blocks.run, "freedave": freedave.run, "s2d2": s2d2.run, "gemma-native": gemma_native.run,
-         "ar": ar_loop.run}
+         "ar": ar_loop.run, "ead": ead.run}
 
 
 def resolve_seed(settings: Any) -> int:

@@ -123,3 +123,27 @@ register_strategy(Strategy(
             min=0.0, max=1.0),
     ),
     factory=diffuspec, loop="ar", conflicts=(at_most("draft_min", "draft_length"),)))
+
+
+def ead(model: Any, settings: Any, draft: Any) -> Any:
+    if draft is None or getattr(draft, "kind", None) != "autoregressive":
+        raise UsageError("the ead strategy switches between a small and a large AR model: pass the small one as "
+                         "--draft (e.g. -m dlm-demo-ar --draft dlm-demo-ar-draft)")
+    if not same_tokenizer(model.tokenizer, draft.tokenizer):
+        raise DlmError(f"the small model {draft.info.name} has a different tokenizer from {model.info.name}; EAD "
+                       "hands the sequence from one to the other and needs one tokenizer")
+    return draft
+
+
+register_strategy(Strategy(
+    "ead", "autoregressive",
+    "EAD (entropy adaptive decoding): the small model (--draft) writes while the rolling entropy stays low, the "
+    "large one (-m) while it is high; lossy",
+    keys=(
+        Key("ead_threshold", float, 2.0, "switch to the large model while the rolling entropy (bits) is above "
+            "this", min=0.0),
+        Key("ead_window", int, 5, "tokens in the rolling entropy average", min=1, max=1024),
+        Key("ead_min_run", int, 4, "tokens a model writes before a switch (dlm's reading of the stability "
+            "constraint)", min=1, max=4096),
+    ),
+    factory=ead, loop="ead"))
