@@ -59,6 +59,7 @@ class Row:
     weight_gbps: float = 0.0
     sweep: dict[str, str] = field(default_factory=dict)
     baseline: bool = False
+    cache: Optional[str] = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -289,7 +290,8 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
                   tokens_per_second=_median(rates), tokens_per_second_iqr=_iqr(rates), seconds=total,
                   ttft_seconds=statistics.mean(ttft), prefill_seconds=statistics.mean(ttft),
                   decode_seconds=max(decode_s, 0.0) / len(ds),
-                  baseline=idx < baselines, sweep=dict((sweeps or {}).get(name, {})))
+                  baseline=idx < baselines, sweep=dict((sweeps or {}).get(name, {})),
+                  cache=getattr(s.frozen(), "cache", None))
         row.speedup = head_total / total if total > 0 else 0.0
         row.speedup_plain = plain_total / total if total > 0 else 0.0
         ratios = [b / t for b, t in zip(per_prompt[head], per_prompt[name]) if t > 0]
@@ -375,6 +377,9 @@ MACHINE_FOOTNOTE = ("prefill = mean time to the first committed token (the promp
 def footnote(rows: list[Row], diffusion: bool, copy_gbps: Optional[float], device: str) -> tuple[str, str]:
     base = [r.profile for r in rows if r.baseline]
     plain = f"; ×plain = {base[0]} seconds / row seconds" if diffusion else ""
+    cached = next((r for r in rows if r.baseline and r.cache == "prefix"), None)
+    if cached is not None:
+        plain += " (the baselines keep the model's exact prefix KV cache)"
     copy = f" (in parentheses: of this machine's copy bandwidth, {copy_gbps:.1f} GB/s)" if copy_gbps else ""
     memory = "the CUDA allocator's peak" if device.startswith("cuda") else "the process's resident set, sampled at each step"
     return (FOOTNOTE.format(head=base[-1] if base else "", plain=plain, first=base[0] if base else ""),
@@ -532,8 +537,10 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
     names = [n.strip() for n in (req.profiles or ("speedy" if diffusion else "speculative,lookup")).split(",")
              if n.strip()]
     if diffusion:  # one token per step, then the same stopping at the end token (the headline)
-        runs = [("baseline", prof.load("baseline", flags=req.flags)),
-                ("baseline+eotp", prof.load("baseline", sets=["eotp=true"], flags=req.flags))]
+        # A block-diffusion model's prefix cache is exact: its baselines use it (the same output, in less time).
+        exact = ["cache=prefix"] if getattr(model, "block_size", None) is not None else []
+        runs = [("baseline", prof.load("baseline", sets=exact, flags=req.flags)),
+                ("baseline+eotp", prof.load("baseline", sets=exact + ["eotp=true"], flags=req.flags))]
     else:
         runs = [("ar", prof.load("ar", flags=req.flags))]
     baselines = len(runs)

@@ -129,3 +129,21 @@ def test_bench_progress_lines_when_stderr_is_not_a_terminal():
     assert r.exit_code == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.startswith("dlm: bench: ")]
     assert lines[-1] == "dlm: bench: 6/6 runs" and 1 < len(lines) <= 10
+
+
+def test_a_block_diffusion_models_baselines_keep_its_exact_prefix_cache(tmp_path):
+    from checkpoints import make_sdar
+
+    sdar = make_sdar(tmp_path / "sdar", sharpen=6.0)
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "hello world"}\n{"prompt": "sort: 3 1 2"}\n')
+    r = runner.invoke(app, ["bench", "-m", str(sdar), "--prompts", str(p), "-p", "quality", "--reps", "1",
+                            "-n", "16", "--json"])
+    assert r.exit_code == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert [(row["profile"], row["cache"]) for row in rows] == [("baseline", "prefix"), ("baseline+eotp", "prefix"),
+                                                                 ("quality", "none")]
+    assert rows[2]["agreement"] == 1.0 and rows[2]["nfe"] == rows[0]["nfe"]  # exact: the same output, the same NFE
+    md = runner.invoke(app, ["bench", "-m", str(sdar), "--prompts", str(p), "-p", "quality", "--reps", "1",
+                             "-n", "16", "--format", "md"])
+    assert "the baselines keep the model's exact prefix KV cache" in md.stdout
