@@ -97,7 +97,7 @@ class NotATensor:
     """Pickled by reference to this module: the restricted unpickler refuses to import it."""
 
 
-@pytest.mark.parametrize("family", ["llada"])
+@pytest.mark.parametrize("family", ["llada", "causal"])
 def test_a_pickle_that_holds_more_than_tensors_is_one_line_even_with_allow_pickle(llada, tmp_path, family):
     from safetensors.torch import load_file
 
