@@ -326,6 +326,21 @@ def test_a_causal_checkpoint_lacking_weights_is_refused_not_randomly_filled(tmp_
     assert "lacks weights model.layers.1.mlp.up_proj.weight" in line, line
 
 
+@pytest.mark.parametrize("family", ["dream", "causal"])
+def test_a_peft_adapter_beside_the_weights_is_refused_not_merged_in(tmp_path, family):
+    """transformers applies a PEFT adapter it finds in the directory (where peft is installed), past dlm's checks."""
+    from safetensors.torch import save_file
+
+    d = make_dream(tmp_path / "m") if family == "dream" else make_llama(tmp_path / "m")
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                       "target_modules": ["q_proj"]}))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(2, 32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.ones(32, 2)},
+              str(d / "adapter_model.safetensors"))
+    line = error_line(gen(d), 1)
+    assert "holds a PEFT adapter (adapter_config.json)" in line and "move the adapter's files out" in line, line
+
+
 # --- weights of another family or shape in a LLaDA-layout directory -----------------------------------------------
 
 def test_dream_weights_in_a_llada_directory_are_detected(llada, tmp_path):

@@ -85,9 +85,10 @@ def prepare(path: Path, cfg: dict[str, Any], opts: LoadOptions, name: str, *, la
     """The checks every family loader makes first, in this order, before a weight is read.
 
     Device and dtype; the weight files (pickle gate, nothing outside the directory); ``names`` on
-    the published tensor names and shapes (a family with its own layout refuses another's); the
-    config's layer count against the weights (unless ``layers`` is False: remote code's layers may
-    mean anything); the memory check; the tokenizer (``tokenizer`` replaces :func:`load_tokenizer`).
+    the published tensor names and shapes (a family with its own layout refuses another's); no
+    PEFT adapter for transformers to merge in behind these checks; the config's layer count against
+    the weights (unless ``layers`` is False: remote code's layers may mean anything); the memory
+    check; the tokenizer (``tokenizer`` replaces :func:`load_tokenizer`).
     """
     from .memory import check_fits, tensor_shapes
     from .sizes import check_config
@@ -98,6 +99,10 @@ def prepare(path: Path, cfg: dict[str, Any], opts: LoadOptions, name: str, *, la
     shapes = tensor_shapes(files)
     if names is not None:
         names(shapes)
+    if (path / "adapter_config.json").is_file():
+        raise DlmError(f"{path} holds a PEFT adapter (adapter_config.json) beside its weights, which transformers "
+                       "would merge into them only where peft is installed; move the adapter's files out of the "
+                       "directory, or merge the adapter into the weights")
     if layers:
         check_config(cfg, shapes, str(path))
     check_fits(files, dtype, device, name, opts.device_map)
