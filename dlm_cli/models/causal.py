@@ -67,7 +67,7 @@ def load_causal(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Causal
     from .files import eos_ids, model_info, prepare, pretrained
 
     prep = prepare(path, cfg, opts, name)
-    net = pretrained(AutoModelForCausalLM, path, prep, name, device_map=opts.device_map, what="a causal LM",
+    net = pretrained(AutoModelForCausalLM, path, prep, name, what="a causal LM",
                      other="architecture than its config.json says", trust_remote_code=False)
     tok = prep.tokenizer
     rows = int(net.get_output_embeddings().weight.shape[0])

@@ -154,8 +154,7 @@ def load_diffusion_gemma(path: Path, cfg: dict[str, Any], opts: Any, name: str) 
     from .files import eos_ids, model_info, prepare, pretrained
 
     prep = prepare(path, cfg, opts, name)
-    net = pretrained(DiffusionGemmaForBlockDiffusion, path, prep, name, device_map=opts.device_map,
-                     what="DiffusionGemma", other="architecture")
+    net = pretrained(DiffusionGemmaForBlockDiffusion, path, prep, name, what="DiffusionGemma", other="architecture")
     text = net.config.text_config
     return DiffusionGemmaDenoiser(
         net=net,

@@ -77,6 +77,7 @@ class Prepared:
     dtype: torch.dtype
     files: list[Path]
     tokenizer: Any
+    device_map: str | None = None  # "auto": accelerate spreads the layers over every GPU and the CPU
 
 
 def prepare(path: Path, cfg: dict[str, Any], opts: LoadOptions, name: str, *, layers: bool = True,
@@ -106,7 +107,7 @@ def prepare(path: Path, cfg: dict[str, Any], opts: LoadOptions, name: str, *, la
     if layers:
         check_config(cfg, shapes, str(path))
     check_fits(files, dtype, device, name, opts.device_map)
-    return Prepared(device, dtype, files, (tokenizer or load_tokenizer)(path))
+    return Prepared(device, dtype, files, (tokenizer or load_tokenizer)(path), opts.device_map)
 
 
 def need_accelerate() -> None:
@@ -116,21 +117,21 @@ def need_accelerate() -> None:
         raise DlmError("--device-map auto needs accelerate: pip install 'accelerate>=1.0'")
 
 
-def pretrained_kwargs(prep: Prepared, device_map: str | None) -> dict[str, Any]:
+def pretrained_kwargs(prep: Prepared) -> dict[str, Any]:
     """``from_pretrained`` arguments: our dtype, our device (or accelerate's map), safetensors only.
 
     Pickle weights reach here only past the ``--allow-pickle`` gate; transformers then finds them by
     its own file names (``use_safetensors=None``).
     """
-    if device_map:
+    if prep.device_map:
         need_accelerate()
     safe = all(f.suffix == ".safetensors" for f in prep.files)
     return {"dtype": prep.dtype, "use_safetensors": True if safe else None,
-            "device_map": device_map or (None if prep.device.type == "cpu" else prep.device)}
+            "device_map": prep.device_map or (None if prep.device.type == "cpu" else prep.device)}
 
 
-def pretrained(cls: Any, path: Path, prep: Prepared, name: str, *, device_map: str | None = None, what: str,
-               other: str, strict: bool = False, **kwargs: Any) -> Any:
+def pretrained(cls: Any, path: Path, prep: Prepared, name: str, *, what: str, other: str, strict: bool = False,
+               **kwargs: Any) -> Any:
     """``cls.from_pretrained(path)`` in eval mode, its failures and its loading report as one line each.
 
     ``what`` names the model in the failure line ("a causal LM"); ``other`` ends the missing-weights
@@ -138,8 +139,7 @@ def pretrained(cls: Any, path: Path, prep: Prepared, name: str, *, device_map: s
     (transformers would initialise it at random and decode garbage), and so is a weight of another
     shape; ``strict`` also refuses weights the network has no place for (dlm's own networks).
     """
-    kw = {**pretrained_kwargs(prep, device_map), "output_loading_info": True, "ignore_mismatched_sizes": True,
-          **kwargs}
+    kw = {**pretrained_kwargs(prep), "output_loading_info": True, "ignore_mismatched_sizes": True, **kwargs}
     try:
         with quiet_transformers():
             net, report = cls.from_pretrained(str(path), **kw)

@@ -75,8 +75,8 @@ def load_native(path: Path, cfg: dict[str, Any], opts: Any, name: str, spec: Nat
     from .files import eos_ids, model_info, prepare, pretrained
 
     prep = prepare(path, cfg, opts, name, names=published_names(spec, str(path)))
-    net = pretrained(spec.network, path, prep, name, device_map=opts.device_map, what=f"a {spec.family} model",
-                     other="family", strict=True, config=spec.config, key_mapping=spec.key_mapping)
+    net = pretrained(spec.network, path, prep, name, what=f"a {spec.family} model", other="family", strict=True,
+                     config=spec.config, key_mapping=spec.key_mapping)
     tok, rows = prep.tokenizer, net.lm_head.weight.shape[0]
     return Denoiser(
         net=net,

@@ -82,7 +82,7 @@ def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Remote
     # Sizes were checked in load(); its layers may mean anything, so they are not counted against the weights.
     prep = prepare(path, cfg, opts, name, layers=False,
                    tokenizer=lambda p: repository_code(name, lambda: load_tokenizer(p, trust_remote_code=True)))
-    kwargs = {**pretrained_kwargs(prep, opts.device_map), "trust_remote_code": True}
+    kwargs = {**pretrained_kwargs(prep), "trust_remote_code": True}
 
     def build() -> Any:
         with quiet_transformers():
