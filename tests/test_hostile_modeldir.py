@@ -93,6 +93,22 @@ def test_a_pickle_beside_safetensors_in_the_index_is_refused(llada):
     assert "pickle weights (b.pt)" in line, line
 
 
+class NotATensor:
+    """Pickled by reference to this module: the restricted unpickler refuses to import it."""
+
+
+@pytest.mark.parametrize("family", ["llada", "causal"])
+def test_a_pickle_that_holds_more_than_tensors_is_one_line_even_with_allow_pickle(llada, tmp_path, family):
+    from safetensors.torch import load_file
+
+    d = llada if family == "llada" else make_llama(tmp_path / "ar")
+    state = load_file(str(d / "model.safetensors"))
+    torch.save({**state, "extra": NotATensor()}, d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    line = error_line(gen(d, "--allow-pickle"), 1)
+    assert "UnpicklingError" in line and "Weights only load failed" in line, line
+
+
 # --- paths that leave the model directory -------------------------------------------------------------------
 
 @pytest.mark.parametrize("shard", ["../../../../etc/passwd", "/etc/passwd", "sub/../../x.safetensors", "C:\\x.bin"])
@@ -310,6 +326,21 @@ def test_a_causal_checkpoint_lacking_weights_is_refused_not_randomly_filled(tmp_
     assert "lacks weights model.layers.1.mlp.up_proj.weight" in line, line
 
 
+@pytest.mark.parametrize("family", ["dream", "causal"])
+def test_a_peft_adapter_beside_the_weights_is_refused_not_merged_in(tmp_path, family):
+    """transformers applies a PEFT adapter it finds in the directory (where peft is installed), past dlm's checks."""
+    from safetensors.torch import save_file
+
+    d = make_dream(tmp_path / "m") if family == "dream" else make_llama(tmp_path / "m")
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                       "target_modules": ["q_proj"]}))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(2, 32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.ones(32, 2)},
+              str(d / "adapter_model.safetensors"))
+    line = error_line(gen(d), 1)
+    assert "holds a PEFT adapter (adapter_config.json)" in line and "move the adapter's files out" in line, line
+
+
 # --- weights of another family or shape in a LLaDA-layout directory -----------------------------------------------
 
 def test_dream_weights_in_a_llada_directory_are_detected(llada, tmp_path):
@@ -319,9 +350,8 @@ def test_dream_weights_in_a_llada_directory_are_detected(llada, tmp_path):
     assert "not llada's" in line and "another family than its config.json says" in line, line
 
 
-def test_llada_weights_of_another_shape_are_detected_before_reading(llada, monkeypatch):
+def test_llada_weights_of_another_shape_are_detected(llada):
     set_config(llada, mlp_hidden_size=48)
-    monkeypatch.setattr("dlm_cli.models.files.read_tensors", lambda *a, **k: pytest.fail("tensors were read"))
     line = error_line(gen(llada), 1)
     assert "has shape (32, 64) but config.json implies (32, 48)" in line, line
 

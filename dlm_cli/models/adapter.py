@@ -10,7 +10,7 @@ A directory with ``config.json`` ``{"model_type": "dlm-block-diffusion", ...}`` 
   and the logits are cut back to the base vocabulary, so the mask is never proposed as a token.
 
 ``config.json`` also names ``base_model`` (an embedded or short name, a directory or a hub id, never
-another adapter), ``layers`` (a :data:`~dlm_cli.models.block_diffusion.LAYERS` kind; default the base's
+another adapter), ``layers`` (a :data:`~dlm_cli.models.stack.NETWORKS` kind; default the base's
 ``model_type``) and ``block_size``. The network keeps the AR shift (Fast-dLLM v2): the output at
 ``i - 1`` predicts token ``i``, so at block size 1 it is the base AR model with the LoRA merged.
 """
@@ -37,12 +37,12 @@ def is_adapter_config(cfg: dict[str, Any]) -> bool:
 
 
 def layer_kind(cfg: dict[str, Any], base_cfg: dict[str, Any], where: str) -> str:
-    from .block_diffusion import LAYERS
+    from .stack import NETWORKS
 
     kind = str(cfg.get("layers") or base_cfg.get("model_type") or "")
-    if kind not in LAYERS:
+    if kind not in NETWORKS:
         raise DlmError(f"{where}: the base model's layers ({kind or '?'}) are not ones dlm can adapt; "
-                       f"supported: {', '.join(LAYERS)}")
+                       f"supported: {', '.join(NETWORKS)}")
     return kind
 
 
@@ -150,45 +150,44 @@ def resolve_base(cfg: dict[str, Any], opts: Any, where: str) -> tuple[Path, dict
 
 def build_base(base_path: Path, base_cfg: dict[str, Any], kind: str, dtype: torch.dtype, device: torch.device,
                allow_pickle: bool = False) -> torch.nn.Module:
-    """The base checkpoint's weights in dlm's block-diffusion stack of ``kind`` layers."""
-    from . import block_diffusion, qwen
-    from .files import load_into, read_tensors, weight_files
-
+    """The base checkpoint's weights in dlm's block-diffusion network of ``kind`` layers."""
+    from .block_diffusion import hf_config
+    from .files import Prepared, pretrained, weight_files
     from .memory import tensor_shapes
     from .sizes import check_config
+    from .stack import NETWORKS
 
     files = weight_files(base_path, allow_pickle)
     check_config(base_cfg, tensor_shapes(files), str(base_path))
-    tensors = read_tensors(files, qwen.rename, dtype, device)
-    return load_into(lambda: block_diffusion.build(base_cfg, kind, "block-diffusion adapter"), tensors, device,
-                     str(base_path))
+    return pretrained(NETWORKS[kind], base_path, Prepared(device, dtype, files, None), str(base_path),
+                      what="the base of a block-diffusion adapter", other="family", strict=True,
+                      config=hf_config(base_cfg, kind, "block-diffusion adapter"))
 
 
 def load_adapter(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Denoiser:
     """Load an adapter directory over its base model (see the module doc)."""
     from . import qwen
-    from .files import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, weight_files
-    from .memory import check_fits
-
     from .block_diffusion import config_block_size
+    from .files import eos_ids, model_info, need_accelerate, prepare
 
     where = str(path)
+    if opts.device_map:
+        need_accelerate()
     size = config_block_size(cfg, "block_size", None, "dlm block-diffusion adapter")
     lora, scale, mask = read_delta(path)
     base_path, base_cfg = resolve_base(cfg, opts, where)
     kind = layer_kind(cfg, base_cfg, where)
-    device = pick_device(opts.device)
-    dtype = pick_dtype(opts.dtype, device)
-    check_fits(weight_files(base_path, opts.allow_pickle), dtype, device, name, opts.device_map)
-    tok = load_tokenizer(base_path)
+    prep = prepare(base_path, base_cfg, opts, name)
+    device, dtype, tok = prep.device, prep.dtype, prep.tokenizer
     # The merge runs in float32 on the CPU (a bfloat16 add of a small delta would round most of it away).
     net = build_base(base_path, base_cfg, kind, torch.float32, torch.device("cpu"), opts.allow_pickle)
     mask_id = merge(net, lora, scale, mask, where)
     net.to(device=device, dtype=dtype)
-    if opts.device_map:
-        from .native import shard
+    if opts.device_map:  # placed once merged: accelerate spreads the layers, never splitting one
+        from accelerate import dispatch_model, infer_auto_device_map
 
-        net = shard(net, dtype)
+        net = dispatch_model(net, infer_auto_device_map(net, no_split_module_classes=list(net._no_split_modules),
+                                                        dtype=dtype))
     return Denoiser(
         net=net,
         tokenizer=tok,

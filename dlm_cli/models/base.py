@@ -37,8 +37,29 @@ class ModelInfo:
     chat_template: bool
 
 
+class OutputLayer:
+    """``device`` and ``vocab_size`` of a wrapper's ``net``, read off its output layer.
+
+    That is ``lm_head`` (dlm's networks, most transformers models, and the tests' wrappers of them),
+    else the layer transformers reports (remote code). With a device map it is where logits appear.
+    """
+
+    def _head(self) -> Any:
+        net = self.net  # type: ignore[attr-defined]
+        head = getattr(net, "lm_head", None)
+        return head if head is not None else net.get_output_embeddings()
+
+    @property
+    def device(self) -> torch.device:
+        return self._head().weight.device
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._head().weight.shape[0])
+
+
 @dataclass(eq=False)
-class Denoiser:
+class Denoiser(OutputLayer):
     """A masked-diffusion LM behind the decoder's narrow interface.
 
     ``shift``: the family's logits at position ``i - 1`` predict token ``i`` (Dream, Fast-dLLM v2).
@@ -56,14 +77,6 @@ class Denoiser:
     block_size: int | None = None
     token_count: int | None = None  # real vocabulary size when the embedding is padded beyond it
     kind: str = field(default="diffusion", init=False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.net.lm_head.weight.device
-
-    @property
-    def vocab_size(self) -> int:
-        return self.net.lm_head.weight.shape[0]
 
     def decoder_layers(self) -> Any:
         """The network's decoder layers, in order (Elastic-Cache's attention probe hooks one of them)."""

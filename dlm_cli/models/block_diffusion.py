@@ -18,22 +18,18 @@ prefix KV cache is then exact. They differ in the rest:
   checkpoint (Llama, Qwen2 or Qwen3 layers) plus a LoRA delta, adapted the Fast-dLLM v2 way (AR shift
   kept); ``smollm2-dlm`` is SmolLM2-135M-Instruct so adapted.
 
-:data:`LAYERS` is the one table of layer kinds; every family here builds its stack from it.
+:data:`~dlm_cli.models.stack.NETWORKS` is the one table of layer kinds; every family here takes its
+network from it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from transformers import LlamaConfig, Qwen2Config, Qwen3Config
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
-from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
-from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RMSNorm, Qwen3RotaryEmbedding
-
 from ..errors import DlmError
 from . import qwen
 from .native import NativeSpec
-from .stack import DenoiserStack
+from .stack import NETWORKS, DenoiserStack
 
 SDAR_MASK_ID = 151669
 FAST_DLLM_V2_MASK_ID = 151665
@@ -56,25 +52,17 @@ def config_block_size(cfg: dict[str, Any], key: str, default: int | None, family
     return value
 
 
-# layer kind -> (config class, decoder layer, norm, rotary embedding), all transformers' own.
-LAYERS: dict[str, tuple[type, type, type, type]] = {
-    "llama": (LlamaConfig, LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding),
-    "qwen2": (Qwen2Config, Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding),
-    "qwen3": (Qwen3Config, Qwen3DecoderLayer, Qwen3RMSNorm, Qwen3RotaryEmbedding),
-}
-
-
 def hf_config(cfg: dict[str, Any], layers: str, family: str) -> Any:
-    if layers not in LAYERS:
+    """The transformers config of ``layers`` (a :data:`~dlm_cli.models.stack.NETWORKS` kind) for a config.json."""
+    if layers not in NETWORKS:
         raise DlmError(f"{family}: unknown layer kind {layers!r}; dlm's block-diffusion stack supports "
-                       f"{', '.join(LAYERS)}")
-    return qwen.hf_config(LAYERS[layers][0], cfg, family, ("mlp_bias",) if layers == "llama" else ())
+                       f"{', '.join(NETWORKS)}")
+    return qwen.hf_config(NETWORKS[layers].config_class, cfg, family, ("mlp_bias",) if layers == "llama" else ())
 
 
 def build(cfg: dict[str, Any], layers: str, family: str) -> DenoiserStack:
-    """A block-diffusion stack of ``layers`` (a :data:`LAYERS` key) described by a config.json dict."""
-    _, layer, norm, rotary = LAYERS[layers]
-    return qwen.build_stack(hf_config(cfg, layers, family), layer, norm, rotary)
+    """A freshly initialised block-diffusion network of ``layers`` described by a config.json dict."""
+    return NETWORKS[layers](hf_config(cfg, layers, family))
 
 
 def build_sdar(cfg: dict[str, Any]) -> DenoiserStack:
@@ -89,18 +77,17 @@ def sdar_spec(cfg: dict[str, Any]) -> NativeSpec:
     if cfg.get("num_experts") or "SDARMoeForCausalLM" in (cfg.get("architectures") or []):
         raise DlmError("SDAR mixture-of-experts checkpoints are not implemented natively (only the dense ones are); "
                        "rerun with --trust-remote-code to use the repository's own code")
-    hf_config(cfg, "qwen3", "SDAR")  # fail early on unsupported options
+    config = hf_config(cfg, "qwen3", "SDAR")
     # SDAR's own sampler takes the block length as an argument; the published checkpoints say 4.
     size = config_block_size(cfg, "block_size", 4, "SDAR")
-    return NativeSpec(family="sdar", build=lambda: build_sdar(cfg), rename=qwen.rename,
-                           max_length=qwen.max_length(cfg), shift=False, block_size=size,
-                           mask_id=cfg.get("mask_token_id"), mask_token="<|MASK|>", default_mask_id=SDAR_MASK_ID)
+    return NativeSpec(family="sdar", network=NETWORKS["qwen3"], config=config,
+                      max_length=qwen.max_length(cfg), shift=False, block_size=size,
+                      mask_id=cfg.get("mask_token_id"), mask_token="<|MASK|>", default_mask_id=SDAR_MASK_ID)
 
 
 def fast_dllm_v2_spec(cfg: dict[str, Any]) -> NativeSpec:
-    hf_config(cfg, "qwen2", "Fast-dLLM v2")
+    config = hf_config(cfg, "qwen2", "Fast-dLLM v2")
     size = config_block_size(cfg, "bd_size", 32, "Fast-dLLM v2")
-    return NativeSpec(family="fast-dllm-v2", build=lambda: build_fast_dllm_v2(cfg), rename=qwen.rename,
-                           max_length=qwen.max_length(cfg), shift=True, block_size=size,
-                           mask_id=cfg.get("mask_token_id"), mask_token="|<MASK>|",
-                           default_mask_id=FAST_DLLM_V2_MASK_ID)
+    return NativeSpec(family="fast-dllm-v2", network=NETWORKS["qwen2"], config=config,
+                      max_length=qwen.max_length(cfg), shift=True, block_size=size,
+                      mask_id=cfg.get("mask_token_id"), mask_token="|<MASK>|", default_mask_id=FAST_DLLM_V2_MASK_ID)

@@ -15,14 +15,13 @@ from typing import Any
 
 import torch
 
-from ..errors import DlmError
-from .base import ModelInfo
+from .base import ModelInfo, OutputLayer
 
 FAMILY = "causal"
 
 
 @dataclass(eq=False)
-class CausalLM:
+class CausalLM(OutputLayer):
     """An AR language model behind the speculative decoders' narrow interface."""
 
     net: Any
@@ -32,14 +31,6 @@ class CausalLM:
     max_length: int
     token_count: int | None = None  # real vocabulary size when the output layer is padded beyond it
     kind: str = field(default="autoregressive", init=False)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.net.get_output_embeddings().weight.shape[0])
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -73,34 +64,12 @@ def is_causal_config(cfg: dict[str, Any]) -> bool:
 def load_causal(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> CausalLM:
     from transformers import AutoModelForCausalLM
 
-    from .files import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
-    from .memory import check_fits, tensor_shapes
-    from .sizes import check_config
+    from .files import eos_ids, model_info, prepare, pretrained
 
-    device = pick_device(opts.device)
-    dtype = pick_dtype(opts.dtype, device)
-    files = weight_files(path, opts.allow_pickle)
-    check_config(cfg, tensor_shapes(files), str(path))
-    check_fits(files, dtype, device, name, opts.device_map)
-    tok = load_tokenizer(path)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False,
-                              "use_safetensors": all(f.suffix == ".safetensors" for f in files)}
-    if opts.device_map:
-        kwargs["device_map"] = opts.device_map
-    try:
-        with quiet_transformers():
-            net, report = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise DlmError(f"{name}: transformers could not load it as a causal LM ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else ''}); the checkpoint is incomplete or "
-                       "does not match its config.json") from None
-    missing = sorted(report.get("missing_keys") or [])
-    if missing:  # transformers would initialise them at random and decode garbage
-        raise DlmError(f"{path} lacks weights {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
-                       "the checkpoint is incomplete or of another architecture than its config.json says")
-    if not opts.device_map:
-        net.to(device)
-    net.eval()
+    prep = prepare(path, cfg, opts, name)
+    net = pretrained(AutoModelForCausalLM, path, prep, name, what="a causal LM",
+                     other="architecture than its config.json says", trust_remote_code=False)
+    tok = prep.tokenizer
     rows = int(net.get_output_embeddings().weight.shape[0])
     text_cfg = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
     context = (getattr(text_cfg, "max_position_embeddings", None) or cfg.get("max_position_embeddings")

@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from ..errors import DlmError
 from .base import Denoiser
 from .compat import cache_kwarg
 
@@ -73,10 +72,6 @@ class DiffusionGemmaDenoiser(Denoiser):
         self._prompt: int | None = None
         self._generator: torch.Generator | None = None
         self._self_cond: tuple[int, torch.Tensor] | None = None  # (canvas start, last logits)
-
-    @property
-    def device(self) -> torch.device:
-        return self.net.lm_head.weight.device
 
     @property
     def vocab_size(self) -> int:
@@ -156,39 +151,17 @@ def load_diffusion_gemma(path: Path, cfg: dict[str, Any], opts: Any, name: str) 
     """Load with transformers' own class (no remote code), from safetensors only unless pickle is allowed."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    from .files import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
-    from .memory import check_fits, tensor_shapes
-    from .sizes import check_config
+    from .files import eos_ids, model_info, prepare, pretrained
 
-    device = pick_device(opts.device)
-    dtype = pick_dtype(opts.dtype, device)
-    files = weight_files(path, opts.allow_pickle)
-    check_config(cfg, tensor_shapes(files), str(path))
-    check_fits(files, dtype, device, name, opts.device_map)
-    tok = load_tokenizer(path)
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": all(f.suffix == ".safetensors" for f in files)}
-    if opts.device_map:
-        kwargs["device_map"] = opts.device_map
-    try:
-        with quiet_transformers():
-            net, report = DiffusionGemmaForBlockDiffusion.from_pretrained(str(path), output_loading_info=True, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise DlmError(f"cannot load {name} as DiffusionGemma ({str(exc).splitlines()[0]}); "
-                       "the checkpoint is incomplete or of another architecture") from None
-    missing = sorted(report.get("missing_keys") or [])
-    if missing:  # transformers would initialise them at random and decode garbage
-        raise DlmError(f"{path} lacks weights {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
-                       "the checkpoint is incomplete or of another architecture")
-    if not opts.device_map:
-        net.to(device)
-    net.eval()
+    prep = prepare(path, cfg, opts, name)
+    net = pretrained(DiffusionGemmaForBlockDiffusion, path, prep, name, what="DiffusionGemma", other="architecture")
     text = net.config.text_config
     return DiffusionGemmaDenoiser(
         net=net,
-        tokenizer=tok,
-        info=model_info(name, FAMILY, path, net, tok),
+        tokenizer=prep.tokenizer,
+        info=model_info(name, FAMILY, path, net, prep.tokenizer),
         mask_id=int(text.vocab_size),  # a sentinel: DiffusionGemma has no mask token (see module doc)
-        eos_ids=eos_ids(cfg.get("text_config") or cfg, tok, path),
+        eos_ids=eos_ids(cfg.get("text_config") or cfg, prep.tokenizer, path),
         max_length=int(text.max_position_embeddings),
         block_size=int(net.config.canvas_length),
         canvas_length=int(net.config.canvas_length),

@@ -1,4 +1,5 @@
-"""What every family loader reads and checks: device and dtype, config, weight files, tensors, tokenizer.
+"""What every family loader reads and checks: device and dtype, config, weight files, tokenizer; then
+``from_pretrained`` and its loading report.
 
 Family modules (:mod:`.families`) build on these; :mod:`.loading` resolves a spec and picks the family.
 """
@@ -68,109 +69,98 @@ def weight_files(path: Path, allow_pickle: bool) -> list[Path]:
     return files(path, allow_pickle)
 
 
-def read_tensors(files: list[Path], rename: Callable[[str], str | None], dtype: torch.dtype,
-                 device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint under our names, cast to ``dtype`` on ``device``, one at a time.
+@dataclass
+class Prepared:
+    """What a family loader knows before it builds anything: where, in which dtype, from which files."""
 
-    ``rename`` returns our name, None to keep the name verbatim, or "" to skip a tensor that is not
-    a weight (a saved buffer). Moving each tensor as it is read keeps host memory at one tensor.
+    device: torch.device
+    dtype: torch.dtype
+    files: list[Path]
+    tokenizer: Any
+    device_map: str | None = None  # "auto": accelerate spreads the layers over every GPU and the CPU
+
+
+def prepare(path: Path, cfg: dict[str, Any], opts: LoadOptions, name: str, *, layers: bool = True,
+            names: Callable[[dict[str, tuple[int, ...]] | None], None] | None = None,
+            tokenizer: Callable[[Path], Any] | None = None) -> Prepared:
+    """The checks every family loader makes first, in this order, before a weight is read.
+
+    Device and dtype; the weight files (pickle gate, nothing outside the directory); ``names`` on
+    the published tensor names and shapes (a family with its own layout refuses another's); no
+    PEFT adapter for transformers to merge in behind these checks; the config's layer count against
+    the weights (unless ``layers`` is False: remote code's layers may mean anything); the memory
+    check; the tokenizer (``tokenizer`` replaces :func:`load_tokenizer`).
     """
-    from safetensors import SafetensorError, safe_open
+    from .memory import check_fits, tensor_shapes
+    from .sizes import check_config
 
-    def put(name: str, t: torch.Tensor) -> None:
-        ours = rename(name)
-        if ours == "":
-            return
-        out[ours or name] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-
-    out: dict[str, torch.Tensor] = {}
-    for f in files:
-        if f.suffix != ".safetensors":
-            try:
-                state = torch.load(f, map_location="cpu", weights_only=True)
-            except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-                raise DlmError(f"weights file {f} cannot be read as a restricted pickle ({str(exc).splitlines()[0]}); "
-                               "convert it to safetensors") from None
-            for name, t in state.items():
-                put(name, t)
-            continue
-        try:
-            with safe_open(str(f), framework="pt") as fh:
-                for name in fh.keys():
-                    put(name, fh.get_tensor(name))
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise DlmError(f"weights file {f} is corrupt or truncated ({exc}); delete it and download it again") from None
-    return out
-
-
-def build_meta(net_factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """The network with every parameter on the meta device: its names and shapes, no memory."""
-    with torch.device("meta"):
-        return net_factory()
-
-
-def published_shapes(files: list[Path], rename: Callable[[str], str | None], family: str | None = None,
-                     where: str = "") -> dict[str, tuple[int, ...]] | None:
-    """The checkpoint's tensors under our names with their header shapes (None for pickle weights).
-
-    With ``family``, a name ``rename`` does not know (None) is refused as another family's weight.
-    """
-    from .memory import tensor_shapes
-
+    device = pick_device(opts.device)
+    dtype = pick_dtype(opts.dtype, device)
+    files = weight_files(path, opts.allow_pickle)
     shapes = tensor_shapes(files)
-    if shapes is None:
-        return None
-    out: dict[str, tuple[int, ...]] = {}
-    foreign = []
-    for name, shape in shapes.items():
-        ours = rename(name)
-        if ours == "":
-            continue
-        if ours is None and family is not None:
-            foreign.append(name)
-        out[ours or name] = shape
-    if foreign:
-        raise DlmError(f"{where} holds weights that are not {family}'s ({', '.join(sorted(foreign)[:3])}"
-                       f"{' ...' if len(foreign) > 3 else ''}); its weights are of another family than its "
-                       "config.json says")
-    return out
+    if names is not None:
+        names(shapes)
+    if (path / "adapter_config.json").is_file():
+        raise DlmError(f"{path} holds a PEFT adapter (adapter_config.json) beside its weights, which transformers "
+                       "would merge into them only where peft is installed; move the adapter's files out of the "
+                       "directory, or merge the adapter into the weights")
+    if layers:
+        check_config(cfg, shapes, str(path))
+    check_fits(files, dtype, device, name, opts.device_map)
+    return Prepared(device, dtype, files, (tokenizer or load_tokenizer)(path), opts.device_map)
 
 
-def check_weights(net: torch.nn.Module, shapes: dict[str, tuple[int, ...]], where: str) -> None:
-    """The weights' names and shapes against the network the config describes (built on meta)."""
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    tied = getattr(net.config, "tie_word_embeddings", False)
-    missing = sorted(set(expected) - set(shapes) - ({"lm_head.weight"} if tied else set()))
-    unexpected = sorted(set(shapes) - set(expected))
-    if missing:
-        raise DlmError(f"{where} lacks weights {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
-                       "the checkpoint is incomplete or of another family")
-    if unexpected:
-        raise DlmError(f"{where} has weights dlm does not expect ({', '.join(unexpected[:3])}); "
-                       "the checkpoint is of another architecture")
-    for name, shape in shapes.items():
-        if tuple(shape) != expected[name]:
-            raise DlmError(f"{where}: weight {name} has shape {tuple(shape)} but config.json implies "
-                           f"{expected[name]}; config and weights do not match")
+def need_accelerate() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise DlmError("--device-map auto needs accelerate: pip install 'accelerate>=1.0'")
 
 
-def load_into(net_factory: Callable[[], torch.nn.Module] | torch.nn.Module, tensors: dict[str, torch.Tensor],
-              device: torch.device, where: str) -> torch.nn.Module:
-    """Assign the loaded tensors to the network built on the meta device (no double allocation).
+def pretrained_kwargs(prep: Prepared) -> dict[str, Any]:
+    """``from_pretrained`` arguments: our dtype, our device (or accelerate's map), safetensors only.
 
-    ``net_factory`` is a factory, or a network :func:`build_meta` already built.
+    Pickle weights reach here only past the ``--allow-pickle`` gate; transformers then finds them by
+    its own file names (``use_safetensors=None``).
     """
-    net = net_factory if isinstance(net_factory, torch.nn.Module) else build_meta(net_factory)
-    check_weights(net, {k: tuple(t.shape) for k, t in tensors.items()}, where)
-    tied = getattr(net.config, "tie_word_embeddings", False)
-    net.load_state_dict(tensors, strict=False, assign=True)
-    if tied:
-        net.lm_head.weight = net.model.embed_tokens.weight
-    # Non-persistent buffers (rotary frequencies) were created on meta: rebuild them on the device.
-    rotary = net.model.rotary_emb
-    with torch.device(device):
-        fresh = type(rotary)(config=net.config)
-    net.model.rotary_emb = fresh
+    if prep.device_map:
+        need_accelerate()
+    safe = all(f.suffix == ".safetensors" for f in prep.files)
+    return {"dtype": prep.dtype, "use_safetensors": True if safe else None,
+            "device_map": prep.device_map or (None if prep.device.type == "cpu" else prep.device)}
+
+
+def pretrained(cls: Any, path: Path, prep: Prepared, name: str, *, what: str, other: str, strict: bool = False,
+               **kwargs: Any) -> Any:
+    """``cls.from_pretrained(path)`` in eval mode, its failures and its loading report as one line each.
+
+    ``what`` names the model in the failure line ("a causal LM"); ``other`` ends the missing-weights
+    line ("the checkpoint is incomplete or of another <other>"). A missing weight is always refused
+    (transformers would initialise it at random and decode garbage), and so is a weight of another
+    shape; ``strict`` also refuses weights the network has no place for (dlm's own networks).
+    """
+    kw = {**pretrained_kwargs(prep), "output_loading_info": True, "ignore_mismatched_sizes": True, **kwargs}
+    try:
+        with quiet_transformers():
+            net, report = cls.from_pretrained(str(path), **kw)
+    # Pickle weights (past --allow-pickle) fail with the unpickler's own errors, or EOFError when truncated.
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DlmError(f"{name}: transformers could not load it as {what} ({type(exc).__name__}: {first}); "
+                       "the checkpoint is incomplete or does not match its config.json") from None
+    missing = sorted(report.get("missing_keys") or [])
+    unexpected = sorted(report.get("unexpected_keys") or []) if strict else []
+    mismatched = sorted(report.get("mismatched_keys") or [])
+    if missing:
+        raise DlmError(f"{path} lacks weights {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
+                       f"the checkpoint is incomplete or of another {other}")
+    if unexpected:
+        raise DlmError(f"{path} has weights dlm does not expect ({', '.join(unexpected[:3])}); "
+                       "the checkpoint is of another architecture")
+    if mismatched:
+        key, got, want = mismatched[0]
+        raise DlmError(f"{path}: weight {key} has shape {tuple(got)} but config.json implies {tuple(want)}; "
+                       "config and weights do not match")
     return net.eval()
 
 

@@ -3,7 +3,9 @@
 LLaDA is a Llama-shaped transformer with bidirectional attention whose logits at position ``i``
 predict token ``i``. Its checkpoints use their own config keys (``d_model``, ``n_heads``,
 ``mlp_hidden_size``, ``mask_token_id`` ...) and weight names (``model.transformer.blocks.N.*``).
-This module translates both onto transformers' Llama modules; no LLaDA code is copied.
+This module translates both onto dlm's network of transformers' Llama layers
+(:class:`~dlm_cli.models.stack.LlamaDenoiser`): the config into a ``LlamaConfig``, the names into
+a ``from_pretrained`` key mapping. No LLaDA code is copied.
 """
 
 from __future__ import annotations
@@ -12,57 +14,58 @@ import re
 from typing import Any
 
 from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from ..errors import DlmError
 from .native import NativeSpec
-from .stack import DenoiserStack
+from .stack import LlamaDenoiser
 
 FAMILY = "llada"
 DEFAULT_MASK_ID = 126336
 
-# LLaDA weight name -> our (Llama/Qwen2) name. Applied with re.fullmatch.
-_TO_OURS = [
-    (r"model\.transformer\.wte\.weight", r"model.embed_tokens.weight"),
-    (r"model\.transformer\.ln_f\.weight", r"model.norm.weight"),
-    (r"model\.transformer\.ff_out\.weight", r"lm_head.weight"),
-    (r"model\.transformer\.blocks\.(\d+)\.attn_norm\.weight", r"model.layers.\1.input_layernorm.weight"),
-    (r"model\.transformer\.blocks\.(\d+)\.ff_norm\.weight", r"model.layers.\1.post_attention_layernorm.weight"),
-    (r"model\.transformer\.blocks\.(\d+)\.(q|k|v)_proj\.(weight|bias)", r"model.layers.\1.self_attn.\2_proj.\3"),
-    (r"model\.transformer\.blocks\.(\d+)\.attn_out\.(weight|bias)", r"model.layers.\1.self_attn.o_proj.\2"),
-    (r"model\.transformer\.blocks\.(\d+)\.ff_proj\.(weight|bias)", r"model.layers.\1.mlp.gate_proj.\2"),
-    (r"model\.transformer\.blocks\.(\d+)\.up_proj\.(weight|bias)", r"model.layers.\1.mlp.up_proj.\2"),
-    (r"model\.transformer\.blocks\.(\d+)\.ff_out\.(weight|bias)", r"model.layers.\1.mlp.down_proj.\2"),
-]
-_TO_LLADA = [
-    (r"model\.embed_tokens\.weight", r"model.transformer.wte.weight"),
-    (r"model\.norm\.weight", r"model.transformer.ln_f.weight"),
-    (r"lm_head\.weight", r"model.transformer.ff_out.weight"),
-    (r"model\.layers\.(\d+)\.input_layernorm\.weight", r"model.transformer.blocks.\1.attn_norm.weight"),
-    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"model.transformer.blocks.\1.ff_norm.weight"),
-    (r"model\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"model.transformer.blocks.\1.\2_proj.\3"),
-    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.(weight|bias)", r"model.transformer.blocks.\1.attn_out.\2"),
-    (r"model\.layers\.(\d+)\.mlp\.gate_proj\.(weight|bias)", r"model.transformer.blocks.\1.ff_proj.\2"),
-    (r"model\.layers\.(\d+)\.mlp\.up_proj\.(weight|bias)", r"model.transformer.blocks.\1.up_proj.\2"),
-    (r"model\.layers\.(\d+)\.mlp\.down_proj\.(weight|bias)", r"model.transformer.blocks.\1.ff_out.\2"),
+# LLaDA module name -> ours (Llama's); N is a block index. Each holds a weight and, with include_bias, a bias.
+MODULES = [
+    ("model.transformer.wte", "model.embed_tokens"),
+    ("model.transformer.ln_f", "model.norm"),
+    ("model.transformer.ff_out", "lm_head"),
+    ("model.transformer.blocks.N.attn_norm", "model.layers.N.input_layernorm"),
+    ("model.transformer.blocks.N.ff_norm", "model.layers.N.post_attention_layernorm"),
+    ("model.transformer.blocks.N.q_proj", "model.layers.N.self_attn.q_proj"),
+    ("model.transformer.blocks.N.k_proj", "model.layers.N.self_attn.k_proj"),
+    ("model.transformer.blocks.N.v_proj", "model.layers.N.self_attn.v_proj"),
+    ("model.transformer.blocks.N.attn_out", "model.layers.N.self_attn.o_proj"),
+    ("model.transformer.blocks.N.ff_proj", "model.layers.N.mlp.gate_proj"),
+    ("model.transformer.blocks.N.up_proj", "model.layers.N.mlp.up_proj"),
+    ("model.transformer.blocks.N.ff_out", "model.layers.N.mlp.down_proj"),
 ]
 
 
-def _rename(name: str, table: list[tuple[str, str]]) -> str | None:
-    for pattern, repl in table:
-        if re.fullmatch(pattern, name):
-            return re.sub(pattern, repl, name)
+def _pattern(module: str) -> str:
+    return re.escape(module).replace("N", r"(\d+)")
+
+
+# transformers' from_pretrained key_mapping: a published module name -> ours (the .weight/.bias suffix is kept).
+KEY_MAPPING = {_pattern(theirs): ours.replace("N", r"\1") for theirs, ours in MODULES}
+# Every weight name a LLaDA checkpoint may hold; anything else is another family's.
+PUBLISHED = re.compile("|".join(rf"{_pattern(theirs)}\.(?:weight|bias)" for theirs, _ in MODULES))
+
+
+def _rename(name: str, pairs: list[tuple[str, str]]) -> str | None:
+    for a, b in pairs:
+        m = re.fullmatch(rf"{_pattern(a)}\.(weight|bias)", name)
+        if m:
+            *block, suffix = m.groups()
+            return f"{b.replace('N', block[0]) if block else b}.{suffix}"
     return None
 
 
 def to_ours(name: str) -> str | None:
     """Our module name for a published LLaDA weight name, or None if it is not a LLaDA weight."""
-    return _rename(name, _TO_OURS)
+    return _rename(name, MODULES)
 
 
 def to_llada(name: str) -> str:
     """The published LLaDA weight name for one of ours (used when saving the demo model)."""
-    out = _rename(name, _TO_LLADA)
+    out = _rename(name, [(b, a) for a, b in MODULES])
     if out is None:
         raise KeyError(name)
     return out
@@ -73,8 +76,8 @@ def is_llada_config(cfg: dict[str, Any]) -> bool:
     return cfg.get("model_type") == "llada" or "LLaDAModelLM" in archs
 
 
-def llama_config(cfg: dict[str, Any]) -> tuple[LlamaConfig, bool]:
-    """Translate a LLaDA ``config.json`` into a LlamaConfig; also returns whether weights are tied."""
+def llama_config(cfg: dict[str, Any]) -> LlamaConfig:
+    """Translate a LLaDA ``config.json`` into the LlamaConfig of its network."""
     unsupported = []
     if cfg.get("block_type", "llama") != "llama":
         unsupported.append(f"block_type={cfg.get('block_type')!r}")
@@ -108,13 +111,13 @@ def llama_config(cfg: dict[str, Any]) -> tuple[LlamaConfig, bool]:
         raise DlmError(f"LLaDA config.json is not valid ({' '.join(str(exc).split())}); re-download the model") from None
 
 
-def _llama_config(cfg: dict[str, Any], bias: bool) -> tuple[LlamaConfig, bool]:
+def _llama_config(cfg: dict[str, Any], bias: bool) -> LlamaConfig:
     d_model, n_heads, n_layers = int(cfg["d_model"]), int(cfg["n_heads"]), int(cfg["n_layers"])
     hidden = cfg.get("mlp_hidden_size") or int(cfg.get("mlp_ratio", 4)) * d_model
     if cfg.get("activation_type", "silu") == "swiglu" and not cfg.get("mlp_hidden_size"):
         hidden //= 2
     vocab = int(cfg.get("embedding_size") or cfg["vocab_size"])
-    llama = LlamaConfig(
+    return LlamaConfig(
         vocab_size=vocab,
         hidden_size=d_model,
         intermediate_size=int(hidden),
@@ -129,12 +132,11 @@ def _llama_config(cfg: dict[str, Any], bias: bool) -> tuple[LlamaConfig, bool]:
         hidden_act="silu",
         tie_word_embeddings=bool(cfg.get("weight_tying", False)),
     )
-    return llama, bool(cfg.get("weight_tying", False))
 
 
-def build_net(cfg: dict[str, Any]) -> DenoiserStack:
-    llama, tied = llama_config(cfg)
-    return DenoiserStack(llama, LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding, tie_word_embeddings=tied)
+def build_net(cfg: dict[str, Any]) -> LlamaDenoiser:
+    """The network a LLaDA ``config.json`` describes, freshly initialised (tests and the demo trainer)."""
+    return LlamaDenoiser(llama_config(cfg))
 
 
 def mask_id(cfg: dict[str, Any]) -> int:
@@ -142,12 +144,12 @@ def mask_id(cfg: dict[str, Any]) -> int:
 
 
 def spec(cfg: dict[str, Any]) -> NativeSpec:
-    llama_config(cfg)  # fail early on unsupported options
     return NativeSpec(
         family=FAMILY,
-        build=lambda: build_net(cfg),
-        rename=to_ours,
-        strict_names=True,
+        network=LlamaDenoiser,
+        config=llama_config(cfg),
+        key_mapping=KEY_MAPPING,
+        published=PUBLISHED,
         max_length=int(cfg.get("max_sequence_length", 4096)),
         mask_id=mask_id(cfg),
         token_count=int(cfg["vocab_size"]) if cfg.get("vocab_size") else None,

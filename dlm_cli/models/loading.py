@@ -1,9 +1,10 @@
 """Load a model: resolve its spec (:mod:`.resolve`), read its config, and hand it to the family that claims it.
 
-Families are detected from ``config.json`` (:mod:`.families`); each family module supplies the
-network, weight-name mapping and token conventions, on the shared readers of :mod:`.files`.
-Weights load from safetensors straight into a network built on the meta device, so a model never
-needs twice its size in memory.
+Families are detected from ``config.json`` (:mod:`.families`); each family module supplies a
+transformers ``PreTrainedModel`` class, its config, the weight-name mapping where a published
+layout differs and the token conventions; :mod:`.files` holds the checks every loader makes (the
+pickle gate, sizes, memory) and the one ``from_pretrained`` call, so a model is built on the meta
+device and filled once, never needing twice its size in memory.
 """
 
 from __future__ import annotations

@@ -1,18 +1,17 @@
-"""What the Qwen-shaped dLLM families share: config translation and the Qwen weight layout.
+"""What the Qwen-shaped dLLM families share: config translation.
 
 Dream, DiffuCoder, Fast-dLLM v2 (Qwen2 / Qwen2.5 layers, q/k/v biases) and SDAR (Qwen3 layers,
 q/k norms) publish their weights under the transformers Qwen names (``model.embed_tokens``,
-``model.layers.N.*``, ``model.norm``, ``lm_head``), so the network is transformers' own decoder
-layers in a :class:`~dlm_cli.models.stack.DenoiserStack` and the weight mapping is the identity.
+``model.layers.N.*``, ``model.norm``, ``lm_head``), so the network is a
+:class:`~dlm_cli.models.stack.DenoiserStack` of transformers' own decoder layers, loaded with no
+weight-name mapping; only the config needs translating.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from ..errors import DlmError
-from .stack import DenoiserStack
 
 # The config.json keys the transformers Qwen layers read; everything else (auto_map, block sizes,
 # mask ids, training flags) belongs to the family and is not passed on.
@@ -21,10 +20,6 @@ _KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", 
          "rope_theta", "rope_scaling", "rope_parameters", "attention_bias", "attention_dropout",
          "tie_word_embeddings")
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-
-# Buffers some remote-code checkpoints saved alongside the weights; transformers recomputes them.
-_DROP = re.compile(r".*rotary_emb\.inv_freq")
-SKIP = ""  # a rename result meaning "not a weight: skip it" (see loading.read_tensors)
 
 
 def hf_config(cls: type, cfg: dict[str, Any], family: str, extra: tuple[str, ...] = ()) -> Any:
@@ -46,16 +41,6 @@ def hf_config(cls: type, cfg: dict[str, Any], family: str, extra: tuple[str, ...
     except (ValueError, TypeError, StrictDataclassError) as exc:
         why = " ".join(str(exc).split())
         raise DlmError(f"{family} config.json is not valid ({why}); re-download the model") from None
-
-
-def build_stack(config: Any, layer_cls: type, norm_cls: type, rotary_cls: type) -> DenoiserStack:
-    return DenoiserStack(config, layer_cls, norm_cls, rotary_cls,
-                         tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)))
-
-
-def rename(name: str) -> str | None:
-    """Qwen checkpoints already use our names; drop saved rotary buffers."""
-    return SKIP if _DROP.fullmatch(name) else name
 
 
 def max_length(cfg: dict[str, Any], default: int = 32768) -> int:

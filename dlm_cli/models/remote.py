@@ -31,14 +31,6 @@ _AUTO = ("AutoModelForMaskedLM", "AutoModel", "AutoModelForCausalLM")
 class RemoteDenoiser(Denoiser):
     """A remote-code model: full forward every step, logits taken in place (see module doc)."""
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.net.get_output_embeddings().weight.shape[0])
-
     @torch.inference_mode()
     def logits(self, x: torch.Tensor, start: int = 0, end: int | None = None, *, cache: Any = None,
                rows: tuple[int, int] | None = None) -> torch.Tensor:
@@ -78,8 +70,7 @@ def repository_code(name: str, run: Callable[[], T]) -> T:
 def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> RemoteDenoiser:
     import transformers
 
-    from .files import eos_ids, load_tokenizer, model_info, pick_device, pick_dtype, quiet_transformers, weight_files
-    from .memory import check_fits
+    from .files import eos_ids, load_tokenizer, model_info, prepare, pretrained_kwargs, quiet_transformers
 
     auto_map = cfg.get("auto_map") or {}
     auto = next((a for a in _AUTO if a in auto_map), None)
@@ -88,24 +79,17 @@ def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Remote
                        f"({', '.join(auto_map) or 'none'}); it needs one of {', '.join(_AUTO)}")
     warn(f"running the model code shipped with {name} ({auto_map[auto]}): --trust-remote-code lets it do "
          "anything your user can; dlm decodes it as an in-place masked-diffusion model, without a cache")
-    device = pick_device(opts.device)
-    dtype = pick_dtype(opts.dtype, device)
-    files = weight_files(path, opts.allow_pickle)  # sizes were checked in load(); its layers may mean anything
-    check_fits(files, dtype, device, name, opts.device_map)
-    tok = repository_code(name, lambda: load_tokenizer(path, trust_remote_code=True))
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": True,
-                              "use_safetensors": all(f.suffix == ".safetensors" for f in files)}
-    if opts.device_map:
-        kwargs["device_map"] = opts.device_map
+    # Sizes were checked in load(); its layers may mean anything, so they are not counted against the weights.
+    prep = prepare(path, cfg, opts, name, layers=False,
+                   tokenizer=lambda p: repository_code(name, lambda: load_tokenizer(p, trust_remote_code=True)))
+    kwargs = {**pretrained_kwargs(prep), "trust_remote_code": True}
 
     def build() -> Any:
         with quiet_transformers():
             return getattr(transformers, auto).from_pretrained(str(path), **kwargs)
 
-    net = repository_code(name, build)
-    if not opts.device_map:
-        net.to(device)
-    net.eval()
+    net = repository_code(name, build).eval()
+    tok = prep.tokenizer
     mask = cfg.get("mask_token_id")
     if mask is None:
         mask = getattr(tok, "mask_token_id", None)

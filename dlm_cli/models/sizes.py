@@ -4,8 +4,8 @@ A network is built from config.json before its weights are read, so a hostile or
 (``num_hidden_layers = 10**5``, ``n_heads = 0``, a context of 10**12 tokens) would allocate,
 divide by zero or run for minutes first. :func:`check_config` runs before anything is built:
 every size key must be a positive integer within a plausible bound, and the layer count must not
-exceed the layers the weight headers hold (the shapes are compared with the built network before
-any tensor is read, in :func:`dlm_cli.models.loading.check_weights`).
+exceed the layers the weight headers hold (the shapes are compared with the built network by
+``from_pretrained``, whose report :func:`dlm_cli.models.files.pretrained` turns into one line).
 """
 
 from __future__ import annotations

@@ -1,46 +1,74 @@
-"""A transformer stack built from transformers' own decoder layers, run without a causal mask.
+"""dlm's dLLM networks: transformers' own decoder layers in a ``PreTrainedModel``, run without a causal mask.
 
-Every dLLM family we load natively (LLaDA, Dream, SDAR, Fast-dLLM v2) is a Llama- or Qwen-shaped
-stack whose only difference from the AR model is the attention pattern. So the family adapters
-choose a transformers config and decoder-layer class, and this module runs them over a window of
-the canvas with an optional mask and a :class:`~dlm_cli.models.kv.DenoiserCache`.
+Every dLLM family we load natively (LLaDA, Dream, SDAR, Fast-dLLM v2, dlm's block-diffusion
+adapters) is a Llama-, Qwen2- or Qwen3-shaped stack whose only difference from the AR model is the
+attention pattern. So there is one network class per layer kind (:data:`NETWORKS`), configured by
+transformers' own config class of that kind, and loaded with ``from_pretrained``: meta-device
+init, dtype, weight tying, the shape report and ``device_map`` are transformers' and accelerate's.
+Its forward runs a window of the canvas with an optional mask and a
+:class:`~dlm_cli.models.kv.DenoiserCache`; the family conventions (mask token, logit shift, block
+grid) belong to :class:`~dlm_cli.models.base.Denoiser`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from transformers import LlamaConfig, PreTrainedModel, Qwen2Config, Qwen3Config
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
+from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RMSNorm, Qwen3RotaryEmbedding
 
 from .compat import cache_kwarg
 
 
-class DenoiserStack(nn.Module):
-    """``model.embed_tokens``, ``model.layers``, ``model.norm`` and ``lm_head``: the Qwen2/Llama names."""
+class DenoiserStack(PreTrainedModel):
+    """``model.embed_tokens``, ``model.layers``, ``model.norm`` and ``lm_head``: the Llama/Qwen names.
 
-    def __init__(
-        self,
-        config: Any,
-        layer_cls: type[nn.Module],
-        norm_cls: type[nn.Module],
-        rotary_cls: type[nn.Module],
-        *,
-        tie_word_embeddings: bool = False,
-    ) -> None:
-        super().__init__()
-        config._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
-        self.config = config
+    A subclass names its layer kind: ``config_class`` and ``parts`` (decoder layer, norm, rotary
+    embedding), all transformers' own.
+    """
+
+    parts: ClassVar[tuple[type[nn.Module], type[nn.Module], type[nn.Module]]]
+    base_model_prefix = "model"
+    _supports_sdpa = True
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # Rotary frequencies some remote-code checkpoints saved beside the weights: recomputed, not loaded.
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        layer_cls, norm_cls, rotary_cls = self.parts
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.model.layers = nn.ModuleList(layer_cls(config, i) for i in range(config.num_hidden_layers))
         self.model.norm = norm_cls(config.hidden_size, eps=config.rms_norm_eps)
         self.model.rotary_emb = rotary_cls(config=config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
         for layer in self.model.layers:
             layer.self_attn.is_causal = False
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Weights keep PyTorch's construction-time init: a checkpoint fills every one of them (a missing
+        # weight is refused), and dlm's trainers initialise their own. Only the rotary frequencies, a
+        # buffer that is never saved, are computed here when from_pretrained builds on the meta device.
+        if isinstance(module, self.parts[2]):
+            super()._init_weights(module)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
 
     def forward(
         self,
@@ -92,3 +120,31 @@ class DenoiserStack(nn.Module):
         if rows is not None:
             hidden = hidden[:, rows[0] : rows[1]]
         return self.lm_head(self.model.norm(hidden))
+
+
+class LlamaDenoiser(DenoiserStack):
+    """Llama layers: LLaDA, dlm's adapters over Llama checkpoints (SmolLM2)."""
+
+    config_class = LlamaConfig
+    parts = (LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding)
+    _no_split_modules = ["LlamaDecoderLayer"]
+
+
+class Qwen2Denoiser(DenoiserStack):
+    """Qwen2 layers (q/k/v biases): Dream, DiffuCoder, Fast-dLLM v2."""
+
+    config_class = Qwen2Config
+    parts = (Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding)
+    _no_split_modules = ["Qwen2DecoderLayer"]
+
+
+class Qwen3Denoiser(DenoiserStack):
+    """Qwen3 layers (q/k RMS norms): SDAR."""
+
+    config_class = Qwen3Config
+    parts = (Qwen3DecoderLayer, Qwen3RMSNorm, Qwen3RotaryEmbedding)
+    _no_split_modules = ["Qwen3DecoderLayer"]
+
+
+# layer kind (a checkpoint's model_type) -> its network: the one table of layer kinds.
+NETWORKS: dict[str, type[DenoiserStack]] = {"llama": LlamaDenoiser, "qwen2": Qwen2Denoiser, "qwen3": Qwen3Denoiser}
