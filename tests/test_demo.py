@@ -394,7 +394,7 @@ def test_demo_bench_builtin_suite():
                             "--json"])
     assert r.exit_code == 0, r.stderr
     rows = {row["profile"]: row for row in json.loads(r.stdout)["rows"]}
-    assert set(rows) == {"baseline", "speedy"}
+    assert set(rows) == {"baseline", "baseline+eotp", "speedy"}
     for row in rows.values():
         assert set(row["task_scores"]) == {"copy", "pick"}
         assert all(0.0 <= v <= 1.0 for v in row["task_scores"].values()) and row["nfe"] > 0

@@ -246,7 +246,7 @@ def test_cli_generate_and_bench_run_a_block_diffusion_checkpoint(tmp_path):
     r = run_cli("bench", "-m", str(d), "--prompts", str(prompts), "-p", "speedy", "--reps", "1", "-n", "8", "--json")
     assert r.exit_code == 0, r.stderr
     rows = {row["profile"]: row for row in json.loads(r.stdout)["rows"]}
-    assert set(rows) == {"baseline", "speedy"} and rows["baseline"]["nfe"] == 8
+    assert set(rows) == {"baseline", "baseline+eotp", "speedy"} and rows["baseline"]["nfe"] == 8
 
 
 def test_cli_errors_are_one_line_with_an_exit_code(dream_dir, tmp_path):
