@@ -144,3 +144,14 @@ def test_a_tiny_model_runs_on_one_thread_unless_told_otherwise():
     assert threads(base) == 1  # 2M parameters: one thread (measured faster, idle or busy)
     assert threads(base + ["--threads", "2"]) == 2
     assert threads(base, OMP_NUM_THREADS="2") == 2
+
+
+def test_models_profiles_and_completion_import_neither_torch_nor_transformers():
+    """The static listings start fast: no torch (several seconds to import on a busy machine)."""
+    for args in (["models"], ["models", "--json"], ["profiles", "list"], ["profiles", "list", "--json"]):
+        code = ("import sys; from dlm_cli.cli import app\n"
+                "from typer.testing import CliRunner\n"
+                f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output\n"
+                "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), check=True)
+        assert out.stdout.strip().splitlines()[-1] == "[]", (args, out.stdout[-300:])

@@ -4,11 +4,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from . import adapter, block_diffusion, causal, diffusion_gemma, dream, llada
-from .files import LoadOptions
-from .native import loader
+from importlib import import_module
+
+if TYPE_CHECKING:
+    from .files import LoadOptions
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported on the first call: listing the families (``dlm models``) imports no torch."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(import_module(f"{__package__}.{module}"), name)(*args, **kwargs)
+
+    call.__qualname__ = f"{module}.{name}"
+    return call
+
+
+def native(module: str, spec: str) -> Callable[..., Any]:
+    """The shared native loader for ``module.spec`` (see :mod:`.native`), built on the first call."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        from .native import loader
+
+        return loader(getattr(import_module(f"{__package__}.{module}"), spec))(*args, **kwargs)
+
+    call.__qualname__ = f"{module}.{spec}"
+    return call
 
 
 @dataclass
@@ -18,7 +41,7 @@ class Family:
     name: str
     kind: str  # "diffusion" or "autoregressive"
     detect: Callable[[dict[str, Any]], bool]
-    load: Callable[[Path, dict[str, Any], LoadOptions, str], Any]
+    load: Callable[[Path, dict[str, Any], "LoadOptions", str], Any]
     example: str = ""
 
 
@@ -29,21 +52,23 @@ def register_family(family: Family) -> None:
     FAMILIES.append(family)
 
 
-register_family(Family("block-diffusion", "diffusion", adapter.is_adapter_config, adapter.load_adapter,
+register_family(Family("block-diffusion", "diffusion", lazy("adapter", "is_adapter_config"),
+                       lazy("adapter", "load_adapter"),
                        example="dlm generate -m smollm2-dlm \"...\" (an AR model + dlm's LoRA delta)"))
-register_family(Family("llada", "diffusion", llada.is_llada_config, loader(llada.spec),
+register_family(Family("llada", "diffusion", lazy("llada", "is_llada_config"), native("llada", "spec"),
                        example="dlm generate -m GSAI-ML/LLaDA-8B-Instruct \"...\""))
-register_family(Family("dream", "diffusion", dream.is_dream_config, loader(dream.spec),
+register_family(Family("dream", "diffusion", lazy("dream", "is_dream_config"), native("dream", "spec"),
                        example="dlm generate -m Dream-org/Dream-v0-Instruct-7B \"...\""))
-register_family(Family("sdar", "diffusion", block_diffusion.is_sdar_config, loader(block_diffusion.sdar_spec),
+register_family(Family("sdar", "diffusion", lazy("block_diffusion", "is_sdar_config"),
+                       native("block_diffusion", "sdar_spec"),
                        example="dlm generate -m JetLM/SDAR-1.7B-Chat \"...\""))
-register_family(Family("fast-dllm-v2", "diffusion", block_diffusion.is_fast_dllm_v2_config,
-                       loader(block_diffusion.fast_dllm_v2_spec),
+register_family(Family("fast-dllm-v2", "diffusion", lazy("block_diffusion", "is_fast_dllm_v2_config"),
+                       native("block_diffusion", "fast_dllm_v2_spec"),
                        example="dlm generate -m Efficient-Large-Model/Fast_dLLM_v2_7B \"...\""))
-register_family(Family("diffusion-gemma", "diffusion", diffusion_gemma.is_diffusion_gemma_config,
-                       diffusion_gemma.load_diffusion_gemma,
+register_family(Family("diffusion-gemma", "diffusion", lazy("diffusion_gemma", "is_diffusion_gemma_config"),
+                       lazy("diffusion_gemma", "load_diffusion_gemma"),
                        example="dlm generate -m google/diffusiongemma-26B-A4B-it \"...\""))
 
 # Registered last: every dLLM family looks at a config first.
-register_family(Family("causal", "autoregressive", causal.is_causal_config, causal.load_causal,
+register_family(Family("causal", "autoregressive", lazy("causal", "is_causal_config"), lazy("causal", "load_causal"),
                        example="dlm generate -m dlm-demo-ar --draft dlm-demo-ar-draft \"...\""))

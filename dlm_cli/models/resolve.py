@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..errors import DlmError, UsageError
-from .files import LoadOptions
+
+if TYPE_CHECKING:  # resolving a name needs no torch: `dlm models` and completion stay fast
+    from .files import LoadOptions
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "weights"
 
