@@ -134,7 +134,9 @@ def run_filter_train(req: FilterRequest, *, load_model: Callable[..., Any]) -> N
     from .bench import REAL_MAX_NEW_TOKENS, is_toy
 
     n = req.max_new_tokens or (64 if is_toy(model) else REAL_MAX_NEW_TOKENS)
-    settings = profiles.load("baseline", flags={"max_new_tokens": n, "seed": req.seed})
+    # A block-diffusion model's prefix cache is exact: the same decodes, many times faster.
+    exact = ["cache=prefix"] if getattr(model, "block_size", None) is not None else []
+    settings = profiles.load("baseline", sets=exact, flags={"max_new_tokens": n, "seed": req.seed})
     check_trained(model, n)
     samples: list[tuple[torch.Tensor, torch.Tensor, int]] = []
     nfe = 0
