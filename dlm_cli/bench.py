@@ -19,18 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import INTERRUPTS, UsageError
-
-
-@dataclass
-class BenchPrompt:
-    prompt: str
-    task: Optional[str] = None
-    answer: Optional[str] = None
-    system: Optional[str] = None
-    example: Any = None  # a demo-suite Example, scored by its task
-    typo: Any = None  # a real-text typo prompt (demo.realtext.Prompt), scored by the share of typos fixed
-    match: str = "exact"  # how ``answer`` is checked (evals.scoring.MATCHES)
-    problem: Any = None  # a HumanEval problem (evals.humaneval.Problem), scored by running its tests
+from .evals.prompt import BenchPrompt
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 from rich.console import Console
 
 from .errors import RUNTIME, DlmError, UsageError, interrupt_code, interrupt_word, silence_stdout
+from .view.stats import stats_line  # noqa: F401  (the stats line; also dlm replay's)
 
 
 
@@ -39,24 +40,6 @@ class GenerateRequest:
     load: Any
     parse_special: bool = False  # --parse-special: control tokens in the prompt act as control tokens
     no_stdin: bool = False  # --no-stdin: never read stdin
-
-
-def stats_line(done: Any, *, interrupted: bool = False, paced: bool = False) -> str:
-    parts = [f"{len(done.tokens)} tokens", f"{done.nfe} NFE", f"{done.tokens_per_nfe:.2f} tok/NFE",
-             f"{done.tokens_per_second:.1f} tok/s"]
-    if done.ttft_seconds is not None:
-        parts.append(f"TTFT {done.ttft_seconds * 1000:.0f} ms")
-    if done.draft_source is not None:  # the AR loop drafted
-        parts.append(f"accept {done.acceptance_rate or 0.0:.0%} ({done.accepted}/{done.drafted})")
-        parts.append(f"mean accepted length {done.mean_accepted_length or 0.0:.2f}")
-        if done.draft_nfe:
-            parts.append(f"draft NFE {done.draft_nfe}")
-        parts.append(f"draft/verify {done.draft_seconds:.2f}/{done.verify_seconds:.2f} s")
-    if interrupted:
-        parts.append("interrupted")
-    if paced:
-        parts.append("paced view: idle threads slow each step, bench for speed")
-    return " · ".join(parts)
 
 
 def result_json(done: Any, text: str, settings: Any, model: Any, draft: Any, prompt_tokens: int) -> dict[str, Any]:

@@ -263,7 +263,7 @@ def run_replay(path: Path, *, view: str, pace: float, color_by: str, quiet: bool
 
     from rich.console import Console
 
-    from .generate import stats_line
+    from .view.stats import stats_line
     from .view import show
     from .view.canvas import Canvas
 

@@ -13,7 +13,7 @@ DEFAULT_MAX_NEW_TOKENS = 256  # a HumanEval function body fits; -n overrides it
 def dataset_prompts(req: Any) -> list[Any]:
     """The prompts of ``req.dataset`` (the first ``req.limit``), and the request set up for them:
     raw completions (no chat template) and, unless ``-n`` was given, 256 new tokens."""
-    from ..bench import BenchPrompt
+    from .prompt import BenchPrompt
 
     if req.dataset not in DATASETS:
         raise UsageError(f"--dataset: unknown data set {req.dataset!r}; data sets: {', '.join(DATASETS)}")

@@ -13,7 +13,6 @@ forwards, ``draft_nfe`` the small one's; ``large_share`` is the share of tokens 
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from typing import Any, Iterator
 

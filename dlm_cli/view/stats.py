@@ -1,0 +1,23 @@
+"""The one-line summary of a finished generation that generate and replay print on stderr."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def stats_line(done: Any, *, interrupted: bool = False, paced: bool = False) -> str:
+    parts = [f"{len(done.tokens)} tokens", f"{done.nfe} NFE", f"{done.tokens_per_nfe:.2f} tok/NFE",
+             f"{done.tokens_per_second:.1f} tok/s"]
+    if done.ttft_seconds is not None:
+        parts.append(f"TTFT {done.ttft_seconds * 1000:.0f} ms")
+    if done.draft_source is not None:  # the AR loop drafted
+        parts.append(f"accept {done.acceptance_rate or 0.0:.0%} ({done.accepted}/{done.drafted})")
+        parts.append(f"mean accepted length {done.mean_accepted_length or 0.0:.2f}")
+        if done.draft_nfe:
+            parts.append(f"draft NFE {done.draft_nfe}")
+        parts.append(f"draft/verify {done.draft_seconds:.2f}/{done.verify_seconds:.2f} s")
+    if interrupted:
+        parts.append("interrupted")
+    if paced:
+        parts.append("paced view: idle threads slow each step, bench for speed")
+    return " · ".join(parts)
