@@ -110,6 +110,8 @@ DTYPE_OPT = typer.Option(DType.auto, "--dtype", help="weight dtype (auto: bfloat
 DEVICE_MAP_OPT = typer.Option(None, "--device-map", help="'auto' shards a model too big for one GPU across all GPUs")
 REMOTE_OPT = typer.Option(False, "--trust-remote-code", help="allow running the model repository's own code")
 PICKLE_OPT = typer.Option(False, "--allow-pickle", help="allow pickle (.bin) weights, which can run code")
+DIFFERENT_TOKENIZERS_OPT = typer.Option(
+    False, "--allow-different-tokenizers", help="let a draft with another tokenizer work by re-encoding text")
 SET_OPT = typer.Option([], "--set", metavar="KEY=VALUE", help="override a profile key (repeatable)")
 
 
@@ -219,8 +221,7 @@ def generate(
         False, "--no-stdin", help="never read stdin (for a pipe nobody writes to: ssh, some CI runners)"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no stats line"),
     trace: Optional[Path] = typer.Option(None, "--trace", help="write every decoding event to this JSONL file"),
-    allow_different_tokenizers: bool = typer.Option(
-        False, "--allow-different-tokenizers", help="let a draft with another tokenizer work by re-encoding text"),
+    allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
     threads: Optional[int] = THREADS_OPT,
     device: Device = DEVICE_OPT,
     dtype: DType = DTYPE_OPT,
@@ -298,7 +299,7 @@ def bench(
     json_out: bool = typer.Option(False, "--json", help="the same as --format json"),
     calibrate: bool = typer.Option(False, "--calibrate", help="measure the machine's copy bandwidth again"),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="send prompts as raw text"),
-    allow_different_tokenizers: bool = typer.Option(False, "--allow-different-tokenizers"),
+    allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
     threads: Optional[int] = THREADS_OPT,
     device: Device = DEVICE_OPT,
     dtype: DType = DTYPE_OPT,
@@ -447,8 +448,7 @@ def serve(
                                           help="require this key as 'Authorization: Bearer KEY'"),
     queue_size: int = typer.Option(8, "--queue-size", min=1, max=10_000,
                                    help="requests that may wait while one decodes; one more gets HTTP 503"),
-    allow_different_tokenizers: bool = typer.Option(
-        False, "--allow-different-tokenizers", help="let a draft with another tokenizer work by re-encoding text"),
+    allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
     threads: Optional[int] = THREADS_OPT,
     device: Device = DEVICE_OPT,
     dtype: DType = DTYPE_OPT,
