@@ -2,8 +2,8 @@
 
 It consumes the decoders' events and only counts: NFE, generated tokens, decode seconds, TTFT,
 agreement with the baseline's output, and the task score where prompts have verifiable answers.
-Profiles are interleaved prompt by prompt so that machine noise hits them alike; one warmup run
-per profile comes first. Speedup is baseline seconds ÷ profile seconds over the same prompts.
+Profiles are interleaved prompt by prompt so that machine noise hits them alike; one short warm-up
+run per profile comes first. Speedup is baseline seconds ÷ profile seconds over the same prompts.
 """
 
 from __future__ import annotations
@@ -139,6 +139,7 @@ REAL_MAX_NEW_TOKENS = 256
 # Defaults sized for about a minute on 2 CPU cores: the real model is slow, the toys are not.
 REAL_PER_TASK, REAL_REPS = 1, 1
 TOY_PER_TASK, TOY_REPS = 4, 3
+WARMUP_TOKENS = 16
 
 
 def realtext_prompts(per_task: int, tasks: Optional[str]) -> list[BenchPrompt]:
@@ -230,8 +231,14 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
             check_length(len(i), s.max_new_tokens, model.max_length, model.info.name)
     for _, s in runs:
         check_trained(model, s.max_new_tokens)
-    for _, s in runs:  # warmup: first-call allocations and lazy init stay out of the timings
-        _consume(run(model, ids[0], s, draft=draft))
+    from .decode import resolve_seed
+
+    for _, s in runs:  # warm-up: first-call allocations and lazy init stay out of the timings
+        resolve_seed(s)
+        # A short run does it: a full one-token-per-step baseline would cost minutes on a real model.
+        warm = type(s)(s.profile, {**s.values, "max_new_tokens": min(s.max_new_tokens, WARMUP_TOKENS)},
+                       dict(s.sources), dict(s.meta))
+        _consume(run(model, ids[0], warm, draft=draft))
     seed0 = {name: s.seed for name, s in runs}
     seconds = {name: [[0.0] * len(ids) for _ in range(reps)] for name, _ in runs}
     dones: dict[str, list[Any]] = {name: [] for name, _ in runs}
