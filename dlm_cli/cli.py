@@ -284,7 +284,8 @@ def bench(
     per_task: Optional[int] = typer.Option(None, "--per-task", min=1, max=1000, help="built-in suite: prompts per "
                                            "task [default: 1 for a real model, 4 for the dlm-demo models]"),
     tasks: Optional[str] = typer.Option(
-        None, "--tasks", help="built-in suite: comma-separated tasks (typo,chat,continue,reformat; the toy "
+        None, "--tasks", help="built-in suite: comma-separated tasks [default: typo,chat for a real model, every toy "
+        "task for dlm-demo] (typo,chat,continue,reformat; the toy "
         "tasks copy,reverse,sort,add,lookup,pick,story pick dlm-demo). Scores: typo = share of injected typos "
         "fixed, reformat and toy tasks = exact match, pick = valid"),
     dataset: Optional[str] = typer.Option(

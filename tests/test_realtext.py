@@ -69,5 +69,7 @@ def test_bench_on_a_real_model_uses_the_real_suite_and_scores_typos(tmp_path):
     for row in out["rows"]:
         assert set(row["task_scores"]) == {"typo", "reformat"}
         assert 0.0 <= row["task_scores"]["typo"] <= 1.0
+    default = CliRunner().invoke(app, ["bench", "-m", str(d), "--reps", "1", "-p", "speedy", "-n", "8", "--json"])
+    assert default.exit_code == 0 and json.loads(default.stdout)["prompts"] == 2  # one typo fix, one chat answer
     bad = CliRunner().invoke(app, ["bench", "-m", str(d), "--tasks", "copy"])
     assert bad.exit_code == 2 and "the toy tasks need -m dlm-demo" in bad.stderr
