@@ -116,7 +116,7 @@ class Done:
     steps: int
     seconds: float
     ttft_seconds: float | None
-    finish_reason: str  # "eos", "length" or "interrupted"
+    finish_reason: str  # "eos", "length", "repetition" (the stop_repeats stop) or "interrupted"
     blocks: int | None = None  # dLLM blocks (canvases, for DiffusionGemma) decoded
     cache: str | None = None  # the dLLM cache policy that ran
     refreshes: int | None = None  # full cache recomputes inside a block
