@@ -69,19 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", "--max-new-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--show", default="", help="NxR: print the outputs this setting cuts")
+    ap.add_argument("--rows", default=",".join(f"{m}:{p}" for m, p in ROWS), help="MODEL:PROFILE,... to decode")
     a = ap.parse_args(argv)
     from dlm_cli.decode.repetition import first_repeat
 
     if a.out.exists():
         outputs = json.loads(a.out.read_text())
     else:
-        outputs = decode(list(ROWS), a.max_new_tokens, a.threads)
+        outputs = decode([tuple(r.split(":")) for r in a.rows.split(",")], a.max_new_tokens, a.threads)
         a.out.write_text(json.dumps(outputs))
     print(f"{len(outputs)} outputs, -n {a.max_new_tokens}, greedy, no stop\n")
     print("| row | stop_ngram × stop_repeats | ended on their own: cut | ran to the limit: cut | tokens saved |")
     print("|---|---|---|---|---|")
     show = tuple(int(x) for x in a.show.split("x")) if a.show else None
-    for name, profile in ROWS:
+    for name, profile in dict.fromkeys((o["model"], o["profile"]) for o in outputs):
         mine = [o for o in outputs if o["model"] == name and o["profile"] == profile]
         eos = [o for o in mine if o["finish_reason"] == "eos"]
         length = [o for o in mine if o["finish_reason"] != "eos"]
