@@ -112,6 +112,9 @@ def test_json_reports_finish_reason_repetition(model):
     assert out["settings"]["stop_repeats"] == 2 and out["settings"]["stop_ngram"] == 2
     res = CliRunner().invoke(app, args[:-4] + ["--set", "stop_repeats=0"])
     assert json.loads(res.stdout)["finish_reason"] == "eos"
+    res = CliRunner().invoke(app, [a for a in args if a != "--json"])  # the text, and the stats line says why
+    assert res.exit_code == 0 and res.stdout == "12 12 12 1\n"
+    assert "stopped: the text repeats" in res.stderr
 
 
 def test_bad_stop_values_are_one_line_usage_errors():

@@ -12,8 +12,8 @@ final: its masks are filled with the end token and never decoded, including slot
 would have committed in parallel.
 
 The repetition stop (:mod:`.repetition`) reads the final prefix from the host mirror after each
-commit; when it triggers, the masks after the cut are filled like EoTP's and the loops run out of
-work, so every dLLM loop ends at the next check of its block.
+commit; when it triggers, every slot after the cut is filled with the end token (committed ones
+too, so no consumer ever sees text past the cut) and the loops run out of work.
 """
 
 from __future__ import annotations
@@ -157,15 +157,20 @@ class BlockCanvas:
 
     def check_repeats(self) -> list[int]:
         """Feed the slots that became final (before the first mask or end token) to the repetition stop;
-        when it triggers, every slot after the cut is final: returns the masks filled (generation-relative)."""
+        when it triggers, every slot after the cut becomes a final end token: returns those slots
+        (generation-relative), which the step reports as filled."""
         a = self.prompt + self.fed
         seg = self.host[a : self.end]
         stops = np.flatnonzero((seg == self.mask_id) | np.isin(seg, self.eos_ids))
         b = a + (int(stops[0]) if len(stops) else len(seg))
         if b == a or not self.feed_final(self.host[a:b]):
             return []
+        # The text ends at the cut: every later slot, masked or already committed, becomes the end token.
         cut = self.prompt + self.stop_len
-        return self.fill_after(cut - 1) if cut < self.end else []
+        self.x[0, cut : self.end] = self.fill_token
+        self.host[cut : self.end] = self.fill_token
+        tail, self.end = list(range(self.stop_len, self.end - self.prompt)), cut
+        return tail
 
     def feed_final(self, tokens: Any) -> bool:
         """Give the repetition stop the next final generation tokens; True when it ends the generation."""

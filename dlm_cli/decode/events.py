@@ -63,7 +63,8 @@ class Start:
 class Step:
     """One denoiser step (dLLM) or one accepted token run (AR): what got committed, and the NFE so far.
 
-    ``filled`` are slots EoTP declared final after an end-of-text token without decoding them.
+    ``filled`` are slots declared final after the end of the text without decoding them: after an
+    end-of-text token (EoTP), or after the repetition stop's cut (committed slots included).
     ``edited`` are already-committed slots rewritten by token-to-token editing, with their new tokens.
     """
 
