@@ -132,12 +132,13 @@ def part_smollm2(args: argparse.Namespace, with_hf: bool) -> None:
     model = load("smollm2")
     text = (ROOT / "benchmarks" / "typo_text.txt").read_text(encoding="utf-8")
     paragraphs = [p for p in text.split("\n\n") if p.strip()]
-    prompts = [encode(model.tokenizer, f"{TYPO_INSTRUCTION}\n\n{text}")]
-    prompts += [encode(model.tokenizer, f"{TYPO_INSTRUCTION}\n\n{p}") for p in paragraphs]
+    prompts = [encode(model.tokenizer, f"{args.instruction}\n\n{text}")]
+    prompts += [encode(model.tokenizer, f"{args.instruction}\n\n{p}") for p in paragraphs]
     n = args.smollm2_tokens
+    sets = dict(kv.split("=", 1) for kv in args.set)
     runs: dict[str, Callable] = {
-        "ar (ours)": lambda ids: ours(model, ids, "ar", n=n),
-        "lookup (ours)": lambda ids: ours(model, ids, "lookup", n=n),
+        "ar (ours)": lambda ids: ours(model, ids, "ar", n=n, **sets),
+        "lookup (ours)": lambda ids: ours(model, ids, "lookup", n=n, **sets),
     }
     if with_hf:
         runs["generate() (transformers)"] = lambda ids: theirs(model, ids, n)
@@ -163,6 +164,10 @@ def main() -> None:
     ap.add_argument("--tasks", default="", help="demo: only these suite tasks (comma-separated), e.g. story,copy")
     ap.add_argument("--demo-tokens", type=int, default=96)
     ap.add_argument("--smollm2-tokens", type=int, default=320)
+    ap.add_argument("--instruction", default=TYPO_INSTRUCTION,
+                    help="smollm2: the instruction before the text (e.g. 'fix the typos', the README's first example)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="smollm2: a profile key for both rows (e.g. stop_repeats=0)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     parts = {p.strip() for p in args.parts.split(",")}

@@ -245,7 +245,9 @@ def test_prophet_on_a_block_diffusion_model_finishes_one_model_block_at_a_time(b
     P = len(ids)
     block_model.net = Certain()
     try:
-        events = decode(block_model, ids, "prophet", ["cache=prefix"], max_new_tokens=40, block_length=16)
+        # stop_repeats = 0: a model that always writes token 7 is a repetition the default stop would end.
+        events = decode(block_model, ids, "prophet", ["cache=prefix", "stop_repeats=0"], max_new_tokens=40,
+                        block_length=16)
     finally:
         block_model.net = inner
     steps = [e for e in events if isinstance(e, Step)]

@@ -16,6 +16,7 @@ import torch
 from ..errors import UsageError
 from . import ar  # noqa: F401  (the autoregressive strategies: ar, speculative, lookup)
 from . import common  # noqa: F401  (registers the shared keys)
+from . import repetition  # noqa: F401  (the repetition stop's keys)
 from .events import Clock, Done, Event, Start, Step, timed  # noqa: F401
 from .keys import STRATEGIES
 from .loops import ar as ar_loop

@@ -10,6 +10,10 @@ far" never wait for the device.
 EoTP (Learn2PD): once an end-of-text token is committed (or edited in), every slot after it is
 final: its masks are filled with the end token and never decoded, including slots the same step
 would have committed in parallel.
+
+The repetition stop (:mod:`.repetition`) reads the final prefix from the host mirror after each
+commit; when it triggers, every slot after the cut is filled with the end token (committed ones
+too, so no consumer ever sees text past the cut) and the loops run out of work.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 
 from .events import Clock, Done, Start, Step
+from .repetition import repetition_stop
 
 
 class BlockCanvas:
@@ -47,6 +52,9 @@ class BlockCanvas:
         self.ttft: float | None = None
         self.steps = 0
         self.edits = 0
+        self.repeats = repetition_stop(settings)
+        self.fed = 0  # generation tokens the repetition stop has read
+        self.stop_len: int | None = None  # the repetition stop's cut: generation tokens kept
         self.wide = torch.float64 if dev.type != "mps" else torch.float32  # confidences and the packed transfer
 
     # -- blocks ---------------------------------------------------------------------------------
@@ -131,6 +139,8 @@ class BlockCanvas:
             ends = wrote[np.isin(tokens[wrote], self.eos_ids)]
             if len(ends) and bs + int(ends[0]) + 1 < self.end:
                 filled = self.fill_after(bs + int(ends[0]))
+        if self.repeats is not None and self.stop_len is None:
+            filled += self.check_repeats()
         step = Step(self.steps, nfe, (bs + sel - self.prompt).tolist(), tokens[sel].tolist(), packed[3][sel].tolist(),
                     block=block, filled=filled, filled_token=self.fill_token if filled else None,
                     edited=(bs + ed - self.prompt).tolist(), edited_tokens=tokens[ed].tolist())
@@ -144,6 +154,32 @@ class BlockCanvas:
         self.host[tail] = self.fill_token
         self.end = j + 1
         return (tail - self.prompt).tolist()
+
+    def check_repeats(self) -> list[int]:
+        """Feed the slots that became final (before the first mask or end token) to the repetition stop;
+        when it triggers, every slot after the cut becomes a final end token: returns those slots
+        (generation-relative), which the step reports as filled."""
+        a = self.prompt + self.fed
+        seg = self.host[a : self.end]
+        stops = np.flatnonzero((seg == self.mask_id) | np.isin(seg, self.eos_ids))
+        b = a + (int(stops[0]) if len(stops) else len(seg))
+        if b == a or not self.feed_final(self.host[a:b]):
+            return []
+        # The text ends at the cut: every later slot, masked or already committed, becomes the end token.
+        cut = self.prompt + self.stop_len
+        self.x[0, cut : self.end] = self.fill_token
+        self.host[cut : self.end] = self.fill_token
+        tail, self.end = list(range(self.stop_len, self.end - self.prompt)), cut
+        return tail
+
+    def feed_final(self, tokens: Any) -> bool:
+        """Give the repetition stop the next final generation tokens; True when it ends the generation."""
+        keep = self.repeats.feed(tokens)
+        if keep is None:
+            self.fed += len(tokens)
+            return False
+        self.stop_len = self.fed + keep
+        return True
 
     def record(self, step: Step) -> Step:
         """Count a step built elsewhere (a loop with its own canvas) and note the time to the first token."""
@@ -160,5 +196,8 @@ class BlockCanvas:
         out = self.host[self.prompt :] if tokens is None else np.array(tokens, dtype=np.int64)
         hits = np.flatnonzero(np.isin(out, self.eos_ids))
         cut = int(hits[0]) if len(hits) else len(out)
+        reason = "eos" if len(hits) else "length"
+        if self.stop_len is not None:
+            cut, reason = self.stop_len, "repetition"
         return Done(tokens=out[:cut].tolist(), nfe=nfe, steps=self.steps, seconds=self.clock.elapsed(),
-                    ttft_seconds=self.ttft, finish_reason="eos" if len(hits) else "length", **counts)
+                    ttft_seconds=self.ttft, finish_reason=reason, **counts)

@@ -63,7 +63,8 @@ class Start:
 class Step:
     """One denoiser step (dLLM) or one accepted token run (AR): what got committed, and the NFE so far.
 
-    ``filled`` are slots EoTP declared final after an end-of-text token without decoding them.
+    ``filled`` are slots declared final after the end of the text without decoding them: after an
+    end-of-text token (EoTP), or after the repetition stop's cut (committed slots included).
     ``edited`` are already-committed slots rewritten by token-to-token editing, with their new tokens.
     """
 
@@ -116,7 +117,7 @@ class Done:
     steps: int
     seconds: float
     ttft_seconds: float | None
-    finish_reason: str  # "eos", "length" or "interrupted"
+    finish_reason: str  # "eos", "length", "repetition" (the stop_repeats stop) or "interrupted"
     blocks: int | None = None  # dLLM blocks (canvases, for DiffusionGemma) decoded
     cache: str | None = None  # the dLLM cache policy that ran
     refreshes: int | None = None  # full cache recomputes inside a block

@@ -12,6 +12,11 @@ from typing import Any
 from ..decode.events import Done, Draft, Event, Start, Step, Verify
 
 
+# A token's text on the terminal: a control character (ESC, CR, ...) would move the cursor or start an
+# escape sequence, so it is shown as its Unicode control picture; a tab is four spaces.
+SHOWN = {c: 0x2400 + c for c in range(32) if c != 10} | {9: "    ", 0x7F: 0x2421} | {c: 0xFFFD for c in range(0x80, 0xA0)}
+
+
 class Canvas:
     def __init__(self, tokenizer: Any, eos_ids: tuple[int, ...]) -> None:
         self.tokenizer = tokenizer
@@ -89,13 +94,13 @@ class Canvas:
 
     # -- text ---------------------------------------------------------------------------------
     def piece(self, token: int) -> str:
-        """The text of one token (cached: the live view asks for the same ids every frame)."""
+        """The text of one token as a view shows it (cached: the live view asks for the same ids every frame)."""
         text = self._pieces.get(token)
         if text is None and token in self.special:
             text = self._pieces[token] = "·"
         if text is None:
             text = self.tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            self._pieces[token] = text
+            text = self._pieces[token] = text.translate(SHOWN)
         return text
 
     @property

@@ -1,13 +1,19 @@
 """The live unmasking view (rich): the canvas with masks as dim placeholders, this step's commits
 highlighted, tokens coloured by confidence or by the step that committed them, and a counter line.
+
+The canvas is word-wrapped to the terminal's width and cut to its height: a frame shows the rows
+around the active part (a dLLM's first masked slot and the rest of its block, this step's commits;
+an AR model's newest tokens and draft), with one line saying how many tokens lie above or below.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
+from rich.segment import Segment
 from rich.text import Text
 
 from .canvas import Canvas
@@ -30,13 +36,23 @@ def confidence_style(c: float | None) -> str:
 
 
 def render_canvas(canvas: Canvas, color_by: str = "confidence", *, final: bool = False) -> Text:
+    return canvas_text(canvas, color_by, final=final)[0]
+
+
+def canvas_text(canvas: Canvas, color_by: str = "confidence", *, final: bool = False) -> tuple[Text, list[int]]:
+    """The canvas as one Text, and where each slot's text starts in it (the draft preview's tokens last)."""
     text = Text()
-    for pos, tok in enumerate(canvas.tokens):
+    starts: list[int] = []
+    done = canvas.done
+    shown = len(done.tokens) if final and done is not None else len(canvas.tokens)
+    for pos, tok in enumerate(canvas.tokens[:shown]):
+        starts.append(len(text))
         if tok is None:
             text.append(MASK, style="grey35")
             continue
         if tok in canvas.eos_ids:
             if final:
+                starts.pop()
                 break
             text.append("·", style="grey30")
             continue
@@ -53,8 +69,90 @@ def render_canvas(canvas: Canvas, color_by: str = "confidence", *, final: bool =
         text.append(canvas.piece(tok), style=style)
     if canvas.draft and not final:
         for tok in canvas.draft:
+            starts.append(len(text))
             text.append(canvas.piece(tok), style="grey50 italic")
-    return text
+    return text, starts
+
+
+def focus(canvas: Canvas, slots: int) -> tuple[int, int, int]:
+    """The slots a frame should show, ``(first, last, anchor)``: a dLLM's first masked slot (the anchor,
+    always shown) to the end of its block, and this step's commits; else the newest tokens."""
+    if slots == 0:
+        return 0, 0, 0
+    if canvas.kind == "diffusion":
+        masked = next((i for i, t in enumerate(canvas.tokens[:slots]) if t is None), None)
+        if masked is not None:
+            end = min(slots, masked + (canvas.block_length or 1)) - 1
+            recent = [p for p in canvas.last if p < slots]
+            return min([masked, *recent]), max([end, *recent]), masked
+    return slots - 1, slots - 1, slots - 1
+
+
+class CanvasFrame:
+    """One frame: the canvas wrapped to the width, the rows that fit the height, and the counter."""
+
+    def __init__(self, canvas: Canvas, color_by: str = "confidence", *, final: bool = False,
+                 whole: bool = False) -> None:
+        self.canvas, self.color_by, self.final = canvas, color_by, final
+        self.whole = whole  # every row, whatever the height (a last frame that stays on screen)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = max(1, options.max_width)
+        text, starts = canvas_text(self.canvas, self.color_by, final=self.final)
+        rows = text.wrap(console, width, overflow="fold", no_wrap=False)
+        foot = counter(self.canvas).wrap(console, width, overflow="fold", no_wrap=False)
+        # Rows for the canvas and its notes; one row under the frame stays free for the cursor.
+        height = options.height or options.size.height
+        foot = foot[: max(0, height - 2)]  # a tiny terminal keeps one row of canvas
+        room = max(1, height - 1 - len(foot))
+        top, bottom = 0, len(rows)
+        above = below = ""
+        if not self.whole and len(rows) > room and starts:
+            row_at = row_starts(rows, text.plain)
+            lo, hi, anchor = (bisect_right(row_at, starts[i]) - 1 for i in focus(self.canvas, len(starts)))
+            notes = 1 if room >= 3 else 0
+            top, bottom = window(lo, hi, anchor, len(rows), room - notes)
+            if bottom < len(rows) and room >= 4:  # a second note, for the slots below
+                top, bottom = window(lo, hi, anchor, len(rows), room - 2)
+                below = f"… {len(starts) - slot_of(starts, row_at[bottom])} more slots"
+            if top and notes:
+                above = f"… {slot_of(starts, row_at[top])} earlier tokens"
+        lines = [self.note(above, width)] if above else []
+        lines += rows[top:bottom]
+        lines += [self.note(below, width)] if below else []
+        for i, line in enumerate([*lines, *foot]):
+            if i:
+                yield Segment.line()
+            yield from line.render(console)
+
+    @staticmethod
+    def note(message: str, width: int) -> Text:
+        line = Text(message, style="dim")
+        line.truncate(width)
+        return line
+
+
+def row_starts(rows: list[Text], plain: str) -> list[int]:
+    """Where each wrapped row starts in ``plain`` (wrapping drops only newlines and spaces at a break)."""
+    out, at = [], 0
+    for row in rows:
+        found = plain.find(row.plain, at) if row.plain else at
+        at = found if found >= 0 else at
+        out.append(at)
+        at += len(row.plain)
+    return out
+
+
+def slot_of(starts: list[int], offset: int) -> int:
+    """The slot whose text holds character ``offset``."""
+    return max(0, bisect_right(starts, offset) - 1)
+
+
+def window(lo: int, hi: int, anchor: int, total: int, room: int) -> tuple[int, int]:
+    """``room`` rows out of ``total``: rows ``lo..hi`` with the text before them above, or when they are
+    more than fit, from row ``lo`` on, as long as row ``anchor`` stays in; the rows left over show what follows."""
+    top = max(0, min(lo, hi + 1 - room), anchor + 1 - room)
+    return top, min(total, top + room)
 
 
 def counter(canvas: Canvas) -> Text:
@@ -89,6 +187,7 @@ class LiveView:
         self.console = console
         self.color_by = color_by
         self.pace = pace
+        self.transient = transient
         self.live = Live(console=console, transient=transient, auto_refresh=False,
                          vertical_overflow="visible", redirect_stdout=False, redirect_stderr=False)
         self._last = 0.0
@@ -102,8 +201,8 @@ class LiveView:
         self.live.update(self.renderable(final=final), refresh=True)
         self.live.__exit__(*exc)
 
-    def renderable(self, final: bool = False) -> Group:
-        return Group(render_canvas(self.canvas, self.color_by, final=final), counter(self.canvas))
+    def renderable(self, final: bool = False) -> CanvasFrame:
+        return CanvasFrame(self.canvas, self.color_by, final=final, whole=final and not self.transient)
 
     def update(self) -> None:
         now = time.perf_counter()

@@ -16,6 +16,8 @@ def stats_line(done: Any, *, interrupted: bool = False, paced: bool = False) -> 
         if done.draft_nfe:
             parts.append(f"draft NFE {done.draft_nfe}")
         parts.append(f"draft/verify {done.draft_seconds:.2f}/{done.verify_seconds:.2f} s")
+    if done.finish_reason == "repetition":
+        parts.append("stopped: the text repeats (stop_repeats = 0 turns this off)")
     if interrupted:
         parts.append("interrupted")
     if paced:

@@ -14,7 +14,8 @@ committed token but the last. Verification (Leviathan et al. 2023; Chen et al. 2
   with ``p(x)``, else sample ``p`` with ``x`` removed.
 
 Rejected positions are cropped from the transformers cache, which is then exactly the cache of the
-committed prefix.
+committed prefix. The repetition stop (:mod:`..repetition`) reads each step's accepted run; it
+depends on the output tokens alone, so speculative and lookup still give ``ar``'s output with it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from ...models.causal import rollback
 from ..events import Clock, Done, Draft, Event, Start, Step, Verify
+from ..repetition import repetition_stop
 from ..sampling import probabilities
 
 
@@ -81,6 +83,7 @@ def run(target: Any, prompt_ids: list[int], settings: Any, source: Any, generato
     draft_s = verify_s = 0.0
     ttft = None
     finish = "length"
+    repeats = repetition_stop(settings)
 
     yield Start(kind="autoregressive", prompt_tokens=len(seq), length=limit)
     source.begin(seq, generator)
@@ -120,14 +123,19 @@ def run(target: Any, prompt_ids: list[int], settings: Any, source: Any, generato
         if stop is not None:
             new = new[: stop + 1]
             finish = "eos"
+        if repeats is not None:
+            body = new if stop is None else new[:-1]
+            keep = repeats.feed(body) if body else None
+            if keep is not None:
+                new, stop, finish = body[:keep], keep, "repetition"
         buf[len(seq): len(seq) + len(new)] = torch.tensor(new, dtype=torch.long, device=device)
         seq.extend(new)
-        out.extend(new if stop is None else new[:-1])
+        out.extend(new[:-1] if finish == "eos" else new)
         source.accepted(seq, n, k)
         if ttft is None:
             ttft = clock.elapsed()
         if k:
-            acc = new[:n] if stop is None or stop >= n else new
+            acc = new[:n]  # the accepted draft tokens (cut by an end token or the repetition stop)
             tail = new[len(acc):]
             yield Verify(step=steps, nfe=nfe, position=position, accepted_tokens=acc, drafted=k,
                          rejected=draft_list[n:],

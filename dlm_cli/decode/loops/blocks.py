@@ -65,7 +65,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, rule: CommitRule, gene
             quotas = scheduled.quotas(remaining, be - bs, c.slots) if scheduled is not None else []
             rows = torch.arange(bs, be, device=dev)
             i = 0
-            while remaining > 0 or (edits is not None and edits.post_step(b)):
+            while remaining > 0 or (edits is not None and c.stop_len is None and edits.post_step(b)):
                 logits = pending if pending is not None else forward(c.x, bs, be, first=i == 0)[0]
                 pending = None
                 cur = c.x[0, bs:be].clone()

@@ -119,6 +119,9 @@ def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: 
                 break
         ids = torch.cat([ids, argmax], dim=-1)
         hits = torch.isin(argmax[0, :slots], eos).nonzero()
+        final = argmax[0, : int(hits[0]) if len(hits) else slots]  # a finished canvas is final
+        if c.repeats is not None and c.feed_final(final.cpu().numpy()):
+            break
         if len(hits):
             break
 
