@@ -293,7 +293,7 @@ class Engine:
             if rest:
                 job.put(Piece(rest))
             final, hit = cut(text, job.stops)
-            reason = "stop" if hit or done.finish_reason == "eos" else "length"
+            reason = "stop" if hit or done.finish_reason in ("eos", "repetition") else "length"
             result = Result(final, reason, job.prompt_tokens, len(done.tokens), done.nfe, done.steps, done.seconds,
                             done.ttft_seconds, job.seed, done.stats())
         self._end("served", steps=result.steps, nfe=result.nfe, finish_reason=result.finish_reason)
