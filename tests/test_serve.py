@@ -338,22 +338,32 @@ def test_serve_help_states_the_limits():
     assert r.exit_code == 0 and "batch size 1" in text and "--queue-size" in text and "503" in text
 
 
+def error_of(result) -> tuple[int, list[str]]:
+    """The exit code and the stderr lines of a CLI run."""
+    return result.exit_code, result.stderr.strip().splitlines()
+
+
 def test_serve_refuses_a_public_host_without_a_key_and_a_taken_port():
     runner = CliRunner()
-    one_line_error(runner.invoke(cli_app, ["serve", "--host", "0.0.0.0"]), 2, "pass --api-key")
-    one_line_error(runner.invoke(cli_app, ["serve", "--api-key", " "]), 2, "--api-key is empty")
-    one_line_error(runner.invoke(cli_app, ["serve", "-p", "nosuch"]), 2, "unknown profile 'nosuch'")
+    code, lines = error_of(runner.invoke(cli_app, ["serve", "--host", "0.0.0.0"]))
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("dlm: ") and "pass --api-key" in lines[0], lines
+    code, lines = error_of(runner.invoke(cli_app, ["serve", "--api-key", " "]))
+    assert code == 2 and len(lines) == 1 and "--api-key is empty" in lines[0], lines
+    code, lines = error_of(runner.invoke(cli_app, ["serve", "-p", "nosuch"]))
+    assert code == 2 and len(lines) == 1 and "unknown profile 'nosuch'" in lines[0], lines
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        one_line_error(runner.invoke(cli_app, ["serve", "-m", "dlm-demo", "--port", str(port)]), 1,
-                       f"cannot listen on 127.0.0.1:{port}: Address already in use")
+        code, lines = error_of(runner.invoke(cli_app, ["serve", "-m", "dlm-demo", "--port", str(port)]))
+        assert code == 1 and len(lines) == 1, lines
+        assert lines[0].startswith(f"dlm: cannot listen on 127.0.0.1:{port}: Address already in use"), lines
     free = socket.socket()
     free.bind(("127.0.0.1", 0))
     port = free.getsockname()[1]
     free.close()
-    one_line_error(runner.invoke(cli_app, ["serve", "-m", "nosuch", "--port", str(port)]), 2, "unknown model 'nosuch'")
+    code, lines = error_of(runner.invoke(cli_app, ["serve", "-m", "nosuch", "--port", str(port)]))
+    assert code == 2 and len(lines) == 1 and "unknown model 'nosuch'" in lines[0], lines
 
 
 # -- the browser view ----------------------------------------------------------------------------
