@@ -12,7 +12,6 @@ notebook does; the report gives the held-out precision and recall at the decode 
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -162,11 +161,11 @@ def run_filter_train(req: FilterRequest, *, load_model: Callable[..., Any]) -> N
     meta = {"model": model.info.name, "prompts": str(len(texts)), "samples": str(len(samples)),
             "max_new_tokens": str(n), "epochs": str(req.epochs), "seed": str(req.seed),
             "oracle_nfe_per_prompt": f"{nfe / len(texts):.2f}", "report": json.dumps(report)}
+    from .atomic import replace_atomically
+
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-        os.replace(tmp, out)
+        replace_atomically(out, lambda tmp: save_file(state, str(tmp), metadata=meta))
     except OSError as exc:
         raise UsageError(f"cannot write the filter to {out}: {exc.strerror or exc}; pass --out PATH") from None
     figures = " · ".join(f"{k} {v:.3f}" for k, v in report.items())

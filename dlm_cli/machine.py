@@ -80,11 +80,10 @@ def copy_bandwidth(device: str, *, remeasure: bool = False) -> tuple[float, bool
         return float(entry["copy_gbps"]), False
     gbps = measure_copy_bandwidth(device)
     data[key] = {"copy_gbps": round(gbps, 2), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    try:  # write then rename: never a half-written cache
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+    from .atomic import write_text_atomically
+
+    try:  # never a half-written cache
+        write_text_atomically(path, json.dumps(data, indent=2) + "\n")
     except OSError:
         pass  # a read-only cache only costs a re-measure next time
     return gbps, True

@@ -298,9 +298,9 @@ def run_html(path: Path, out: Path) -> None:
     trace = read(path)
     if out.resolve() == Path(path).resolve():
         raise UsageError(f"-o {out} is the trace itself; name another file")
+    from .atomic import write_text_atomically
+
     try:
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(html_map(trace), encoding="utf-8")
-        tmp.replace(out)
+        write_text_atomically(out, html_map(trace))
     except OSError as exc:
         raise UsageError(f"cannot write -o {out}: {exc.strerror or exc}; give a path in a writable directory") from None

@@ -10,7 +10,6 @@ saves it as a user profile and ``--plot`` draws the front.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +58,10 @@ def profile_text(settings: Any, base: str, description: str) -> str:
 def write_profile(path: Path, text: str, force: bool) -> None:
     if path.exists() and not force:
         raise UsageError(f"--write {path} exists; pass --force to replace it or name another profile")
+    from .atomic import write_text_atomically
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomically(path, text)
     except OSError as exc:
         raise UsageError(f"cannot write --write {path}: {exc.strerror or exc}; give a writable path") from None
 
