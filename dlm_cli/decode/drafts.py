@@ -333,23 +333,25 @@ class DiffusionDraft(NoDraft):
 
         s = self.settings
         top = torch.topk(probs, min(s.cps_candidates, probs.shape[1]), dim=-1)
-        # The smallest prefix of each row's top tokens whose mass reaches cps_mass (one host transfer).
+        # The smallest prefix of each row's top tokens whose mass reaches cps_mass, and the end
+        # tokens' own probabilities: one host transfer for the whole lattice.
         keep = (top.values.cumsum(-1) - top.values) < s.cps_mass
-        vals, ids, keep = top.values.tolist(), top.indices.tolist(), keep.tolist()
+        ends = probs[:, list(self.stop)]
+        vals, ids, keep, ends = top.values.tolist(), top.indices.tolist(), keep.tolist(), ends.tolist()
+        self.last_gen = next((i for i, row in enumerate(ids) if row[0] in self.stop), len(ids))  # L_gen
         eos = set(self.stop)
         sets = []
-        for row_v, row_i, row_k in zip(vals, ids, keep):
+        for row_v, row_i, row_k, row_e in zip(vals, ids, keep, ends):
             cands = [(t, v) for t, v, ok in zip(row_i, row_v, row_k) if ok]
             natural_end = any(t in eos for t, _ in cands)
-            for e in self.stop:
-                if all(t != e for t, _ in cands):
-                    cands.append((e, None))
+            have = {t for t, _ in cands}
+            cands += [(e, p) for e, p in zip(self.stop, row_e) if e not in have]
             sets.append(cands)
             if natural_end:
                 break
         lam = s.cps_lambda
         beams: list[tuple[float, list[int], bool]] = [(0.0, [], False)]
-        for i, cands in enumerate(sets):
+        for cands in sets:
             grown = []
             for score, path, ended in beams:
                 if ended:
@@ -358,8 +360,7 @@ class DiffusionDraft(NoDraft):
                 ctx = seq + path
                 a = ctx[-2] if len(ctx) >= 2 else None
                 b = ctx[-1] if ctx else None
-                for t, v in cands:
-                    q = v if v is not None else float(probs[i, t])
+                for t, q in cands:
                     lq = math.log(max(q, 1e-30))
                     grown.append((score + lam * lq + (1 - lam) * self.proxy.logp(a, b, t), path + [t], t in eos))
             grown.sort(key=lambda g: g[0], reverse=True)
@@ -371,11 +372,7 @@ class DiffusionDraft(NoDraft):
         if k <= 0:
             return EMPTY, None
         self.proxy.grow(seq)
-        probs = self.lattice(seq, k)
-        greedy = probs.argmax(-1)
-        ends = torch.isin(greedy, torch.tensor(self.stop, device=greedy.device)).nonzero()
-        self.last_gen = int(ends[0, 0]) if len(ends) else k  # L_gen = min(s_t - 1, k)
-        path = self.search(seq, probs)
+        path = self.search(seq, self.lattice(seq, k))  # also sets L_gen = min(s_t - 1, k)
         self.lengths.append(len(path))
         return torch.tensor(path, dtype=torch.long), None
 

@@ -59,13 +59,15 @@ def run(target: Any, prompt_ids: list[int], settings: Any, small: Any, generator
         small_buf = buf if lane.model.device == device else buf.to(lane.model.device)
         logits = lane.next_logits(small_buf, length).to(device).float()
         logp = torch.log_softmax(logits, -1)
-        h = float(-(logp.exp() * logp).sum() / math.log(2))
         if s.temperature > 0:
-            token = int(gumbel_argmax(warp(logits.double(), s.temperature, s.top_k, s.top_p), generator))
+            pick = gumbel_argmax(warp(logits.double(), s.temperature, s.top_k, s.top_p), generator)
         else:
-            token = int(logits.argmax())
-        conf = float(logp[token].exp())
-        buf[length] = token
+            pick = logits.argmax()
+        buf[length] = pick
+        # Entropy (bits), the token and its probability: one host transfer per token.
+        h, conf, token = torch.stack([-(logp.exp() * logp).sum() / math.log(2), logp[pick].exp(),
+                                      pick.to(logp.dtype)]).tolist()
+        token = int(token)
         length += 1
         by_large += current == "large"
         if ttft is None:

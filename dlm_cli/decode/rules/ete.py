@@ -23,17 +23,17 @@ from .threshold import threshold_select
 
 
 def ete_select(state: StepState, tau: float, below: int, explore: int) -> torch.Tensor:
+    """Threshold commits, plus the ``explore`` highest-entropy masks when fewer than ``below`` pass (no host sync)."""
     sel = threshold_select(state.confidence, state.candidates, tau)
-    if explore == 0 or int(sel.sum()) >= below:
+    if explore == 0:
         return sel
     wide = state.logits.double() if state.logits.device.type != "mps" else state.logits.float()
-    h = entropy(torch.softmax(wide, -1))
-    h = torch.where(state.candidates & ~sel, h, torch.full_like(h, -torch.inf))
-    k = min(explore, int((state.candidates & ~sel).sum()))
-    if k > 0:
-        sel = sel.clone()
-        sel[torch.topk(h, k).indices] = True
-    return sel
+    open_ = state.candidates & ~sel
+    h = torch.where(open_, entropy(torch.softmax(wide, -1)), torch.full((open_.shape[0],), -torch.inf,
+                                                                      dtype=wide.dtype, device=wide.device))
+    picked = torch.zeros_like(sel)
+    picked[torch.topk(h, min(explore, h.shape[0])).indices] = True  # -inf rows (not open) are dropped below
+    return sel | (picked & open_ & (sel.sum() < below))
 
 
 class ExploreThenExploit(CommitRule):
