@@ -4,7 +4,8 @@ The filter is the paper's two-layer MLP ``Linear(W, W) → ReLU → Linear(W, W)
 block's confidence vector ``p(x0)`` (every row of the block, committed ones included, zero-padded
 to W). At each step the rule commits the masked rows whose ``sigmoid(f(c)) > filter_threshold``
 (0.96, the paper's evaluation setting) plus the most confident one (LLaDA's one-per-step schedule).
-Combine it with ``eotp = true`` for the paper's ``generate_l2p_eot``. It is trained by ``dlm filter
+The profile adds ``eotp = true``: part (a) of the paper's ``generate_l2p_eot`` (cut after a committed
+end token); its part (b), cutting at a still-masked slot whose argmax is the end token, is not done. It is trained by ``dlm filter
 train`` on the oracle of "extremely greedy parallel" decoding (:class:`Oracle`).
 
 Where the filter comes from (``filter = ""``): the one shipped for an embedded model
