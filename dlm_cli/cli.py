@@ -104,6 +104,12 @@ class DType(str, Enum):
     float32 = "float32"
 
 
+class Switch(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 MODEL_HELP = "model: an embedded name (dlm models), a local directory, or a hub id org/name[@revision]"
 DEVICE_OPT = typer.Option(Device.auto, "--device", help="where to run")
 DTYPE_OPT = typer.Option(DType.auto, "--dtype", help="weight dtype (auto: bfloat16 on CUDA, float32 elsewhere)")
@@ -112,6 +118,8 @@ REMOTE_OPT = typer.Option(False, "--trust-remote-code", help="allow running the 
 PICKLE_OPT = typer.Option(False, "--allow-pickle", help="allow pickle (.bin) weights, which can run code")
 DIFFERENT_TOKENIZERS_OPT = typer.Option(
     False, "--allow-different-tokenizers", help="let a draft with another tokenizer work by re-encoding text")
+COMPILE_OPT = typer.Option(None, "--compile", help="torch.compile the AR decode step over a static KV cache: "
+                           "auto (CUDA only), on or off [default: the profile's compile key, auto]")
 SET_OPT = typer.Option([], "--set", metavar="KEY=VALUE", help="override a profile key (repeatable)")
 
 
@@ -222,6 +230,7 @@ def generate(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no stats line"),
     trace: Optional[Path] = typer.Option(None, "--trace", help="write every decoding event to this JSONL file"),
     allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
+    compile_: Optional[Switch] = COMPILE_OPT,
     threads: Optional[int] = THREADS_OPT,
     device: Device = DEVICE_OPT,
     dtype: DType = DTYPE_OPT,
@@ -239,7 +248,8 @@ def generate(
     _quiet_libraries()
     request = GenerateRequest(
         prompt=prompt, model=model, draft=draft, profile=profile, file=file, system=system,
-        flags={"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed},
+        flags={"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+               "compile": compile_.value if compile_ else None},
         sets=list(set_), view=view.value if view else None, color_by=color_by.value, pace=pace,
         json_out=json_out, chat_template=not no_chat_template, quiet=quiet, trace=trace,
         allow_different_tokenizers=allow_different_tokenizers,
@@ -301,6 +311,7 @@ def bench(
     calibrate: bool = typer.Option(False, "--calibrate", help="measure the machine's copy bandwidth again"),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="send prompts as raw text"),
     allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
+    compile_: Optional[Switch] = COMPILE_OPT,
     threads: Optional[int] = THREADS_OPT,
     device: Device = DEVICE_OPT,
     dtype: DType = DTYPE_OPT,
@@ -314,7 +325,8 @@ def bench(
     _quiet_libraries()
     request = BenchRequest(
         model=model, draft=draft, profiles=profiles, prompts=prompts, reps=reps, per_task=per_task,
-        tasks=tasks, flags={"max_new_tokens": max_new_tokens, "seed": seed}, sets=list(set_),
+        tasks=tasks, flags={"max_new_tokens": max_new_tokens, "seed": seed,
+                            "compile": compile_.value if compile_ else None}, sets=list(set_),
         json_out=json_out, chat_template=not no_chat_template,
         allow_different_tokenizers=allow_different_tokenizers,
         load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle),

@@ -64,6 +64,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
     check_fits(strategy, model)
     resolve_seed(settings)
     cfg = settings.frozen()
+    warmup = speed_up(model, draft, cfg, len(prompt_ids))
     generator = make_generator(model.device, cfg.seed)
     if strategy.kind == "diffusion":
         part = strategy.factory(cfg) if strategy.factory is not None else None
@@ -72,4 +73,31 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
     else:
         part = strategy.factory(model, cfg, draft)
     clock = Clock()
-    return timed(LOOPS[strategy.loop](model, prompt_ids, cfg, part, generator, clock), clock)
+    events = timed(LOOPS[strategy.loop](model, prompt_ids, cfg, part, generator, clock), clock)
+    return with_warmup(events, warmup) if warmup else events
+
+
+def speed_up(model: Any, draft: Any, cfg: Any, prompt_tokens: int) -> float:
+    """Quantize and compile the run's models as ``cfg`` says (:mod:`..models.speed`); the warm-up seconds.
+
+    Runs before the decode clock starts, so the warm-up is reported apart (``compile_seconds``).
+    """
+    from ..models.speed import prepare
+
+    length = prompt_tokens + cfg.max_new_tokens + 1
+    widths = [1]
+    if cfg.strategy != "ar" and getattr(cfg, "draft_length", None):
+        widths.append(1 + cfg.draft_length)
+        if getattr(cfg, "adaptive_draft", False):  # the draft length grows after full accepts
+            widths.append(2 * (1 + cfg.draft_length))
+    seconds = prepare(model, cfg, length, widths=tuple(widths), keep_float=True)
+    if draft is not None and getattr(draft, "kind", None) == "autoregressive":
+        seconds += prepare(draft, cfg, length, widths=(1, 2), keep_float=True)
+    return seconds
+
+
+def with_warmup(events: Iterator[Event], seconds: float) -> Iterator[Event]:
+    for ev in events:
+        if isinstance(ev, Done):
+            ev.compile_seconds = seconds
+        yield ev

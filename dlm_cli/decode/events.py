@@ -135,6 +135,7 @@ class Done:
     encoder_forwards: int | None = None  # DiffusionGemma: encoder passes
     canvas_length: int | None = None
     max_denoising_steps: int | None = None
+    compile_seconds: float | None = None  # torch.compile warm-up before the run (not in ``seconds``)
     extra: dict[str, Any] = field(default_factory=dict)  # a draft source's own counts
 
     @property
@@ -167,7 +168,7 @@ class Done:
 
 STAT_FIELDS = ("blocks", "cache", "refreshes", "edits", "drafted", "accepted", "verifies", "draft_nfe",
                "draft_source", "draft_seconds", "verify_seconds", "acceptance_per_position", "lookup_commits",
-               "lookup_drafts", "encoder_forwards", "canvas_length", "max_denoising_steps")
+               "lookup_drafts", "encoder_forwards", "canvas_length", "max_denoising_steps", "compile_seconds")
 
 
 Event = Start | Step | Draft | Verify | Done

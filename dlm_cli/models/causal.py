@@ -4,7 +4,8 @@ Registered last, so every dLLM family gets the first look at a config. Only arch
 transformers ships are accepted (no repository code), and only safetensors weights unless
 ``--allow-pickle``. The decoders see a :class:`CausalLM`: the network, its tokenizer and end ids,
 and :meth:`CausalLM.forward`, which runs new tokens over a transformers ``DynamicCache`` and
-returns the logits of the last few positions.
+returns the logits of the last few positions. With ``compile`` on for a run, the cache is a
+``StaticCache`` and the step is compiled (:mod:`.speed`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ class CausalLM(OutputLayer):
     max_length: int
     token_count: int | None = None  # real vocabulary size when the output layer is padded beyond it
     kind: str = field(default="autoregressive", init=False)
+    compilable: bool = field(default=True, init=False)  # a static cache and a compiled step (see .speed)
 
     def new_cache(self) -> Any:
+        if self.__dict__.get("_dlm_compile_on"):
+            from .speed import static_cache
+
+            return static_cache(self, self.__dict__["_dlm_length"])
         from transformers import DynamicCache
 
         return DynamicCache(config=self.net.config)
@@ -40,15 +46,25 @@ class CausalLM(OutputLayer):
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: Any, keep: int = 1) -> torch.Tensor:
         """Logits ``[keep, V]`` for the last ``keep`` of ``ids`` (1-D, new tokens only), appended to ``cache``."""
-        from .compat import cache_kwarg
+        if hasattr(cache, "dlm_filled"):
+            from .speed import static_forward
 
-        kw = {cache_kwarg(self.net.forward): cache}
-        out = self.net(input_ids=ids[None], use_cache=True, logits_to_keep=keep, **kw).logits[0]
+            out = static_forward(self, ids, cache, keep)
+        else:
+            from .compat import cache_kwarg
+
+            kw = {cache_kwarg(self.net.forward): cache}
+            out = self.net(input_ids=ids[None], use_cache=True, logits_to_keep=keep, **kw).logits[0]
         return out if self.token_count is None else out[:, : self.token_count]
 
 
 def rollback(cache: Any, length: int) -> None:
     """Drop every cached position at and after ``length`` (rejected draft tokens)."""
+    if hasattr(cache, "dlm_filled"):
+        from .speed import crop_static
+
+        crop_static(cache, length)
+        return
     extra = cache.get_seq_length() - length
     if extra > 0:
         cache.crop(-extra)  # negative: tokens to remove (every transformers 5 release reads it so)

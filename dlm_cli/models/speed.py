@@ -1,0 +1,254 @@
+"""Closer to the machine: weight-only int8 (torchao), static KV caches and compiled decode steps.
+
+Both are chosen per run by the profile keys ``quantize`` and ``compile`` and applied by
+:func:`prepare` before the decode clock starts, so a compile's warm-up is reported on its own
+(``compile_seconds``) and never counted as decode time.
+
+**Quantization** replaces every ``nn.Linear`` weight by torchao's int8 weight-only (or int8
+dynamic-activation) tensor; no kernel is written here. The float weights are kept only when a run
+in the same process may still want them (``dlm bench`` comparing rows); a plain generation
+quantizes in place.
+
+**Compiling** (AR models, gpt-fast's recipe): the decode step is a forward over a transformers
+``StaticCache``, compiled by ``torch.compile`` (inductor on CPU; CUDA graphs, ``reduce-overhead``,
+on CUDA), with static shapes so each shape compiles once per process:
+
+- the static cache length is rounded up to a multiple of :data:`LENGTH_STEP`, so prompts of
+  different lengths share one graph;
+- one graph per width: 1 token (a plain step), and for a target that verifies drafts one width
+  ``W``, the power of two above ``1 + draft_length`` (at most :data:`MAX_BUCKET`); a verify of
+  fewer tokens is padded to ``W``. The padding comes after the real tokens, so causal attention
+  keeps it out of every real row, and the cache is cropped back at once: the padded keys are
+  overwritten before any later query can see them;
+- the prompt's prefill (the first forward) and any longer forward run eagerly over the same cache,
+  which is exact, only slower.
+
+inductor keeps its compiled kernels in its own on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by
+default under ``~/.cache/dlm/inductor``), so a later process pays only the tracing part of the
+warm-up. ``compile = "auto"`` compiles on CUDA only: on a CPU the warm-up (about a minute for
+SmolLM2 on two cores) is longer than most generations.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DlmError, UsageError
+
+LENGTH_STEP = 256
+MAX_BUCKET = 64
+QUANTIZE = ("none", "int8", "int8-dynamic")
+COMPILE = ("auto", "on", "off")
+
+
+def want_compile(setting: str, device: torch.device) -> bool:
+    """``compile = auto|on|off`` on ``device``: auto compiles on CUDA only (see module doc)."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return setting == "on"
+
+
+def bucket(n: int) -> int:
+    """The padded length of a forward over ``n`` new tokens (a power of two)."""
+    return 1 << (n - 1).bit_length()
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dlm" / "inductor"
+
+
+def _inductor_cache() -> None:
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        path = cache_dir()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:  # unwritable home: inductor falls back to its own temporary directory
+            return
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantization
+
+
+def quantize_net(net: torch.nn.Module, mode: str) -> None:
+    """Quantize every linear layer of ``net`` in place (torchao)."""
+    import logging
+
+    # torchao's import logs warnings a user can do nothing about (CUDA-only kernels it could not
+    # load on a CPU machine, torch's note on its enums): keep them off the terminal.
+    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
+    try:
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            quantize_,
+        )
+    except ImportError:
+        raise DlmError(f"quantize = {mode!r} needs torchao: pip install 'dlm-cli[speed]' (or pip install "
+                       "torchao)") from None
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+    config = Int8WeightOnlyConfig() if mode == "int8" else Int8DynamicActivationInt8WeightConfig()
+    with torch.no_grad():
+        quantize_(net, config)
+
+
+def use_quantized(model: Any, mode: str, keep_float: bool) -> None:
+    """Give ``model`` the ``mode`` weights: quantize (a copy when ``keep_float``) or swap back to float."""
+    variants = model.__dict__.setdefault("_dlm_variants", {})
+    current = model.__dict__.setdefault("_dlm_quantized", "none")
+    if mode == current:
+        return
+    if current not in variants:
+        variants[current] = model.net
+    if mode not in variants:
+        if mode == "none":
+            raise UsageError("this model's float weights were quantized in place; load it again to run "
+                             "quantize = 'none'")
+        base = variants.get("none")
+        if base is None:
+            raise UsageError(f"cannot quantize {current}-quantized weights again as {mode}; load the model again")
+        net = copy.deepcopy(base) if keep_float else base
+        if not keep_float:
+            variants.pop("none")
+        quantize_net(net, mode)
+        variants[mode] = net
+    model.net = variants[mode]
+    model.__dict__["_dlm_quantized"] = mode
+    model.__dict__.pop("_dlm_compiled", None)  # compiled against the other weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Static cache and compiled steps (AR models)
+
+
+def static_cache(model: Any, length: int) -> Any:
+    """A transformers ``StaticCache`` for at least ``length`` positions, with a host-side fill count."""
+    from transformers import StaticCache
+
+    size = -(-max(length, 1) // LENGTH_STEP) * LENGTH_STEP
+    if getattr(model, "max_length", None):
+        size = min(size, max(int(model.max_length), length))
+    cache = StaticCache(config=model.net.config, max_cache_len=size)
+    cache.dlm_filled = 0  # positions written (kept on the host: reading the cache's counter would sync)
+    cache.dlm_size = size
+    return cache
+
+
+def compiled_step(model: Any) -> Any:
+    """``step(ids [1, n], cache) -> logits [n, V]``, compiled once per model (and weights)."""
+    step = model.__dict__.get("_dlm_compiled")
+    if step is None:
+        _inductor_cache()
+        from .compat import cache_kwarg
+
+        net = model.net
+        name = cache_kwarg(net.forward)
+
+        def forward(ids: torch.Tensor, cache: Any) -> torch.Tensor:
+            return net(input_ids=ids, use_cache=True, **{name: cache}).logits[0]
+
+        # Every compiled model (a target and its draft) and cache size adds graphs to the one code
+        # object above; torch's default limit of 8 would send a bench's later rows back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        backend = os.environ.get("DLM_COMPILE_BACKEND", "inductor")  # tests: aot_eager, no code generation
+        mode = "reduce-overhead" if net.device.type == "cuda" and backend == "inductor" else None
+        step = torch.compile(forward, mode=mode, dynamic=False, backend=backend)
+        model.__dict__["_dlm_compiled"] = step
+    return step
+
+
+def static_forward(model: Any, ids: torch.Tensor, cache: Any, keep: int) -> torch.Tensor:
+    """Logits of the last ``keep`` of ``ids`` over a static cache: compiled and padded, or eager for a prefill."""
+    n = int(ids.shape[0])
+    widths = model.__dict__.get("_dlm_widths") or ()
+    width = next((w for w in widths if w >= n), None)
+    if cache.dlm_filled == 0 or width is None or not model.__dict__.get("_dlm_compile_on"):
+        if cache.dlm_filled + n > cache.dlm_size:
+            raise DlmError(f"the static KV cache holds {cache.dlm_size} positions but this run needs "
+                           f"{cache.dlm_filled + n}; run with compile = 'off'")
+        from .compat import cache_kwarg
+
+        kw = {cache_kwarg(model.net.forward): cache}
+        out = model.net(input_ids=ids[None], use_cache=True, logits_to_keep=keep, **kw).logits[0]
+        cache.dlm_filled += n
+        return out
+    if cache.dlm_filled + width > cache.dlm_size:
+        raise DlmError(f"the static KV cache holds {cache.dlm_size} positions but this run needs "
+                       f"{cache.dlm_filled + width}; run with compile = 'off'")
+    # A fresh tensor made here (under inference mode) every time: a caller's tensor made outside
+    # inference mode has other dispatch keys, which would make torch compile the step again.
+    ids = torch.cat([ids, ids.new_zeros(width - n)]) if width > n else ids.clone()
+    out = compiled_step(model)(ids[None], cache)
+    if width > n:
+        cache.crop(-(width - n))
+        out = out[:n]
+    cache.dlm_filled += n
+    return out[n - keep:].clone()  # out of the compiled graph's buffers, which the next call reuses
+
+
+def crop_static(cache: Any, length: int) -> None:
+    extra = cache.dlm_filled - length
+    if extra > 0:
+        cache.crop(-extra)
+        cache.dlm_filled = length
+
+
+def warm(model: Any) -> float:
+    """Compile (or load from inductor's cache) every width this run may use; return the seconds (0 when warm).
+
+    A throwaway static cache of the run's size goes through one eager prefill, then each width.
+    """
+    length = model.__dict__["_dlm_length"]
+    widths = model.__dict__["_dlm_widths"]
+    done = model.__dict__.setdefault("_dlm_warm", set())
+    size = -(-max(length, 1) // LENGTH_STEP) * LENGTH_STEP
+    todo = [w for w in widths if (size, w) not in done]
+    if not todo:
+        return 0.0
+    t0 = time.perf_counter()
+    device = model.device
+    # Made as a run makes it (outside inference mode): a cache whose tensors have other dispatch
+    # keys would not match the compiled guards.
+    cache = static_cache(model, length)
+    model.forward(torch.zeros(1, dtype=torch.long, device=device), cache)
+    for w in todo:
+        for _ in range(2):  # CUDA graphs record on the second call
+            if cache.dlm_filled + w <= cache.dlm_size:
+                model.forward(torch.zeros(w, dtype=torch.long, device=device), cache, keep=1)
+        done.add((size, w))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def prepare(model: Any, settings: Any, length: int, widths: tuple[int, ...] = (1,), keep_float: bool = True) -> float:
+    """Apply ``settings.quantize`` and ``settings.compile`` to ``model`` for a run; return the warm-up seconds.
+
+    ``length`` is the most positions the run's cache holds; ``widths`` the forward widths compiled
+    (a forward of ``n`` tokens uses the smallest width ``>= n``, or runs eagerly).
+    """
+    if model is None:
+        return 0.0
+    mode = getattr(settings, "quantize", "none")
+    if mode != model.__dict__.get("_dlm_quantized", "none"):
+        use_quantized(model, mode, keep_float)
+    on = want_compile(getattr(settings, "compile", "off"), model.device) and getattr(model, "compilable", False)
+    model.__dict__["_dlm_compile_on"] = on
+    if not on:
+        return 0.0
+    model.__dict__["_dlm_length"] = length + MAX_BUCKET  # room for a padded verify past the last slot
+    model.__dict__["_dlm_widths"] = tuple(sorted({min(bucket(w), MAX_BUCKET) for w in widths}))
+    return warm(model)

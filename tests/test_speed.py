@@ -1,0 +1,150 @@
+"""Compiled steps over a static cache and int8 weights: outputs, NFE and reports a user relies on.
+
+Most tests compile with torch's ``aot_eager`` backend (``DLM_COMPILE_BACKEND``): the same traced
+graphs, static cache, padding and cache crops as inductor, without its minute of C++ generation
+on a 2-core CI machine. One test runs inductor itself on a one-layer model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from checkpoints import make_llama
+from typer.testing import CliRunner
+
+from dlm_cli import profiles
+from dlm_cli.cli import app
+from dlm_cli.decode import run
+from dlm_cli.models import speed
+from dlm_cli.models.loading import load
+
+PROMPTS = ["the quick brown fox jumps over", "hello world, how are you today"]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("speed")
+    return {
+        "target": make_llama(root / "target", seed=0),
+        "draft": make_llama(root / "draft", seed=0, noise=0.05),
+        "one": make_llama(root / "one", seed=1, layers=1),
+    }
+
+
+@pytest.fixture()
+def aot(monkeypatch):
+    monkeypatch.setenv("DLM_COMPILE_BACKEND", "aot_eager")
+
+
+def decode(model, prompt: str, profile: str, draft=None, **sets):
+    ids = model.tokenizer(prompt)["input_ids"]
+    s = profiles.load(profile, sets=[f"{k}={v}" for k, v in sets.items()], flags={"max_new_tokens": 24, "seed": 0})
+    return list(run(model, ids, s, draft=draft))[-1]
+
+
+def test_auto_compiles_only_on_cuda():
+    assert speed.want_compile("auto", torch.device("cuda")) is True
+    assert speed.want_compile("auto", torch.device("cpu")) is False
+    assert speed.want_compile("on", torch.device("cpu")) is True
+    assert speed.want_compile("off", torch.device("cuda")) is False
+    assert [speed.bucket(n) for n in (1, 2, 3, 5, 16, 17)] == [1, 2, 4, 8, 16, 32]
+
+
+@pytest.mark.parametrize("profile,with_draft", [("ar", False), ("lookup", False), ("speculative", True)])
+def test_compiled_outputs_equal_eager(ckpts, aot, profile, with_draft):
+    target = load(str(ckpts["target"]))
+    draft = load(str(ckpts["draft"])) if with_draft else None
+    for prompt in PROMPTS:
+        eager = decode(target, prompt, profile, draft, compile="off")
+        compiled = decode(target, prompt, profile, draft, compile="on")
+        assert compiled.tokens == eager.tokens
+        assert compiled.nfe == eager.nfe
+        assert compiled.draft_nfe == eager.draft_nfe
+        assert eager.compile_seconds is None
+    # The compiled lossless strategies still give plain AR's output.
+    plain = decode(target, PROMPTS[0], "ar", compile="off")
+    assert decode(target, PROMPTS[0], profile, draft, compile="on").tokens == plain.tokens
+
+
+def test_warm_up_reported_apart_once(ckpts, aot):
+    target = load(str(ckpts["target"]))
+    first = decode(target, PROMPTS[0], "lookup", compile="on")
+    second = decode(target, PROMPTS[1], "lookup", compile="on")
+    assert first.compile_seconds and first.compile_seconds > 0
+    assert second.compile_seconds is None  # same cache size, same widths: nothing left to compile
+    assert target.__dict__["_dlm_widths"] == (1, 16)  # lookup's draft_length 15 + the last token
+    assert first.seconds < first.compile_seconds + 60  # the warm-up is not in the decode seconds
+
+
+def test_static_cache_rollback_keeps_prefix(ckpts, aot):
+    """A padded verify of 3 tokens into a width-8 graph, then a rollback: the cache is the prefix's."""
+    model = load(str(ckpts["target"]))
+    s = profiles.load("ar", sets=["compile=on"])
+    speed.prepare(model, s, 40, widths=(1, 8))
+    ids = torch.tensor(model.tokenizer(PROMPTS[0])["input_ids"])
+    cache = model.new_cache()
+    assert hasattr(cache, "dlm_filled")
+    model.forward(ids[:-1], cache)
+    out = model.forward(torch.tensor([ids[-1], 5, 7]), cache, keep=3)
+    assert out.shape[0] == 3 and cache.dlm_filled == len(ids) + 2
+    assert int(cache.get_seq_length()) == len(ids) + 2  # the padding was cropped at once
+    from dlm_cli.models.causal import rollback
+
+    rollback(cache, len(ids))
+    nxt = model.forward(torch.tensor([9]), cache)
+    plain = model.net(input_ids=torch.cat([ids, torch.tensor([9])])[None]).logits[0, -1]
+    assert torch.allclose(nxt[0], plain, atol=1e-4)
+
+
+def test_inductor_matches_eager(ckpts):
+    """The real backend once, on a one-layer model (its C++ build is the slow part)."""
+    model = load(str(ckpts["one"]))
+    eager = decode(model, PROMPTS[0], "ar", compile="off")
+    compiled = decode(model, PROMPTS[0], "ar", compile="on")
+    assert compiled.tokens == eager.tokens and compiled.compile_seconds > 0
+
+
+def test_int8_weights_and_lossless_identity(ckpts):
+    pytest.importorskip("torchao")
+    target = load(str(ckpts["target"]))
+    draft = load(str(ckpts["draft"]))
+    float_out = decode(target, PROMPTS[0], "ar")
+    q_ar = decode(target, PROMPTS[0], "ar", quantize="int8")
+    # Lossless methods stay identical to their own baseline at the same weights.
+    assert decode(target, PROMPTS[0], "lookup", quantize="int8").tokens == q_ar.tokens
+    assert decode(target, PROMPTS[0], "speculative", draft, quantize="int8").tokens == q_ar.tokens
+    weight = target.net.model.layers[0].self_attn.q_proj.weight
+    assert type(weight).__name__ == "Int8Tensor"  # torchao's int8 weight-only tensor
+    # The float weights were kept aside for rows that want them (dlm bench compares both).
+    assert decode(target, PROMPTS[0], "ar", quantize="none").tokens == float_out.tokens
+    assert type(target.net.model.layers[0].self_attn.q_proj.weight) is torch.nn.Parameter
+
+
+def test_int8_without_torchao_says_how(ckpts, monkeypatch):
+    target = load(str(ckpts["target"]))
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    res = CliRunner().invoke(app, ["generate", "-m", str(ckpts["target"]), "-p", "ar", "--set", "quantize=int8",
+                                   "--view", "none", "-n", "4", "hello"])
+    assert res.exit_code == 1
+    assert "dlm: quantize = 'int8' needs torchao" in res.output and "pip install" in res.output
+    assert "Traceback" not in res.output
+    del target
+
+
+def test_cli_compile_flag(ckpts, aot):
+    runner = CliRunner()
+    bad = runner.invoke(app, ["generate", "-m", str(ckpts["target"]), "--compile", "maybe", "hello"])
+    assert bad.exit_code == 2 and "maybe" in bad.output
+    res = runner.invoke(app, ["generate", "-m", str(ckpts["target"]), "-p", "ar", "--compile", "on",
+                              "--view", "none", "-n", "6", "--json", "hello"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.stdout)["stats"]
+    assert stats["compile_seconds"] > 0
+    bad_key = runner.invoke(app, ["generate", "-m", str(ckpts["target"]), "-p", "ar", "--set", "quantize=int4",
+                                  "--view", "none", "hello"])
+    assert bad_key.exit_code == 2 and "quantize" in bad_key.output and "int8" in bad_key.output
