@@ -80,14 +80,9 @@ def _inductor_cache() -> None:
 
 def quantize_net(net: torch.nn.Module, mode: str) -> None:
     """Quantize every linear layer of ``net`` in place (torchao)."""
-    import logging
+    from .loading import quiet_optional_libraries
 
-    # torchao's import logs warnings a user can do nothing about (CUDA-only kernels it could not
-    # load on a CPU machine, torch's note on its enums): keep them off the terminal.
-    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [log.level for log in quiet]
-    for log in quiet:
-        log.setLevel(logging.ERROR)
+    quiet_optional_libraries()
     try:
         from torchao.quantization import (
             Int8DynamicActivationInt8WeightConfig,
@@ -97,9 +92,6 @@ def quantize_net(net: torch.nn.Module, mode: str) -> None:
     except ImportError:
         raise DlmError(f"quantize = {mode!r} needs torchao: pip install 'dlm-cli[speed]' (or pip install "
                        "torchao)") from None
-    finally:
-        for log, level in zip(quiet, levels):
-            log.setLevel(level)
     config = Int8WeightOnlyConfig() if mode == "int8" else Int8DynamicActivationInt8WeightConfig()
     with torch.no_grad():
         quantize_(net, config)
