@@ -67,18 +67,20 @@ class ModelDraft(NoDraft):
         self.length = self.settings.draft_length
         self.generator = generator
 
-    def run(self, ids: list[int], count: int, stop: set[int] = frozenset()) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def run(self, ids: list[int], count: int, stop: set[int] = frozenset(),
+            confidence: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feed ``ids`` (tokens the draft cache lacks) and draft up to ``count`` tokens greedily or by sampling.
 
         With ``draft_confidence`` each draft token and its probability come to the host together (the
         early stop decides on them); without, the whole draft comes in one transfer at the end and
-        is cut after its first ``stop`` token.
+        is cut after its first ``stop`` token. ``confidence`` overrides ``draft_confidence``.
         """
         from .sampling import probabilities, sample
 
         s = self.settings
         sampling = s.temperature > 0
-        watch = s.draft_confidence > 0
+        confidence = s.draft_confidence if confidence is None else confidence
+        watch = confidence > 0
         feed = torch.tensor(ids, dtype=torch.long, device=self.model.device)
         tokens: list[torch.Tensor] = []
         qs: list[torch.Tensor] = []
@@ -101,7 +103,7 @@ class ModelDraft(NoDraft):
             if watch:
                 t, c = torch.stack([tok.double(), conf.double()]).tolist()
                 host.append(int(t))
-                if c < s.draft_confidence or int(t) in stop:
+                if c < confidence or int(t) in stop:
                     break
         if not tokens:
             return EMPTY, None

@@ -60,7 +60,7 @@ def run(target: Any, prompt_ids: list[int], settings: Any, source: Any, generato
             count = min(gamma, room)
         ahead = seq + pending
         if count > 0:
-            fresh, q = source.run(ahead[source.cached:], count, source.stop)
+            fresh, q = source.run(ahead[source.cached:], count, source.stop, confidence=0.0)
         else:
             fresh, q = torch.empty(0, dtype=torch.long), None
         fresh_list = fresh.tolist()
