@@ -120,59 +120,10 @@ class ModelDraft(NoDraft):
         return q[..., : self.width] if q.shape[-1] > self.width else torch.nn.functional.pad(q, (0, self.width - q.shape[-1]))
 
     def propose_tree(self, seq: list[int], room: int) -> Any:
-        """``tree_width`` branches of ``tree_depth`` tokens, drafted level by level in one draft forward per level.
+        """``tree_width`` branches of ``tree_depth`` tokens: see :func:`~dlm_cli.decode.tree.draft_tree`."""
+        from .tree import draft_tree
 
-        Greedy: the draft's top ``tree_width`` first tokens, each continued greedily (a deterministic
-        tree). Sampling: ``tree_width`` i.i.d. paths sampled from the draft, as SpecInfer's verifier
-        needs. The draft's own forwards use a tree mask too (each branch sees the prefix and its own
-        tokens), and its cache is cropped back to the committed prefix afterwards.
-        """
-        from .sampling import probabilities, sample
-        from .tree import trie
-
-        s = self.settings
-        depth = min(s.tree_depth or s.draft_length, room)
-        if depth <= 0:
-            return None
-        m = self.model
-        sampling = s.temperature > 0
-        logits = m.forward(torch.tensor(seq[self.cached:], dtype=torch.long, device=m.device), self.cache, keep=1)
-        self.nfe += 1
-        base = self.cached = len(seq)
-        qs: list[torch.Tensor] = []
-        if sampling:
-            q = probabilities(logits, s)[0].expand(s.tree_width, -1)
-            level = sample(q, self.generator)
-            qs.append(q)
-        else:
-            level = torch.topk(logits[0], min(s.tree_width, logits.shape[-1])).indices
-        levels = [level]
-        w = level.shape[0]
-        lanes = torch.arange(w)
-        dtype = m.net.dtype
-        for d in range(1, depth):
-            see = torch.zeros(w, base + d * w, dtype=torch.bool)
-            see[:, :base] = True
-            for e in range(d):
-                see[lanes, base + e * w + lanes] = True
-            mask = torch.zeros(see.shape, dtype=dtype).masked_fill_(~see, torch.finfo(dtype).min)[None, None]
-            pos = torch.full((1, w), base + d - 1, dtype=torch.long)
-            logits = m.forward(levels[-1], self.cache, keep=w, mask=mask.to(m.device), positions=pos.to(m.device))
-            self.nfe += 1
-            if sampling:
-                q = probabilities(logits, s)
-                levels.append(sample(q, self.generator))
-                qs.append(q)
-            else:
-                levels.append(logits.argmax(-1))
-        rollback(self.cache, base)
-        paths = torch.stack(levels, 1).tolist()
-        paths = [p[: next((i + 1 for i, t in enumerate(p) if t in self.stop), len(p))] for p in paths]
-        self.lengths.append(depth)
-        if not sampling:
-            return trie(paths)
-        fitted = [self.fit(q) for q in qs]
-        return trie(paths, [[fitted[d][b] for d in range(len(p))] for b, p in enumerate(paths)], iid=True)
+        return draft_tree(self, seq, room)
 
     def propose(self, seq: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         count = min(self.length, room)

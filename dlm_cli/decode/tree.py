@@ -30,6 +30,7 @@ cache of the committed prefix (their rotary positions were already the final one
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -219,3 +220,56 @@ def keep_branch(cache: object, start: int, path: list[int]) -> None:
                     idx = torch.tensor([start + i for i in path], dtype=torch.long, device=t.device)
                 t[:, :, start: start + n] = t.index_select(2, idx)
     rollback(cache, start + n)
+
+
+def draft_tree(src: Any, seq: list[int], room: int) -> Tree | None:
+    """``tree_width`` branches of ``tree_depth`` tokens, drafted level by level in one draft forward per level.
+
+    Greedy: the draft's top ``tree_width`` first tokens, each continued greedily (a deterministic
+    tree). Sampling: ``tree_width`` i.i.d. paths sampled from the draft, as SpecInfer's verifier
+    needs. The draft's own forwards use a tree mask too (each branch sees the prefix and its own
+    tokens), and its cache is cropped back to the committed prefix afterwards.
+    """
+    s = src.settings
+    depth = min(s.tree_depth or s.draft_length, room)
+    if depth <= 0:
+        return None
+    m = src.model
+    sampling = s.temperature > 0
+    logits = m.forward(torch.tensor(seq[src.cached:], dtype=torch.long, device=m.device), src.cache, keep=1)
+    src.nfe += 1
+    base = src.cached = len(seq)
+    qs: list[torch.Tensor] = []
+    if sampling:
+        q = probabilities(logits, s)[0].expand(s.tree_width, -1)
+        level = sample(q, src.generator)
+        qs.append(q)
+    else:
+        level = torch.topk(logits[0], min(s.tree_width, logits.shape[-1])).indices
+    levels = [level]
+    w = level.shape[0]
+    lanes = torch.arange(w)
+    dtype = m.net.dtype
+    for d in range(1, depth):
+        see = torch.zeros(w, base + d * w, dtype=torch.bool)
+        see[:, :base] = True
+        for e in range(d):
+            see[lanes, base + e * w + lanes] = True
+        mask = torch.zeros(see.shape, dtype=dtype).masked_fill_(~see, torch.finfo(dtype).min)[None, None]
+        pos = torch.full((1, w), base + d - 1, dtype=torch.long)
+        logits = m.forward(levels[-1], src.cache, keep=w, mask=mask.to(m.device), positions=pos.to(m.device))
+        src.nfe += 1
+        if sampling:
+            q = probabilities(logits, s)
+            levels.append(sample(q, src.generator))
+            qs.append(q)
+        else:
+            levels.append(logits.argmax(-1))
+    rollback(src.cache, base)
+    paths = torch.stack(levels, 1).tolist()
+    paths = [p[: next((i + 1 for i, t in enumerate(p) if t in src.stop), len(p))] for p in paths]
+    src.lengths.append(depth)
+    if not sampling:
+        return trie(paths)
+    fitted = [src.fit(q) for q in qs]
+    return trie(paths, [[fitted[d][b] for d in range(len(p))] for b, p in enumerate(paths)], iid=True)
