@@ -82,7 +82,8 @@ def aded(model: Any, settings: Any, draft: Any) -> Any:
 
 
 TREE_WIDTH = Key("tree_width", int, 1, "draft a token tree of this many branches, all verified in one target "
-                 "forward under a tree attention mask (lossless); 1: one run, no tree", min=1, max=64)
+                 "forward under a tree attention mask (lossless; adaptive_draft and draft_confidence apply to one run "
+                 "only); 1: one run, no tree", min=1, max=64)
 TREE_DEPTH = Key("tree_depth", int, None, "tokens per branch of a tree (tree_width > 1); default: draft_length",
                  min=1, max=256, optional=True)
 
