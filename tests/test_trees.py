@@ -337,3 +337,18 @@ def test_pearl_and_trees_refuse_what_they_cannot_do(models):
 
     with pytest.raises(UsageError, match="tree_width"):
         settings("speculative", pearl=True, tree_width=2)
+
+
+def test_cli_aded_profile_runs_and_matches_ar():
+    from typer.testing import CliRunner
+
+    from dlm_cli.cli import app
+
+    runner = CliRunner()
+    args = ["generate", "-m", "dlm-demo-ar", "Copy: 36 71 89 12 5", "-n", "24", "--json", "--seed", "0"]
+    base = json.loads(runner.invoke(app, args).stdout)
+    r = runner.invoke(app, args + ["-p", "aded"])
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["text"] == base["text"] and out["strategy"] == "aded" and out["settings"]["tree_width"] == 24
+    assert out["stats"]["draft_source"] == "aded" and out["nfe"] < base["nfe"]

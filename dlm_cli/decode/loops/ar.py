@@ -139,7 +139,7 @@ def run(target: Any, prompt_ids: list[int], settings: Any, source: Any, generato
     accepted_at: list[int] = []
     draft_s = verify_s = 0.0
     ttft = None
-    tree_mode = getattr(settings, "tree_width", 1) > 1 and hasattr(source, "propose_tree")
+    tree_mode = getattr(settings, "tree_width", 1) > 1 and callable(getattr(source, "propose_tree", None))
 
     yield Start(kind="autoregressive", prompt_tokens=len(seq), length=o.limit)
     source.begin(seq, generator)
