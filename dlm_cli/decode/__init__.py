@@ -90,9 +90,11 @@ def speed_up(model: Any, draft: Any, cfg: Any, prompt_tokens: int) -> float:
         widths.append(1 + cfg.draft_length)
         if getattr(cfg, "adaptive_draft", False):  # the draft length grows after full accepts
             widths.append(2 * (1 + cfg.draft_length))
-    seconds = prepare(model, cfg, length, widths=tuple(widths), keep_float=True)
+    # A token tree's forwards carry their own 4-D masks over a dynamic cache: such runs stay eager.
+    static = (getattr(cfg, "tree_width", 1) or 1) <= 1
+    seconds = prepare(model, cfg, length, widths=tuple(widths), keep_float=True, static=static)
     if draft is not None and getattr(draft, "kind", None) == "autoregressive":
-        seconds += prepare(draft, cfg, length, widths=(1, 2), keep_float=True)
+        seconds += prepare(draft, cfg, length, widths=(1, 2), keep_float=True, static=static)
     return seconds
 
 

@@ -1,4 +1,4 @@
-"""The autoregressive strategies and their keys: ``ar``, ``speculative`` and ``lookup``."""
+"""The autoregressive strategies and their keys: ``ar``, ``speculative``, ``lookup``, ``aded``, ``diffuspec``, ``ead``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import DlmError, UsageError
 from .drafts import DiffusionDraft, LookupDraft, ModelDraft, NoDraft, TextDraft
-from .keys import Key, Strategy, at_most, register_strategy
+from .keys import Conflict, Key, Strategy, at_most, register_strategy
 
 
 _SAME: "weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, bool]]" = weakref.WeakKeyDictionary()
@@ -48,6 +48,9 @@ def speculative(model: Any, settings: Any, draft: Any) -> Any:
     if same_tokenizer(model.tokenizer, draft.tokenizer):
         return ModelDraft(draft, settings, width(model), stop=tuple(model.eos_ids))
     if settings.allow_different_tokenizers:
+        if settings.tree_width > 1 or settings.pearl:
+            raise UsageError("tree_width > 1 and pearl need a draft with the target's tokenizer; with "
+                             "--allow-different-tokenizers set tree_width = 1 and pearl = false")
         return TextDraft(draft, model, settings)
     raise DlmError(f"the draft {draft.info.name} has a different tokenizer from the target {model.info.name} "
                    f"({len(draft.tokenizer)} vs {len(model.tokenizer)} tokens, or other ids); pass "
@@ -72,6 +75,19 @@ def lookup(model: Any, settings: Any, draft: Any) -> LookupDraft:
     return LookupDraft(settings)
 
 
+def aded(model: Any, settings: Any, draft: Any) -> Any:
+    from .aded import AdedDraft
+
+    return AdedDraft(settings)
+
+
+TREE_WIDTH = Key("tree_width", int, 1, "draft a token tree of this many branches, all verified in one target "
+                 "forward under a tree attention mask (lossless; adaptive_draft and draft_confidence apply to one run "
+                 "only); 1: one run, no tree", min=1, max=64)
+TREE_DEPTH = Key("tree_depth", int, None, "tokens per branch of a tree (tree_width > 1); default: draft_length",
+                 min=1, max=256, optional=True)
+
+
 register_strategy(Strategy(
     "ar", "autoregressive", "plain AR decoding, one target forward per token: the baseline for speculative and lookup",
     factory=plain, loop="ar"))
@@ -89,8 +105,14 @@ register_strategy(Strategy(
             "probability; 0 never stops early", min=0.0, max=1.0),
         Key("allow_different_tokenizers", bool, False, "let a draft with another tokenizer work by re-encoding "
             "text (universal assisted decoding); also --allow-different-tokenizers"),
+        TREE_WIDTH, TREE_DEPTH,
+        Key("pearl", bool, False, "PEARL's schedule (Liu et al. 2025): verify the first draft token before the "
+            "rest (pre-verify) and keep drafting the next draft_length tokens before a verify (post-verify); "
+            "on one device a schedule, not concurrency; draft_confidence and adaptive_draft do not apply"),
     ),
-    factory=speculative, loop="ar"))
+    factory=speculative, loop="ar",
+    conflicts=(Conflict(lambda v: bool(v.get("pearl")) and v.get("tree_width", 1) > 1,
+                        "pearl = true drafts one run per window; set tree_width = 1 or pearl = false"),)))
 
 register_strategy(Strategy(
     "lookup", "autoregressive",
@@ -103,8 +125,25 @@ register_strategy(Strategy(
             old=("num_draft_tokens",)),
         Key("realign", bool, True, "when the last n-gram has no match (the model just edited the input), "
             "resume the draft after the token it replaced (Aggressive Decoding)"),
+        TREE_WIDTH, TREE_DEPTH,
     ),
     factory=lookup, loop="ar", conflicts=(at_most("ngram_min", "ngram_max"),)))
+
+register_strategy(Strategy(
+    "aded", "autoregressive",
+    "ADED (adaptive draft-verification): a tri-gram table built from the prompt and updated from the output, "
+    "an MCTS over it drafts a tree of paths; no draft model; greedy output identical to ar",
+    keys=(
+        Key("draft_length", int, 4, "depth of the search: tokens per path before ADED's one-token greedy "
+            "extension", min=1, max=64),
+        Key("aded_iterations", int, 150, "MCTS iterations per draft", min=1, max=100000),
+        Key("aded_top_k", int, 24, "successors a search node expands to", min=1, max=1024),
+        Key("tree_width", int, 1, "paths taken from the search, by visit count, as one token tree (the paper: 24); "
+            "1: the most visited path, no tree", min=1, max=256),
+        Key("tree_nodes", int, 64, "at most this many tree nodes (ADED's max_num_draft); lowest-visit paths "
+            "dropped first", min=1, max=1024),
+    ),
+    factory=aded, loop="ar"))
 
 register_strategy(Strategy(
     "diffuspec", "autoregressive",

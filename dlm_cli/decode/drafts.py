@@ -67,36 +67,63 @@ class ModelDraft(NoDraft):
         self.length = self.settings.draft_length
         self.generator = generator
 
-    def run(self, ids: list[int], count: int, stop: set[int] = frozenset()) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Feed ``ids`` (tokens the draft cache lacks) and draft up to ``count`` tokens greedily or by sampling."""
-        from .sampling import probabilities
+    def run(self, ids: list[int], count: int, stop: set[int] = frozenset(),
+            confidence: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed ``ids`` (tokens the draft cache lacks) and draft up to ``count`` tokens greedily or by sampling.
+
+        With ``draft_confidence`` each draft token and its probability come to the host together (the
+        early stop decides on them); without, the whole draft comes in one transfer at the end and
+        is cut after its first ``stop`` token. ``confidence`` overrides ``draft_confidence``.
+        """
+        from .sampling import probabilities, sample
 
         s = self.settings
         sampling = s.temperature > 0
+        confidence = s.draft_confidence if confidence is None else confidence
+        watch = confidence > 0
         feed = torch.tensor(ids, dtype=torch.long, device=self.model.device)
-        tokens, qs = [], []
+        tokens: list[torch.Tensor] = []
+        qs: list[torch.Tensor] = []
+        host: list[int] = []
         for _ in range(count):
             logits = self.model.forward(feed, self.cache, keep=1)
             self.nfe += 1
             self.cached += feed.shape[0]
             if sampling:
                 q = probabilities(logits, s)[0]
-                tok = torch.multinomial(q, 1, generator=self.generator)
+                tok = sample(q, self.generator)
                 qs.append(q)
-                conf = q[tok] if s.draft_confidence > 0 else None
+                conf = q[tok] if watch else None
             else:
-                tok = logits[0].argmax(-1, keepdim=True)
-                conf = torch.softmax(logits[0].float(), -1)[tok] if s.draft_confidence > 0 else None
+                tok = logits[0].argmax(-1)
+                row = logits[0].double()
+                conf = (row[tok] - torch.logsumexp(row, -1)).exp() if watch else None
             tokens.append(tok)
-            if (conf is not None and float(conf) < s.draft_confidence) or (stop and int(tok) in stop):
-                break
-            feed = tok
+            feed = tok[None]
+            if watch:
+                t, c = torch.stack([tok.double(), conf.double()]).tolist()
+                host.append(int(t))
+                if c < confidence or int(t) in stop:
+                    break
         if not tokens:
             return EMPTY, None
-        q = torch.stack(qs) if qs else None
-        if q is not None and q.shape[1] != self.width:  # a padded output layer on one side only
-            q = q[:, : self.width] if q.shape[1] > self.width else torch.nn.functional.pad(q, (0, self.width - q.shape[1]))
-        return torch.cat(tokens), q
+        if not watch:
+            host = torch.stack(tokens).tolist()
+            cut = next((i + 1 for i, t in enumerate(host) if t in stop), len(host))
+            host, qs = host[:cut], qs[:cut]
+        return torch.tensor(host, dtype=torch.long), self.fit(torch.stack(qs)) if qs else None
+
+    def fit(self, q: torch.Tensor) -> torch.Tensor:
+        """Draft probabilities over the target's vocabulary (a padded output layer on one side only)."""
+        if q.shape[-1] == self.width or not self.width:
+            return q
+        return q[..., : self.width] if q.shape[-1] > self.width else torch.nn.functional.pad(q, (0, self.width - q.shape[-1]))
+
+    def propose_tree(self, seq: list[int], room: int) -> Any:
+        """``tree_width`` branches of ``tree_depth`` tokens: see :func:`~dlm_cli.decode.tree.draft_tree`."""
+        from .tree import draft_tree
+
+        return draft_tree(self, seq, room)
 
     def propose(self, seq: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         count = min(self.length, room)
@@ -125,6 +152,7 @@ class TextDraft(ModelDraft):
     """
 
     name = "text"
+    propose_tree = None  # the re-encoded draft is one run of the target's tokens: no tree
 
     def __init__(self, draft: Any, target: Any, settings: Any) -> None:
         super().__init__(draft, settings, 0)
@@ -189,6 +217,8 @@ class LookupDraft(NoDraft):
         self.lo = settings.ngram_min if ngram_min is None else ngram_min
         self.hi, self.most = settings.ngram_max, settings.draft_length
         self.skips = (0, 1) if (settings.realign if realign is None else realign) else (0,)
+        self.width = getattr(settings, "tree_width", 1)
+        self.depth = getattr(settings, "tree_depth", None)
         self.index: dict[tuple[int, ...], list[int]] = {}
         self.indexed = 0
         self.hits = 0
@@ -218,6 +248,40 @@ class LookupDraft(NoDraft):
                         return torch.tensor(seq[j + skip: j + skip + count], dtype=torch.long), None
         self.misses += 1
         return EMPTY, None
+
+    def propose_tree(self, seq: list[int], room: int) -> Any:
+        """Up to ``tree_width`` different continuations, longest n-gram first, latest match first, as one tree.
+
+        Each is what followed one earlier match (at most ``tree_depth`` tokens, default
+        ``draft_length``); they share the tree where they agree.
+        """
+        from .tree import trie
+
+        depth = min(self.depth or self.most, room)
+        if depth <= 0:
+            return None
+        self._grow(seq)
+        end = len(seq)
+        paths: list[list[int]] = []
+        seen: set[tuple[int, ...]] = set()
+        for skip in self.skips:
+            for n in range(min(self.hi, end - skip - 1), self.lo - 1, -1):
+                for j in reversed(self.index.get(tuple(seq[end - skip - n: end - skip]), ())):
+                    cont = tuple(seq[j + skip: j + skip + depth])
+                    if j < end - skip and cont and cont not in seen:
+                        seen.add(cont)
+                        paths.append(list(cont))
+                        if len(paths) == self.width:
+                            break
+                if len(paths) == self.width:
+                    break
+            if paths:  # the realigned lookup only when the plain one found nothing, as in propose()
+                break
+        if not paths:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return trie(paths)
 
     def stats(self) -> dict[str, Any]:
         return {"lookup_hits": self.hits, "lookup_misses": self.misses}

@@ -36,6 +36,16 @@ def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> to
     return torch.argmax(wide - torch.log(-torch.log(u.clamp_min(1e-300))), dim=-1)
 
 
+def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """A sample per row of ``probs`` (unnormalised weights are fine) as ``argmax(probs / E)``, ``E ~ Exp(1)``.
+
+    The exponential race (gpt-fast's sampler; the Gumbel-max trick in another form): no
+    ``multinomial`` and no host sync, so it stays on the device; seeded by ``generator``.
+    """
+    e = torch.empty_like(probs).exponential_(generator=generator)
+    return torch.argmax(probs / e, dim=-1)
+
+
 def propose(
     logits: torch.Tensor,
     *,

@@ -44,9 +44,17 @@ class CausalLM(OutputLayer):
         return DynamicCache(config=self.net.config)
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, cache: Any, keep: int = 1) -> torch.Tensor:
-        """Logits ``[keep, V]`` for the last ``keep`` of ``ids`` (1-D, new tokens only), appended to ``cache``."""
+    def forward(self, ids: torch.Tensor, cache: Any, keep: int = 1, mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[keep, V]`` for the last ``keep`` of ``ids`` (1-D, new tokens only), appended to ``cache``.
+
+        ``mask`` (a 4-D additive mask over cache + ids) and ``positions`` (``[1, len(ids)]``) replace the
+        causal ones, for a token tree (:mod:`dlm_cli.decode.tree`; never over a static cache: a run
+        with trees does not compile).
+        """
         if hasattr(cache, "dlm_filled"):
+            if mask is not None:
+                raise ValueError("a token tree's mask cannot run over a static cache")
             from .speed import static_forward
 
             out = static_forward(self, ids, cache, keep)
@@ -54,6 +62,8 @@ class CausalLM(OutputLayer):
             from .compat import cache_kwarg
 
             kw = {cache_kwarg(self.net.forward): cache}
+            if mask is not None:
+                kw.update(attention_mask=mask, position_ids=positions)
             out = self.net(input_ids=ids[None], use_cache=True, logits_to_keep=keep, **kw).logits[0]
         return out if self.token_count is None else out[:, : self.token_count]
 

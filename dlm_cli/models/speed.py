@@ -226,18 +226,21 @@ def warm(model: Any) -> float:
     return time.perf_counter() - t0
 
 
-def prepare(model: Any, settings: Any, length: int, widths: tuple[int, ...] = (1,), keep_float: bool = True) -> float:
+def prepare(model: Any, settings: Any, length: int, widths: tuple[int, ...] = (1,), keep_float: bool = True,
+            static: bool = True) -> float:
     """Apply ``settings.quantize`` and ``settings.compile`` to ``model`` for a run; return the warm-up seconds.
 
     ``length`` is the most positions the run's cache holds; ``widths`` the forward widths compiled
-    (a forward of ``n`` tokens uses the smallest width ``>= n``, or runs eagerly).
+    (a forward of ``n`` tokens uses the smallest width ``>= n``, or runs eagerly). ``static``
+    False (token trees) keeps the run eager over a dynamic cache whatever ``compile`` says.
     """
     if model is None:
         return 0.0
     mode = getattr(settings, "quantize", "none")
     if mode != model.__dict__.get("_dlm_quantized", "none"):
         use_quantized(model, mode, keep_float)
-    on = want_compile(getattr(settings, "compile", "off"), model.device) and getattr(model, "compilable", False)
+    on = (static and want_compile(getattr(settings, "compile", "off"), model.device)
+          and getattr(model, "compilable", False))
     model.__dict__["_dlm_compile_on"] = on
     if not on:
         return 0.0
