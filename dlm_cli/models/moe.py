@@ -130,6 +130,20 @@ def _need(cfg: dict[str, Any], keys: tuple[str, ...], family: str) -> None:
         raise DlmError(f"{family} config.json lacks {', '.join(missing)}; is the checkpoint complete?")
 
 
+def expert_check(experts: int, moe_layers: list[int]) -> Callable[[dict[str, Any], str], None]:
+    """Every routed expert of every MoE layer has its three published weights (named in one line if not)."""
+
+    def check(shapes: dict[str, Any], where: str) -> None:
+        missing = [f"model.layers.{i}.mlp.experts.{e}.{proj}.weight" for i in moe_layers for e in range(experts)
+                   for proj in ("gate_proj", "up_proj", "down_proj")
+                   if f"model.layers.{i}.mlp.experts.{e}.{proj}.weight" not in shapes]
+        if missing:
+            raise DlmError(f"{where} lacks weights {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
+                           "the checkpoint is incomplete or of another family")
+
+    return check
+
+
 def llada2_config(cfg: dict[str, Any]) -> Glm4MoeConfig:
     """The GLM-4-MoE config of a LLaDA2 ``config.json`` (the defaults are those of LLaDA2's own config class)."""
     family = "LLaDA2"
@@ -191,10 +205,13 @@ def build_llada2(cfg: dict[str, Any]) -> LLaDA2Denoiser:
 
 
 def llada2_spec(cfg: dict[str, Any]) -> NativeSpec:
-    return NativeSpec(family="llada2", network=LLaDA2Denoiser, config=llada2_config(cfg), key_mapping=LLADA2_KEYS,
+    config = llada2_config(cfg)
+    moe_layers = list(range(config.first_k_dense_replace, config.num_hidden_layers))
+    return NativeSpec(family="llada2", network=LLaDA2Denoiser, config=config, key_mapping=LLADA2_KEYS,
                       max_length=int(cfg.get("max_position_embeddings") or 16384), shift=False,
                       block_size=llada2_block(cfg), mask_id=cfg.get("mask_token_id"), mask_token="<|mask|>",
-                      default_mask_id=LLADA2_MASK_ID)
+                      default_mask_id=LLADA2_MASK_ID,
+                      check_names=expert_check(config.n_routed_experts, moe_layers))
 
 
 # --- LLaDA-MoE ---------------------------------------------------------------------------------------------
@@ -266,9 +283,12 @@ def build_llada_moe(cfg: dict[str, Any]) -> LLaDAMoEDenoiser:
 
 
 def llada_moe_spec(cfg: dict[str, Any]) -> NativeSpec:
-    return NativeSpec(family="llada-moe", network=LLaDAMoEDenoiser, config=llada_moe_config(cfg),
+    config = llada_moe_config(cfg)
+    moe_layers = [i for i in range(config.num_hidden_layers) if i not in config.mlp_only_layers]
+    return NativeSpec(family="llada-moe", network=LLaDAMoEDenoiser, config=config,
                       max_length=int(cfg.get("max_position_embeddings") or 4096), shift=False,
-                      mask_id=cfg.get("mask_token_id"), mask_token="<|mask|>", default_mask_id=LLADA_MOE_MASK_ID)
+                      mask_id=cfg.get("mask_token_id"), mask_token="<|mask|>", default_mask_id=LLADA_MOE_MASK_ID,
+                      check_names=expert_check(config.num_experts, moe_layers))
 
 
 def _register_expert_fusion() -> None:
