@@ -256,3 +256,33 @@ def test_a_missing_expert_is_refused(ckpt, tmp_path):
     save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(DlmError, match="lacks weights model.layers.2.mlp.experts.3.up_proj.weight; the checkpoint is incomplete"):
         load(str(d))
+
+
+def test_a_multi_device_map_keeps_layers_whole_and_the_fusion_exact(models, ckpt, tmp_path):
+    """--device-map auto for the 100B flash model, in miniature: accelerate's map over two (fake) GPUs
+    places whole decoder layers (experts never split from their router), and a load sharded over
+    devices with a layer offloaded to disk fuses the experts the same way (same logits)."""
+    from accelerate import infer_auto_device_map, init_empty_weights
+
+    from dlm_cli.models import moe
+
+    cfg = json.loads((ckpt["llada2"] / "config.json").read_text())
+    spec = moe.llada2_spec(cfg)
+    with init_empty_weights():
+        net = moe.LLaDA2Denoiser(spec.config)
+    layer = sum(p.numel() * 4 for p in net.model.layers[1].parameters())
+    device_map = infer_auto_device_map(net, max_memory={0: int(1.6 * layer), 1: int(1.6 * layer), "cpu": 10**9},
+                                       no_split_module_classes=net._no_split_modules)
+    assert {0, 1} <= set(device_map.values())
+    assert all(not k.startswith("model.layers.") or k.count(".") == 2 for k in device_map), device_map
+    placed = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.layers.2": "cpu",
+              "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    from dlm_cli.models.files import quiet_transformers
+
+    with quiet_transformers():
+        sharded = moe.LLaDA2Denoiser.from_pretrained(str(ckpt["llada2"]), config=spec.config,
+                                                     key_mapping=spec.key_mapping, device_map=placed,
+                                                     offload_folder=str(tmp_path / "offload"), dtype=torch.float32)
+    x = torch.randint(20, 200, (1, 40), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(sharded(x), models["llada2"].net(x))
