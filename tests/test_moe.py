@@ -241,6 +241,9 @@ def _one_line(result, *fragments):
     ("llada-moe", {"moe_router_enable_expert_bias": True}, "moe_router_enable_expert_bias=true"),
     ("llada-moe", {"shared_expert_intermediate_size": 16}, "shared expert"),
     ("llada-moe", {"moe_layer_freq": [1]}, "moe_layer_freq must list"),
+    ("llada2", {"n_group": "8"}, "n_group = '8' must be an integer"),
+    ("llada2", {"num_experts_per_tok": 7}, "routes to 7 of 8 experts in 2 of 4 groups, which is impossible"),
+    ("llada2", {"rope_theta": "high"}, "LLaDA2 config.json is not valid"),
 ])
 def test_options_dlm_does_not_implement_are_refused_in_one_line(ckpt, tmp_path, family, change, fragment):
     d = copy(ckpt[family], tmp_path / "m")

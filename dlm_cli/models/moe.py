@@ -130,6 +130,25 @@ def _need(cfg: dict[str, Any], keys: tuple[str, ...], family: str) -> None:
         raise DlmError(f"{family} config.json lacks {', '.join(missing)}; is the checkpoint complete?")
 
 
+def _ints(cfg: dict[str, Any], family: str, **keys: tuple[int, int | None]) -> dict[str, int]:
+    """``key=(default, minimum)`` -> the config's integer values, each checked (one line when not an integer in range)."""
+    out = {}
+    for key, (default, low) in keys.items():
+        value = cfg.get(key)
+        value = default if value is None else value
+        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+            raise DlmError(f"{family} config.json: {key} = {value!r} must be an integer of at least {low}; "
+                           "the config is broken, re-download the model")
+        out[key] = value
+    return out
+
+
+def _routing(family: str, experts: int, top_k: int, groups: int = 1, top_groups: int = 1) -> None:
+    if groups > experts or experts % groups or top_groups > groups or top_k > top_groups * (experts // groups):
+        raise DlmError(f"{family} config.json routes to {top_k} of {experts} experts in {top_groups} of {groups} "
+                       "groups, which is impossible; the config is broken, re-download the model")
+
+
 def expert_check(experts: int, moe_layers: list[int]) -> Callable[[dict[str, Any], str], None]:
     """Every routed expert of every MoE layer has its three published weights (named in one line if not)."""
 
@@ -144,7 +163,21 @@ def expert_check(experts: int, moe_layers: list[int]) -> Callable[[dict[str, Any
     return check
 
 
-def llada2_config(cfg: dict[str, Any]) -> Glm4MoeConfig:
+def _translated(fn: Callable[[dict[str, Any]], Any], family: str) -> Callable[[dict[str, Any]], Any]:
+    """``fn`` with a value of the wrong type in config.json reported in one line."""
+
+    def translate(cfg: dict[str, Any]) -> Any:
+        try:
+            return fn(cfg)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise DlmError(f"{family} config.json is not valid ({' '.join(str(exc).split())}); "
+                           "re-download the model") from None
+
+    translate.__doc__ = fn.__doc__
+    return translate
+
+
+def _llada2_config(cfg: dict[str, Any]) -> Glm4MoeConfig:
     """The GLM-4-MoE config of a LLaDA2 ``config.json`` (the defaults are those of LLaDA2's own config class)."""
     family = "LLaDA2"
     _need(cfg, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts",
@@ -161,9 +194,11 @@ def llada2_config(cfg: dict[str, Any]) -> Glm4MoeConfig:
     if cfg.get("hidden_act", "silu") != "silu":
         unsupported.append(f"hidden_act={cfg.get('hidden_act')!r}")
     _refuse(family, unsupported)
-    heads = int(cfg["num_attention_heads"])
-    top_k = int(cfg["num_experts_per_tok"])
-    first_dense = int(cfg.get("first_k_dense_replace") or 0)
+    n = _ints(cfg, family, num_experts_per_tok=(1, 1), first_k_dense_replace=(0, 0), num_shared_experts=(0, 0),
+              n_group=(8, 1), topk_group=(4, 1))
+    _routing(family, cfg["num_experts"], n["num_experts_per_tok"], n["n_group"], n["topk_group"])
+    heads = cfg["num_attention_heads"]
+    top_k, first_dense = n["num_experts_per_tok"], n["first_k_dense_replace"]
     intermediate = cfg.get("intermediate_size")
     if first_dense and not intermediate:
         raise DlmError(f"{family} config.json has dense layers (first_k_dense_replace) but no intermediate_size")
@@ -178,18 +213,18 @@ def llada2_config(cfg: dict[str, Any]) -> Glm4MoeConfig:
                          "partial_rotary_factor": float(cfg.get("partial_rotary_factor", 0.5))},
         attention_bias=bool(cfg.get("use_qkv_bias", False)), use_qk_norm=bool(cfg.get("use_qk_norm", False)),
         n_routed_experts=cfg["num_experts"], num_experts_per_tok=top_k,
-        moe_intermediate_size=cfg["moe_intermediate_size"], n_shared_experts=int(cfg.get("num_shared_experts") or 0),
-        n_group=int(cfg.get("n_group", 8)), topk_group=int(cfg.get("topk_group", 4)),
+        moe_intermediate_size=cfg["moe_intermediate_size"], n_shared_experts=n["num_shared_experts"],
+        n_group=n["n_group"], topk_group=n["topk_group"],
         routed_scaling_factor=float(cfg.get("routed_scaling_factor", 2.5)), first_k_dense_replace=first_dense,
         # LLaDA2's gate renormalises the chosen scores whenever it picks more than one expert.
         norm_topk_prob=top_k > 1, tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
     )
-    if cfg["num_experts"] % kwargs["n_group"]:
-        raise DlmError(f"{family} config.json: num_experts ({cfg['num_experts']}) is not a multiple of n_group "
-                       f"({kwargs['n_group']})")
     config = _make(Glm4MoeConfig, kwargs, family)
     config.dense_bias = bool(cfg.get("use_bias", True))  # the attention output's bias (LLaDA2's default: on)
     return config
+
+
+llada2_config = _translated(_llada2_config, "LLaDA2")
 
 
 def llada2_block(cfg: dict[str, Any]) -> int:
@@ -230,11 +265,14 @@ def is_llada_moe_config(cfg: dict[str, Any]) -> bool:
             or any(a in archs for a in ("LLaDAMoEModelLM", "LLaDAMoEModel")))
 
 
-def llada_moe_config(cfg: dict[str, Any]) -> Qwen3MoeConfig:
+def _llada_moe_config(cfg: dict[str, Any]) -> Qwen3MoeConfig:
+    """The Qwen3-MoE config of a LLaDA-MoE ``config.json``."""
     family = "LLaDA-MoE"
     _need(cfg, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts",
                 "num_experts_per_tok", "expert_intermediate_size"), family)
-    layers = int(cfg["num_hidden_layers"])
+    layers = cfg["num_hidden_layers"]
+    top_k = _ints(cfg, family, num_experts_per_tok=(1, 1))["num_experts_per_tok"]
+    _routing(family, cfg["num_experts"], top_k)
     freq = cfg.get("moe_layer_freq")
     if freq in (None, []):
         freq = [1] * layers
@@ -260,7 +298,7 @@ def llada_moe_config(cfg: dict[str, Any]) -> Qwen3MoeConfig:
     if dense and (cfg.get("dense_intermediate_size") or 0) < 1:
         unsupported.append("dense layers without dense_intermediate_size")
     _refuse(family, unsupported)
-    heads = int(cfg["num_attention_heads"])
+    heads = cfg["num_attention_heads"]
     kwargs = dict(
         vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=cfg.get("num_key_value_heads") or heads,
@@ -270,12 +308,15 @@ def llada_moe_config(cfg: dict[str, Any]) -> Qwen3MoeConfig:
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
         rope_parameters={"rope_type": "default", "rope_theta": float(cfg.get("rope_theta") or 10000.0)},
         attention_bias=bool(cfg.get("attention_bias", False)), num_experts=cfg["num_experts"],
-        num_experts_per_tok=cfg["num_experts_per_tok"], moe_intermediate_size=cfg["expert_intermediate_size"],
+        num_experts_per_tok=top_k, moe_intermediate_size=cfg["expert_intermediate_size"],
         # LLaDA-MoE's router never renormalises the chosen probabilities, whatever norm_topk_prob says.
         norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=dense,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), use_sliding_window=False,
     )
     return _make(Qwen3MoeConfig, kwargs, family)
+
+
+llada_moe_config = _translated(_llada_moe_config, "LLaDA-MoE")
 
 
 def build_llada_moe(cfg: dict[str, Any]) -> LLaDAMoEDenoiser:
