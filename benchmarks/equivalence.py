@@ -16,6 +16,18 @@ transformers' own ``Qwen3ForCausalLM`` / ``Qwen2ForCausalLM`` (the models SDAR a
 modify) run with an explicit block-causal attention mask, uncached and with dlm's exact block
 cache; Fast-dLLM v2's shifted rows are compared against the reference's output one position up.
 
+The MoE families (LLaDA2.x, LLaDA-MoE) are held against the modeling files their checkpoints
+ship: ``modeling_llada2_moe.py`` of inclusionAI/LLaDA2.0-mini and ``modeling_lladamoe.py`` of
+inclusionAI/LLaDA-MoE-7B-A1B-Instruct, downloaded (code only, no weights) with huggingface_hub;
+``--moe-ref PATH`` or ``$DLM_MOE_REF`` (a directory or git directory holding those files, e.g. a
+checkout of ZHZisZZ/dllm, whose llada2/llada pipelines carry copies) replaces the download, and a
+shallow ``git clone`` of https://github.com/ZHZisZZ/dllm is the fallback. LLaDA2 runs with its
+sampler's block-causal mask (blocks of 32 from position 0), uncached and with dlm's exact prefix
+cache; LLaDA-MoE with full attention. Their shims, in the temporary copy or this process only: the
+plain RoPE frequencies where transformers 5 dropped ``ROPE_INIT_FUNCTIONS["default"]``, and
+stand-ins for the transformers 4 helpers they import but do not call on these paths
+(``modeling_attn_mask_utils``, docstring decorators).
+
 The reference code is never part of this repository. It is copied into a temporary directory
 from ``--fastdllm PATH`` or ``$FASTDLLM_REPO`` (a checkout, or a git directory such as a mirror:
 files are read from HEAD), else a shallow ``git clone`` of https://github.com/NVlabs/Fast-dLLM;
@@ -23,7 +35,7 @@ when none is available the LLaDA and Dream checks print why and are skipped. Run
 temporary copy only: LLaDA's ``config.use_cache`` read with a default (transformers 5 configs lack
 it), and ``einops`` installed into the temporary directory when missing.
 
-    python benchmarks/equivalence.py --fastdllm /path/to/Fast-dLLM [--json]
+    python benchmarks/equivalence.py --fastdllm /path/to/Fast-dLLM [--moe-ref /path/to/dllm] [--json]
 
 Exits 1 when a difference exceeds ``--tol`` (1e-4).
 """
@@ -276,10 +288,208 @@ def check_block(work: Path, family: str) -> dict[str, float]:
     return out
 
 
+# --- MoE families against the modeling code their checkpoints ship -------------------------------------------
+
+MOE_UPSTREAM = "https://github.com/ZHZisZZ/dllm"
+# package -> (HF repository of a published checkpoint, its modeling file, its configuration file)
+MOE_REFS = {
+    "llada2_ref": ("inclusionAI/LLaDA2.0-mini", "modeling_llada2_moe.py", "configuration_llada2_moe.py"),
+    "lladamoe_ref": ("inclusionAI/LLaDA-MoE-7B-A1B-Instruct", "modeling_lladamoe.py", "configuration_lladamoe.py"),
+}
+
+# transformers 4 helpers the MoE references import; on the paths run here none of them is called.
+MOE_SHIMS = """
+import sys, types
+import torch
+import transformers.pytorch_utils as _pu
+import transformers.utils as _tu
+import transformers.utils.import_utils as _iu
+
+
+def _default_rope(config, device=None, seq_len=None, **kwargs):
+    base = getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]
+    factor = getattr(config, "partial_rotary_factor", None)
+    factor = factor if factor and factor > 0 else 1.0
+    dim = int((getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads) * factor)
+    steps = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float)
+    return 1.0 / (base ** (steps / dim)), 1.0
+
+
+def _not_here(*args, **kwargs):
+    raise RuntimeError("a transformers 4 mask helper was called: this check does not support that path")
+
+
+class _MaskConverter:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    to_4d = _not_here
+
+
+if "transformers.modeling_attn_mask_utils" not in sys.modules:
+    _m = types.ModuleType("transformers.modeling_attn_mask_utils")
+    for _n in ("_prepare_4d_causal_attention_mask", "_prepare_4d_causal_attention_mask_for_sdpa",
+               "_prepare_4d_attention_mask"):
+        setattr(_m, _n, _not_here)
+    _m.AttentionMaskConverter = _MaskConverter
+    sys.modules[_m.__name__] = _m
+_pu.is_torch_greater_or_equal_than_1_13 = True
+if not hasattr(_pu, "ALL_LAYERNORM_LAYERS"):
+    _pu.ALL_LAYERNORM_LAYERS = []
+if not hasattr(_iu, "is_torch_fx_available"):
+    _iu.is_torch_fx_available = lambda: False
+for _n in ("add_start_docstrings", "add_start_docstrings_to_model_forward", "replace_return_docstrings"):
+    if not hasattr(_tu, _n):
+        setattr(_tu, _n, lambda *a, **k: (lambda f: f))
+for _n in ("is_flash_attn_2_available", "is_flash_attn_greater_or_equal_2_10"):
+    if not hasattr(_tu, _n):
+        setattr(_tu, _n, lambda *a, **k: False)
+"""
+
+
+def _find(root: Path, name: str) -> bytes | None:
+    """The file ``name`` anywhere under ``root`` (a directory or a git directory's HEAD); shortest path wins."""
+    if root.is_dir() and not (root / "HEAD").is_file():
+        hits = sorted(root.rglob(name), key=lambda p: len(p.parts))
+        return hits[0].read_bytes() if hits else None
+    listing = subprocess.run(["git", "--git-dir", str(root), "ls-tree", "-r", "--name-only", "HEAD"],
+                             capture_output=True, text=True)
+    hits = sorted((n for n in listing.stdout.split() if n.rsplit("/", 1)[-1] == name), key=lambda n: n.count("/"))
+    if listing.returncode != 0 or not hits:
+        return None
+    return subprocess.run(["git", "--git-dir", str(root), "show", f"HEAD:{hits[0]}"], capture_output=True).stdout
+
+
+def _download(repo: str, name: str, dest: Path) -> bytes | None:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, name, cache_dir=str(dest / "hf"))).read_bytes()
+    except Exception:  # offline, rate-limited, renamed upstream: fall back to the git copies
+        return None
+
+
+def fetch_moe(source: str | None, dest: Path) -> str | None:
+    """Copy the MoE reference modeling files into ``dest`` as packages; returns None, or why they are not available."""
+    roots: list[Path] = [Path(source)] if source else []
+    pkgs: dict[str, dict[str, bytes]] = {}
+    for pkg, (repo, *names) in MOE_REFS.items():
+        if not source:
+            got = {n: _download(repo, n, dest) for n in names}
+            if all(got.values()):
+                pkgs[pkg] = got  # type: ignore[assignment]
+    if len(pkgs) < len(MOE_REFS) and not source:
+        clone = dest / "dllm"
+        try:
+            subprocess.run(["git", "clone", "-q", "--depth", "1", MOE_UPSTREAM, str(clone)], check=True,
+                           capture_output=True, timeout=180)
+            roots.append(clone)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return (f"the MoE modeling files could not be downloaded from the Hub and `git clone {MOE_UPSTREAM}` "
+                    f"failed ({exc.__class__.__name__}); pass --moe-ref")
+    for pkg, (_, *names) in MOE_REFS.items():
+        if pkg in pkgs:
+            continue
+        for root in roots:
+            got = {n: _find(root, n) for n in names}
+            if all(got.values()):
+                pkgs[pkg] = got  # type: ignore[assignment]
+                break
+        else:
+            return f"no {' / '.join(names)} under {', '.join(map(str, roots))}"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "moe_shims.py").write_text(MOE_SHIMS)
+    for pkg, files in pkgs.items():
+        (dest / pkg).mkdir(parents=True, exist_ok=True)
+        (dest / pkg / "__init__.py").write_text("")
+        for name, data in files.items():
+            text = data.decode()
+            if name.startswith("modeling_"):
+                text = "import moe_shims  # noqa: F401\n" + text.replace(
+                    "ROPE_INIT_FUNCTIONS[self.rope_type]",
+                    "(ROPE_INIT_FUNCTIONS.get(self.rope_type) or moe_shims._default_rope)")
+            (dest / pkg / name).write_text(text)
+    if str(dest) not in sys.path:
+        sys.path.insert(0, str(dest))
+    return None
+
+
+def _reference(module: Any, conf_mod: Any, config_names: tuple[str, ...], model_name: str, cfg: dict[str, Any],
+               ckpt: Path) -> Any:
+    config_cls = next(getattr(conf_mod, n) for n in config_names if hasattr(conf_mod, n))
+    rcfg = config_cls(**{k: v for k, v in cfg.items() if k not in ("auto_map", "architectures", "model_type")})
+    rcfg._attn_implementation = "sdpa"
+    ref = getattr(module, model_name)(rcfg)
+    missing, unexpected = ref.load_state_dict(state_of(ckpt), strict=False)
+    assert not unexpected and not missing, (missing, unexpected)
+    return ref.float().eval()
+
+
+def check_llada2(work: Path) -> dict[str, float]:
+    """LLaDA2.x against ``LLaDA2MoeModelLM`` with its sampler's block-causal mask, uncached and with the prefix cache."""
+    import importlib
+
+    from checkpoints import make_llada2
+
+    from dlm_cli.models.loading import load
+
+    ckpt = make_llada2(work / "llada2", hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                       intermediate_size=96, moe_intermediate_size=24, num_experts=16, num_experts_per_tok=4,
+                       n_group=4, topk_group=2, num_hidden_layers=3)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    ours = load(str(ckpt))
+    ref = _reference(importlib.import_module("llada2_ref.modeling_llada2_moe"),
+                     importlib.import_module("llada2_ref.configuration_llada2_moe"), ("LLaDA2MoeConfig",),
+                     "LLaDA2MoeModelLM", cfg, ckpt)
+    B, V = ours.block_size, ours.token_count or cfg["vocab_size"]
+    L, P = 3 * B, B + 5  # the prompt ends inside the second model block
+    x = canvas(V, ours.mask_id, P, L, 3)
+    y = commit_some(x, P, 2 * B, V)
+    blocks = torch.arange(L) // B
+    bias = torch.zeros(L, L).masked_fill(blocks[None, :] > blocks[:, None], torch.finfo(torch.float32).min)
+
+    def theirs(z: torch.Tensor) -> torch.Tensor:
+        return ref(z, attention_mask=bias[None, None], position_ids=torch.arange(L)[None]).logits[..., :V]
+
+    with torch.no_grad():
+        want = theirs(y)
+        out = {"none": diff(want, ours.logits(y))}
+        cache = ours.new_cache()
+        ours.logits(x, 0, 2 * B, cache=cache, rows=(P, 2 * B))
+        cache.truncate(P)
+        out["prefix"] = diff(want[:, P : 2 * B], ours.logits(y, P, 2 * B, cache=cache, rows=(P, 2 * B)))
+    return out
+
+
+def check_llada_moe(work: Path) -> dict[str, float]:
+    """LLaDA-MoE against ``LLaDAMoEModelLM`` (full attention; its code has no cache to compare with)."""
+    import importlib
+
+    from checkpoints import make_llada_moe
+
+    from dlm_cli.models.loading import load
+
+    ckpt = make_llada_moe(work / "llada-moe", hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                          dense_intermediate_size=96, expert_intermediate_size=24, num_experts=16,
+                          num_experts_per_tok=4, num_hidden_layers=3, moe_layer_freq=[0, 1, 1])
+    cfg = json.loads((ckpt / "config.json").read_text())
+    ours = load(str(ckpt))
+    ref = _reference(importlib.import_module("lladamoe_ref.modeling_lladamoe"),
+                     importlib.import_module("lladamoe_ref.configuration_lladamoe"), ("LLaDAMoEConfig", "LLaDAConfig"),
+                     "LLaDAMoEModelLM", cfg, ckpt)
+    V = ours.token_count or cfg["vocab_size"]
+    x = canvas(V, ours.mask_id, 9, 41, 4)
+    with torch.no_grad():
+        return {"none": diff(ref(x).logits[..., :V], ours.logits(x))}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fastdllm", default=os.environ.get("FASTDLLM_REPO") or None,
                     help="Fast-dLLM checkout or git directory (default: $FASTDLLM_REPO, else git clone)")
+    ap.add_argument("--moe-ref", default=os.environ.get("DLM_MOE_REF") or None,
+                    help="directory or git directory with the LLaDA2 / LLaDA-MoE modeling files "
+                         "(default: $DLM_MOE_REF, else the Hub, else git clone of ZHZisZZ/dllm)")
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
@@ -297,6 +507,12 @@ def main() -> int:
             results["dream"] = check_dream(tmp)
         results["sdar (vs Qwen3 + block mask)"] = check_block(tmp, "sdar")
         results["fast-dllm-v2 (vs Qwen2 + block mask)"] = check_block(tmp, "fast-dllm-v2")
+        why = fetch_moe(args.moe_ref, tmp / "moe_ref")
+        if why:
+            results["llada2"] = results["llada-moe"] = f"skipped: {why}"
+        else:
+            results["llada2"] = check_llada2(tmp)
+            results["llada-moe"] = check_llada_moe(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     worst = max((v for r in results.values() if isinstance(r, dict) for v in r.values()), default=0.0)

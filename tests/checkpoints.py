@@ -185,6 +185,129 @@ def make_fast_dllm_v2(out: Path, *, seed: int = 0, sharpen: float = 1.0, bd_size
     return _save_stack(out, cfg, net)
 
 
+def _published_experts(state: dict, prefix: str = "") -> dict:
+    """Split transformers' fused experts back into the per-expert weights the MoE checkpoints publish."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith("mlp.experts.gate_up_proj"):
+            base = k[: -len("gate_up_proj")]
+            gate, up = v.chunk(2, dim=1)
+            for e in range(v.shape[0]):
+                out[f"{base}{e}.gate_proj.weight"] = gate[e].contiguous()
+                out[f"{base}{e}.up_proj.weight"] = up[e].contiguous()
+        elif k.endswith("mlp.experts.down_proj"):
+            for e in range(v.shape[0]):
+                out[f"{k[: -len('down_proj')]}{e}.down_proj.weight"] = v[e].contiguous()
+        else:
+            out[k] = v.contiguous()
+    return out
+
+
+def _randomise_moe(net, seed: int, sharpen: float) -> None:
+    """Random weights, experts included, and a random router bias so that it changes which experts win."""
+    _randomise(net, seed, sharpen)
+    g = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for name, b in net.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+
+
+# LLaDA2's published names for ours (the reverse of dlm_cli.models.moe.LLADA2_KEYS).
+LLADA2_NAMES = [("model.embed_tokens.", "model.word_embeddings."), (".self_attn.o_proj.", ".attention.dense."),
+                (".self_attn.query_key_value.", ".attention.query_key_value."),
+                (".self_attn.q_norm.", ".attention.query_layernorm."),
+                (".self_attn.k_norm.", ".attention.key_layernorm."),
+                (".mlp.gate.e_score_correction_bias", ".mlp.gate.expert_bias")]
+
+
+def llada2_config(tok_dir: Path, **over) -> dict:
+    """LLaDA2.0/2.1's config.json keys (model_type "llada2_moe"), tiny sizes: GQA, QK-norm, partial rotary,
+    one dense layer first, then shared + routed experts with group-limited sigmoid routing."""
+    vocab = _vocab(tok_dir)
+    cfg = {
+        "architectures": ["LLaDA2MoeModelLM"],
+        "auto_map": {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+                     "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+                     "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"},
+        "model_type": "llada2_moe", "attention_dropout": 0.0, "embedding_dropout": 0.0, "output_dropout": 0.0,
+        "first_k_dense_replace": 1, "head_dim": 16, "hidden_act": "silu", "hidden_size": 32,
+        "initializer_range": 0.006, "intermediate_size": 64, "max_position_embeddings": 512,
+        "max_window_layers": 3, "moe_intermediate_size": 16, "moe_router_enable_expert_bias": True, "n_group": 4,
+        "norm_head": False, "norm_softmax": False, "norm_topk_prob": True, "num_attention_heads": 4,
+        "num_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 3, "num_key_value_heads": 2,
+        "num_shared_experts": 1, "output_router_logits": False, "pad_token_id": vocab["<|endoftext|>"],
+        "eos_token_id": vocab["<|endoftext|>"], "partial_rotary_factor": 0.5, "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 600000, "rotary_dim": 8, "routed_scaling_factor": 2.5,
+        "router_dtype": "fp32", "score_function": "sigmoid", "sliding_window": 4096, "tie_word_embeddings": False,
+        "topk_group": 2, "torch_dtype": "bfloat16", "transformers_version": "4.52.3", "use_bias": False,
+        "use_cache": False, "use_qk_norm": True, "use_qkv_bias": False, "use_rmsnorm": True,
+        "use_sliding_window": False, "vocab_size": max(vocab.values()) + 9,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def make_llada2(out: Path, *, seed: int = 0, sharpen: float = 1.0, **over) -> Path:
+    """A tiny LLaDA2.x checkpoint: LLaDA2's config keys, its weight names (``model.word_embeddings``,
+    ``attention.query_key_value``, per-expert ``mlp.experts.E.*``, ``mlp.gate.expert_bias``) and a
+    tokenizer with its ``<|mask|>`` token (config.json names no mask id, as published)."""
+    from dlm_cli.models import moe
+
+    make_tokenizer(out, extra_specials=["<|mask|>"])
+    cfg = llada2_config(out, **over)
+    net = moe.build_llada2(cfg)
+    _randomise_moe(net, seed, sharpen)
+    state = {}
+    for k, v in _published_experts(net.state_dict()).items():
+        for ours, theirs in LLADA2_NAMES:
+            k = k.replace(ours, theirs)
+        state[k] = v
+    if cfg.get("tie_word_embeddings"):
+        state.pop("lm_head.weight")
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def llada_moe_config(tok_dir: Path, **over) -> dict:
+    """LLaDA-MoE-7B-A1B's config.json keys (published with model_type "llada"), tiny sizes."""
+    vocab = _vocab(tok_dir)
+    cfg = {
+        "architectures": ["LLaDAMoEModelLM"],
+        "auto_map": {"AutoConfig": "configuration_lladamoe.LLaDAConfig",
+                     "AutoModel": "modeling_lladamoe.LLaDAMoEModelLM",
+                     "AutoModelForCausalLM": "modeling_lladamoe.LLaDAMoEModelLM"},
+        "model_type": "llada", "attention_bias": False, "attention_dropout": 0.0, "clip_qkv": None,
+        "dense_intermediate_size": 64, "eos_token_id": vocab["<|endoftext|>"], "expert_intermediate_size": 16,
+        "hidden_act": "silu", "hidden_size": 32, "initializer_range": 0.02, "max_position_embeddings": 512,
+        "moe_layer_freq": [1, 1], "moe_router_enable_expert_bias": False, "moe_router_score_function": "softmax",
+        "norm_topk_prob": False, "num_attention_heads": 4, "num_experts": 8, "num_experts_per_tok": 2,
+        "num_hidden_layers": 2, "num_key_value_heads": 4, "output_router_logits": False,
+        "pad_token_id": vocab["<|endoftext|>"], "partial_rotary_factor": 1, "qk_layernorm": True,
+        "rms_norm_eps": 1e-05, "rope_scaling": None, "rope_theta": 50000, "routed_scaling_factor": 1,
+        "router_aux_loss_coef": 0.01, "router_num_group": None, "router_topk_group": None,
+        "shared_expert_intermediate_size": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "transformers_version": "4.48.3", "use_cache": False, "vocab_size": max(vocab.values()) + 9,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def make_llada_moe(out: Path, *, seed: int = 0, sharpen: float = 1.0, **over) -> Path:
+    """A tiny LLaDA-MoE checkpoint: its config keys, Qwen3-MoE-style names with per-expert weights."""
+    from dlm_cli.models import moe
+
+    make_tokenizer(out, extra_specials=["<|mask|>"])
+    cfg = llada_moe_config(out, **over)
+    net = moe.build_llada_moe(cfg)
+    _randomise(net, seed, sharpen)
+    state = _published_experts(net.state_dict())
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
 def diffusion_gemma_config(vocab_size: int, canvas_length: int = 16, **text_over) -> dict:
     text = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=16, num_experts=4,

@@ -55,6 +55,11 @@ def register_family(family: Family) -> None:
 register_family(Family("block-diffusion", "diffusion", lazy("adapter", "is_adapter_config"),
                        lazy("adapter", "load_adapter"),
                        example="dlm generate -m smollm2-dlm \"...\" (an AR model + dlm's LoRA delta)"))
+# Before "llada": LLaDA-MoE-7B-A1B is published with model_type "llada" (its architecture tells it apart).
+register_family(Family("llada-moe", "diffusion", lazy("moe", "is_llada_moe_config"), native("moe", "llada_moe_spec"),
+                       example="dlm generate -m inclusionAI/LLaDA-MoE-7B-A1B-Instruct \"...\""))
+register_family(Family("llada2", "diffusion", lazy("moe", "is_llada2_config"), native("moe", "llada2_spec"),
+                       example="dlm generate -m inclusionAI/LLaDA2.1-mini -p llada21-s \"...\""))
 register_family(Family("llada", "diffusion", lazy("llada", "is_llada_config"), native("llada", "spec"),
                        example="dlm generate -m GSAI-ML/LLaDA-8B-Instruct \"...\""))
 register_family(Family("dream", "diffusion", lazy("dream", "is_dream_config"), native("dream", "spec"),

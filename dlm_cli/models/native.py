@@ -41,6 +41,9 @@ class NativeSpec:
     mask_token: str | None = None
     default_mask_id: int | None = None
     token_count: int | None = None
+    # Further checks of the weight headers (names -> shapes) before anything is read: the MoE families
+    # name a missing expert here, where the load-time fusion of the experts could only fail as a whole.
+    check_names: Callable[[dict[str, Any], str], None] | None = None
 
 
 def resolve_mask_id(spec: NativeSpec, tokenizer: Any, vocab_size: int) -> int:
@@ -59,7 +62,11 @@ def published_names(spec: NativeSpec, where: str) -> Callable[[dict[str, Any] | 
     """A check of the weight headers: a name the family's layout does not know is another family's weight."""
 
     def check(shapes: dict[str, Any] | None) -> None:
-        if spec.published is None or shapes is None:  # pickles have no header to read
+        if shapes is None:  # pickles have no header to read
+            return
+        if spec.check_names is not None:
+            spec.check_names(shapes, where)
+        if spec.published is None:
             return
         foreign = sorted(n for n in shapes if not spec.published.fullmatch(n))
         if foreign:
