@@ -19,12 +19,17 @@ keys and values overwrite the cache; the rest of the window (the **buffer**) is 
 last refresh. The step commits among the active masks. For families whose logits predict the next
 position (Dream) the predictor ``p − 1`` of each active mask ``p`` is computed too.
 
+A mask that slides into the active set from past the window is computed and read from then on.
+
 The commit rule is LLaDA's (the ``baseline`` rule): the top-k by confidence (or ``rank``), k from
-its even schedule over ``steps`` (default one per step). There are no semi-autoregressive blocks:
+its even schedule over ``steps`` (default one per step), for both families; the authors' Dream
+code ranks by negative entropy (``rank = "entropy"`` here) and commits the leftmost mask at a
+refresh step, which dlm does not copy. There are no semi-autoregressive blocks:
 the window supplies the locality. With EoTP, the final end-token tail is pruned from every pruned
 step (and from window refreshes), as the authors' Dream code cuts the canvas after the first end
 token. Lossy: the stale buffer and the pruned far field are approximations; with ``refresh = 1``
-every step is a full forward over the canvas and the output is the baseline's with one block.
+every step is a full forward over the canvas and the greedy output is the baseline's with one
+block.
 
 Block-diffusion models are refused: their block-causal attention already keeps later blocks out
 of a block's forward and their prefix cache is exact, so the method has nothing left to prune
