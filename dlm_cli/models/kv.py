@@ -65,11 +65,13 @@ class WindowLayer(DynamicLayer):
             shape = (*key_states.shape[:-2], c.size, key_states.shape[-1])
             self.keys = key_states.new_zeros(shape)
             self.values = value_states.new_zeros((*shape[:-1], value_states.shape[-1]))
-        self.keys.index_copy_(-2, c.write, key_states)
-        self.values.index_copy_(-2, c.write, value_states)
+        dev = self.keys.device  # a device map may place this layer elsewhere than the indices
+        self.keys.index_copy_(-2, c.write.to(dev), key_states)
+        self.values.index_copy_(-2, c.write.to(dev), value_states)
         if c.read is None:
             return self.keys, self.values
-        return self.keys.index_select(-2, c.read), self.values.index_select(-2, c.read)
+        read = c.read.to(dev)
+        return self.keys.index_select(-2, read), self.values.index_select(-2, read)
 
 
 class DenoiserCache(Cache):
