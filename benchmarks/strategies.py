@@ -11,6 +11,7 @@ decode per row; seconds are decode time only (``Done.seconds``).
     python benchmarks/strategies.py -p speedy,prophet --caches none,prefix,dual --per-task 8 --reps 2
     python benchmarks/strategies.py -p "speedy[threshold=0.7],speedy[threshold=0.95,eotp=false]"  # variants
     python benchmarks/strategies.py --json results.json   # also write the rows as JSON
+    python benchmarks/strategies.py -p "window,quality[block_length=64]" --caches none   # Window-Diffusion
 
 Speed is only comparable inside one run; rerun on a quiet machine (``--threads 1`` by default, so
 that the numbers do not depend on how many cores other processes leave free).
@@ -33,6 +34,7 @@ METHODS = ("speedy,speedy[eotp=false],fast-dllm,margin,eb,prophet,credit,localle
            "freedave,elastic,speedy[threshold=0.5],speedy[strategy=factor,factor=4.0]")
 CACHE_FREE = {"freedave", "quality"}  # lossless/reference rows run only without a cache
 CACHE_ONLY = {"elastic"}  # a cache policy: nothing to refresh without a cache
+OWN_CACHE = {"window"}  # keeps its own cache (cache = "window"): one row, as its profile says
 
 
 @dataclass
@@ -82,6 +84,9 @@ def variants(names: list[str], caches: list[str]) -> list[tuple[str, str, list[s
     out = []
     for item in names:
         profile, extra = parse_row(item)
+        if profile in OWN_CACHE:
+            out.append((item, profile, extra))
+            continue
         for cache in caches:
             if (profile in CACHE_FREE and cache != "none") or (profile in CACHE_ONLY and cache == "none"):
                 continue

@@ -120,7 +120,7 @@ class Strategy:
 
     ``loop`` names the decode loop (:mod:`dlm_cli.decode.loops`) that runs it: ``"blocks"`` (the
     dLLM block driver, with the commit rule ``factory(settings)`` returns), ``"freedave"``,
-    ``"s2d2"``, ``"gemma-native"``, or ``"ar"`` (the AR loop, with the draft source
+    ``"s2d2"``, ``"gemma-native"``, ``"window"``, or ``"ar"`` (the AR loop, with the draft source
     ``factory(model, settings, draft)`` returns).
     """
 

@@ -159,3 +159,27 @@ class Denoiser(OutputLayer):
             out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0), **extra)
         # Padded embedding rows are not tokens; never propose them.
         return out if self.token_count is None else out[..., : self.token_count]
+
+    @torch.inference_mode()
+    def logits_at(self, x: torch.Tensor, targets: torch.Tensor, computed: torch.Tensor, keys: torch.Tensor,
+                  cache: DenoiserCache) -> torch.Tensor:
+        """Logits ``[1, len(targets), V]`` predicting the tokens at ``targets`` from a forward over ``computed`` only.
+
+        Window-Diffusion's pruned forward (fully bidirectional families on dlm's stack): ``computed``
+        (sorted canvas positions, each run at its own rotary position) are the queries; their keys
+        and values are written into ``cache`` at those positions, and attention reads the cache at
+        ``keys`` (sorted, a superset of ``computed``); every other position is pruned. ``computed``
+        must hold each target's predictor (the target itself, or ``target - 1`` for ``shift``
+        families; position 0 predicts itself).
+        """
+        if self.block_size is not None:
+            raise ValueError("a pruned forward needs full attention; block-diffusion models have a block grid")
+        pred = (targets - 1).clamp_min(0) if self.shift else targets
+        idx = torch.searchsorted(computed, pred)  # the predictors' rows (the caller put them in ``computed``)
+        cur = cache.cursor
+        cur.write, cur.read, cur.size = computed, keys, x.shape[1]
+        try:
+            out = self.net(x[:, computed], cache=cache, positions=computed, rows=idx)
+        finally:
+            cur.write = cur.read = None
+        return out if self.token_count is None else out[..., : self.token_count]

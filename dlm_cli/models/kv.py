@@ -5,6 +5,11 @@ window ``[start, start + n)`` of the canvas, its keys and values are written ove
 the stored ones, and attention reads the whole stored range. With the cache holding only the
 prefix ``[0, start)`` this is the prefix cache (the window runs to the end of the canvas); with the
 cache holding the whole canvas it is the dual cache (the window is just the current block).
+
+Window-Diffusion needs the same operation over sets of positions that need not be contiguous:
+with ``cursor.write`` set (a 1-D index of canvas positions, one per row of the forward), the rows'
+keys and values are written at those positions (into a canvas of ``cursor.size`` positions, made
+on the first write), and attention reads only the positions in ``cursor.read`` (all when None).
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 
 class _Cursor:
-    __slots__ = ("start",)
+    __slots__ = ("start", "write", "read", "size")
 
     def __init__(self) -> None:
         self.start = 0
+        self.write: torch.Tensor | None = None  # positions the forward's rows are written at
+        self.read: torch.Tensor | None = None  # positions attention reads (with ``write``)
+        self.size = 0  # the canvas length a first indexed write allocates
 
 
 class WindowLayer(DynamicLayer):
@@ -30,6 +38,8 @@ class WindowLayer(DynamicLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cursor.write is not None:
+            return self._scatter(key_states, value_states)
         start = self._cursor.start
         end = start + key_states.shape[-2]
         if not self.is_initialized or self.keys.numel() == 0:
@@ -47,6 +57,21 @@ class WindowLayer(DynamicLayer):
             self.keys[..., start:end, :] = key_states
             self.values[..., start:end, :] = value_states
         return self.keys, self.values
+
+    def _scatter(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self._cursor
+        if not self.is_initialized or self.keys.numel() == 0:
+            self.lazy_initialization(key_states, value_states)
+            shape = (*key_states.shape[:-2], c.size, key_states.shape[-1])
+            self.keys = key_states.new_zeros(shape)
+            self.values = value_states.new_zeros((*shape[:-1], value_states.shape[-1]))
+        dev = self.keys.device  # a device map may place this layer elsewhere than the indices
+        self.keys.index_copy_(-2, c.write.to(dev), key_states)
+        self.values.index_copy_(-2, c.write.to(dev), value_states)
+        if c.read is None:
+            return self.keys, self.values
+        read = c.read.to(dev)
+        return self.keys.index_select(-2, read), self.values.index_select(-2, read)
 
 
 class DenoiserCache(Cache):

@@ -77,10 +77,15 @@ class DenoiserStack(PreTrainedModel):
         start: int = 0,
         cache: Any = None,
         mask: torch.Tensor | None = None,
-        rows: tuple[int, int] | None = None,
+        rows: tuple[int, int] | torch.Tensor | None = None,
         elastic: Any = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of the window ``ids`` placed at positions ``start..``; only rows ``rows`` (relative) if given.
+
+        ``positions`` (a 1-D index, one canvas position per row of ``ids``) places the rows at those
+        positions instead (the rotary embedding is taken there), for a forward over positions that
+        need not be contiguous (Window-Diffusion); ``rows`` may then be an index of rows to keep.
 
         ``mask`` is a boolean ``[q, kv]`` attention mask (True = may attend) or None for full attention.
 
@@ -92,7 +97,9 @@ class DenoiserStack(PreTrainedModel):
         ``rows`` then still index the window.
         """
         hidden = self.model.embed_tokens(ids)
-        positions = torch.arange(start, start + ids.shape[1], device=ids.device).unsqueeze(0)
+        if positions is None:
+            positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+        positions = positions.unsqueeze(0)
         rope = self.model.rotary_emb(hidden, positions)
         if cache is not None:
             cache.cursor.start = start
@@ -117,7 +124,9 @@ class DenoiserStack(PreTrainedModel):
                 is_causal=False,
                 **kw,
             )
-        if rows is not None:
+        if isinstance(rows, torch.Tensor):
+            hidden = hidden[:, rows]
+        elif rows is not None:
             hidden = hidden[:, rows[0] : rows[1]]
         return self.lm_head(self.model.norm(hidden))
 
