@@ -148,3 +148,17 @@ def test_cli_compile_flag(ckpts, aot):
     bad_key = runner.invoke(app, ["generate", "-m", str(ckpts["target"]), "-p", "ar", "--set", "quantize=int4",
                                   "--view", "none", "hello"])
     assert bad_key.exit_code == 2 and "quantize" in bad_key.output and "int8" in bad_key.output
+
+
+@pytest.mark.parametrize("profile", ["quality", "speedy"])
+def test_compiled_dllm_outputs_equal_eager(aot, profile):
+    model = load("dlm-demo")
+    for prompt in ("Sort these numbers: 41 7 93 12 58 3", "Copy this list: 4 8 15 16 23 42 7"):
+        ids = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        runs = {}
+        for comp in ("off", "on"):
+            s = profiles.load(profile, sets=[f"compile={comp}"], flags={"max_new_tokens": 32, "seed": 0})
+            runs[comp] = list(run(model, ids, s))[-1]
+        assert runs["on"].tokens == runs["off"].tokens and runs["on"].nfe == runs["off"].nfe
+    assert "_dlm_compiled" in model.__dict__  # the network really went through torch.compile

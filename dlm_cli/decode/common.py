@@ -22,8 +22,9 @@ register_keys(
             min=0.0, max=1.0, min_open=True),
         Key("seed", int, None, "random seed; default: a fresh one, reported in --json", min=0, max=2**63 - 1,
             optional=True),
-        Key("compile", str, "auto", "torch.compile the AR decode step over a static KV cache: on, off, or auto "
-            "(on for CUDA only: the CPU warm-up is about a minute); the warm-up is reported apart",
+        Key("compile", str, "auto", "torch.compile the AR decode step over a static KV cache (its warm-up "
+            "reported apart), or a dLLM's network: on, off, or auto (on for CUDA only: the CPU warm-up is "
+            "about a minute)",
             choices=("auto", "on", "off")),
         Key("quantize", str, "none", "weights: none, int8 (torchao weight-only int8) or int8-dynamic (int8 "
             "weights and activations)", choices=("none", "int8", "int8-dynamic")),

@@ -77,6 +77,15 @@ class Denoiser(OutputLayer):
     block_size: int | None = None
     token_count: int | None = None  # real vocabulary size when the embedding is padded beyond it
     kind: str = field(default="diffusion", init=False)
+    compilable: bool = field(default=True, init=False)  # compile = "on" compiles the network (see .speed)
+
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The network's forward, compiled when the run's ``compile`` is on (:func:`.speed.compiled_net`)."""
+        if self.__dict__.get("_dlm_compile_on"):
+            from .speed import compiled_net
+
+            return compiled_net(self)(*args, **kwargs)
+        return self.net(*args, **kwargs)
 
     def decoder_layers(self) -> Any:
         """The network's decoder layers, in order (Elastic-Cache's attention probe hooks one of them)."""
@@ -152,11 +161,11 @@ class Denoiser(OutputLayer):
         mask = self._mask(q0, end, kv_len, x.device, size)
         if self.shift:
             lo, hi = max(r0 - 1, 0) - q0, r1 - 1 - q0
-            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(lo, hi), **extra)
+            out = self._forward(ids, start=q0, cache=cache, mask=mask, rows=(lo, hi), **extra)
             if r0 == 0:
                 out = torch.cat([out[:, :1], out], dim=1)
         else:
-            out = self.net(ids, start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0), **extra)
+            out = self._forward(ids, start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0), **extra)
         # Padded embedding rows are not tokens; never propose them.
         return out if self.token_count is None else out[..., : self.token_count]
 
@@ -179,7 +188,7 @@ class Denoiser(OutputLayer):
         cur = cache.cursor
         cur.write, cur.read, cur.size = computed, keys, x.shape[1]
         try:
-            out = self.net(x[:, computed], cache=cache, positions=computed, rows=idx)
+            out = self._forward(x[:, computed], cache=cache, positions=computed, rows=idx)
         finally:
             cur.write = cur.read = None
         return out if self.token_count is None else out[..., : self.token_count]

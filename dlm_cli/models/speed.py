@@ -23,6 +23,11 @@ on CUDA), with static shapes so each shape compiles once per process:
 - the prompt's prefill (the first forward) and any longer forward run eagerly over the same cache,
   which is exact, only slower.
 
+**Compiling a dLLM** compiles its network with automatic dynamic shapes: canvas, window and
+cache lengths change from block to block, so torch marks them dynamic after the first changes
+instead of compiling every length. Those first forwards compile inside the run (a bench's warm-up
+run takes them); there is no separate warm-up to report for a dLLM.
+
 inductor keeps its compiled kernels in its own on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by
 default under ``~/.cache/dlm/inductor``), so a later process pays only the tracing part of the
 warm-up. ``compile = "auto"`` compiles on CUDA only: on a CPU the warm-up (about a minute for
@@ -162,6 +167,18 @@ def compiled_step(model: Any) -> Any:
     return step
 
 
+def compiled_net(model: Any) -> Any:
+    """A dLLM's network compiled with automatic dynamic shapes (canvas and cache lengths vary)."""
+    net = model.__dict__.get("_dlm_compiled")
+    if net is None:
+        _inductor_cache()
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        backend = os.environ.get("DLM_COMPILE_BACKEND", "inductor")
+        net = torch.compile(model.net, dynamic=None, backend=backend)
+        model.__dict__["_dlm_compiled"] = net
+    return net
+
+
 def static_forward(model: Any, ids: torch.Tensor, cache: Any, keep: int) -> torch.Tensor:
     """Logits of the last ``keep`` of ``ids`` over a static cache: compiled and padded, or eager for a prefill."""
     n = int(ids.shape[0])
@@ -242,8 +259,8 @@ def prepare(model: Any, settings: Any, length: int, widths: tuple[int, ...] = (1
     on = (static and want_compile(getattr(settings, "compile", "off"), model.device)
           and getattr(model, "compilable", False))
     model.__dict__["_dlm_compile_on"] = on
-    if not on:
-        return 0.0
+    if not on or model.kind != "autoregressive":
+        return 0.0  # a dLLM compiles on its first forwards (their shapes depend on the strategy)
     model.__dict__["_dlm_length"] = length + MAX_BUCKET  # room for a padded verify past the last slot
     model.__dict__["_dlm_widths"] = tuple(sorted({min(bucket(w), MAX_BUCKET) for w in widths}))
     return warm(model)
