@@ -128,6 +128,10 @@ def part_demo(args: argparse.Namespace, with_hf: bool) -> None:
         "aded, chain": lambda ids: ours(target, ids, "aded", n=n, tree_width=1),
         "aded, tree (24 paths, <= 64 nodes)": lambda ids: ours(target, ids, "aded", n=n),
     }
+    if args.compile:  # torch.compile over a static cache; the warm-up run (below) takes the compile
+        runs["ar, compiled"] = lambda ids: ours(target, ids, "ar", n=n, compile="on")
+        runs["speculative, compiled"] = lambda ids: ours(target, ids, "speculative", draft, n=n, compile="on")
+        runs["lookup, compiled"] = lambda ids: ours(target, ids, "lookup", n=n, compile="on")
     if with_hf:
         runs["generate() (transformers)"] = lambda ids: theirs(target, ids, n)
         runs["generate(assistant_model=)"] = lambda ids: theirs(target, ids, n, assistant_model=draft.net)
@@ -174,6 +178,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="demo,smollm2,hf", help="comma-separated: demo, smollm2, hf")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="demo: add rows compiled by torch.compile (compile=on)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a shared machine)")
     ap.add_argument("--target", default="dlm-demo-ar")
     ap.add_argument("--draft", default="dlm-demo-ar-draft")
