@@ -56,6 +56,7 @@ class BlockCanvas:
         self.fed = 0  # generation tokens the repetition stop has read
         self.stop_len: int | None = None  # the repetition stop's cut: generation tokens kept
         self.wide = torch.float64 if dev.type != "mps" else torch.float32  # confidences and the packed transfer
+        self.flags: list[float] = []  # the last commit's flags, on the host
 
     # -- blocks ---------------------------------------------------------------------------------
 
@@ -106,13 +107,16 @@ class BlockCanvas:
         return Start("diffusion", self.prompt, self.slots, self.block_length)
 
     def commit(self, bs: int, selected: torch.Tensor, x0: torch.Tensor, confidence: torch.Tensor, *, nfe: int,
-               block: int, edited: torch.Tensor | None = None, in_order: bool = False) -> Step:
+               block: int, edited: torch.Tensor | None = None, in_order: bool = False,
+               flags: tuple[torch.Tensor, ...] = ()) -> Step:
         """Write the ``selected`` rows of the block at ``bs`` (and rewrite the ``edited`` ones) to ``x0``.
 
         Rows are the block's, device tensors of one length. With EoTP the rows after the first end
         token written are dropped (by position), and the masks after it become final; with
         ``in_order`` the caller has already cut its rows in the order it commits them (FreeDave
-        replays a one-token-per-step baseline), so no row is dropped here. Returns the step's event.
+        replays a one-token-per-step baseline), so no row is dropped here. ``flags`` are device
+        scalars the caller needs on the host after this step (a rule's verdict, whether it edited):
+        they travel in the same transfer and are left in :attr:`flags` as floats. Returns the step's event.
         """
         x = self.x
         be = bs + selected.shape[0]
@@ -126,7 +130,13 @@ class BlockCanvas:
             write = write & before
         x[0, bs:be] = torch.where(write, x0, cur)
         rows = [selected, edited if edited is not None else torch.zeros_like(selected), x0, confidence]
-        packed = torch.stack([r.to(self.wide) for r in rows]).cpu().numpy()  # the step's one host transfer
+        packed = torch.stack([r.to(self.wide) for r in rows])
+        if flags:
+            packed = torch.cat([packed.flatten(), torch.stack([f.to(self.wide).reshape(()) for f in flags])])
+        packed = packed.cpu().numpy()  # the step's one host transfer
+        n = selected.shape[0]
+        self.flags = packed[4 * n :].tolist() if flags else []
+        packed = packed[: 4 * n].reshape(4, n)
         sel = np.flatnonzero(packed[0])
         ed = np.flatnonzero(packed[1])
         tokens = packed[2].astype(np.int64)
