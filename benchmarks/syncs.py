@@ -129,8 +129,8 @@ class SyncCounter:
                     out = old(data, *a, **k)
                     if k.get("device") is None:
                         me.mark_host(out)
-                    elif not isinstance(data, torch.Tensor):
-                        me.hit(f"{name}(device=)")  # a blocking host-to-device copy
+                    elif not isinstance(data, torch.Tensor) and out.numel():
+                        me.hit(f"{name}(device=)")  # a blocking host-to-device copy (an empty one copies nothing)
                     return out
                 return wrapped
             return make

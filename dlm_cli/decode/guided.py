@@ -74,6 +74,5 @@ class GuidedCommits:
 
 def upload(values: list[int], device: torch.device) -> torch.Tensor:
     """``values`` as a long tensor on ``device``; to a GPU from pinned memory without blocking the host."""
-    if device.type == "cuda":
-        return torch.tensor(values, dtype=torch.long, pin_memory=True).to(device, non_blocking=True)
-    return torch.tensor(values, dtype=torch.long, device=device)
+    host = torch.tensor(values, dtype=torch.long, pin_memory=device.type == "cuda")
+    return host.to(device, non_blocking=True)

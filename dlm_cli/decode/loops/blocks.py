@@ -42,7 +42,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, rule: CommitRule, gene
     edits = rule if isinstance(rule, Edits) else None
     adaptive = rule if isinstance(rule, AdaptiveBlocks) else None
     settles = rule if isinstance(rule, Settles) else None
-    neg_inf = torch.tensor(-torch.inf, dtype=c.wide, device=dev)
+    neg_inf = torch.full((), -torch.inf, dtype=c.wide, device=dev)  # a fill on the device, not a copy to it
     sample = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator, exclude=c.mask_id)
     settled = False  # Prophet's verdict, for models without a block grid: fill the whole canvas next
 
