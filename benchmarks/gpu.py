@@ -429,7 +429,6 @@ def main(argv: list[str] | None = None) -> int:
     shapes = ((TINY_LLADA, TINY_DREAM, TINY_TARGET, TINY_DRAFT) if args.tiny
               else (LLADA_8B, DREAM_7B, SMOLLM2_17B, SMOLLM2_135M))
     started = time.perf_counter()
-    torch.backends.cuda.matmul.allow_tf32 = True
     rows: list[Row] = []
     why_not = None
     try:

@@ -1,12 +1,14 @@
 """Per-step overhead of the dLLM loop: a decode's time per step against its bare forwards.
 
 For each row (a profile, with any ``[key=value]`` changes) and prompt, the script decodes once
-and records every forward the step loop asked for (the canvas, the block, the cache policy's
+(also the warm-up) and records every forward the step loop asked for (the canvas, the block, the cache policy's
 call), then replays exactly those forwards, in order, through a fresh cache policy with nothing
 else around them: no sampling, no commit rule, no canvas bookkeeping, no events. The overhead is
 ``(decode − replay) / replay``: what the loop adds to the network's own work. Decodes and replays
 are interleaved prompt by prompt, ``--reps`` times; each prompt's fastest decode and fastest
-replay are kept (the least disturbed by other processes), then summed over prompts.
+replay are kept (the least disturbed by other processes), then summed over prompts. Times are
+the CPU time of the decoding thread (``time.thread_time``): on a machine shared with other
+processes, waiting for a core is not counted on either side (run it with ``--threads 1``).
 
     python benchmarks/overhead.py                      # the default rows on the demo dLLM
     python benchmarks/overhead.py -p "speedy,quality" --reps 5 --threads 1
@@ -49,13 +51,14 @@ class Recorder:
         Forward.__call__ = call
 
 
-def decode(model: Any, ids: list[int], settings: Any, rec: Recorder) -> tuple[float, int, list[tuple[Any, ...]]]:
+def decode(model: Any, ids: list[int], settings: Any, rec: Recorder,
+           record: bool = False) -> tuple[float, int, list[tuple[Any, ...]]]:
     from dlm_cli.decode import run
 
-    rec.calls, rec.on = [], True
-    t = time.perf_counter()
+    rec.calls, rec.on = [], record
+    t = time.thread_time()
     events = list(run(model, ids, settings))
-    seconds = time.perf_counter() - t
+    seconds = time.thread_time() - t
     rec.on = False
     return seconds, events[-1].steps, rec.calls
 
@@ -68,11 +71,11 @@ def replay(model: Any, settings: Any, length: int, calls: list[tuple[Any, ...]],
 
     model.begin(prompt, None)
     fwd = Forward(model, settings, length)
-    t = time.perf_counter()
+    t = time.thread_time()
     with torch.no_grad():
         for x, bs, be, first, rows_end in calls:
             fwd(x, bs, be, first, rows_end)
-    seconds = time.perf_counter() - t
+    seconds = time.thread_time() - t
     fwd.close()
     return seconds
 
@@ -111,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         for k, ids in enumerate(prompts):
             s = profiles.load(name, sets=sets + [f"max_new_tokens={args.max_new_tokens}", "seed=0"])
             frozen = s.frozen()
-            decode(model, ids, s, rec)  # warm-up
+            _, n, calls = decode(model, ids, s, rec, record=True)  # the forwards to replay (and a warm-up)
             best_d = best_r = float("inf")
             for _ in range(args.reps):
-                d, n, calls = decode(model, ids, s, rec)
+                d, _, _ = decode(model, ids, s, rec)  # the same seed: the same forwards, not recorded now
                 r = replay(model, frozen, len(ids) + args.max_new_tokens, calls, len(ids))
                 best_d, best_r = min(best_d, d), min(best_r, r)
             total_decode += best_d
