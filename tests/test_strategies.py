@@ -189,10 +189,8 @@ def test_edit_post_steps_run_while_edits_happen_up_to_the_cap():
     st.tokens = torch.tensor([1, 1, 0])
     st.editable = torch.ones(3, dtype=torch.bool)
     assert picked(rule.edit(st)) == [0, 1]
-    assert [rule.post_step(0), rule.post_step(0), rule.post_step(0)] == [True, True, False]
+    assert [rule.post_step(0, True), rule.post_step(0, True), rule.post_step(0, True)] == [True, True, False]
     st.tokens = torch.tensor([0, 0, 0])
-    rule.edit(st)
-    assert rule.post_step(2) is False  # nothing edited: the block is done
-    st.tokens = torch.tensor([1, 1, 0])
-    rule.edit(st)
-    assert rule.post_step(2) is True  # a new block starts with a fresh cap
+    assert not rule.edit(st).any()
+    assert rule.post_step(2, False) is False  # nothing edited: the block is done
+    assert rule.post_step(2, True) is True  # a new block starts with a fresh cap

@@ -374,6 +374,8 @@ def test_speculative_accept_greedy_and_sampled():
     q[0] = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)  # a draft token the verifier never makes
     n, fix = speculative_accept(torch.tensor([2, 0, 2]), q, p, g, False)
     assert n == 0 and fix in (0, 1)  # resampled from max(0, p - q) = [0.1, 0.9, 0]: never the rejected 2
+    fixes = [speculative_accept(torch.tensor([2, 0, 2]), q, p, g, False)[1] for _ in range(400)]
+    assert 2 not in fixes and 0.8 < fixes.count(1) / 400 < 0.97  # drawn in proportion to the residual (0.9)
     assert expected_accepted(torch.tensor([0.5, 0.5])) == pytest.approx(0.5 + 0.25)
 
 

@@ -101,6 +101,7 @@ class Forward:
         self.layers = ElasticLayers(self.probe.index) if self.probe is not None else None
         self.age = 0  # forwards since the last full one
         self.stale = False  # the elastic test asked for a recompute at the next step
+        self.drift: torch.Tensor | None = None  # that test's verdict, still on the device (see resolve)
         self.previous: torch.Tensor | None = None
 
     def close(self) -> None:
@@ -122,6 +123,8 @@ class Forward:
                 self.exact_upto = bs
                 return out
             return m.logits(x, bs, be, cache=cache, rows=rows)
+        if self.drift is not None:  # a caller that did not bring the verdict over with its step's transfer
+            self.resolve(bool(self.drift))
         full = first or bool(self.every and self.age >= self.every)
         partial = self.stale and not full
         if (full and not first) or partial:
@@ -146,13 +149,17 @@ class Forward:
             self._drift(first)
         return out
 
+    def resolve(self, stale: bool) -> None:
+        """The host's copy of :attr:`drift` (the block driver reads it in its step's one transfer)."""
+        self.stale, self.drift = stale, None
+
     def _drift(self, first: bool) -> None:
-        """Elastic-Cache's test: has the attention paid to the most-attended token moved?"""
+        """Elastic-Cache's test: has the attention paid to the most-attended token moved? (on the device)"""
         now = self.probe.current
         prev, self.previous = self.previous, now
         if first or prev is None or now is None or prev.shape != now.shape:
             return
-        hot = int(prev.mean(0).argmax())
-        a, b = prev[:, hot], now[:, hot]
-        sim = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
-        self.stale = sim < self.elastic_threshold
+        hot = prev.mean(0).argmax().reshape(1)
+        a, b = prev.index_select(1, hot)[:, 0], now.index_select(1, hot)[:, 0]
+        sim = torch.nn.functional.cosine_similarity(a, b, dim=0)
+        self.drift = sim.double() < self.elastic_threshold  # in float64, as the host compared it

@@ -56,6 +56,7 @@ class BlockCanvas:
         self.fed = 0  # generation tokens the repetition stop has read
         self.stop_len: int | None = None  # the repetition stop's cut: generation tokens kept
         self.wide = torch.float64 if dev.type != "mps" else torch.float32  # confidences and the packed transfer
+        self.flags: list[float] = []  # the last commit's flags, on the host
 
     # -- blocks ---------------------------------------------------------------------------------
 
@@ -83,6 +84,10 @@ class BlockCanvas:
 
     # -- the host mirror ------------------------------------------------------------------------
 
+    def is_eos(self, tokens: np.ndarray) -> np.ndarray:
+        """Which host ``tokens`` are end tokens (a comparison: ``np.isin`` costs more for a few ids)."""
+        return (tokens[..., None] == self.eos_ids).any(-1)
+
     def masked(self, a: int, b: int) -> int:
         """Mask slots left in ``[a, b)``."""
         return int((self.host[a:b] == self.mask_id).sum())
@@ -106,13 +111,16 @@ class BlockCanvas:
         return Start("diffusion", self.prompt, self.slots, self.block_length)
 
     def commit(self, bs: int, selected: torch.Tensor, x0: torch.Tensor, confidence: torch.Tensor, *, nfe: int,
-               block: int, edited: torch.Tensor | None = None, in_order: bool = False) -> Step:
+               block: int, edited: torch.Tensor | None = None, in_order: bool = False,
+               flags: tuple[torch.Tensor, ...] = ()) -> Step:
         """Write the ``selected`` rows of the block at ``bs`` (and rewrite the ``edited`` ones) to ``x0``.
 
         Rows are the block's, device tensors of one length. With EoTP the rows after the first end
         token written are dropped (by position), and the masks after it become final; with
         ``in_order`` the caller has already cut its rows in the order it commits them (FreeDave
-        replays a one-token-per-step baseline), so no row is dropped here. Returns the step's event.
+        replays a one-token-per-step baseline), so no row is dropped here. ``flags`` are device
+        scalars the caller needs on the host after this step (a rule's verdict, whether it edited):
+        they travel in the same transfer and are left in :attr:`flags` as floats. Returns the step's event.
         """
         x = self.x
         be = bs + selected.shape[0]
@@ -125,8 +133,14 @@ class BlockCanvas:
             edited = edited & before if edited is not None else None
             write = write & before
         x[0, bs:be] = torch.where(write, x0, cur)
-        rows = [selected, edited if edited is not None else torch.zeros_like(selected), x0, confidence]
-        packed = torch.stack([r.to(self.wide) for r in rows]).cpu().numpy()  # the step's one host transfer
+        rows = [selected, edited if edited is not None else torch.zeros_like(selected), x0, confidence.to(self.wide)]
+        packed = torch.stack(rows)  # promoted to the confidences' dtype: exact for flags and token ids
+        if flags:
+            packed = torch.cat([packed.flatten(), torch.stack([f.to(self.wide).reshape(()) for f in flags])])
+        packed = packed.cpu().numpy()  # the step's one host transfer
+        n = selected.shape[0]
+        self.flags = packed[4 * n :].tolist() if flags else []
+        packed = packed[: 4 * n].reshape(4, n)
         sel = np.flatnonzero(packed[0])
         ed = np.flatnonzero(packed[1])
         tokens = packed[2].astype(np.int64)
@@ -136,7 +150,7 @@ class BlockCanvas:
         filled: list[int] = []
         if self.eotp:
             wrote = np.union1d(sel, ed)
-            ends = wrote[np.isin(tokens[wrote], self.eos_ids)]
+            ends = wrote[self.is_eos(tokens[wrote])]
             if len(ends) and bs + int(ends[0]) + 1 < self.end:
                 filled = self.fill_after(bs + int(ends[0]))
         if self.repeats is not None and self.stop_len is None:
@@ -161,7 +175,7 @@ class BlockCanvas:
         (generation-relative), which the step reports as filled."""
         a = self.prompt + self.fed
         seg = self.host[a : self.end]
-        stops = np.flatnonzero((seg == self.mask_id) | np.isin(seg, self.eos_ids))
+        stops = np.flatnonzero((seg == self.mask_id) | self.is_eos(seg))
         b = a + (int(stops[0]) if len(stops) else len(seg))
         if b == a or not self.feed_final(self.host[a:b]):
             return []
@@ -194,7 +208,7 @@ class BlockCanvas:
         ``tokens`` replaces the canvas's own generation (a loop that keeps its own canvas).
         """
         out = self.host[self.prompt :] if tokens is None else np.array(tokens, dtype=np.int64)
-        hits = np.flatnonzero(np.isin(out, self.eos_ids))
+        hits = np.flatnonzero(self.is_eos(out))
         cut = int(hits[0]) if len(hits) else len(out)
         reason = "eos" if len(hits) else "length"
         if self.stop_len is not None:

@@ -23,7 +23,7 @@ from .drafts import LookupDraft
 
 
 class GuidedCommits:
-    """Per-run state: the n-gram index of the committed prefix and the count of slots committed by lookup."""
+    """Per-run state: the n-gram index of the committed prefix and the counts of lookup's commits and drafts."""
 
     def __init__(self, settings: Any, prompt_ids: list[int], device: torch.device) -> None:
         self.most = settings.draft_length
@@ -31,8 +31,9 @@ class GuidedCommits:
         self.prompt = list(prompt_ids)
         self.seen: list[int] = []
         self.device = device
-        self.committed = torch.zeros((), dtype=torch.long, device=device)  # beyond the rule's own (on device)
-        self.drafts = 0
+        # Counted on the device (a step's verdict may drop its draft); read once, at the end of the run.
+        self.committed = torch.zeros((), dtype=torch.long, device=device)  # beyond the rule's own
+        self.drafted = torch.zeros((), dtype=torch.long, device=device)  # steps whose draft was used
 
     def draft(self, prefix: list[int], room: int) -> list[int]:
         """The lookup draft (at most ``room`` tokens) following the committed ``prefix`` of the answer."""
@@ -41,27 +42,37 @@ class GuidedCommits:
             self.source.begin(seq, None)
         self.seen = seq
         tokens, _ = self.source.propose(seq, min(room, self.most))
-        return tokens.tolist()
+        return tokens.tolist() if tokens.numel() else []  # a host tensor: no device sync
 
     def add(self, selected: torch.Tensor, prefix: list[int], start: int, x0: torch.Tensor, candidates: torch.Tensor,
-            tokens: torch.Tensor) -> torch.Tensor:
+            tokens: torch.Tensor, settled: torch.Tensor | None = None) -> torch.Tensor:
         """``selected`` plus the run from row ``start`` (the first mask) where the draft agrees with the canvas.
 
         A masked row agrees when the model's own proposal ``x0`` is the draft token; a row committed
         earlier (out of order) when it already holds it. The run stops at the first disagreement.
-        Computed on the device: no transfer.
+        ``settled`` (a device bool: the rule commits every mask anyway) keeps this step out of the
+        counts. Computed on the device: the draft goes up without waiting, nothing comes back.
         """
         draft = self.draft(prefix, int(candidates.shape[0]) - start)
         if not draft:
             return selected
-        self.drafts += 1
         end = start + len(draft)
-        want = torch.tensor(draft, dtype=torch.long, device=self.device)
+        want = upload(draft, self.device)
         agree = torch.where(candidates[start:end], x0[start:end] == want, tokens[start:end] == want)
         run = torch.zeros_like(candidates)
         run[start:end] = torch.cumprod(agree.long(), 0).bool() & candidates[start:end]
-        self.committed += (run & ~selected).sum()
+        used = 1 if settled is None else (~settled).long()
+        self.committed += (run & ~selected).sum() * used
+        self.drafted += used
         return selected | run
 
-    def count(self) -> int:
-        return int(self.committed)
+    def counts(self) -> dict[str, int]:
+        """The run's ``lookup_commits`` and ``lookup_drafts`` (one transfer)."""
+        commits, drafts = torch.stack([self.committed, self.drafted]).tolist()
+        return {"lookup_commits": commits, "lookup_drafts": drafts}
+
+
+def upload(values: list[int], device: torch.device) -> torch.Tensor:
+    """``values`` as a long tensor on ``device``; to a GPU from pinned memory without blocking the host."""
+    host = torch.tensor(values, dtype=torch.long, pin_memory=device.type == "cuda")
+    return host.to(device, non_blocking=True)

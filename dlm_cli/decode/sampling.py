@@ -71,7 +71,9 @@ def propose(
 
 def without(logits: torch.Tensor, token: int) -> torch.Tensor:
     """A copy of ``logits`` where ``token`` can never win (its logit is ``-inf``)."""
-    return logits.index_fill(-1, torch.tensor([token], device=logits.device), -torch.inf)
+    out = logits.clone()
+    out[..., token] = -torch.inf  # an int index: no index tensor to copy to the device
+    return out
 
 
 def probabilities(logits: torch.Tensor, settings: Any) -> torch.Tensor:

@@ -42,7 +42,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, rule: CommitRule, gene
     edits = rule if isinstance(rule, Edits) else None
     adaptive = rule if isinstance(rule, AdaptiveBlocks) else None
     settles = rule if isinstance(rule, Settles) else None
-    neg_inf = torch.tensor(-torch.inf, dtype=c.wide, device=dev)
+    neg_inf = torch.full((), -torch.inf, dtype=c.wide, device=dev)  # a fill on the device, not a copy to it
     sample = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator, exclude=c.mask_id)
     settled = False  # Prophet's verdict, for models without a block grid: fill the whole canvas next
 
@@ -65,7 +65,8 @@ def run(model: Any, prompt_ids: list[int], settings: Any, rule: CommitRule, gene
             quotas = scheduled.quotas(remaining, be - bs, c.slots) if scheduled is not None else []
             rows = torch.arange(bs, be, device=dev)
             i = 0
-            while remaining > 0 or (edits is not None and c.stop_len is None and edits.post_step(b)):
+            edited = False  # whether the last step's edit rule chose any row
+            while remaining > 0 or (edits is not None and c.stop_len is None and edits.post_step(b, edited)):
                 logits = pending if pending is not None else forward(c.x, bs, be, first=i == 0)[0]
                 pending = None
                 cur = c.x[0, bs:be].clone()
@@ -77,19 +78,28 @@ def run(model: Any, prompt_ids: list[int], settings: Any, rule: CommitRule, gene
                 final = c.end - 1 if c.end < L else L  # an EoTP end token and its tail are final
                 state = StepState(logits, x0, conf, cand, quotas[i] if i < len(quotas) else remaining, i,
                                   len(quotas), b, generator, probability=prob, tokens=cur, editable=~cand & (rows < final),
-                                  progress=c.progress())
+                                  progress=c.progress(), masked=remaining)
+                # Whatever the host must know after this step travels in the commit's one transfer:
+                # Prophet's verdict, whether the edit rule chose a row, the Elastic-Cache drift test.
+                verdict = None
                 if remaining:
                     sel = rule.select(state) & cand
-                    settle = settles is not None and settles.settled(state, sel)
-                    if settle:
-                        sel = cand
-                    elif guided is not None:
+                    verdict = settles.settled(state, sel) if settles is not None else None
+                    if guided is not None:
                         first = c.first_mask(bs, be)
-                        sel = guided.add(sel, c.committed(P, first), first - bs, x0, cand, cur)
+                        sel = guided.add(sel, c.committed(P, first), first - bs, x0, cand, cur, settled=verdict)
+                    if verdict is not None:
+                        sel = torch.where(verdict, cand, sel)
                 else:
-                    sel, settle = torch.zeros_like(cand), False
+                    sel = torch.zeros_like(cand)
                 ed = edits.edit(state) & state.editable & (x0 != cur) if edits is not None else None
-                yield c.commit(bs, sel, x0, conf, nfe=forward.nfe, block=b, edited=ed)
+                flags = tuple(f for f in (verdict, None if ed is None else ed.any(), forward.drift) if f is not None)
+                yield c.commit(bs, sel, x0, conf, nfe=forward.nfe, block=b, edited=ed, flags=flags)
+                got = iter(c.flags)
+                settle = verdict is not None and bool(next(got))
+                edited = ed is not None and bool(next(got))
+                if forward.drift is not None:
+                    forward.resolve(bool(next(got)))
                 remaining = c.masked(bs, be)
                 i += 1
                 if settle:
@@ -104,7 +114,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, rule: CommitRule, gene
         forward.close()
     counts: dict[str, Any] = {}
     if guided is not None:
-        counts = dict(lookup_commits=guided.count(), lookup_drafts=guided.drafts)
+        counts = guided.counts()
     yield c.done(forward.nfe, blocks=b, cache=s.cache, refreshes=forward.refreshes, edits=c.edits, **counts)
 
 

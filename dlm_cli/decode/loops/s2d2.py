@@ -67,8 +67,10 @@ def speculative_accept(draft: torch.Tensor, q: torch.Tensor, p: torch.Tensor, ge
         return k, None
     j = int(bad[0])
     residual = (p[j] - q[j]).clamp_min(0)
-    residual = residual / residual.sum() if float(residual.sum()) > 0 else p[j]
-    return j, int(torch.multinomial(residual.float(), 1, generator=generator))
+    residual = torch.where(residual.sum() > 0, residual, p[j])  # no mass left: the verifier's own distribution
+    # A draw from residual / Σ residual by exponential noise and argmax (no multinomial, no normalising).
+    noise = torch.empty_like(residual).exponential_(1.0, generator=generator)
+    return j, int(torch.argmax(residual / noise))
 
 
 def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: torch.Generator | None,

@@ -18,17 +18,18 @@ from ..keys import Key, Strategy, at_most, register_strategy
 from .base import AdaptiveBlocks
 from .threshold import THRESHOLD, THRESHOLD_RANK, Threshold
 
-_DELIMITERS: dict[tuple[int, str], torch.Tensor] = {}
+_DELIMITERS: dict[tuple[int, str, str], torch.Tensor] = {}
 
 
-def delimiter_ids(tokenizer: Any, vocab: int, delimiters: str) -> torch.Tensor:
+def delimiter_ids(tokenizer: Any, vocab: int, delimiters: str, device: Any = "cpu") -> torch.Tensor:
     """Boolean ``[vocab]``: tokens whose text ends with a delimiter character or holds a newline."""
-    key = (id(tokenizer), delimiters)
+    key = (id(tokenizer), delimiters, str(device))
     if key not in _DELIMITERS:
         texts = tokenizer.batch_decode([[i] for i in range(vocab)])
         chars = set(delimiters)
         _DELIMITERS[key] = torch.tensor(
-            [bool(t.rstrip(" ")) and (t.rstrip(" ")[-1] in chars or ("\n" in chars and "\n" in t)) for t in texts])
+            [bool(t.rstrip(" ")) and (t.rstrip(" ")[-1] in chars or ("\n" in chars and "\n" in t)) for t in texts],
+            device=device)  # copied to the device once, not at each block
     return _DELIMITERS[key]
 
 
@@ -37,10 +38,9 @@ def boundary(x0: torch.Tensor, probability: torch.Tensor, is_delimiter: torch.Te
     """Row index of the most confident delimiter at row ≥ ``lo`` with probability ≥ ``tau`` (earliest on ties)."""
     ok = is_delimiter.to(x0.device)[x0] & (probability >= tau)
     ok[:lo] = False
-    if not bool(ok.any()):
-        return None
     score = torch.where(ok, probability.double(), torch.full_like(probability, -1.0, dtype=torch.float64))
-    return int(torch.argmax(score))
+    r = int(torch.where(ok.any(), torch.argmax(score), -1))  # the block's one read: the row, or -1 for none
+    return None if r < 0 else r
 
 
 class AdaBlock(Threshold, AdaptiveBlocks):
@@ -52,7 +52,7 @@ class AdaBlock(Threshold, AdaptiveBlocks):
 
     def block_end(self, model: Any, bs: int, be: int, limit: int, x0: torch.Tensor, probability: torch.Tensor) -> int:
         s = self.settings
-        is_delimiter = delimiter_ids(model.tokenizer, model.vocab_size, s.delimiters)
+        is_delimiter = delimiter_ids(model.tokenizer, model.vocab_size, s.delimiters, x0.device)
         r = boundary(x0, probability, is_delimiter, s.adablock_min - 1, s.delimiter_threshold)
         return be if r is None else bs + r + 1
 

@@ -16,7 +16,8 @@ class StepState:
     ``p(x0)`` at every row (editing rules look at committed rows too). ``quota`` is the number the
     LLaDA schedule would commit at this step (semi-autoregressive even spread). ``tokens`` is the
     block's current canvas; ``editable`` marks committed rows a rule may rewrite (not EoTP-final).
-    ``progress`` is the fraction of generation slots already final before this step.
+    ``progress`` is the fraction of generation slots already final before this step; ``masked``
+    the number of candidate rows, when the driver knows it on the host.
     """
 
     logits: torch.Tensor
@@ -32,6 +33,7 @@ class StepState:
     tokens: torch.Tensor | None = None
     editable: torch.Tensor | None = None
     progress: float = 0.0
+    masked: int | None = None
 
 
 class CommitRule:
@@ -71,8 +73,9 @@ class Edits:
         """Committed rows to rewrite with ``x0`` this step."""
         raise NotImplementedError
 
-    def post_step(self, block: int) -> bool:
-        """Whether to run another step on block ``block``, whose masks are all committed."""
+    def post_step(self, block: int, edited: bool) -> bool:
+        """Whether to run another step on block ``block``, whose masks are all committed; ``edited``
+        says whether the last step's :meth:`edit` chose any row (read from that step's host transfer)."""
         raise NotImplementedError
 
 
@@ -96,23 +99,26 @@ class NeedsModel:
 class Settles:
     """Can tell that the answer is settled (Prophet): every remaining mask is then committed at once."""
 
-    def settled(self, state: StepState, selected: torch.Tensor) -> bool:
+    def settled(self, state: StepState, selected: torch.Tensor, left: int | None = None) -> torch.Tensor | None:
+        """A device bool, true when settled, or None when it cannot be (``left``: the masks ``selected`` leaves, when the caller knows).
+
+        A device value, so the verdict reaches the host in the step's one transfer.
+        """
         raise NotImplementedError
 
 
 def top1(confidence: torch.Tensor) -> torch.Tensor:
-    """A boolean mask with only the most confident row set."""
-    out = torch.zeros(confidence.shape, dtype=torch.bool, device=confidence.device)
-    out[torch.argmax(confidence)] = True
-    return out
+    """A boolean mask with only the most confident row set (the first on ties, as ``argmax``)."""
+    # Compared on the device: indexing with the 0-dim argmax would read it on the host.
+    return torch.arange(confidence.shape[0], device=confidence.device) == torch.argmax(confidence)
 
 
 def topk_mask(confidence: torch.Tensor, k: int) -> torch.Tensor:
     """A boolean mask of the ``k`` most confident rows."""
-    out = torch.zeros(confidence.shape, dtype=torch.bool, device=confidence.device)
     if k == 1:
-        out[torch.argmax(confidence)] = True  # the same tie-break as top1 and FreeDave's verification
-    elif k > 1:
+        return top1(confidence)  # the same tie-break as top1 and FreeDave's verification
+    out = torch.zeros(confidence.shape, dtype=torch.bool, device=confidence.device)
+    if k > 1:
         out[torch.topk(confidence, k).indices] = True
     return out
 

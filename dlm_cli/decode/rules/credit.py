@@ -20,8 +20,9 @@ def credit_update(credit: torch.Tensor, logits: torch.Tensor, candidates: torch.
     """``β·C`` plus ``p_top1^γ`` at each candidate row's top-1 token (in place; returns ``credit``)."""
     credit.mul_(beta)
     top = torch.softmax(logits.float(), -1).max(-1)
-    rows = candidates.nonzero().squeeze(-1)
-    credit[rows, top.indices[rows]] += top.values[rows].pow(gamma).to(credit.dtype)
+    # Every row adds at its top-1 token, non-candidates 0 (x + 0 is x): no nonzero, no host sync.
+    gain = torch.where(candidates, top.values.pow(gamma), 0.0).to(credit.dtype)
+    credit.scatter_add_(1, top.indices.unsqueeze(-1), gain.unsqueeze(-1))
     return credit
 
 

@@ -29,18 +29,15 @@ class Edit(Threshold, Edits):
 
     def __init__(self, settings) -> None:
         super().__init__(settings)
-        self.edited: torch.Tensor | None = None  # whether the last step edited anything (on device)
         self.block, self.posts = -1, 0
 
     def edit(self, state: StepState) -> torch.Tensor:
-        out = edit_select(state.x0, state.probability, state.tokens, state.editable, self.settings.edit_threshold)
-        self.edited = out.any()
-        return out
+        return edit_select(state.x0, state.probability, state.tokens, state.editable, self.settings.edit_threshold)
 
-    def post_step(self, block: int) -> bool:
+    def post_step(self, block: int, edited: bool) -> bool:
         if block != self.block:
             self.block, self.posts = block, 0
-        if self.edited is not None and bool(self.edited) and self.posts < self.settings.edit_post_steps:
+        if edited and self.posts < self.settings.edit_post_steps:
             self.posts += 1
             return True
         return False

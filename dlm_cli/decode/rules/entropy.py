@@ -18,12 +18,13 @@ def entropy_bounded_select(logits: torch.Tensor, candidates: torch.Tensor, budge
     wide = logits.double() if logits.device.type != "mps" else logits.float()
     h = entropy(torch.softmax(wide, -1))
     h = torch.where(candidates, h, torch.full_like(h, torch.inf))
-    m = int(candidates.sum())
     ranked, order = torch.sort(h)
-    count = max(int((torch.cumsum(ranked[:m], 0) <= budget).sum()), 1)
+    # Non-candidates rank last with H = inf (their prefix sums never pass a finite budget, and the
+    # final & drops them for an infinite one). Counted on the device: no host sync.
+    count = (torch.cumsum(ranked, 0) <= budget).sum().clamp_min(1)
     out = torch.zeros_like(candidates)
-    out[order[:count]] = True
-    return out
+    out[order] = torch.arange(1, h.shape[0] + 1, device=h.device) <= count
+    return out & candidates
 
 
 class EntropyBounded(CommitRule):

@@ -24,22 +24,32 @@ def bar(progress: float) -> float:
     return BARS[min(int(progress * 3), 2)]
 
 
-def top2_gap(logits: torch.Tensor, rows: torch.Tensor, window: int) -> float | None:
-    """Mean top-1 minus top-2 logit over the first ``window`` rows set in ``rows``; None if none is."""
-    idx = rows.nonzero().squeeze(-1)[:window]
-    if len(idx) == 0:
+def top2_gap(logits: torch.Tensor, rows: torch.Tensor, window: int, count: int | None = None) -> torch.Tensor | None:
+    """Mean top-1 minus top-2 logit over the first ``window`` rows set in ``rows`` (a device scalar); None if none is.
+
+    ``count``, the number of rows set when the caller knows it, keeps the host from reading it.
+    """
+    if count is None:
+        count = int(rows.sum())
+    k = min(count, window)
+    if k == 0:
         return None
+    # The first k set rows, in order, found on the device: set rows keep their index, the others sort last.
+    at = torch.arange(rows.shape[0], device=rows.device)
+    idx = torch.sort(torch.where(rows, at, rows.shape[0])).values[:k]
     top = torch.topk(logits[idx].float(), 2, dim=-1).values
-    return float((top[:, 0] - top[:, 1]).mean())
+    return (top[:, 0] - top[:, 1]).mean()
 
 
 class Prophet(Baseline, Settles):
     name = "prophet"
 
-    def settled(self, state: StepState, selected: torch.Tensor) -> bool:
+    def settled(self, state: StepState, selected: torch.Tensor, left: int | None = None) -> torch.Tensor | None:
         """The top-2 gap over the next masks this step leaves is above the bar for the progress so far."""
-        g = top2_gap(state.logits, state.candidates & ~selected, self.settings.prophet_window)
-        return g is not None and g >= bar(state.progress)
+        if left is None and state.masked is not None:  # the schedule's top-k commits min(quota, masked) of them
+            left = state.masked - min(state.quota, state.masked)
+        g = top2_gap(state.logits, state.candidates & ~selected, self.settings.prophet_window, left)
+        return None if g is None else g >= bar(state.progress)
 
 
 register_strategy(

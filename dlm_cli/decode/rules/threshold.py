@@ -43,13 +43,13 @@ class Factor(CommitRule):
 
     def select(self, state: StepState) -> torch.Tensor:
         conf = state.confidence
-        m = int(state.candidates.sum())
         ranked, order = torch.sort(conf, descending=True)
-        n = torch.arange(1, m + 1, device=conf.device, dtype=conf.dtype)
-        # The left side grows with n (c_(n) falls), so the largest n that passes is the count that pass.
-        count = max(int(((n + 1) * (1 - ranked[:m]) < self.settings.factor).sum()), 1)
+        n = torch.arange(1, conf.shape[0] + 1, device=conf.device, dtype=conf.dtype)
+        # The left side grows with n (c_(n) falls), so the largest n that passes is the count that pass;
+        # non-candidates rank last with c = -inf and never pass. Counted on the device: no host sync.
+        count = ((n + 1) * (1 - ranked) < self.settings.factor).sum().clamp_min(1)
         out = torch.zeros_like(state.candidates)
-        out[order[:count]] = True
+        out[order] = n <= count
         return out
 
 
