@@ -15,7 +15,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu  # noqa: E402
 
 
-def test_tiny_gpu_check_prints_every_row_with_its_counts(tmp_path, capsys):
+def test_tiny_gpu_check_prints_every_row_with_its_counts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DLM_COMPILE_BACKEND", "aot_eager")  # the compiled rows, without a C++ build
     out = tmp_path / "rows.json"
     assert gpu.main(["--tiny", "--tokens", "8", "--no-fastdllm", "--json", str(out)]) == 0
     printed = capsys.readouterr()
@@ -28,9 +29,11 @@ def test_tiny_gpu_check_prints_every_row_with_its_counts(tmp_path, capsys):
         assert r["tokens_per_second"] > 0 and r["bandwidth_gbs"] > 0 and r["peak_gib"] is None  # no CUDA: no peak
         if r["method"] == "dlm quality":
             assert r["nfe"] == 8  # one token per step
-    ar, spec = [r for r in rows if r["cache"] == "-"]
-    assert (ar["method"], spec["method"]) == ("dlm ar", "dlm speculative")
+    ar, ar_c, spec, spec_c = [r for r in rows if r["cache"] == "-"]
+    assert [r["method"] for r in (ar, ar_c, spec, spec_c)] == [
+        "dlm ar", "dlm ar, compiled", "dlm speculative", "dlm speculative, compiled"]
     assert ar["nfe"] == ar["tokens"] == 8 and spec["nfe"] <= ar["nfe"]
+    assert ar_c["nfe"] == ar["nfe"] and spec_c["nfe"] == spec["nfe"]  # compiling changes no count
     assert printed.out.count("\n| ") == len(rows) + 1  # one table: the header and a line per row
 
 
