@@ -147,3 +147,17 @@ def test_a_block_diffusion_models_baselines_keep_its_exact_prefix_cache(tmp_path
     md = runner.invoke(app, ["bench", "-m", str(sdar), "--prompts", str(p), "-p", "quality", "--reps", "1",
                              "-n", "16", "--format", "md"])
     assert "the baselines keep the model's exact prefix KV cache" in md.stdout
+
+
+def test_long_toy_tasks_default_to_a_256_slot_canvas():
+    """--tasks long: answers of 40-200 tokens on GSM8K's 256 slots; the plain baseline fills every slot."""
+    r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "copy-long", "--per-task", "1", "-p", "speedy",
+                            "--reps", "1", "--json"])
+    assert r.exit_code == 0, r.stderr
+    plain, eotp, speedy = json.loads(r.stdout)["rows"]
+    assert plain["nfe"] == 256 and 40 < eotp["nfe"] < 256
+    assert set(speedy["task_scores"]) == {"copy-long"} and speedy["generated_tokens"] >= 40
+    assert eotp["task_scores"] == {"copy-long": 1.0}  # the held-out long copy, one token per step
+    assert speedy["nfe"] < eotp["nfe"] / 2  # a long answer is where committing several tokens a step shows
+    r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "copy,lng", "--per-task", "1"])
+    assert r.exit_code == 2 and "unknown task 'lng'" in r.stderr and "groups: default, long, all" in r.stderr

@@ -31,7 +31,7 @@ def per_task(results: list[tuple[str, bool]]) -> dict[str, float]:
 
 
 def eval_dllm(path: Path | str, n: int, profile: str = "quality", tasks: list[str] | None = None,
-              model: Any = None, max_new_tokens: int | None = None) -> dict[str, float]:
+              model: Any = None, max_new_tokens: int | None = None, sets: list[str] | None = None) -> dict[str, float]:
     """Held-out score per task of a dLLM decoded by dlm with ``profile`` (on ``max_new_tokens`` slots: by
     default the profile's)."""
     from .. import profiles
@@ -40,7 +40,7 @@ def eval_dllm(path: Path | str, n: int, profile: str = "quality", tasks: list[st
     from ..prompting import encode
 
     model = model or load(str(path))
-    settings = profiles.load(profile, flags={"max_new_tokens": max_new_tokens})
+    settings = profiles.load(profile, sets=sets, flags={"max_new_tokens": max_new_tokens})
     results = []
     for k, ex in enumerate(T.suite(n, tasks)):
         settings.seed = k
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="quality")
     ap.add_argument("--tasks", help="comma-separated tasks or groups (default, long, all) [default: default]")
     ap.add_argument("-n", "--max-new-tokens", type=int, help="dllm: the canvas [default: the profile's, 64]")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="dllm: a profile key (eotp=true stops at the end token: the same answers, fewer forwards)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--markdown", action="store_true", help="print a model-card table")
     args = ap.parse_args(argv)
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     if args.kind == "dllm":
         tasks = args.tasks.split(",") if args.tasks else None
-        scores = eval_dllm(args.path, args.per_task, args.profile, tasks, max_new_tokens=args.max_new_tokens)
+        scores = eval_dllm(args.path, args.per_task, args.profile, tasks, max_new_tokens=args.max_new_tokens,
+                           sets=args.set)
         print(_markdown({f"`{args.profile}`": scores}, args.per_task) if args.markdown
               else f"{args.profile}: {_table(scores)}")
     else:
