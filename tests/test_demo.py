@@ -314,13 +314,8 @@ def test_reproduce_runs_the_recipes_in_order(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(train_mod, "train", lambda kind, **kw: calls.append((kind, kw)))
     assert train_mod.main(["all", "--out", str(tmp_path), "--threads", "1"]) == 0
-    assert [k for k, _ in calls] == ["ar", "dllm", "dllm", "ar-draft"]
-    long_stage = calls[2][1]
-    calls = calls[:2] + calls[3:]
+    assert [k for k, _ in calls] == ["ar", "dllm", "ar-draft"]
     by = dict(calls)
-    # the 256-slot stage fine-tunes the 64-slot dLLM in place, on every task
-    assert long_stage["init"] == long_stage["out"] == tmp_path / "dlm-demo-dllm"
-    assert long_stage["gen_length"] == 256 and long_stage["tasks"] == ["all"]
     assert by["dllm"]["init"] == by["ar"]["out"] == tmp_path / "dlm-demo-ar"
     assert by["ar"]["init"] is None and by["dllm"]["out"] == tmp_path / "dlm-demo-dllm"
     assert by["dllm"]["seed"] == 0 and by["dllm"]["steps"] == train_mod.RECIPES["dllm"]["steps"]
@@ -371,8 +366,7 @@ def test_bf16_training_autocasts_and_saves_float32(tmp_path):
     assert _falls(half), half
     assert half[5:] != full[5:]
     assert all(w.dtype == torch.float32 for w in load_file(str(tmp_path / "bf16" / "model.safetensors")).values())
-    # the shipped 64-slot weights were trained this way; the 256-slot stage in float32 (no AVX-512 BF16 then)
-    assert all(r.get("bf16") for k, r in RECIPES.items() if k != "dllm-long") and not RECIPES["dllm-long"].get("bf16")
+    assert all(r.get("bf16") for r in RECIPES.values())  # the shipped weights were trained this way
 
 
 def test_draft_distillation_loss_and_training(tmp_path):

@@ -489,24 +489,20 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
 
 # The recipes of the shipped weights (``python -m dlm_cli.demo.train all``): the AR target first, the
 # dLLM starts from it, then the draft. Each is also a plain command line (see the model cards).
-# ``dllm-long`` fine-tunes the 64-slot dLLM in place on every task, the long ones included, with canvases
-# of up to 256 slots; it runs in float32 (bfloat16 autocast was 2-3x slower on a CPU without AVX-512 BF16).
 RECIPES: dict[str, dict[str, Any]] = {
     "ar": {"dir": "dlm-demo-ar", "seed": 0, "steps": 2000, "lr": 1.5e-3, "warmup": 100, "bf16": True},
     "dllm": {"dir": "dlm-demo-dllm", "seed": 0, "steps": 5000, "lr": 1.5e-3, "warmup": 50, "init": "dlm-demo-ar",
              "full_share": 0.25, "stop_after": None, "bf16": True},
-    "dllm-long": {"kind": "dllm", "dir": "dlm-demo-dllm", "seed": 0, "steps": 1200, "batch": 16, "lr": 1e-3,
-                  "warmup": 30, "init": "dlm-demo-dllm", "full_share": 0.15, "tasks": ["all"], "gen_length": 256},
+
     "ar-draft": {"dir": "dlm-demo-ar-draft", "seed": 0, "steps": 2000, "lr": 2e-3, "warmup": 100,
                  "teacher": "dlm-demo-ar", "distill": 0.5, "bf16": True},
 }
 
 
 def reproduce(out_dir: Path, log: Callable[[str], None] = print) -> None:
-    """Train the three demo models into ``out_dir`` with :data:`RECIPES` (the dLLM in two stages)."""
-    for stage in ("ar", "dllm", "dllm-long", "ar-draft"):
-        r = dict(RECIPES[stage])
-        kind = r.pop("kind", stage)
+    """Train the three demo models into ``out_dir`` with :data:`RECIPES`."""
+    for kind in ("ar", "dllm", "ar-draft"):
+        r = dict(RECIPES[kind])
         out = out_dir / r.pop("dir")
         init = r.pop("init", None)
         teacher = r.pop("teacher", None)
