@@ -8,10 +8,11 @@ Two kinds of task, as in ParallelBench:
 * random tasks (pick) have many right answers, scored by validity: k items, no repeats, all from
   the given list. Tokens committed in parallel without seeing each other tend to repeat an item.
 
-The long tasks (copy-long, sort-long, story-long, json) have answers of 40-200 tokens, the length
-of a GSM8K answer: decoded on a 256-slot canvas (``-n 256``) they show how many tokens a method
-commits per step when the answer is long. They are not in the default suite (:data:`DEFAULT_TASKS`,
-decoded on 64 slots); ``tasks=["long"]`` or ``--tasks long`` names them.
+The long tasks (copy-long, sort-long, story-long, json) have answers of 41-95 tokens, meant for
+GSM8K's 256-slot canvas (``-n 256``), where how many tokens a method commits per step shows on a long
+answer. They are not in the default suite (:data:`DEFAULT_TASKS`, decoded on 64 slots);
+``tasks=["long"]`` or ``--tasks long`` names them. The shipped demo dLLM has not learned them yet
+(its card).
 
 Every example is a pure function of ``(task, seed)``. A hash of the prompt text splits prompts into
 train and held-out sets, so no held-out prompt is ever trained on, whatever seed produced it.
