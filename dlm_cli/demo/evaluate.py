@@ -40,7 +40,7 @@ def eval_dllm(path: Path | str, n: int, profile: str = "quality", tasks: list[st
     from ..prompting import encode
 
     model = model or load(str(path))
-    settings = profiles.load(profile, sets=sets, flags={"max_new_tokens": max_new_tokens})
+    settings = profiles.load(profile, sets=list(sets or []), flags={"max_new_tokens": max_new_tokens})
     results = []
     for k, ex in enumerate(T.suite(n, tasks)):
         settings.seed = k
