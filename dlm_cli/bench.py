@@ -119,14 +119,24 @@ def load_prompts(path: Path) -> list[BenchPrompt]:
     return out
 
 
-def builtin_prompts(per_task: int, tasks: Optional[str]) -> list[BenchPrompt]:
-    from .demo.tasks import TASKS, suite
+def toy_task_names(tasks: Optional[str]) -> list[str]:
+    """The toy tasks ``--tasks`` names, groups expanded (``long``: the 40-200-token answers); the default suite
+    without it."""
+    from .demo.tasks import GROUPS, TASKS, task_names
 
-    names = [t.strip() for t in tasks.split(",")] if tasks else None
-    if names:
-        unknown = [t for t in names if t not in TASKS]
-        if unknown:
-            raise UsageError(f"--tasks: unknown task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    try:
+        return task_names(names)
+    except ValueError:
+        unknown = next(t for t in names or [] if t not in TASKS and t not in GROUPS)
+        raise UsageError(f"--tasks: unknown task {unknown!r}; tasks: {', '.join(TASKS)} "
+                         f"(groups: {', '.join(GROUPS)})") from None
+
+
+def builtin_prompts(per_task: int, tasks: Optional[str]) -> list[BenchPrompt]:
+    from .demo.tasks import suite
+
+    names = toy_task_names(tasks)
     try:
         examples = suite(per_task, tasks=names)
     except ValueError as e:
@@ -139,6 +149,8 @@ REAL_KINDS = ("typo", "chat", "continue", "reformat")
 # 256 slots of a 135M dLLM costs about half a minute per prompt on 2 CPU cores); --tasks names more.
 REAL_DEFAULT_KINDS = ("typo", "chat")
 REAL_MAX_NEW_TOKENS = 256
+# The toy long tasks' canvas when -n is not given: GSM8K's generation length, 2.5-6x their answers.
+LONG_MAX_NEW_TOKENS = 256
 # Defaults sized for about a minute on 2 CPU cores: the real model is slow, the toys are not.
 REAL_PER_TASK, REAL_REPS = 1, 1
 TOY_PER_TASK, TOY_REPS = 4, 3
@@ -519,15 +531,19 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
         from .evals.datasets import dataset_prompts
 
         file_prompts = dataset_prompts(req)
+    from .demo.tasks import GROUPS, LONG_TASKS
+
     asked = [t.strip() for t in req.tasks.split(",")] if req.tasks else []
     spec = req.model
-    if spec is None and asked and any(t in TASKS for t in asked):
+    if spec is None and asked and any(t in TASKS or t in GROUPS for t in asked):
         spec = TOY_DEFAULT  # the toy tasks are only known to the toy models
     model = load_model(spec, req.load, err)
     if file_prompts is not None:
         prompts = file_prompts
     elif is_toy(model):
         prompts = builtin_prompts(req.per_task or TOY_PER_TASK, req.tasks)
+        if req.flags.get("max_new_tokens") is None and set(toy_task_names(req.tasks)) & set(LONG_TASKS):
+            req.flags = {**req.flags, "max_new_tokens": LONG_MAX_NEW_TOKENS}
     else:
         prompts = realtext_prompts(req.per_task or REAL_PER_TASK, req.tasks)
         if req.flags.get("max_new_tokens") is None:  # a fixed paragraph is ~100-200 tokens

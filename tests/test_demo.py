@@ -52,6 +52,39 @@ def test_answers_are_right():
         assert pairs[ex.prompt.split("What is ")[1].rstrip("?")] == ex.answer
 
 
+def test_long_tasks_answers_are_right_and_40_to_200_tokens(demo_tokenizer):
+    for seed in range(40):
+        ex = T.TASKS["copy-long"].example(seed)
+        assert ex.answer == ex.prompt.removeprefix("Copy: ") and 24 <= len(ex.answer.split()) <= 48
+        ex = T.TASKS["sort-long"].example(seed)
+        xs = [int(v) for v in ex.prompt.removeprefix("Sort with commas: ").split()]
+        assert len(xs) == 30 and [int(v) for v in ex.answer.split(", ")] == sorted(xs)
+        ex = T.TASKS["json"].example(seed)
+        pairs = dict(p.split("=") for p in ex.prompt.removeprefix("Write as JSON: ").split())
+        assert json.loads(ex.answer) == {k: int(v) for k, v in pairs.items()} and 6 <= len(pairs) <= 10
+        ex = T.TASKS["story-long"].example(seed)
+        slots = dict(p.split(": ") for p in ex.prompt.split("story: ")[1].split(", "))
+        assert all(v in ex.answer for v in slots.values()) and ex.answer.count(".") == 5
+    for name in T.LONG_TASKS:
+        lens = [len(demo_tokenizer.encode(T.TASKS[name].example(s).answer, add_special_tokens=False))
+                for s in range(300)]
+        assert 40 <= min(lens) and max(lens) <= 200, (name, min(lens), max(lens))
+
+
+def test_task_groups():
+    assert T.task_names(None) == T.DEFAULT_TASKS == T.task_names(["default"])
+    assert T.task_names(["long"]) == T.LONG_TASKS and T.task_names(["all"]) == list(T.TASKS)
+    assert T.task_names(["copy", "long", "copy-long"]) == ["copy", *T.LONG_TASKS]
+    with pytest.raises(ValueError, match="unknown task 'longg'"):
+        T.task_names(["longg"])
+    assert {e.task for e in T.suite(2, ["long"])} == set(T.LONG_TASKS)
+    # the default training stream is the default suite's (the shipped 64-slot stage's data is unchanged)
+    stream = T.training_stream(0)
+    assert {next(stream).task for _ in range(500)} == set(T.DEFAULT_TASKS)
+    stream = T.training_stream(0, ["all"])
+    assert {next(stream).task for _ in range(500)} == set(T.TASKS)
+
+
 def test_story_fill_is_deterministic_given_the_prompt():
     ex = T.TASKS["story"].example(11)
     again = [T.TASKS["story"].example(s) for s in range(400)]
@@ -74,7 +107,7 @@ def test_pick_is_scored_by_validity():
 
 def test_held_out_split_is_disjoint_from_training():
     held = T.suite(20)
-    assert len(held) == 20 * len(T.TASKS)
+    assert len(held) == 20 * len(T.DEFAULT_TASKS)
     assert all(T.held_out(e.prompt) for e in held)
     assert T.suite(20) == held  # the same examples on every call
     held_prompts = {e.prompt for e in held}
@@ -82,6 +115,10 @@ def test_held_out_split_is_disjoint_from_training():
     trained = [next(stream).prompt for _ in range(3000)]
     assert not any(T.held_out(p) for p in trained)
     assert not held_prompts & set(trained)
+    held_long = {e.prompt for e in T.suite(20, ["long"])}
+    stream = T.training_stream(0, ["long"])
+    trained = [next(stream).prompt for _ in range(1000)]
+    assert len(held_long) == 80 and not any(T.held_out(p) for p in trained) and not held_long & set(trained)
     assert 0.02 < sum(T.held_out(T.TASKS["copy"].example(s).prompt) for s in range(2000)) / 2000 < 0.09
 
 
@@ -196,6 +233,26 @@ def test_canvas_lengths():
     full = canvas_lengths([10] * 200, rng, full_share=1.0)
     assert set(full) == set(GEN_LENGTHS)
     assert canvas_lengths([50], rng, full_share=1.0)[0] >= 51
+    # a 256-slot model: full canvases of 32, 64, ... 256 slots; short ones are the answer and 0..8 pads
+    full = canvas_lengths([10] * 400, rng, full_share=1.0, gen_length=256)
+    assert set(full) == set(range(32, 257, 32))
+    assert set(canvas_lengths([90] * 100, rng, full_share=0.0, gen_length=256)) == set(range(91, 100))
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path):
+    from dlm_cli.demo.train import SIZES, train
+
+    kw = dict(seed=0, steps=10, batch=4, lr=3e-3, warmup=2, size=SIZES["tiny"], log=lambda s: None,
+              tasks=["all"], gen_length=96, full_share=0.3)
+    straight = train("dllm", out=tmp_path / "a", **kw)
+    ckpt = tmp_path / "state.pt"
+    first = train("dllm", out=tmp_path / "b", save_every=5, ckpt=ckpt, stop_after=7, **kw)  # killed after step 6
+    assert len(first) == 7 and ckpt.is_file()
+    again = train("dllm", out=tmp_path / "b", save_every=5, ckpt=ckpt, **kw)
+    assert again == straight  # the same losses, step for step
+    a, b = (json.loads((tmp_path / d / "config.json").read_text()) for d in "ab")
+    assert a == b and a["dlm_max_new_tokens"] == 96
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
 def test_length_groups_split_short_and_full_canvases():
@@ -206,6 +263,7 @@ def test_length_groups_split_short_and_full_canvases():
     assert groups == [[0, 2, 5], [1, 3, 4]]
     assert all(lens[i] < GEN_LENGTHS[0] for i in groups[0]) and all(lens[i] >= GEN_LENGTHS[0] for i in groups[1])
     assert length_groups([12, 13]) == [[0, 1]] and length_groups([]) == []
+    assert length_groups([300, 40, 100, 50, 170, 230], (48, 96, 160, 224)) == [[1], [3], [2], [4], [0, 5]]
 
 
 def test_a_rows_logits_do_not_depend_on_the_batch_width(tmp_path):

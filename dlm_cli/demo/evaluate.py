@@ -1,6 +1,7 @@
 """Held-out accuracy of the demo models, measured through the paths users run.
 
     python -m dlm_cli.demo.evaluate dllm DIR --per-task 50 [--profile quality]
+    python -m dlm_cli.demo.evaluate dllm DIR --per-task 50 --tasks long -n 256    # the long answers
     python -m dlm_cli.demo.evaluate ar TARGET_DIR --draft DRAFT_DIR --per-task 50
 
 The dLLM is decoded by ``dlm_cli.decode.run`` with a profile's settings (one token per step with
@@ -30,15 +31,16 @@ def per_task(results: list[tuple[str, bool]]) -> dict[str, float]:
 
 
 def eval_dllm(path: Path | str, n: int, profile: str = "quality", tasks: list[str] | None = None,
-              model: Any = None) -> dict[str, float]:
-    """Held-out score per task of a dLLM decoded by dlm with ``profile``."""
+              model: Any = None, max_new_tokens: int | None = None, sets: list[str] | None = None) -> dict[str, float]:
+    """Held-out score per task of a dLLM decoded by dlm with ``profile`` (on ``max_new_tokens`` slots: by
+    default the profile's)."""
     from .. import profiles
     from ..decode import run
     from ..models.loading import load
     from ..prompting import encode
 
     model = model or load(str(path))
-    settings = profiles.load(profile)
+    settings = profiles.load(profile, sets=list(sets or []), flags={"max_new_tokens": max_new_tokens})
     results = []
     for k, ex in enumerate(T.suite(n, tasks)):
         settings.seed = k
@@ -117,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draft", type=Path)
     ap.add_argument("--per-task", type=int, default=50)
     ap.add_argument("--profile", default="quality")
-    ap.add_argument("--tasks")
+    ap.add_argument("--tasks", help="comma-separated tasks or groups (default, long, all) [default: default]")
+    ap.add_argument("-n", "--max-new-tokens", type=int, help="dllm: the canvas [default: the profile's, 64]")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="dllm: a profile key (eotp=true stops at the end token: the same answers, fewer forwards)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--markdown", action="store_true", help="print a model-card table")
     args = ap.parse_args(argv)
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     if args.kind == "dllm":
         tasks = args.tasks.split(",") if args.tasks else None
-        scores = eval_dllm(args.path, args.per_task, args.profile, tasks)
+        scores = eval_dllm(args.path, args.per_task, args.profile, tasks, max_new_tokens=args.max_new_tokens,
+                           sets=args.set)
         print(_markdown({f"`{args.profile}`": scores}, args.per_task) if args.markdown
               else f"{args.profile}: {_table(scores)}")
     else:

@@ -8,6 +8,12 @@ Two kinds of task, as in ParallelBench:
 * random tasks (pick) have many right answers, scored by validity: k items, no repeats, all from
   the given list. Tokens committed in parallel without seeing each other tend to repeat an item.
 
+The long tasks (copy-long, sort-long, story-long, json) have answers of 41-95 tokens, meant for
+GSM8K's 256-slot canvas (``-n 256``), where how many tokens a method commits per step shows on a long
+answer. They are not in the default suite (:data:`DEFAULT_TASKS`, decoded on 64 slots);
+``tasks=["long"]`` or ``--tasks long`` names them. The shipped demo dLLM has not learned them yet
+(its card).
+
 Every example is a pure function of ``(task, seed)``. A hash of the prompt text splits prompts into
 train and held-out sets, so no held-out prompt is ever trained on, whatever seed produced it.
 """
@@ -28,6 +34,14 @@ KEYS = ["ax", "bo", "cu", "di", "ek", "fa", "gu", "hi", "jo", "ka", "lu", "me", 
 NAMES = ["Mia", "Leo", "Ana", "Sam", "Ivy", "Max", "Zoe", "Tom", "Eva", "Ben", "Lia", "Noah"]
 ANIMALS = ["cat", "dog", "fox", "owl", "frog", "duck", "goat", "bear", "seal", "crow"]
 PLACES = ["park", "lake", "market", "forest", "beach", "garden", "hill", "library", "harbor", "farm"]
+LONG_STORIES = {
+    "walk": "{name} walked the {animal} to the {place}. {friend} came with a {pet}. At the {place}, the {animal} "
+            "and the {pet} played. Then {name} and {friend} went home to the {home}. The {pet} was happy.",
+    "lost": "{name} lost a {animal} near the {place}. {friend} and the {pet} looked for it. They found the "
+            "{animal} at the {home}. {name} gave {friend} a {pet} as a gift. The {animal} was happy.",
+    "gift": "At the {place}, {name} got a {animal} as a gift. {friend} got a {pet}. The {animal} and the {pet} "
+            "walked to the {home}. {name} and {friend} found it again. The {animal} was happy.",
+}
 STORIES = {
     "walk": "{name} walked the {animal} to the {place}.",
     "lost": "{name} lost a {animal} near the {place} and found it again.",
@@ -125,6 +139,33 @@ def _story(rng: random.Random) -> Example:
     return Example("story", prompt, STORIES[kind].format(**slots))
 
 
+def _copy_long(rng: random.Random) -> Example:
+    xs = _numbers(rng, 24, 48)  # 41-95 tokens: one per digit
+    return Example("copy-long", f"Copy: {_join(xs)}", _join(xs))
+
+
+def _sort_long(rng: random.Random) -> Example:
+    xs = [rng.randrange(10) for _ in range(30)]  # 59 tokens: 30 digits and 29 commas
+    return Example("sort-long", f"Sort with commas: {_join(xs)}", ", ".join(str(x) for x in sorted(xs)))
+
+
+def _story_long(rng: random.Random) -> Example:
+    kind = rng.choice(sorted(LONG_STORIES))
+    name, friend = rng.sample(NAMES, 2)
+    animal, pet = rng.sample(ANIMALS, 2)
+    place, home = rng.sample(PLACES, 2)
+    slots = {"name": name, "friend": friend, "animal": animal, "pet": pet, "place": place, "home": home}
+    prompt = f"Tell the long {kind} story: " + ", ".join(f"{k}: {v}" for k, v in slots.items())
+    return Example("story-long", prompt, LONG_STORIES[kind].format(**slots))
+
+
+def _json(rng: random.Random) -> Example:
+    keys = rng.sample(WORDS, rng.randint(6, 10))  # 48-80 tokens: every word is one token, quoted or not
+    vals = [rng.randrange(10, 100) for _ in keys]
+    pairs = " ".join(f"{k}={v}" for k, v in zip(keys, vals))
+    return Example("json", f"Write as JSON: {pairs}", "{" + ", ".join(f'"{k}": {v}' for k, v in zip(keys, vals)) + "}")
+
+
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
@@ -135,8 +176,30 @@ TASKS: dict[str, Task] = {
         Task("lookup", True, _lookup, "read a value from key=value pairs"),
         Task("pick", False, _pick, "pick k different words at random from a list (scored by validity)"),
         Task("story", True, _story, "fill a story template from named slots"),
+        Task("copy-long", True, _copy_long, "repeat a list of 24-48 numbers (41-95 tokens)"),
+        Task("sort-long", True, _sort_long, "sort 30 one-digit numbers, comma-separated (59 tokens)"),
+        Task("story-long", True, _story_long, "fill a five-sentence story template from six slots (48-64 tokens)"),
+        Task("json", True, _json, "rewrite 6-10 key=value pairs as a JSON object (48-80 tokens)"),
     ]
 }
+# The default suite (64-slot answers) and the long one (40-200-token answers, for a 256-slot canvas).
+DEFAULT_TASKS = ["copy", "reverse", "sort", "add", "lookup", "pick", "story"]
+LONG_TASKS = ["copy-long", "sort-long", "story-long", "json"]
+GROUPS = {"default": DEFAULT_TASKS, "long": LONG_TASKS, "all": DEFAULT_TASKS + LONG_TASKS}
+
+
+def task_names(spec: Optional[list[str]]) -> list[str]:
+    """Task names with the groups (``default``, ``long``, ``all``) expanded; ``None``: the default suite.
+
+    Raises ``ValueError`` on an unknown name."""
+    out: list[str] = []
+    for name in spec or ["default"]:
+        for t in GROUPS.get(name, [name]):
+            if t not in TASKS and t not in AUX_TASKS:
+                raise ValueError(f"unknown task {t!r}; tasks: {', '.join(TASKS)} (groups: {', '.join(GROUPS)})")
+            if t not in out:
+                out.append(t)
+    return out
 
 
 def _recall(rng: random.Random) -> Example:
@@ -165,7 +228,7 @@ def held_out(prompt: str) -> bool:
 
 # How often each task is drawn for training: the ones tied by carries or order need more examples.
 TRAIN_WEIGHTS = {"copy": 1.0, "reverse": 1.2, "sort": 1.0, "add": 4.5, "lookup": 0.8, "pick": 0.6, "story": 0.4,
-                 "recall": 1.0}
+                 "recall": 1.0, "copy-long": 1.0, "sort-long": 2.5, "story-long": 0.6, "json": 2.0}
 # ``train --focus-steps N --focus-share S``: in the first N steps, a share S of the examples come
 # from these. Neither alone nor inside the mix has the key-to-value binding formed within this
 # project's training budget (the experiments are in dlm-demo's card).
@@ -175,10 +238,10 @@ FOCUS_TASKS = ["lookup", "recall"]
 def training_stream(seed: int, tasks: Optional[list[str]] = None) -> Iterator[Example]:
     """Endless training examples, tasks drawn by :data:`TRAIN_WEIGHTS`, held-out prompts skipped.
 
-    ``tasks`` may name auxiliary tasks (:data:`AUX_TASKS`); by default it is the suite's tasks.
+    ``tasks`` may name groups and auxiliary tasks (:data:`AUX_TASKS`); by default it is the default suite's.
     """
     every = {**TASKS, **AUX_TASKS}
-    names = tasks or list(TASKS)
+    names = task_names(tasks)
     weights = [TRAIN_WEIGHTS.get(n, 1.0) for n in names]
     rng = random.Random(seed)
     while True:
@@ -189,10 +252,10 @@ def training_stream(seed: int, tasks: Optional[list[str]] = None) -> Iterator[Ex
 
 
 def suite(per_task: int, tasks: Optional[list[str]] = None) -> list[Example]:
-    """``per_task`` held-out examples of each task (the same ones on every call)."""
+    """``per_task`` held-out examples of each task (the same ones on every call); ``tasks`` may name groups."""
     out: list[Example] = []
     tries = 200 * per_task + 20_000  # ~20 seeds per held-out prompt; the rest finds a small task's last ones
-    for name in tasks or list(TASKS):
+    for name in task_names(tasks):
         found: list[Example] = []
         seen: set[str] = set()
         for seed in range(SUITE_SEED, SUITE_SEED + tries):

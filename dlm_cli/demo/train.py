@@ -49,10 +49,19 @@ import torch.nn.functional as F
 from . import tasks as T
 from . import tokenizer as demo_tok
 
-GEN_LENGTH = 64  # the dLLM's largest training canvas: dlm's default max_new_tokens
-# Each batch draws its canvas length from these: shorter canvases cost less, and teach the model to
-# stop within any generation length the user picks (-n); every answer fits the shortest.
+GEN_LENGTH = 64  # the dLLM's largest training canvas by default: dlm's default max_new_tokens
+# Each full-canvas row draws its canvas length from these: shorter canvases cost less, and teach the model to
+# stop within any generation length the user picks (-n); every default-suite answer fits the shortest.
 GEN_LENGTHS = (32, 40, 48, 56, 64)
+
+
+def gen_lengths(gen_length: int) -> tuple[int, ...]:
+    """The full-canvas lengths for a largest canvas of ``gen_length`` (``--gen-length``): :data:`GEN_LENGTHS`
+    for 64, else 32 and every multiple of 32 up to it (256: 32, 64, ..., 256), so that a model trained
+    for GSM8K-length canvases pads every length from the default suite's to the long tasks'."""
+    if gen_length == GEN_LENGTH:
+        return GEN_LENGTHS
+    return tuple(range(32, gen_length + 1, 32)) or (gen_length,)
 EPS = 1e-3
 
 
@@ -112,7 +121,8 @@ class Encoder:
         return list(self.tok.encode(text, add_special_tokens=False))
 
 
-def canvas_lengths(answer_lens: list[int], rng: random.Random, full_share: float) -> list[int]:
+def canvas_lengths(answer_lens: list[int], rng: random.Random, full_share: float,
+                   gen_length: int = GEN_LENGTH) -> list[int]:
     """Per-row canvas lengths: with probability ``full_share`` one of :data:`GEN_LENGTHS`, else the answer,
     its ``<|eot_id|>`` and 0..8 padding slots.
 
@@ -120,23 +130,30 @@ def canvas_lengths(answer_lens: list[int], rng: random.Random, full_share: float
     steps on the answer tokens. The random padding keeps the canvas end from marking where the answer
     stops, and the full-length rows teach the model to pad any generation length.
     """
+    full = gen_lengths(gen_length)
     out = []
     for n in answer_lens:
         if rng.random() < full_share:
-            out.append(max(rng.choice(GEN_LENGTHS), n + 1))
+            out.append(max(rng.choice(full), n + 1))
         else:
-            out.append(min(GEN_LENGTH, n + 1 + rng.randint(0, 8)))
+            out.append(min(gen_length, n + 1 + rng.randint(0, 8)))
     return out
 
 
-def length_groups(lens: list[int]) -> list[list[int]]:
-    """Row indices split into short canvases and full ones (>= the shortest of :data:`GEN_LENGTHS`).
+def length_groups(lens: list[int], edges: tuple[int, ...] = (GEN_LENGTHS[0],)) -> list[list[int]]:
+    """Row indices split by length at ``edges``: by default canvas lengths, short canvases and full ones
+    (>= the shortest of :data:`GEN_LENGTHS`); a 256-slot model passes prompt + canvas lengths and
+    :data:`LONG_EDGES`.
 
     Each group is its own forward: padded to one width, a batch with a quarter of 64-slot rows would be
     about twice as wide as its short rows need, and a training step would cost about twice as much."""
-    short = [i for i, n in enumerate(lens) if n < GEN_LENGTHS[0]]
-    full = [i for i, n in enumerate(lens) if n >= GEN_LENGTHS[0]]
-    return [g for g in (short, full) if g]
+    bounds = (0, *edges, 1 << 30)
+    groups = [[i for i, n in enumerate(lens) if lo <= n < hi] for lo, hi in zip(bounds, bounds[1:])]
+    return [g for g in groups if g]
+
+
+# A 256-slot model's groups, by prompt + canvas length: a long task's prompt is up to 108 tokens.
+LONG_EDGES = (48, 96, 160, 224)
 
 
 def dllm_batch(enc: Encoder, examples: list[T.Example], rng: random.Random,
@@ -312,7 +329,7 @@ def load_init(net: torch.nn.Module, kind: str, path: Path) -> None:
     net.load_state_dict(state, strict=True)
 
 
-def save_dllm(net: Any, cfg: dict[str, Any], tok: Any, out: Path) -> None:
+def save_dllm(net: Any, cfg: dict[str, Any], tok: Any, out: Path, gen_length: int = GEN_LENGTH) -> None:
     from safetensors.torch import save_file
 
     from ..models import llada
@@ -320,7 +337,7 @@ def save_dllm(net: Any, cfg: dict[str, Any], tok: Any, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = {llada.to_llada(k): v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    cfg = {**cfg, "dlm_max_new_tokens": GEN_LENGTH}  # dlm refuses longer canvases, which it never saw
+    cfg = {**cfg, "dlm_max_new_tokens": gen_length}  # dlm refuses longer canvases, which it never saw
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(generation_config(tok), indent=2) + "\n")
     tok.save_pretrained(str(out))
@@ -333,11 +350,13 @@ def save_ar(net: Any, tok: Any, out: Path) -> None:
     tok.save_pretrained(str(out))
 
 
-def batches(seed: int, batch: int, focus_steps: int = 0, focus_share: float = 1.0) -> Iterator[list[T.Example]]:
-    """Training batches from the mix; in the first ``focus_steps``, each example comes with probability
-    ``focus_share`` from :data:`~dlm_cli.demo.tasks.FOCUS_TASKS` instead (1.0: only those)."""
+def batches(seed: int, batch: int, focus_steps: int = 0, focus_share: float = 1.0,
+            tasks: list[str] | None = None) -> Iterator[list[T.Example]]:
+    """Training batches from the mix of ``tasks`` (default: the default suite); in the first ``focus_steps``,
+    each example comes with probability ``focus_share`` from :data:`~dlm_cli.demo.tasks.FOCUS_TASKS`
+    instead (1.0: only those)."""
     focus = T.training_stream(seed + 1, T.FOCUS_TASKS)
-    stream = T.training_stream(seed)
+    stream = T.training_stream(seed, tasks)
     coin = random.Random(seed + 2)
     step = 0
     while True:
@@ -361,29 +380,39 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
           save_every: int = 0, init: Path | None = None, log: Callable[[str], None] = print,
           on_save: Callable[[int], None] | None = None, full_share: float = 1.0,
           suffix_share: float = 0.0, teacher: Path | None = None, distill: float = 0.0,
-          focus_steps: int = 0, focus_share: float = 1.0, bf16: bool = False) -> list[float]:
-    """Train one demo model; returns the per-step losses. Saves to ``out`` at the end (and every ``save_every``)."""
+          focus_steps: int = 0, focus_share: float = 1.0, bf16: bool = False, tasks: list[str] | None = None,
+          gen_length: int = GEN_LENGTH, ckpt: Path | None = None) -> list[float]:
+    """Train one demo model; returns the per-step losses. Saves to ``out`` at the end (and every ``save_every``).
+
+    ``ckpt``: a file that every ``save_every`` steps gets the whole training state (weights, optimizer,
+    random states, step); a run started with the same arguments and an existing ``ckpt`` resumes from it
+    and ends with the same weights as one run through."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     tok = demo_tok.build(out)
     enc = Encoder(tok)
     size = size or SIZES[kind]
-    examples = batches(seed, batch, focus_steps, focus_share)
+    examples = batches(seed, batch, focus_steps, focus_share, tasks)
+    long_canvas = gen_length != GEN_LENGTH
     if kind == "dllm":
         net, cfg = build_dllm(tok, size)
         mask_id = cfg["mask_token_id"]
         def loss_fn(exs: list[T.Example]) -> torch.Tensor:
             targets = [T.Example(ex.task, ex.prompt, ex.target(rng)) for ex in exs]  # fix the random draws
-            lens = canvas_lengths([len(enc.answer(ex.answer)) + 1 for ex in targets], rng, full_share)
+            lens = canvas_lengths([len(enc.answer(ex.answer)) + 1 for ex in targets], rng, full_share, gen_length)
             total, slots = torch.zeros(()), torch.zeros(())
-            for rows in length_groups(lens):
+            if long_canvas:  # group by the whole row: the long tasks' prompts are long too
+                groups = length_groups([len(enc.prompt(ex.prompt)) + n for ex, n in zip(targets, lens)], LONG_EDGES)
+            else:
+                groups = length_groups(lens)
+            for rows in groups:
                 t, n = dllm_loss_terms(net, dllm_batch(enc, [targets[i] for i in rows], rng, [lens[i] for i in rows],
                                                        suffix_share), mask_id, gen)
                 total, slots = total + t, slots + n
             return total / slots
 
-        save = lambda: save_dllm(net, cfg, tok, out)  # noqa: E731
+        save = lambda: save_dllm(net, cfg, tok, out, gen_length)  # noqa: E731
     else:
         net = build_ar(tok, size)
         teacher_net = load_teacher(teacher) if teacher is not None and distill > 0 else None
@@ -405,8 +434,20 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98), eps=1e-8)
     losses: list[float] = []
+    start = 0
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)  # our own file, written below
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        rng.setstate(state["rng"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch"])
+        losses, start = state["losses"], state["step"]
+        for _ in range(start):  # the example stream is a pure function of the seed: replay it
+            next(examples)
+        log(f"resumed from {ckpt} at step {start}")
     t0 = time.monotonic()
-    for step in range(steps):
+    for step in range(start, steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -417,7 +458,7 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
         opt.step()
         losses.append(loss.item())
         elapsed = time.monotonic() - t0
-        if step % 20 == 0 or step == steps - 1:
+        if step % 20 == 0 or step == steps - 1 or stop_after is not None and step + 1 >= stop_after:
             recent = losses[-20:]
             log(f"step {step} loss {sum(recent) / len(recent):.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"{elapsed / 60:.1f} min")
@@ -425,6 +466,13 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
             net.eval()
             save()
             net.train()
+            if ckpt is not None:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                tmp = ckpt.with_name(ckpt.name + ".tmp")
+                torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
+                            "gen": gen.get_state(), "torch": torch.get_rng_state(), "losses": losses,
+                            "step": step + 1}, tmp)
+                tmp.replace(ckpt)
             if on_save:
                 on_save(step)
         if stop_after is not None and step + 1 >= stop_after:
@@ -435,7 +483,7 @@ def train(kind: str, *, seed: int, steps: int, out: Path, batch: int = 64, lr: f
             break
     net.eval()
     save()
-    log(f"saved {out} after {len(losses)} steps, {(time.monotonic() - t0) / 60:.1f} min")
+    log(f"saved {out} after {len(losses)} steps, {(time.monotonic() - t0) / 60:.1f} min in this run")
     return losses
 
 
@@ -445,6 +493,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ar": {"dir": "dlm-demo-ar", "seed": 0, "steps": 2000, "lr": 1.5e-3, "warmup": 100, "bf16": True},
     "dllm": {"dir": "dlm-demo-dllm", "seed": 0, "steps": 5000, "lr": 1.5e-3, "warmup": 50, "init": "dlm-demo-ar",
              "full_share": 0.25, "stop_after": None, "bf16": True},
+
     "ar-draft": {"dir": "dlm-demo-ar-draft", "seed": 0, "steps": 2000, "lr": 2e-3, "warmup": 100,
                  "teacher": "dlm-demo-ar", "distill": 0.5, "bf16": True},
 }
@@ -489,6 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--focus-share", type=float, default=1.0,
                     help="with --focus-steps: the share of those steps' examples from lookup and recall")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward passes")
+    ap.add_argument("--tasks", default="default",
+                    help="comma-separated tasks or groups to train on (default, long, all; dlm_cli/demo/tasks.py)")
+    ap.add_argument("--gen-length", type=int, default=GEN_LENGTH,
+                    help="dllm: the largest canvas trained on, saved as the model's dlm_max_new_tokens")
+    ap.add_argument("--ckpt", type=Path, help="a resumable training-state file, written every --save-every "
+                    "steps; an existing one is resumed from")
     ap.add_argument("--out", type=Path, required=True, help="the model directory ('all': the directory of the three)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -500,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
           minutes=args.minutes, save_every=args.save_every, init=args.init, warmup=args.warmup, log=log,
           full_share=args.full_share, suffix_share=args.suffix_share, stop_after=args.stop_after,
           teacher=args.teacher, distill=args.distill, focus_steps=args.focus_steps,
-          focus_share=args.focus_share, bf16=args.bf16)
+          focus_share=args.focus_share, bf16=args.bf16, tasks=args.tasks.split(","), gen_length=args.gen_length,
+          ckpt=args.ckpt)
     return 0
 
 
