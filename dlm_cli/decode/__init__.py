@@ -20,12 +20,12 @@ from . import repetition  # noqa: F401  (the repetition stop's keys)
 from .events import Clock, Done, Event, Start, Step, timed  # noqa: F401
 from .keys import STRATEGIES
 from .loops import ar as ar_loop
-from .loops import blocks, ead, freedave, gemma_native, s2d2, window
+from .loops import blocks, ead, freedave, gemma_native, pearl, s2d2, window
 from .rules import adablock, baseline, credit, edit, entropy, ete, learn2pd, localleap, prophet, threshold  # noqa: F401
 from .rules.base import NeedsModel
 
 LOOPS = {"blocks": blocks.run, "freedave": freedave.run, "s2d2": s2d2.run, "gemma-native": gemma_native.run,
-         "ar": ar_loop.run, "ead": ead.run, "window": window.run}
+         "ar": ar_loop.run, "ead": ead.run, "window": window.run, "pearl": pearl.run}
 
 
 def resolve_seed(settings: Any) -> int:
@@ -73,7 +73,8 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
     else:
         part = strategy.factory(model, cfg, draft)
     clock = Clock()
-    events = timed(LOOPS[strategy.loop](model, prompt_ids, cfg, part, generator, clock), clock)
+    loop = "pearl" if strategy.loop == "ar" and getattr(cfg, "pearl", False) else strategy.loop  # speculative's PEARL schedule
+    events = timed(LOOPS[loop](model, prompt_ids, cfg, part, generator, clock), clock)
     return with_warmup(events, warmup) if warmup else events
 
 

@@ -18,24 +18,10 @@ from .resolve import DEMO_DIR, EMBEDDED, REAL_DEFAULT, TOY_DEFAULT, default_mode
 from .resolve import resolve_path
 
 
-def quiet_optional_libraries() -> None:
-    """Keep import-time warnings a user can do nothing about off the terminal.
-
-    transformers imports torchao when it is installed (the ``speed`` extra); torchao then logs each
-    CUDA-only kernel library it cannot load on a CPU machine, and torch logs a note on torchao's
-    enums. Errors still show.
-    """
-    import logging
-
-    for name in ("torchao", "torch.utils._pytree"):
-        log = logging.getLogger(name)
-        if log.level < logging.ERROR:
-            log.setLevel(logging.ERROR)
-
-
 def load(spec: str | None, opts: LoadOptions | None = None, *, role: str = "model") -> Any:
     """Load the model ``spec`` names (default: the embedded demo dLLM)."""
     from .families import FAMILIES
+    from .speed import quiet_optional_libraries
 
     quiet_optional_libraries()
     from .sizes import check_values

@@ -83,10 +83,23 @@ def _inductor_cache() -> None:
 # Quantization
 
 
+def quiet_optional_libraries() -> None:
+    """Keep import-time warnings a user can do nothing about off the terminal.
+
+    transformers imports torchao when it is installed (the ``speed`` extra); torchao then logs each
+    CUDA-only kernel library it cannot load on a CPU machine, and torch logs a note on torchao's
+    enums. Errors still show.
+    """
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        log = logging.getLogger(name)
+        if log.level < logging.ERROR:
+            log.setLevel(logging.ERROR)
+
+
 def quantize_net(net: torch.nn.Module, mode: str) -> None:
     """Quantize every linear layer of ``net`` in place (torchao)."""
-    from .loading import quiet_optional_libraries
-
     quiet_optional_libraries()
     try:
         from torchao.quantization import (

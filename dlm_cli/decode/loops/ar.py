@@ -124,11 +124,6 @@ def verify_event(step: int, nfe: int, position: int, new: list[int], n: int, k: 
 def run(target: Any, prompt_ids: list[int], settings: Any, source: Any, generator: torch.Generator,
         clock: Clock) -> Iterator[Event]:
     """Generate with ``target``, drafting from ``source`` (see :mod:`~dlm_cli.decode.drafts`), and yield events."""
-    if getattr(settings, "pearl", False):
-        from . import pearl
-
-        yield from pearl.run(target, prompt_ids, settings, source, generator, clock)
-        return
     device = target.device
     o = Output(target, prompt_ids, settings)
     seq = o.seq
