@@ -13,7 +13,8 @@ greedy, at most ``-n`` new tokens, stopping at the end-of-turn token.
 Per row: tok/s = generated tokens / seconds, the seconds from the request to its last token,
 prefill included, model loading and compile warm-up excluded (each row runs once unmeasured
 first); the ratio to llama.cpp's plain decoding; ``agree`` is the share of prompts whose output
-is token-for-token the same as dlm's float32 `ar` (the reference every lossless row must match).
+is token-for-token the same as dlm's float32 `ar` (the reference every lossless row must match),
+``prefix`` the mean share of the reference's tokens reproduced before the first difference.
 llama.cpp's `lookup` row uses llama-cpp-python's prompt-lookup draft (LlamaPromptLookupDecoding).
 
 Configurations (``--configs``, comma-separated): ``ar``, ``lookup`` with optional ``+int8``,
@@ -40,7 +41,8 @@ from dlm_cli.models.loading import LoadOptions, load  # noqa: E402
 from dlm_cli.models.shortnames import packaged_gguf  # noqa: E402
 from dlm_cli.prompting import encode  # noqa: E402
 
-DEFAULT = "llama.cpp,llama.cpp+lookup,ar,ar+int8,ar+int8+compile,lookup,lookup+int8,lookup+int8+compile"
+DEFAULT = ("llama.cpp,llama.cpp+lookup,ar,ar+compile,ar+bf16+compile,ar+int8+compile,lookup,lookup+compile,"
+           "lookup+int8+compile")
 
 
 def prompts(limit: int) -> list[str]:
@@ -125,7 +127,7 @@ def main() -> None:
     ref = {t: reference(t)[1] for t in texts}
     for fn in runs.values():  # warm-up: compiles, caches, llama.cpp's first allocation
         fn(texts[0])
-    totals = {name: [0.0, 0, 0] for name in runs}
+    totals = {name: [0.0, 0, 0, 0.0] for name in runs}
     for _ in range(args.reps):
         for text in texts:  # interleaved prompt by prompt: load drifts hit every row alike
             for name, fn in runs.items():
@@ -133,12 +135,15 @@ def main() -> None:
                 totals[name][0] += seconds
                 totals[name][1] += len(tokens)
                 totals[name][2] += tokens == ref[text]
+                same = next((i for i, (a, b) in enumerate(zip(tokens, ref[text])) if a != b),
+                            min(len(tokens), len(ref[text])))
+                totals[name][3] += same / max(len(ref[text]), 1)
     base = next((n for n in runs if n == "llama.cpp"), None)
     rows = []
-    for name, (seconds, tokens, same) in totals.items():
+    for name, (seconds, tokens, same, prefix) in totals.items():
         rate = tokens / seconds
         rows.append({"config": name, "tok_s": rate, "tokens": tokens // args.reps, "seconds": seconds / args.reps,
-                     "agree": same / (len(texts) * args.reps),
+                     "agree": same / (len(texts) * args.reps), "prefix": prefix / (len(texts) * args.reps),
                      "compile_seconds": getattr(runs[name], "compile_seconds", 0.0)})
     if base:
         b = next(r for r in rows if r["config"] == base)["tok_s"]
@@ -148,11 +153,11 @@ def main() -> None:
         print(json.dumps(rows, indent=1))
         return
     print(f"SmolLM2-135M-Instruct, {len(texts)} typo prompts x {args.reps}, -n {args.n}, {args.threads} threads")
-    print("| config | tok/s | × llama.cpp | tokens | agree with dlm ar f32 | compile warm-up s |")
-    print("|---|---|---|---|---|---|")
+    print("| config | tok/s | × llama.cpp | tokens | agree with dlm ar f32 | prefix | compile warm-up s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['tok_s']:.1f} | {r.get('vs_llama_cpp', float('nan')):.2f} | {r['tokens']} | "
-              f"{r['agree']:.0%} | {r['compile_seconds']:.0f} |")
+              f"{r['agree']:.0%} | {r['prefix']:.0%} | {r['compile_seconds']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -162,3 +162,15 @@ def test_compiled_dllm_outputs_equal_eager(aot, profile):
             runs[comp] = list(run(model, ids, s))[-1]
         assert runs["on"].tokens == runs["off"].tokens and runs["on"].nfe == runs["off"].nfe
     assert "_dlm_compiled" in model.__dict__  # the network really went through torch.compile
+
+
+def test_each_weight_variant_compiles_its_own_graphs(ckpts, aot):
+    pytest.importorskip("torchao")
+    model = load(str(ckpts["target"]))
+    f_on = decode(model, PROMPTS[0], "ar", compile="on")
+    q_off = decode(model, PROMPTS[0], "ar", quantize="int8", compile="off")
+    q_on = decode(model, PROMPTS[0], "ar", quantize="int8", compile="on")
+    assert f_on.compile_seconds > 0 and q_on.compile_seconds > 0  # int8 weights are another graph
+    assert q_on.tokens == q_off.tokens
+    again = decode(model, PROMPTS[0], "ar", compile="on")  # back to float: its graphs are still there
+    assert again.compile_seconds is None and again.tokens == f_on.tokens

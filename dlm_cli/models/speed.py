@@ -133,11 +133,12 @@ def use_quantized(model: Any, mode: str, keep_float: bool) -> None:
         net = copy.deepcopy(base) if keep_float else base
         if not keep_float:
             variants.pop("none")
+            model.__dict__.pop("_dlm_compiled", None)  # the same modules, new weights: compile again
+            model.__dict__.pop("_dlm_warm", None)
         quantize_net(net, mode)
         variants[mode] = net
     model.net = variants[mode]
     model.__dict__["_dlm_quantized"] = mode
-    model.__dict__.pop("_dlm_compiled", None)  # compiled against the other weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +160,8 @@ def static_cache(model: Any, length: int) -> Any:
 
 def compiled_step(model: Any) -> Any:
     """``step(ids [1, n], cache) -> logits [n, V]``, compiled once per model (and weights)."""
-    step = model.__dict__.get("_dlm_compiled")
+    steps = model.__dict__.setdefault("_dlm_compiled", {})  # per weights: a bench row may swap them
+    step = steps.get(id(model.net))
     if step is None:
         _inductor_cache()
         from .compat import cache_kwarg
@@ -176,19 +178,20 @@ def compiled_step(model: Any) -> Any:
         backend = os.environ.get("DLM_COMPILE_BACKEND", "inductor")  # tests: aot_eager, no code generation
         mode = "reduce-overhead" if net.device.type == "cuda" and backend == "inductor" else None
         step = torch.compile(forward, mode=mode, dynamic=False, backend=backend)
-        model.__dict__["_dlm_compiled"] = step
+        steps[id(model.net)] = step
     return step
 
 
 def compiled_net(model: Any) -> Any:
     """A dLLM's network compiled with automatic dynamic shapes (canvas and cache lengths vary)."""
-    net = model.__dict__.get("_dlm_compiled")
+    nets = model.__dict__.setdefault("_dlm_compiled", {})
+    net = nets.get(id(model.net))
     if net is None:
         _inductor_cache()
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         backend = os.environ.get("DLM_COMPILE_BACKEND", "inductor")
         net = torch.compile(model.net, dynamic=None, backend=backend)
-        model.__dict__["_dlm_compiled"] = net
+        nets[id(model.net)] = net
     return net
 
 
@@ -237,7 +240,7 @@ def warm(model: Any) -> float:
     widths = model.__dict__["_dlm_widths"]
     done = model.__dict__.setdefault("_dlm_warm", set())
     size = -(-max(length, 1) // LENGTH_STEP) * LENGTH_STEP
-    todo = [w for w in widths if (size, w) not in done]
+    todo = [w for w in widths if (id(model.net), size, w) not in done]
     if not todo:
         return 0.0
     t0 = time.perf_counter()
@@ -250,7 +253,7 @@ def warm(model: Any) -> float:
         for _ in range(2):  # CUDA graphs record on the second call
             if cache.dlm_filled + w <= cache.dlm_size:
                 model.forward(torch.zeros(w, dtype=torch.long, device=device), cache, keep=1)
-        done.add((size, w))
+        done.add((id(model.net), size, w))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
