@@ -107,8 +107,9 @@ def _randomise(net, seed: int, sharpen: float) -> None:
         net.lm_head.weight.mul_(sharpen)
 
 
-def _save_stack(out: Path, cfg: dict, net) -> Path:
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+def _save_stack(out: Path, cfg: dict, net, state: dict | None = None) -> Path:
+    """Save ``net`` (or ``state``, its weights under published names) as ``model.safetensors`` + config."""
+    state = {k: v.contiguous() for k, v in (net.state_dict() if state is None else state).items()}
     if cfg.get("tie_word_embeddings"):
         state.pop("lm_head.weight")
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -263,11 +264,7 @@ def make_llada2(out: Path, *, seed: int = 0, sharpen: float = 1.0, **over) -> Pa
         for ours, theirs in LLADA2_NAMES:
             k = k.replace(ours, theirs)
         state[k] = v
-    if cfg.get("tie_word_embeddings"):
-        state.pop("lm_head.weight")
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    return out
+    return _save_stack(out, cfg, net, state)
 
 
 def llada_moe_config(tok_dir: Path, **over) -> dict:
