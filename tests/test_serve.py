@@ -434,14 +434,23 @@ def test_a_bounded_load_loses_nothing(dllm):
         s.stop()
 
 
-def test_the_command_serves_until_ctrl_c(tmp_path):
-    """The real `dlm serve` process: its start line names the address, it answers, and Ctrl-C ends it with 130."""
+@pytest.mark.parametrize("ignored", [False, True], ids=["ctrl-c", "sigint-ignored"])
+def test_the_command_serves_until_ctrl_c(tmp_path, ignored):
+    """The real `dlm serve` process: its start line names the address, it answers, and Ctrl-C ends it with 130.
+
+    Also when it starts with SIGINT ignored, as a script's background job does: uvicorn still stops on
+    the signal, and dlm must still end with 130, not 0.
+    """
     import os
     import signal
     import subprocess
 
+    def ignore() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     proc = subprocess.Popen([sys.executable, "-m", "dlm_cli", "serve", "-m", "dlm-demo", "--port", "0", "--threads",
                              "1", "--queue-size", "3"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ignore if ignored else None,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     try:
         line = proc.stderr.readline()

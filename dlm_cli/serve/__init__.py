@@ -111,6 +111,16 @@ def run_serve(req: ServeRequest, *, load_model: Callable[..., Any],
         err.print(f"dlm serve: {model.info.name} (profile {profile}{draft_note}) on http://{shown}:{port}/ "
                   f"(the browser view; OpenAI API under /v1) · batch size 1, queue {req.queue_size}"
                   f"{' · API key required' if req.api_key else ''} · Ctrl-C stops", markup=False)
-        uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+        if server.should_exit:
+            # uvicorn stopped on a signal and raised it again under the handler it found; with SIGINT
+            # ignored (a background job of a script) that raise did nothing: end with its code anyway.
+            import signal
+
+            from ..errors import INTERRUPTED, TERMINATED, Interrupted
+
+            caught = list(getattr(server, "_captured_signals", None) or [])
+            raise Interrupted(TERMINATED if caught and caught[-1] == signal.SIGTERM else INTERRUPTED)
     finally:
         sock.close()
