@@ -249,7 +249,10 @@ def test_options_dlm_does_not_implement_are_refused_in_one_line(ckpt, tmp_path, 
     d = copy(ckpt[family], tmp_path / "m")
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, **change}))
-    _one_line(CliRunner().invoke(app, ["generate", "-m", str(d), "hi", "-n", "4"]), fragment)
+    result = CliRunner().invoke(app, ["generate", "-m", str(d), "hi", "-n", "4"])
+    _one_line(result, fragment)
+    assert result.exit_code == 1 and result.stdout == ""  # refused before anything is generated
+    assert result.stderr.startswith("dlm: ") and fragment in result.stderr
 
 
 def test_a_missing_expert_is_refused(ckpt, tmp_path):
