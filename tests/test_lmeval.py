@@ -180,12 +180,27 @@ def test_simple_evaluate_on_local_tasks_with_a_dllm(tmp_path, monkeypatch):
     assert all("\n" not in s["filtered_resps"][0] for s in samples)
 
 
+def lm_eval_env(tmp_path):
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(ROOT),
+                HF_HOME=str(tmp_path / "hf"), HF_DATASETS_CACHE=str(tmp_path / "ds"))
+
+
+def test_a_fresh_interpreter_finds_dlm_in_lm_evals_registry_without_importing_dlm(tmp_path):
+    """The installed dlm-cli-lmeval.pth hooks lm-eval's model registry: `get_model("dlm")` works in a
+    process that never imported dlm, and the hook itself imports neither lm-eval nor torch."""
+    code = ("import sys; assert 'lm_eval' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules); "
+            "from lm_eval.api.registry import get_model; print(get_model('dlm').__module__, get_model('hf').__name__)")
+    r = subprocess.run([sys.executable, "-c", code], env=lm_eval_env(tmp_path), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["dlm_cli.evals.lmeval", "HFLM"]  # lm-eval's own models are all still there
+
+
 def test_the_lm_eval_command_line_runs_the_local_tasks(tmp_path, ar):
-    """`python -m dlm_cli.evals.lmeval` is lm-eval's own CLI with dlm registered; no hub is reached.
+    """lm-eval's own command line (`lm_eval`, here `python -m lm_eval`) finds `--model dlm`; no hub is reached.
     Its answers are dlm's: each sample's response and log-likelihood is what the adapter gives here."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(ROOT),
-               HF_HOME=str(tmp_path / "hf"), HF_DATASETS_CACHE=str(tmp_path / "ds"))
-    cmd = [sys.executable, "-m", "dlm_cli.evals.lmeval", "--model", "dlm",
+    env = lm_eval_env(tmp_path)
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "dlm",
            "--model_args", "model=dlm-demo-ar,profile=lookup,threads=1",
            "--tasks", "dlm_toy_gen,dlm_toy_choice", "--include_path", str(TASKS), "--apply_chat_template",
            "--output_path", str(tmp_path / "out"), "--log_samples"]
@@ -216,3 +231,14 @@ def test_the_lm_eval_command_line_runs_the_local_tasks(tmp_path, ar):
         assert lls == pytest.approx([w[0] for w in want], abs=1e-4)
         right += max(range(len(lls)), key=lls.__getitem__) == int(s["target"])
     assert got["dlm_toy_choice"]["acc,none"] == pytest.approx(right / 3)
+
+
+def test_the_wrapper_turns_a_dlm_error_into_one_line_and_its_exit_code(tmp_path):
+    """`python -m dlm_cli.evals.lmeval` is the same command line, with dlm's own error contract."""
+    cmd = [sys.executable, "-m", "dlm_cli.evals.lmeval", "--model", "dlm",
+           "--model_args", "model=dlm-demo-ar,no_such_key=1", "--tasks", "dlm_toy_gen", "--include_path", str(TASKS)]
+    r = subprocess.run(cmd, cwd=TASKS, env=lm_eval_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("dlm: ") and "unknown key 'no_such_key'" in last
+    assert "Traceback" not in r.stderr

@@ -228,7 +228,7 @@ def held_out(prompt: str) -> bool:
 
 # How often each task is drawn for training: the ones tied by carries or order need more examples.
 TRAIN_WEIGHTS = {"copy": 1.0, "reverse": 1.2, "sort": 1.0, "add": 4.5, "lookup": 0.8, "pick": 0.6, "story": 0.4,
-                 "recall": 1.0, "copy-long": 1.0, "sort-long": 2.5, "story-long": 0.6, "json": 2.0}
+                 "recall": 1.0, "copy-long": 2.0, "sort-long": 2.5, "story-long": 0.6, "json": 2.0}
 # ``train --focus-steps N --focus-share S``: in the first N steps, a share S of the examples come
 # from these. Neither alone nor inside the mix has the key-to-value binding formed within this
 # project's training budget (the experiments are in dlm-demo's card).

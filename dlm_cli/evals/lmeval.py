@@ -1,12 +1,12 @@
 """dlm as an lm-evaluation-harness model, registered as ``dlm``.
 
-lm-eval 0.4 finds models only in its own registry: it has no plugin entry points, so its
-``lm_eval`` command knows ``dlm`` only once this module is imported. Hence the wrapper, which
-registers dlm and then runs lm-eval's own command line with the same arguments::
+lm-eval's own command line finds it through the installed ``dlm-cli-lmeval.pth`` (see
+:mod:`dlm_cli.lmeval_plugin`)::
 
-    python -m dlm_cli.evals.lmeval --model dlm --model_args model=dlm-demo,profile=speedy --tasks gsm8k
+    lm_eval --model dlm --model_args model=dlm-demo,profile=speedy --tasks gsm8k
 
-and, from Python, ``import dlm_cli.evals.lmeval`` before ``lm_eval.simple_evaluate(model="dlm", ...)``.
+``python -m dlm_cli.evals.lmeval`` is the same command line with dlm's errors as one ``dlm: ...``
+line and their exit code; from Python, ``lm_eval.simple_evaluate(model="dlm", ...)``.
 
 ``--model_args``: ``model`` (a dlm model spec; default dlm's default model), ``profile`` (default:
 ``speedy`` for a dLLM, ``ar`` or ``speculative`` for AR), ``draft``, ``device``, ``dtype``,
