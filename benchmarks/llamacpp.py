@@ -18,7 +18,7 @@ is token-for-token the same as dlm's float32 `ar` (the reference every lossless 
 llama.cpp's `lookup` row uses llama-cpp-python's prompt-lookup draft (LlamaPromptLookupDecoding).
 
 Configurations (``--configs``, comma-separated): ``ar``, ``lookup`` with optional ``+int8``,
-``+int8-dynamic``, ``+bf16`` and ``+compile``; ``llama.cpp`` and ``llama.cpp+lookup``.
+``+int8-dynamic``, ``+int4`` (bfloat16 activations), ``+bf16`` and ``+compile``; ``llama.cpp`` and ``llama.cpp+lookup``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ class Dlm:
         parts = spec.split("+")
         self.profile = parts[0]
         self.sets = [f"max_new_tokens={n}", "seed=0"]
-        dtype = "bfloat16" if "bf16" in parts else "float32"
+        dtype = "bfloat16" if "bf16" in parts or "int4" in parts else "float32"  # int4 computes in bfloat16
+        if "int4" in parts:
+            self.sets.append("quantize=int4")
         if "int8" in parts:
             self.sets.append("quantize=int8")
         if "int8-dynamic" in parts:

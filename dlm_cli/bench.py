@@ -523,6 +523,7 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
     from .decode.keys import STRATEGIES
     from .demo.tasks import TASKS
     from .models.loading import TOY_DEFAULT
+    from .models.resolve import TOY_LONG
     from .sweep import grid
 
     points = grid(req.sets) if points is None else points  # before loading: a bad --set fails fast
@@ -536,7 +537,8 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
     asked = [t.strip() for t in req.tasks.split(",")] if req.tasks else []
     spec = req.model
     if spec is None and asked and any(t in TASKS or t in GROUPS for t in asked):
-        spec = TOY_DEFAULT  # the toy tasks are only known to the toy models
+        # The toy tasks are only known to the toy models; the long ones to the one trained on 256 slots.
+        spec = TOY_LONG if set(toy_task_names(req.tasks)) & set(LONG_TASKS) else TOY_DEFAULT
     model = load_model(spec, req.load, err)
     if file_prompts is not None:
         prompts = file_prompts

@@ -297,7 +297,8 @@ def bench(
         None, "--tasks", help="built-in suite: comma-separated tasks [default: typo,chat for a real model, the toy "
         "default suite for dlm-demo] (typo,chat,continue,reformat; the toy "
         "tasks copy,reverse,sort,add,lookup,pick,story (the group 'default'), the 40-200-token answers "
-        "copy-long,sort-long,story-long,json (the group 'long': -n defaults to 256) pick dlm-demo). Scores: "
+        "copy-long,sort-long,story-long,json (the group 'long': -n defaults to 256) pick dlm-demo, and "
+        "dlm-demo-long when a long task is named). Scores: "
         "typo = share of injected typos fixed, reformat and toy tasks = exact match, pick = valid"),
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="a published data set instead of the suite: humaneval (164 problems of the "

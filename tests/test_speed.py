@@ -20,7 +20,7 @@ from dlm_cli import profiles
 from dlm_cli.cli import app
 from dlm_cli.decode import run
 from dlm_cli.models import speed
-from dlm_cli.models.loading import load
+from dlm_cli.models.loading import LoadOptions, load
 
 PROMPTS = ["the quick brown fox jumps over", "hello world, how are you today"]
 
@@ -124,6 +124,26 @@ def test_int8_weights_and_lossless_identity(ckpts):
     assert type(target.net.model.layers[0].self_attn.q_proj.weight) is torch.nn.Parameter
 
 
+def test_int4_weights_in_bfloat16_and_lossless_identity(ckpts):
+    pytest.importorskip("torchao")
+    target = load(str(ckpts["target"]), LoadOptions(dtype="bfloat16"))
+    draft = load(str(ckpts["draft"]), LoadOptions(dtype="bfloat16"))
+    q_ar = decode(target, PROMPTS[0], "ar", quantize="int4")
+    assert len(q_ar.tokens) == 24
+    assert decode(target, PROMPTS[0], "lookup", quantize="int4").tokens == q_ar.tokens
+    assert decode(target, PROMPTS[0], "speculative", draft, quantize="int4").tokens == q_ar.tokens
+    weight = target.net.model.layers[0].mlp.down_proj.weight
+    assert type(weight).__name__ == "Int4OpaqueTensor"  # torchao's group-wise int4 tensor (CPU tinygemm)
+
+
+def test_int4_in_float32_says_to_use_bfloat16(ckpts):
+    pytest.importorskip("torchao")
+    res = CliRunner().invoke(app, ["generate", "-m", str(ckpts["target"]), "-p", "ar", "--set", "quantize=int4",
+                                   "--view", "none", "-n", "4", "hello"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1] == "dlm: quantize = 'int4' computes in bfloat16: add --dtype bfloat16"
+
+
 def test_int8_without_torchao_says_how(ckpts, monkeypatch):
     target = load(str(ckpts["target"]))
     monkeypatch.setitem(sys.modules, "torchao", None)
@@ -145,7 +165,7 @@ def test_cli_compile_flag(ckpts, aot):
     assert res.exit_code == 0, res.output
     stats = json.loads(res.stdout)["stats"]
     assert stats["compile_seconds"] > 0
-    bad_key = runner.invoke(app, ["generate", "-m", str(ckpts["target"]), "-p", "ar", "--set", "quantize=int4",
+    bad_key = runner.invoke(app, ["generate", "-m", str(ckpts["target"]), "-p", "ar", "--set", "quantize=int2",
                                   "--view", "none", "hello"])
     assert bad_key.exit_code == 2 and "quantize" in bad_key.output and "int8" in bad_key.output
 

@@ -26,8 +26,9 @@ register_keys(
             "reported apart), or a dLLM's network: on, off, or auto (on for CUDA only: the CPU warm-up is "
             "about a minute)",
             choices=("auto", "on", "off")),
-        Key("quantize", str, "none", "weights: none, int8 (torchao weight-only int8) or int8-dynamic (int8 "
-            "weights and activations)", choices=("none", "int8", "int8-dynamic")),
+        Key("quantize", str, "none", "weights: none, int8 (torchao weight-only int8), int8-dynamic (int8 "
+            "weights and activations) or int4 (torchao group-wise int4 weights; needs --dtype bfloat16)",
+            choices=("none", "int8", "int8-dynamic", "int4")),
     ],
 )
 

@@ -20,11 +20,14 @@ EMBEDDED = {
                     "(typo fixing, short answers, continuing and reformatting text); a LoRA delta over smollm2"),
     "dlm-demo": ("dlm-demo-dllm", "toy dLLM (LLaDA layout), 2M params: only its synthetic tasks (copy, reverse, "
                  "sort, add, story: `dlm bench`), answers of ~6 tokens"),
+    "dlm-demo-long": ("dlm-demo-long", "dlm-demo fine-tuned on canvases of up to 256 slots: also the long toy tasks "
+                      "(copy-long, sort-long, story-long, json: answers of 41-95 tokens; `dlm bench --tasks long`)"),
     "dlm-demo-ar": ("dlm-demo-ar", "toy AR target (Llama layout) for the same synthetic tasks"),
     "dlm-demo-ar-draft": ("dlm-demo-ar-draft", "toy AR draft of dlm-demo-ar, ~1/10 of its compute"),
 }
 REAL_DEFAULT = "smollm2-dlm"
 TOY_DEFAULT = "dlm-demo"
+TOY_LONG = "dlm-demo-long"  # the toy that fills 256 slots: the default for the long tasks
 
 
 def embedded_installed(name: str) -> bool:

@@ -5,7 +5,9 @@ Both are chosen per run by the profile keys ``quantize`` and ``compile`` and app
 (``compile_seconds``) and never counted as decode time.
 
 **Quantization** replaces every ``nn.Linear`` weight by torchao's int8 weight-only (or int8
-dynamic-activation) tensor; no kernel is written here. The float weights are kept only when a run
+dynamic-activation) tensor, or its group-wise int4 tensor (bfloat16 activations; on a CPU PyTorch's
+own tinygemm kernel, which reads the packed int4 weights directly, so a bandwidth-bound step moves
+about an eighth of float32's bytes); no kernel is written here. The float weights are kept only when a run
 in the same process may still want them (``dlm bench`` comparing rows); a plain generation
 quantizes in place.
 
@@ -48,7 +50,8 @@ from ..errors import DlmError, UsageError
 
 LENGTH_STEP = 256
 MAX_BUCKET = 64
-QUANTIZE = ("none", "int8", "int8-dynamic")
+QUANTIZE = ("none", "int8", "int8-dynamic", "int4")
+INT4_GROUP = 32  # weights per int4 scale/zero pair (SmolLM2's 576 = 18 groups)
 COMPILE = ("auto", "on", "off")
 
 
@@ -110,9 +113,44 @@ def quantize_net(net: torch.nn.Module, mode: str) -> None:
     except ImportError:
         raise DlmError(f"quantize = {mode!r} needs torchao: pip install 'dlm-cli[speed]' (or pip install "
                        "torchao)") from None
-    config = Int8WeightOnlyConfig() if mode == "int8" else Int8DynamicActivationInt8WeightConfig()
-    with torch.no_grad():
-        quantize_(net, config)
+    if mode == "int4":
+        config, keep = int4_config(net), {"filter_fn": int4_fits}
+    else:
+        config = Int8WeightOnlyConfig() if mode == "int8" else Int8DynamicActivationInt8WeightConfig()
+        keep = {}  # torchao's default: every linear layer
+    try:
+        with torch.no_grad():
+            quantize_(net, config, **keep)
+    except (RuntimeError, ValueError, AssertionError) as exc:  # a kernel's shape or dtype limit, from torchao
+        raise DlmError(f"quantize = {mode!r} does not work on this model ({str(exc).splitlines()[0]}); "
+                       "use another quantize value or none") from None
+
+
+def int4_fits(module: torch.nn.Module, name: str) -> bool:
+    """Whether the int4 kernels take this layer: a linear layer whose rows come in 16s (the packed
+    tiles) and whose inputs in whole groups; any other layer keeps its bfloat16 weight."""
+    if not isinstance(module, torch.nn.Linear):
+        return False
+    rows, cols = module.weight.shape  # not out_features: a resized head (a dLLM's mask row) may not update it
+    return rows % 16 == 0 and cols % INT4_GROUP == 0
+
+
+def int4_config(net: torch.nn.Module) -> Any:
+    """torchao's group-wise int4 weight-only config for ``net``'s device: on a CPU its tinygemm kernel
+    (``aten._weight_int4pack_mm_for_cpu``, torchao's ``PrototypeInt4WeightOnlyConfig``), on CUDA its
+    tile-packed tinygemm tensor. Both take bfloat16 activations."""
+    param = next(net.parameters())
+    if param.dtype != torch.bfloat16:
+        raise UsageError("quantize = 'int4' computes in bfloat16: add --dtype bfloat16")
+    if param.device.type == "cuda":
+        from torchao.quantization import Int4WeightOnlyConfig
+
+        return Int4WeightOnlyConfig(group_size=INT4_GROUP, int4_packing_format="tile_packed_to_4d")
+    if param.device.type != "cpu":
+        raise UsageError(f"quantize = 'int4' runs on a CPU or a CUDA GPU, not {param.device.type}")
+    from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+    return PrototypeInt4WeightOnlyConfig(group_size=INT4_GROUP)
 
 
 def use_quantized(model: Any, mode: str, keep_float: bool) -> None:
