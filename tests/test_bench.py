@@ -151,17 +151,21 @@ def test_a_block_diffusion_models_baselines_keep_its_exact_prefix_cache(tmp_path
 
 
 def test_long_toy_tasks_default_to_a_256_slot_canvas():
-    """--tasks long (answers of 41-95 tokens) runs on GSM8K's 256 slots unless -n says otherwise. The shipped
-    dlm-demo was trained on canvases of up to 64 slots, so 256 is refused in one line naming its range;
-    at -n 64 the long tasks run, scored per task (an answer longer than the canvas is cut, so wrong)."""
-    r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "long", "--per-task", "1"])
-    most = json.loads((DEMO_DIR / EMBEDDED["dlm-demo"][0] / "config.json").read_text())["dlm_max_new_tokens"]
-    assert most == 64  # when retrained weights fill 256 slots, this test should check their rows instead
-    assert r.exit_code == 2 and "with -n 256 it answers with nothing; use -n 64 or less" in r.stderr
-    r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "copy-long,json", "--per-task", "1", "-p", "speedy",
-                            "--reps", "1", "-n", "64", "--json"])
+    """--tasks long (answers of 41-95 tokens) runs on GSM8K's 256 slots unless -n says otherwise, on
+    dlm-demo-long (trained on canvases of up to 256 slots) when no model is named. The 64-slot dlm-demo
+    refuses 256 in one line that names its range and the long model."""
+    most = json.loads((DEMO_DIR / EMBEDDED["dlm-demo-long"][0] / "config.json").read_text())["dlm_max_new_tokens"]
+    assert most == 256
+    r = runner.invoke(app, ["bench", "--tasks", "long", "--per-task", "1", "-p", "speedy", "--reps", "1", "--json"])
     assert r.exit_code == 0, r.stderr
-    plain, eotp, speedy = json.loads(r.stdout)["rows"]
-    assert plain["nfe"] == 64 and set(speedy["task_scores"]) == {"copy-long", "json"}
+    out = json.loads(r.stdout)
+    plain, eotp, speedy = out["rows"]
+    assert out["model"] == "dlm-demo-long" and plain["nfe"] == 256
+    assert set(speedy["task_scores"]) == {"copy-long", "sort-long", "story-long", "json"}
+    assert eotp["nfe"] < 128 and speedy["nfe"] < eotp["nfe"]  # the end token stops it; parallel commits cut more
+    r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "long", "--per-task", "1"])
+    assert r.exit_code == 2
+    assert "with -n 256 it answers with nothing; use -n 64 or less, or -m dlm-demo-long (trained on up to 256 " \
+        "slots)" in r.stderr
     r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "copy,lng", "--per-task", "1"])
     assert r.exit_code == 2 and "unknown task 'lng'" in r.stderr and "groups: default, long, all" in r.stderr

@@ -42,5 +42,5 @@ def test_profile_and_model_names_complete():
     assert {"speedy", "speedy-lookup"} <= set(_complete("dlm generate -p spe"))
     assert "quality" not in _complete("dlm generate -p spe")
     assert set(_complete("dlm bench -p quality,spe")) >= {"quality,speedy", "quality,speedy-lookup"}
-    assert set(_complete("dlm generate -m dlm-demo")) == {"dlm-demo", "dlm-demo-ar", "dlm-demo-ar-draft"}
+    assert set(_complete("dlm generate -m dlm-demo")) == {"dlm-demo", "dlm-demo-long", "dlm-demo-ar", "dlm-demo-ar-draft"}
     assert "smollm2-dlm" in _complete("dlm generate --draft smol") and "prophet" in _complete("dlm profiles show pro")

@@ -470,3 +470,31 @@ def test_bench_asks_for_more_prompts_than_a_task_has():
     assert r.exit_code == 2
     assert "--per-task 400" in r.stderr and "'story' has only" in r.stderr and "held-out prompts" in r.stderr
     assert len(T.suite(150, ["story"])) == 150
+
+
+def test_dlm_demo_long_answers_held_out_long_prompts_in_few_steps():
+    """The shipped dlm-demo-long fills 256 slots: on the first held-out prompt of each long task,
+    `speedy` (τ 0.9, EoTP) answers exactly in a handful of forwards, and one token per step (`quality`,
+    EoTP) answers exactly too, but for sort-long, its weak task (24% on 50 prompts, the card)."""
+    from dlm_cli import profiles
+    from dlm_cli.decode import run
+    from dlm_cli.models.loading import load
+    from dlm_cli.prompting import encode
+
+    model = load("dlm-demo-long")
+
+    def decode(profile, ex):
+        done = None
+        for done in run(model, encode(model.tokenizer, ex.prompt),
+                        profiles.load(profile, sets=["eotp=true"], flags={"max_new_tokens": 256, "seed": 0})):
+            pass
+        return model.tokenizer.decode(done.tokens, skip_special_tokens=True), done.nfe
+
+    for ex in T.suite(1, T.LONG_TASKS):
+        answer_tokens = len(model.tokenizer(ex.answer, add_special_tokens=False)["input_ids"])
+        text, nfe = decode("speedy", ex)
+        assert text == ex.answer, (ex.task, text)
+        assert nfe <= 10 < answer_tokens  # 41-95 answer tokens, committed many per forward
+        if ex.task != "sort-long":
+            text, nfe = decode("quality", ex)
+            assert text == ex.answer and nfe >= answer_tokens, (ex.task, text, nfe)

@@ -11,8 +11,8 @@ Two kinds of task, as in ParallelBench:
 The long tasks (copy-long, sort-long, story-long, json) have answers of 41-95 tokens, meant for
 GSM8K's 256-slot canvas (``-n 256``), where how many tokens a method commits per step shows on a long
 answer. They are not in the default suite (:data:`DEFAULT_TASKS`, decoded on 64 slots);
-``tasks=["long"]`` or ``--tasks long`` names them. The shipped demo dLLM has not learned them yet
-(its card).
+``tasks=["long"]`` or ``--tasks long`` names them. ``dlm-demo-long`` (the demo dLLM fine-tuned on
+256-slot canvases) has learned them; the 64-slot ``dlm-demo`` has not (their cards).
 
 Every example is a pure function of ``(task, seed)``. A hash of the prompt text splits prompts into
 train and held-out sets, so no held-out prompt is ever trained on, whatever seed produced it.
