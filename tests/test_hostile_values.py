@@ -113,7 +113,8 @@ def test_n_beyond_the_toy_dllms_trained_canvas_is_refused_with_its_range():
     r = CliRunner().invoke(app, ["generate", "-m", "dlm-demo", "Sort these numbers: 4 7 1 9 3", "-n", "65"])
     assert r.exit_code == 2 and r.stdout == ""
     assert r.stderr.strip() == ("dlm: dlm-demo was trained to fill canvases of up to 64 slots, and with -n 65 it "
-                                "answers with nothing; use -n 64 or less")
+                                "answers with nothing; use -n 64 or less, or -m dlm-demo-long (trained on up to 256 "
+                                "slots)")
     ok = CliRunner().invoke(app, ["generate", "-m", "dlm-demo", "Sort these numbers: 4 7 1 9 3", "-n", "64"])
     assert ok.exit_code == 0 and ok.stdout.strip() == "1 3 4 7 9"
     b = CliRunner().invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "sort", "-n", "128"])

@@ -97,13 +97,15 @@ def test_pruned_forward_over_a_fresh_cache_gives_the_full_forwards_logits(family
     everything = torch.arange(L)
     masks = torch.nonzero(x[0] == model.mask_id).squeeze(-1)
     refreshed = model.logits_at(x, masks, everything, everything, cache)[0]
-    assert torch.allclose(refreshed, full[masks - P], atol=1e-5)
+    # float32 rounding: a forward over fewer rows sums in another order (3e-5 on logits of about 20 on an
+    # AVX-512 CPU); a wrong position or mask moves them by O(1).
+    assert torch.allclose(refreshed, full[masks - P], atol=1e-4)
     # Non-contiguous queries, each at its own position, over the cache: the same logits (a wrong rotary
     # position for a query would change every attention score it makes).
     targets = masks[[1, 4, 9]]
     computed = torch.unique(torch.cat([targets, targets - 1])) if model.shift else targets
     pruned = model.logits_at(x, targets, computed, everything, cache)[0]
-    assert torch.allclose(pruned, full[targets - P], atol=1e-5)
+    assert torch.allclose(pruned, full[targets - P], atol=1e-4)
 
 
 def test_pruned_positions_have_no_influence_and_window_keys_do(llada_model, prompt_ids):
