@@ -22,7 +22,7 @@ TARGET = "dlm_cli.evals.lmeval:DlmLM"
 WATCHED = "lm_eval.models"
 
 
-def register(module: Optional[ModuleType] = None) -> None:
+def register() -> None:
     """Register ``dlm`` in lm-eval's model registry as a lazy placeholder (no-op when present)."""
     from lm_eval.api.registry import model_registry
 
@@ -65,7 +65,7 @@ class _Loader(importlib.abc.Loader):
         if module.__spec__ is not None:
             module.__spec__.loader = self.inner
         self.inner.exec_module(module)
-        register(module)
+        register()
 
 
 def install() -> None:

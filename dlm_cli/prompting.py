@@ -171,17 +171,11 @@ def check_trained(model: Any, max_new_tokens: int) -> None:
         return
     most = trained_length(model.info.path)
     if most is not None and max_new_tokens > most:
-        from .models.resolve import EMBEDDED, TOY_DEFAULT, TOY_LONG
+        from .models.resolve import DEMO_DIR, EMBEDDED, TOY_DEFAULT, TOY_LONG
 
         hint = ""
-        if Path(model.info.path).name == EMBEDDED[TOY_DEFAULT][0] and TOY_LONG in EMBEDDED:
-            hint = f", or -m {TOY_LONG} (trained on up to {trained_length_of(TOY_LONG)} slots)"
+        if Path(model.info.path).name == EMBEDDED[TOY_DEFAULT][0]:  # the 64-slot toy: name the long one
+            longest = trained_length(str(DEMO_DIR / EMBEDDED[TOY_LONG][0]))
+            hint = f", or -m {TOY_LONG} (trained on up to {longest} slots)"
         raise UsageError(f"{model.info.name} was trained to fill canvases of up to {most} slots, and with -n "
                          f"{max_new_tokens} it answers with nothing; use -n {most} or less{hint}")
-
-
-def trained_length_of(name: str) -> Optional[int]:
-    """``dlm_max_new_tokens`` of an embedded model."""
-    from .models.resolve import DEMO_DIR, EMBEDDED
-
-    return trained_length(str(DEMO_DIR / EMBEDDED[name][0]))
