@@ -189,6 +189,11 @@ def train(model: Any, data: list[dict[str, Any]], recipe: Recipe, work: Path, *,
     usable = [r for r in data if len(r["prompt_ids"]) + len(r["answer_ids"]) <= recipe.max_tokens and r["answer_ids"]]
     if not usable:
         raise DlmError(f"no training row fits --max-tokens {recipe.max_tokens}; raise it")
+    import inspect
+
+    if "positions" not in inspect.signature(model.net.forward).parameters:
+        raise DlmError(f"{model.info.name}: its network cannot run a packed training row (dlm distill needs dlm's "
+                       "native dLLM networks: LLaDA, Dream, SDAR, Fast-dLLM v2, MoE dLLMs, block-diffusion adapters)")
     params = add_lora(model.net, recipe)
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.999))
     work.mkdir(parents=True, exist_ok=True)
