@@ -227,6 +227,25 @@ def test_resuming_reproduces_the_uninterrupted_run(tiny_paths, tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3, 4]
 
 
+def test_an_interrupted_run_keeps_its_finished_steps_and_resumes_exactly(tiny_paths, tmp_path):
+    recipe = Recipe(method="cd4lm", model="tiny", steps=4, rows_per_step=2, lr=1e-3, rank=4, alpha=4.0)
+    one = load(str(tiny_paths["block"]))
+    train(one, data_rows(one), recipe, tmp_path / "a")
+
+    def ctrl_c(rep):
+        if rep.step == 3:
+            raise KeyboardInterrupt
+
+    two = load(str(tiny_paths["block"]))
+    with pytest.raises(KeyboardInterrupt):
+        train(two, data_rows(two), recipe, tmp_path / "b", on_step=ctrl_c)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 3
+    three = load(str(tiny_paths["block"]))
+    assert train(three, data_rows(three), recipe, tmp_path / "b") == 4
+    a, b = lora_state(one.net), lora_state(three.net)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_the_exported_delta_loads_as_base_plus_lora_and_decodes(tiny_paths, tmp_path):
     from dlm_cli import profiles
     from dlm_cli.decode import run

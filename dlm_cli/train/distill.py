@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import DlmError, UsageError
+from ..errors import INTERRUPTS, DlmError, UsageError
 from . import losses, rows as R
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -208,8 +208,6 @@ def train(model: Any, data: list[dict[str, Any]], recipe: Recipe, work: Path, *,
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
     lay = layout_of(model, recipe)
-    log = work / "log.jsonl"
-    t0 = last_save = time.time()
     model.net.train()
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for r in usable:
@@ -219,6 +217,27 @@ def train(model: Any, data: list[dict[str, Any]], recipe: Recipe, work: Path, *,
     if not any(weights):
         weights = [len(by_kind[k]) for k in kinds]
     end_at = min(recipe.steps, stop_step or recipe.steps)
+    finished = [step]  # the last finished step, for the interrupt handler
+    try:
+        step = _loop(model, recipe, opt, params, by_kind, kinds, weights, lay, work, finished, end_at,
+                     checkpoint_minutes, stop_minutes, on_step)
+    except INTERRUPTS:
+        # Ctrl-C or SIGTERM: keep every finished step (the one under way is redone on resume).
+        opt.zero_grad(set_to_none=True)
+        save_checkpoint(ckpt, model.net, opt, finished[0], recipe)
+        raise
+    model.net.eval()
+    return step
+
+
+def _loop(model: Any, recipe: Recipe, opt: Any, params: list[torch.nn.Parameter], by_kind: dict[str, Any],
+          kinds: list[str], weights: list[float], lay: R.Layout, work: Path, finished: list[int], end_at: int,
+          checkpoint_minutes: float, stop_minutes: float | None, on_step: Callable[[Report], None] | None) -> int:
+    from .data import log_line
+
+    ckpt, log = work / "checkpoint.pt", work / "log.jsonl"
+    t0 = last_save = time.time()
+    step = finished[0]
     while step < end_at:
         rng = random.Random(recipe.seed * 1_000_003 + step)
         gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
@@ -241,10 +260,9 @@ def train(model: Any, data: list[dict[str, Any]], recipe: Recipe, work: Path, *,
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        finished[0] = step
         dt = time.time() - t_step
         rep = Report(step, total, parts, n_tok / max(dt, 1e-9))
-        from .data import log_line
-
         log_line(log, {"step": step, "loss": round(total, 5), "lr": opt.param_groups[0]["lr"],
                        "tokens_per_second": round(rep.tokens_per_second, 1), "seconds": round(dt, 3),
                        **{k: round(v, 5) for k, v in parts.items()}})
@@ -256,7 +274,6 @@ def train(model: Any, data: list[dict[str, Any]], recipe: Recipe, work: Path, *,
             last_save = time.time()
         if stop:
             break
-    model.net.eval()
     return step
 
 

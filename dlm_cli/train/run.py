@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..errors import DlmError, UsageError
+from ..errors import INTERRUPTS, DlmError, UsageError
 from . import data as D
 from .distill import METHODS, Recipe, export, train
 
@@ -140,8 +140,14 @@ def run_distill(req: DistillRequest, *, load_model: Callable[..., Any], err: Any
                 err.print(f"dlm: note: step {rep.step}/{recipe.steps} loss {rep.loss:.4f} "
                           f"{rep.tokens_per_second:.0f} tok/s", markup=False, highlight=False)
 
-        step = train(model, rows, recipe, work, checkpoint_minutes=req.checkpoint_minutes,
-                     stop_minutes=req.stop_minutes, stop_step=req.stop_step, on_step=stepped)
+        try:
+            step = train(model, rows, recipe, work, checkpoint_minutes=req.checkpoint_minutes,
+                         stop_minutes=req.stop_minutes, stop_step=req.stop_step, on_step=stepped)
+        except INTERRUPTS:
+            bar.stop()
+            err.print(f"dlm: note: the finished steps are kept in {work / 'checkpoint.pt'}; rerun the same command "
+                      "to resume", markup=False, highlight=False)
+            raise
     if step < min(recipe.steps, req.stop_step or recipe.steps):
         err.print(f"dlm: note: stopped at step {step}/{recipe.steps}; the checkpoint is in {work}, rerun the same "
                   "command to go on", markup=False, highlight=False)
