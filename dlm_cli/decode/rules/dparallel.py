@@ -11,14 +11,12 @@ from __future__ import annotations
 import torch
 
 from ..keys import Key, Strategy, register_strategy
-from .base import CommitRule, StepState, entropy
+from .base import CommitRule, StepState, candidate_entropy
 
 
 def entropy_threshold_select(logits: torch.Tensor, candidates: torch.Tensor, bound: float) -> torch.Tensor:
     """Candidates with ``H ≤ bound``, and always the lowest-entropy candidate."""
-    wide = logits.double() if logits.device.type != "mps" else logits.float()
-    h = entropy(torch.softmax(wide, -1))
-    h = torch.where(candidates, h, torch.full_like(h, torch.inf))
+    h = candidate_entropy(logits, candidates)
     lowest = torch.arange(h.shape[0], device=h.device) == torch.argmin(h)  # on the device: no host sync
     return candidates & ((h <= bound) | lowest)
 
