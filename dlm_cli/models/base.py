@@ -23,6 +23,9 @@ import torch
 
 from .kv import DenoiserCache
 
+MASK_STEP = 1024  # positions the precomputed block-causal mask grows by
+MASK_MAX = 8192  # the longest canvas whose mask is precomputed (64 MiB of booleans)
+
 
 @dataclass
 class ModelInfo:
@@ -91,8 +94,9 @@ class Denoiser(OutputLayer):
         """The network's decoder layers, in order (Elastic-Cache's attention probe hooks one of them)."""
         return self.net.model.layers
 
-    def new_cache(self) -> DenoiserCache:
-        return DenoiserCache()
+    def new_cache(self, size: int = 0) -> DenoiserCache:
+        """A cache for a canvas of ``size`` positions, preallocated once (static), or growing when 0."""
+        return DenoiserCache(size)
 
     def begin(self, prompt_tokens: int, generator: torch.Generator | None = None) -> None:
         """Called by the decode loop once per run, before its first forward (stateful families reset here)."""
@@ -108,12 +112,21 @@ class Denoiser(OutputLayer):
         return (pos // self.block_size + 1) * self.block_size
 
     def _mask(self, q0: int, q1: int, kv_len: int, device: torch.device, size: int | None = None) -> torch.Tensor | None:
+        """The block-causal mask of queries ``[q0, q1)`` over keys ``[0, kv_len)``: a slice of one mask made per
+        grid and device (grown by :data:`MASK_STEP` positions when a canvas outgrows it), never rebuilt per step."""
         size = size or self.block_size
         if size is None:
             return None
-        q_block = torch.arange(q0, q1, device=device) // size
-        kv_block = torch.arange(kv_len, device=device) // size
-        return kv_block[None, :] <= q_block[:, None]
+        n = max(q1, kv_len)
+        if n > MASK_MAX:  # a long context: a per-step mask is smaller than a whole canvas's
+            return torch.arange(kv_len, device=device)[None, :] // size <= torch.arange(q0, q1, device=device)[:, None] // size
+        masks = self.__dict__.setdefault("_dlm_masks", {})
+        full = masks.get((size, device))
+        if full is None or full.shape[0] < n:
+            n = -(-n // MASK_STEP) * MASK_STEP
+            blocks = torch.arange(n, device=device) // size
+            full = masks[(size, device)] = blocks[None, :] <= blocks[:, None]
+        return full[q0:q1, :kv_len]
 
     @torch.inference_mode()
     def logits(
