@@ -144,6 +144,7 @@ def record(quick: bool = False, only: tuple[str, ...] = (), out_path: Path | Non
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("DLM_NATIVE_BF16", "0")  # --dtype auto: float32 on every machine (as recorded)
         specs: list[tuple[str, str, str | None, list[str], int]] = []
         demo_prompts = [ex.prompt for ex in suite(1 if quick else PROMPTS_PER_TASK)]
         specs.append(("dlm-demo", "dlm-demo", None, demo_prompts, 32))

@@ -38,6 +38,7 @@ class ModelInfo:
     dtype: str
     device: str
     chat_template: bool
+    dtype_choice: str = ""  # how the dtype was chosen: "--dtype", or auto's reason ("auto: avx512_bf16")
 
 
 class OutputLayer:
