@@ -194,3 +194,27 @@ def test_each_weight_variant_compiles_its_own_graphs(ckpts, aot):
     assert q_on.tokens == q_off.tokens
     again = decode(model, PROMPTS[0], "ar", compile="on")  # back to float: its graphs are still there
     assert again.compile_seconds is None and again.tokens == f_on.tokens
+
+
+def test_int4_pads_a_dllm_head_so_every_linear_layer_is_int4(tmp_path):
+    """smollm2-dlm's head has 49153 rows (the base vocabulary and the mask row): not whole 16-row int4 tiles.
+    It is padded with zero rows and cut back, so it is int4 too, and callers see the same shapes."""
+    pytest.importorskip("torchao")
+    from checkpoints import make_adapter
+
+    model = load(str(make_adapter(tmp_path / "adapter")), LoadOptions(dtype="bfloat16"))
+    head = model.net.lm_head
+    assert head.weight.shape[0] % speed.INT4_ROWS != 0  # the case this is for
+    h = torch.randn(3, head.weight.shape[1], dtype=torch.bfloat16)
+    padded = speed.PaddedLinear(head)
+    assert padded.inner.weight.shape[0] % speed.INT4_ROWS == 0 and torch.equal(padded(h), head(h))
+    vocab, x = model.vocab_size, torch.randint(0, 100, (1, 16))
+    before = model.logits(x)
+    speed.use_quantized(model, "int4", keep_float=True)
+    linears = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 + 7 * model.net.config.num_hidden_layers
+    assert all(type(m.weight).__name__ == "Int4OpaqueTensor" for m in linears)
+    assert isinstance(model.net.lm_head, speed.PaddedLinear) and model.vocab_size == vocab
+    assert model.logits(x).shape == before.shape
+    done = decode(model, PROMPTS[0], "speedy", quantize="int4")
+    assert len(done.tokens) > 0

@@ -59,7 +59,8 @@ class OutputLayer:
 
     @property
     def vocab_size(self) -> int:
-        return int(self._head().weight.shape[0])
+        head = self._head()
+        return int(getattr(head, "rows", None) or head.weight.shape[0])  # an int4-padded head: its real rows
 
 
 @dataclass(eq=False)

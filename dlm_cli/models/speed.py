@@ -7,7 +7,9 @@ Both are chosen per run by the profile keys ``quantize`` and ``compile`` and app
 **Quantization** replaces every ``nn.Linear`` weight by torchao's int8 weight-only (or int8
 dynamic-activation) tensor, or its group-wise int4 tensor (bfloat16 activations; on a CPU PyTorch's
 own tinygemm kernel, which reads the packed int4 weights directly, so a bandwidth-bound step moves
-about an eighth of float32's bytes); no kernel is written here. The float weights are kept only when a run
+about an eighth of float32's bytes); no kernel is written here. A layer whose rows are not whole
+int4 tiles (16), such as a dLLM adapter's head with its extra mask row, is padded with zero rows
+and its output cut back (:class:`PaddedLinear`), so every linear layer is int4. The float weights are kept only when a run
 in the same process may still want them (``dlm bench`` comparing rows); a plain generation
 quantizes in place.
 
@@ -115,6 +117,7 @@ def quantize_net(net: torch.nn.Module, mode: str) -> None:
                        "torchao)") from None
     if mode == "int4":
         config, keep = int4_config(net), {"filter_fn": int4_fits}
+        pad_rows(net)
     else:
         config = Int8WeightOnlyConfig() if mode == "int8" else Int8DynamicActivationInt8WeightConfig()
         keep = {}  # torchao's default: every linear layer
@@ -126,13 +129,53 @@ def quantize_net(net: torch.nn.Module, mode: str) -> None:
                        "use another quantize value or none") from None
 
 
+INT4_ROWS = 16  # the tinygemm kernel's packed tiles hold 16 output rows
+
+
+class PaddedLinear(torch.nn.Module):
+    """A linear layer whose output rows are padded with zero rows to a multiple of :data:`INT4_ROWS`,
+    so that the int4 kernel takes it (a dLLM adapter's head has the base vocabulary plus one mask row:
+    49153 for smollm2-dlm); the output is cut back to the real rows, so callers see the same shape."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        rows, cols = linear.weight.shape
+        self.rows = rows
+        padded = -(-rows // INT4_ROWS) * INT4_ROWS
+        w = linear.weight
+        self.inner = torch.nn.Linear(cols, padded, bias=linear.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            self.inner.weight.zero_()
+            self.inner.weight[:rows] = w
+            if linear.bias is not None:
+                self.inner.bias.zero_()
+                self.inner.bias[:rows] = linear.bias
+
+    @property
+    def weight(self) -> torch.Tensor:  # device and dtype for OutputLayer; rows is the real count
+        return self.inner.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)[..., : self.rows]
+
+
+def pad_rows(net: torch.nn.Module) -> None:
+    """Wrap every linear layer whose rows are not whole int4 tiles (and whose inputs are whole groups) in a
+    :class:`PaddedLinear`; a tied head gets its own padded copy (the embedding keeps its float weight)."""
+    for name, module in list(net.named_modules()):
+        if (isinstance(module, torch.nn.Linear) and module.weight.shape[0] % INT4_ROWS
+                and module.weight.shape[1] % INT4_GROUP == 0):
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, child, PaddedLinear(module))
+
+
 def int4_fits(module: torch.nn.Module, name: str) -> bool:
     """Whether the int4 kernels take this layer: a linear layer whose rows come in 16s (the packed
     tiles) and whose inputs in whole groups; any other layer keeps its bfloat16 weight."""
     if not isinstance(module, torch.nn.Linear):
         return False
     rows, cols = module.weight.shape  # not out_features: a resized head (a dLLM's mask row) may not update it
-    return rows % 16 == 0 and cols % INT4_GROUP == 0
+    return rows % INT4_ROWS == 0 and cols % INT4_GROUP == 0
 
 
 def int4_config(net: torch.nn.Module) -> Any:
