@@ -218,3 +218,36 @@ def test_int4_pads_a_dllm_head_so_every_linear_layer_is_int4(tmp_path):
     assert model.logits(x).shape == before.shape
     done = decode(model, PROMPTS[0], "speedy", quantize="int4")
     assert len(done.tokens) > 0
+
+
+@pytest.mark.parametrize("family", ["adapter", "sdar"])
+def test_a_compiled_block_step_is_one_graph_per_width_with_no_recompile_over_a_run(tmp_path, aot, monkeypatch, family):
+    """compile = on for a block-diffusion model: the warm-up compiles one graph per block width, before the
+    decode clock; a 192-token run then compiles nothing, runs nearly every forward compiled, and writes the
+    eager run's tokens."""
+    from checkpoints import make_adapter, make_sdar
+    from torch._dynamo.utils import counters
+
+    build = make_adapter if family == "adapter" else make_sdar
+    model = load(str(build(tmp_path / family)))
+    ids = model.tokenizer.encode("hello world, again and again")
+    sets = ["cache=prefix", "eotp=false"]
+    flags = {"max_new_tokens": 192, "seed": 0}
+    eager = list(run(model, ids, profiles.load("speedy", sets=sets + ["compile=off"], flags=flags)))[-1]
+    compiled_calls = []
+    real = speed.compiled_whole
+
+    def counting(m):
+        step = real(m)
+        return lambda *a: (compiled_calls.append((a[0].shape[1], a[4].shape[0])), step(*a))[1]
+
+    monkeypatch.setattr(speed, "compiled_whole", counting)
+    counters.clear()
+    s = profiles.load("speedy", sets=sets + ["compile=on"], flags=flags)
+    assert speed.prepare(model, s, len(ids) + 193) > 0  # the warm-up, out of the run
+    widths = speed.block_widths(model)
+    assert counters["stats"]["unique_graphs"] == len(widths) == 2
+    done = list(run(model, ids, s))[-1]
+    assert not done.compile_seconds and counters["stats"]["unique_graphs"] == 2  # no recompile in the run
+    assert done.tokens == eager.tokens and done.nfe == eager.nfe and len(done.tokens) > 40
+    assert set(compiled_calls) == set(widths) and len(compiled_calls) >= done.nfe - 2

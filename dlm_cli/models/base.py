@@ -97,7 +97,14 @@ class Denoiser(OutputLayer):
         return self.net.model.layers
 
     def new_cache(self, size: int = 0) -> DenoiserCache:
-        """A cache for a canvas of ``size`` positions, preallocated once (static), or growing when 0."""
+        """A cache for a canvas of ``size`` positions, preallocated once (static), or growing when 0.
+
+        With ``compile = "on"`` a static size is rounded up as the compiled steps' warm-up rounded it
+        (:func:`~dlm_cli.models.speed.whole_size`): every run of a length bucket shares their graphs."""
+        if size and self.__dict__.get("_dlm_block_widths"):
+            from .speed import whole_size
+
+            size = whole_size(size, self.block_size)
         return DenoiserCache(size)
 
     def begin(self, prompt_tokens: int, generator: torch.Generator | None = None) -> None:
@@ -171,6 +178,9 @@ class Denoiser(OutputLayer):
         if end > x.shape[1]:
             pad = torch.full((x.shape[0], end - x.shape[1]), self.mask_id, dtype=x.dtype, device=x.device)
             ids = torch.cat([ids, pad], dim=1)
+        if (cache is not None and grid is None and elastic is None and self.__dict__.get("_dlm_block_widths")
+                and cache.cursor.static):
+            return self._whole_logits(x, ids, q0, end, r0, r1, cache, size)
         kv_len = end if cache is None else max(end, cache.length)
         extra = {} if elastic is None else {"elastic": elastic}
         mask = self._mask(q0, end, kv_len, x.device, size)
@@ -183,6 +193,39 @@ class Denoiser(OutputLayer):
             out = self._forward(ids, start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0), **extra)
         # Padded embedding rows are not tokens; never propose them.
         return out if self.token_count is None else out[..., : self.token_count]
+
+    def _whole_logits(self, x: torch.Tensor, ids: torch.Tensor, q0: int, end: int, r0: int, r1: int,
+                      cache: DenoiserCache, size: int) -> torch.Tensor:
+        """A block-diffusion forward with fixed shapes (``compile = "on"``): the window's keys and values are
+        written at its positions (a tensor) and attention reads the whole static cache under the block-causal
+        mask's rows (a tensor), so a window of a given width is one graph whatever its place in the canvas.
+        The same values as the growing path, not the same rounding: the sums run over the whole buffer."""
+        from .speed import whole_step
+
+        cur = cache.cursor
+        total = cur.static
+        if not cur.whole:
+            cur.whole, cur.size = True, total
+        index = self._positions(total, x.device)
+        positions = index[q0:end]
+        mask = self._mask(q0, end, total, x.device, size)
+        lo, hi = (max(r0 - 1, 0) - q0, r1 - 1 - q0) if self.shift else (r0 - q0, r1 - q0)
+        cur.write = positions
+        try:
+            out = whole_step(self, ids, positions, cache, mask, index[lo:hi])
+        finally:
+            cur.write = None
+        if self.shift and r0 == 0:
+            out = torch.cat([out[:, :1], out], dim=1)
+        return out if self.token_count is None else out[..., : self.token_count]
+
+    def _positions(self, n: int, device: torch.device) -> torch.Tensor:
+        """``arange(n)`` made once per device (a step slices its window's positions out of it)."""
+        cached = self.__dict__.setdefault("_dlm_positions", {})
+        pos = cached.get(device)
+        if pos is None or pos.shape[0] < n:
+            pos = cached[device] = torch.arange(-(-n // MASK_STEP) * MASK_STEP, device=device)
+        return pos
 
     @torch.inference_mode()
     def logits_at(self, x: torch.Tensor, targets: torch.Tensor, computed: torch.Tensor, keys: torch.Tensor,

@@ -26,7 +26,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 
 class _Cursor:
-    __slots__ = ("start", "write", "read", "size", "static")
+    __slots__ = ("start", "write", "read", "size", "static", "whole")
 
     def __init__(self, static: int = 0) -> None:
         self.start = 0
@@ -34,6 +34,7 @@ class _Cursor:
         self.read: torch.Tensor | None = None  # positions attention reads (with ``write``)
         self.size = 0  # the canvas length a first indexed write allocates
         self.static = static  # positions each layer preallocates (0: grow by concatenation)
+        self.whole = False  # fixed shapes: write at ``write``, read every one of ``size`` positions
 
 
 class WindowLayer(DynamicLayer):
@@ -124,7 +125,13 @@ class DenoiserCache(Cache):
         return self.get_seq_length()
 
     def truncate(self, length: int) -> None:
-        """Keep positions ``[0, length)``: what the prefix cache keeps after a block's full forward."""
+        """Keep positions ``[0, length)``: what the prefix cache keeps after a block's full forward.
+
+        A whole-buffer cache (``cursor.whole``: a compiled block step, every forward writes at
+        ``cursor.write`` and reads all ``size`` positions) has nothing to drop: the block-causal mask,
+        not a length, hides what a block may not see."""
+        if self.cursor.whole:
+            return
         extra = self.length - length
         if extra > 0:
             self.crop(-extra)
