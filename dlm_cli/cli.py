@@ -112,7 +112,8 @@ class Switch(str, Enum):
 
 MODEL_HELP = "model: an embedded name (dlm models), a local directory, or a hub id org/name[@revision]"
 DEVICE_OPT = typer.Option(Device.auto, "--device", help="where to run")
-DTYPE_OPT = typer.Option(DType.auto, "--dtype", help="weight dtype (auto: bfloat16 on CUDA, float32 elsewhere)")
+DTYPE_OPT = typer.Option(DType.auto, "--dtype", help="weight dtype (auto: bfloat16 on CUDA and on CPUs that "
+                         "multiply it natively, AVX-512 BF16 or AMX; float32 elsewhere)")
 DEVICE_MAP_OPT = typer.Option(None, "--device-map", help="'auto' shards a model too big for one GPU across all GPUs")
 REMOTE_OPT = typer.Option(False, "--trust-remote-code", help="allow running the model repository's own code")
 PICKLE_OPT = typer.Option(False, "--allow-pickle", help="allow pickle (.bin) weights, which can run code")

@@ -62,9 +62,16 @@ def result_json(done: Any, text: str, settings: Any, model: Any, draft: Any, pro
         "device": model.info.device,
         "threads": __import__("torch").get_num_threads(),
         "dtype": model.info.dtype,
+        "dtype_choice": model.info.dtype_choice,
         "settings": settings.as_dict(),
         "stats": done.stats(),
     }
+
+
+def dtype_label(model: Any) -> str:
+    """The stats line's dtype: ``bfloat16 (auto: avx512_bf16)``, or just the dtype when --dtype named it."""
+    choice = model.info.dtype_choice
+    return f"{model.info.dtype} ({choice})" if choice.startswith("auto") else model.info.dtype
 
 
 def fit_length(settings: Any, model: Any, prompt_lengths: list[int]) -> None:
@@ -218,6 +225,6 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
         _write(text[len(shown.streamed):] if text.startswith(shown.streamed) else text)
         _write("\n")
     if not req.quiet:
-        err.print(stats_line(done, paced=req.pace > 0 and view == "live"), style="dim", markup=False, highlight=False)
+        err.print(stats_line(done, paced=req.pace > 0 and view == "live", dtype=dtype_label(model)), style="dim", markup=False, highlight=False)
     return 0
 

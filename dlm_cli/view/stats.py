@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 
-def stats_line(done: Any, *, interrupted: bool = False, paced: bool = False) -> str:
+def stats_line(done: Any, *, interrupted: bool = False, paced: bool = False, dtype: str | None = None) -> str:
     parts = [f"{len(done.tokens)} tokens", f"{done.nfe} NFE", f"{done.tokens_per_nfe:.2f} tok/NFE",
              f"{done.tokens_per_second:.1f} tok/s"]
+    if dtype:
+        parts.append(dtype)
     if done.ttft_seconds is not None:
         parts.append(f"TTFT {done.ttft_seconds * 1000:.0f} ms")
     if done.draft_source is not None:  # the AR loop drafted
