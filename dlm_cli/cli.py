@@ -198,7 +198,7 @@ def _load_model(spec: Optional[str], opts: Any, err: Any, role: str = "model") -
 def _default_profile(model: Any, draft: Optional[str]) -> str:
     from .profiles import default_for
 
-    return default_for(model.kind, bool(draft))
+    return default_for(model.kind, bool(draft), getattr(model, "profile", None))
 
 
 @app.command()

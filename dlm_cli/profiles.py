@@ -36,7 +36,10 @@ DEFAULTS = {"speedy": "default for a dLLM", "ar": "default for an AR model", "sp
             "model with --draft"}
 
 
-def default_for(kind: str, draft: bool) -> str:
+def default_for(kind: str, draft: bool, preferred: str | None = None) -> str:
+    """The profile a run takes when none is named: the model's own (a distilled delta's decoding), else by kind."""
+    if preferred:
+        return preferred
     if kind == "diffusion":
         return "speedy"
     return "speculative" if draft else "ar"

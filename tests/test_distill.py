@@ -315,7 +315,11 @@ def test_distill_end_to_end_and_bad_input(tiny_paths, tmp_path):
     assert (out / "adapter_model.safetensors").is_file() and (work / "answers.jsonl").is_file()
     assert len((work / "answers.jsonl").read_text().splitlines()) == 3
     gen = dlm("generate", "-m", str(out), "-p", "cad", "-n", "8", "--view", "none", "--json", "hello")
-    assert gen.returncode == 0, gen.stderr and json.loads(gen.stdout)["nfe"] >= 1
+    assert gen.returncode == 0, gen.stderr
+    assert json.loads(gen.stdout)["nfe"] >= 1
+    own = dlm("generate", "-m", str(out), "-n", "8", "--view", "none", "--json", "hello")
+    assert own.returncode == 0, own.stderr
+    assert json.loads(own.stdout)["profile"] == "cad"  # the delta's own decoding is its default
     bad = dlm("distill", "--method", "medusa", "--prompts", str(prompts), "--out", str(tmp_path / "x"),
               "-m", str(tiny_paths["full"]))
     assert bad.returncode == 2 and bad.stderr.strip().startswith("dlm: --method 'medusa'")

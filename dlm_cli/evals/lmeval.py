@@ -84,7 +84,8 @@ class DlmLM(LM):
         self.model = load(None if model is None else str(model), opts)
         self.draft = (load(str(draft), LoadOptions(**{k: v for k, v in vars(opts).items() if k != "revision"}),
                            role="draft") if draft is not None else None)
-        self.profile = str(profile) if profile is not None else default_for(self.model.kind, draft is not None)
+        self.profile = str(profile) if profile is not None else default_for(self.model.kind, draft is not None,
+                                                                                 getattr(self.model, "profile", None))
         self.sets = [f"{k}={_toml(v)}" for k, v in keys.items()]
         self.seed = int(seed)
         self.mc_samples, self.mc_batch = int(mc_samples), int(mc_batch)

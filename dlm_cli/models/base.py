@@ -81,6 +81,7 @@ class Denoiser(OutputLayer):
     shift: bool = False
     block_size: int | None = None
     token_count: int | None = None  # real vocabulary size when the embedding is padded beyond it
+    profile: str | None = None  # the decoding the weights were trained for (a dlm distill delta), the default
     kind: str = field(default="diffusion", init=False)
     compilable: bool = field(default=True, init=False)  # compile = "on" compiles the network (see .speed)
 

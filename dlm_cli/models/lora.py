@@ -103,4 +103,12 @@ def load_lora(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Any:
     info = model.info
     info.name, info.path = name, str(path)
     info.dtype, info.device = str(dtype).replace("torch.", ""), str(device)
+    profile = cfg.get("profile")
+    if profile is not None and hasattr(model, "profile"):
+        from ..profiles import find
+
+        if not isinstance(profile, str):
+            raise DlmError(f"{where}/config.json: 'profile' must be a profile name")
+        find(profile)  # a name no profile has is refused here, not at the first run
+        model.profile = profile
     return model
