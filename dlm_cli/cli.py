@@ -21,6 +21,9 @@ except ImportError:  # pragma: no cover - older typer on real click
 
 from .errors import (INTERRUPTED, RUNTIME, USAGE, DlmError, Interrupted, UsageError, handle_interrupts,
                      interrupt_word, restore_interrupts, silence_stdout)
+from .threads import default_threads, passive_wait
+
+passive_wait()  # before any command imports torch: the OpenMP runtime reads the policy when it loads
 
 
 def _fail(message: str, code: int) -> None:
@@ -124,8 +127,7 @@ SET_OPT = typer.Option([], "--set", metavar="KEY=VALUE", help="override a profil
 
 
 THREADS_OPT = typer.Option(None, "--threads", min=1, max=1024, help="CPU threads for torch [default: 1 for models "
-                           "under 20M parameters, else torch's own (one per core); on a busy machine 1 is often faster]")
-TINY_PARAMETERS = 20_000_000  # below this a forward is mostly per-op overhead: more threads only add syncs
+                           "under 20M parameters, else the free cores: usable cores minus the load average, at least 1]")
 _threads_given = False
 
 
@@ -151,11 +153,12 @@ def _set_threads(threads: Optional[int]) -> None:
 
 
 def _auto_threads(model: Any) -> None:
-    """One thread for a tiny model on the CPU, unless --threads or OMP_NUM_THREADS said otherwise."""
-    if not _threads_given and model.info.device == "cpu" and model.info.parameters < TINY_PARAMETERS:
+    """On the CPU, one thread for a tiny model, else one per free core (:mod:`.threads`), unless
+    --threads or OMP_NUM_THREADS said otherwise."""
+    if not _threads_given and model.info.device == "cpu":
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(default_threads(model.info.parameters))
 
 
 def _load_options(device: Device, dtype: DType, device_map: Optional[str], trust_remote_code: bool,

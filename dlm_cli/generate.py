@@ -218,6 +218,10 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
         _write(text[len(shown.streamed):] if text.startswith(shown.streamed) else text)
         _write("\n")
     if not req.quiet:
-        err.print(stats_line(done, paced=req.pace > 0 and view == "live"), style="dim", markup=False, highlight=False)
+        import torch
+
+        line = stats_line(done, paced=req.pace > 0 and view == "live", limit=settings.max_new_tokens,
+                          threads=torch.get_num_threads())
+        err.print(line, style="dim", markup=False, highlight=False)
     return 0
 
