@@ -125,6 +125,9 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     if settings is None:
         settings = profiles.load(default_profile(model, draft_spec), sets=req.sets, flags=req.flags)
         draft_spec = req.draft or settings.meta.get("draft")
+    from .models.resolve import model_defaults
+
+    settings.fill(model_defaults(model.info.name), f"the defaults of {model.info.name}")
     if req.allow_different_tokenizers and "allow_different_tokenizers" in settings.values:
         settings.allow_different_tokenizers = True
     from .decode import STRATEGIES, check_fits, run

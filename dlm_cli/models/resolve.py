@@ -28,6 +28,17 @@ EMBEDDED = {
 REAL_DEFAULT = "smollm2-dlm"
 TOY_DEFAULT = "dlm-demo"
 TOY_LONG = "dlm-demo-long"  # the toy that fills 256 slots: the default for the long tasks
+# Keys a model sets when neither the profile nor the user does (source "model"): the real models
+# answer in paragraphs, which the keys' own default of 64 tokens cuts mid-sentence.
+PARAGRAPH = {"max_new_tokens": 256}
+
+
+def model_defaults(name: str | None) -> dict[str, object]:
+    """The profile keys the model ``name`` (as ``-m`` gives it; None: the default model) sets by default."""
+    from .shortnames import SMOLLM2
+
+    name = name if name is not None else default_model()[0]
+    return dict(PARAGRAPH) if name in (REAL_DEFAULT, SMOLLM2) else {}
 
 
 def embedded_installed(name: str) -> bool:
