@@ -20,6 +20,7 @@ from rich.table import Table
 
 from .errors import INTERRUPTS, UsageError
 from .evals.prompt import BenchPrompt
+from .tables import count, table_console
 
 
 @dataclass
@@ -494,7 +495,7 @@ def write_rows(rows: list[Row], fmt: str, payload: dict[str, Any], title: str, *
     elif fmt == "md":
         sys.stdout.write(markdown(rows, title, diffusion=diffusion, copy_gbps=copy_gbps, device=device))
     else:
-        render(rows, Console(highlight=False), title, diffusion=diffusion, copy_gbps=copy_gbps, device=device)
+        render(rows, table_console(), title, diffusion=diffusion, copy_gbps=copy_gbps, device=device)
 
 
 FORMATS = ("table", "md", "csv", "json", "jsonl")
@@ -636,7 +637,8 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
     base = [name for name, _ in p.runs[: p.baselines]]
     import torch
 
-    title = (f"{model.info.name} · {n} prompts × {reps} reps · baseline {' and '.join(base)} · "
+    baselines = f"baseline{'s' if len(base) > 1 else ''} {' and '.join(base)}"
+    title = (f"{model.info.name} · {count(n, 'prompt')} × {count(reps, 'rep')} · {baselines} · "
              f"{model.info.device} · {torch.get_num_threads()} threads"
              + (f" · interrupted: {n} of {len(p.prompts)} prompts" if stopped else ""))
     payload = {"model": model.info.name, "device": model.info.device, "threads": torch.get_num_threads(),
