@@ -209,8 +209,6 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
             _write("\n" if text else "")
         more = len(canvas.committed_tokens()) - len(kept)
         note = f" ({more} more committed after the first masked slot)" if more > 0 else ""
-        if view == "live" and not err.is_terminal:
-            err.file.write("\n")  # the last frame of a live view on a pipe does not end its line
         err.print(f"dlm: {interrupt_word(shown.cause)}: kept {len(kept)} committed tokens{note}", markup=False, highlight=False)
         return interrupt_code(shown.cause)
 

@@ -416,6 +416,9 @@ def test_the_page_shows_the_masks_filling_in(served, browser):
         "return [...document.querySelectorAll('#canvas span')].map(s => s.style.color).filter(Boolean)")
     assert len(colours) >= 5  # committed tokens are drawn in their confidence colour
     assert "24 NFE" in browser.find_element(By.ID, "counter").text
+    # One counting rule: tokens up to the first end token, as the stats line (not the 24 slots filled).
+    assert f"{cli['generated_tokens']} committed · 24 slots" in browser.find_element(By.ID, "counter").text
+    assert f"{cli['tokens_per_nfe']:.2f} tok/NFE" in browser.find_element(By.ID, "counter").text
 
 
 def test_a_bounded_load_loses_nothing(dllm):

@@ -156,10 +156,10 @@ def window(lo: int, hi: int, anchor: int, total: int, room: int) -> tuple[int, i
 
 
 def counter(canvas: Canvas) -> Text:
-    made = len(canvas.final_tokens()) if canvas.kind != "diffusion" else canvas.committed
+    made = canvas.counted
     parts = [f"step {canvas.step + 1}", f"NFE {canvas.nfe}"]
     if canvas.kind == "diffusion":
-        parts.append(f"{made}/{len(canvas.tokens)} committed")
+        parts.append(f"{made} committed · {len(canvas.tokens)} slots")
         if canvas.block_length:
             parts.append(f"block {canvas.block + 1}")
     else:
@@ -200,6 +200,8 @@ class LiveView:
         final = self.canvas.done is not None
         self.live.update(self.renderable(final=final), refresh=True)
         self.live.__exit__(*exc)
+        if not self.console.is_terminal:  # into a log: the last frame ends its line, so the stats line starts one
+            self.console.file.write("\n")
 
     def renderable(self, final: bool = False) -> CanvasFrame:
         return CanvasFrame(self.canvas, self.color_by, final=final, whole=final and not self.transient)
