@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from rich.console import Console
 
-from .errors import RUNTIME, DlmError, UsageError, interrupt_code, interrupt_word, silence_stdout
+from .errors import RUNTIME, DlmError, UsageError, interrupt_code, interrupt_word, say, silence_stdout
 from .view.stats import stats_line  # noqa: F401  (the stats line; also dlm replay's)
 
 
@@ -114,7 +114,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     from .prompting import check_length, check_trained, encode, gather
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty(), no_stdin=req.no_stdin)
+    text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty(), no_stdin=req.no_stdin, say=say)
 
     settings = None
     if req.profile is not None:
