@@ -528,6 +528,8 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
     from .sweep import grid
 
     points = grid(req.sets) if points is None else points  # before loading: a bad --set fails fast
+    for point in points:  # keys no strategy has, values out of every range: before the model loads too
+        prof.check_early(point.sets, req.flags, None)
     file_prompts = load_prompts(req.prompts) if req.prompts else None
     if req.dataset:  # raw completions scored by the data set's own rule (evals/datasets.py)
         from .evals.datasets import dataset_prompts

@@ -119,6 +119,11 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     settings = None
     if req.profile is not None:
         settings = profiles.load(req.profile, sets=req.sets, flags=req.flags)
+    else:  # refuse what can be refused before the model loads (seconds to minutes)
+        from .models.resolve import predict_kind
+
+        kind = predict_kind(req.model)
+        profiles.check_early(req.sets, req.flags, profiles.default_for(kind, bool(req.draft)) if kind else None)
     model_spec = req.model or (settings.meta.get("model") if settings else None)
     model = load_model(model_spec, req.load, err)
     draft_spec = req.draft or (settings.meta.get("draft") if settings else None)

@@ -232,6 +232,23 @@ def build(
     return settings
 
 
+def check_early(sets: list[str] | tuple[str, ...], flags: dict[str, Any] | None, profile: str | None) -> None:
+    """Refuse, before a model loads, the ``--set`` items and flags that no strategy takes (unknown keys,
+    values out of every declared range); with ``profile`` (the one the model will get), everything
+    :func:`load` checks, conflicts included."""
+    from .decode.keys import check_anywhere
+
+    if profile is not None:
+        load(profile, sets=sets, flags=flags)
+        return
+    items = [(k, v, f"--set {k}={v}") for k, v in map(parse_set, sets)]
+    items += [(k, v, f"--{k.replace('_', '-')}") for k, v in (flags or {}).items() if v is not None]
+    for name, value, label in items:
+        problem = check_anywhere(name, value, label, META)
+        if problem:
+            raise UsageError(problem)
+
+
 def check_combination(settings: Settings, where: str) -> None:
     """Reject settings that cannot work together, with the reason (declared with the keys and strategies)."""
     from .decode.keys import conflict

