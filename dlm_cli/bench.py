@@ -579,7 +579,9 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
             name = (s.profile if n == s.profile else n) + (f" {point.label}" if point.label else "")
             key = s.frozen()
             if key in seen:  # e.g. quality is the baseline: one row, not two of one configuration
-                err.print(f"dlm: {name} decodes exactly as {seen[key]}; its row is {seen[key]}'s",
+                same = (f"{name} is the {seen[key]} row already" if name == seen[key]
+                        else f"{name} decodes exactly as {seen[key]}; its row is {seen[key]}'s")
+                err.print(f"dlm: note: {same}",
                           markup=False, highlight=False)
                 continue
             seen[key] = name
@@ -607,7 +609,7 @@ def measure(p: Plan, reps: int, err: Console) -> tuple[list[Row], Optional[Bench
         done[0] += 1
         bar.advance(task)
         if not err.is_terminal and (done[0] * 10 // total) > ((done[0] - 1) * 10 // total):
-            err.print(f"dlm: bench: {done[0]}/{total} runs", markup=False, highlight=False)
+            err.print(f"dlm: note: bench {done[0]}/{total} runs", markup=False, highlight=False)
 
     with Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -631,7 +633,7 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
     model = p.model
     gbps, fresh = copy_bandwidth(model.info.device, remeasure=req.calibrate)
     if fresh or req.calibrate:
-        err.print(f"dlm: this machine copies at {gbps:.1f} GB/s on {model.info.device} (cached for later runs)",
+        err.print(f"dlm: note: this machine copies at {gbps:.1f} GB/s on {model.info.device} (cached for later runs)",
                   markup=False, highlight=False)
     reps = req.reps or (TOY_REPS if is_toy(model) else REAL_REPS)
     rows, stopped = measure(p, reps, err)

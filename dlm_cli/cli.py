@@ -418,7 +418,7 @@ def trace_html(
     from .trace import run_html
 
     run_html(path, out)
-    print(f"dlm: wrote {out}", file=sys.stderr)
+    print(f"dlm: note: wrote {out}", file=sys.stderr)
 
 
 filter_app = typer.Typer(cls=DlmGroup, no_args_is_help=True, help="Learn2PD's learned unmasking filter.")

@@ -157,7 +157,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     canvas = Canvas(model.tokenizer, model.eos_ids)
     trace = open_trace(Path(req.trace), req.file) if req.trace else None
     recorder = None
-    trace_warning = None
+    trace_problem = None  # why the trace asked for is incomplete: the run ends with exit 1, after its text
     if trace is not None:
         from .trace import Recorder, header, write_line
 
@@ -166,7 +166,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
         try:
             write_line(trace, header(model, settings, len(ids)))
         except OSError as exc:  # a full disk: no trace, the generation goes on
-            trace_warning = f"dlm: warning: the trace stopped: {exc.strerror or exc}"
+            trace_problem = str(exc.strerror or exc)
             try:
                 trace.close()
             except OSError:
@@ -192,11 +192,11 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
                     kept = canvas.done.tokens if canvas.done is not None else canvas.final_tokens()
                     write_line(trace, recorder.footer(model.tokenizer, model.tokenizer.decode(kept, skip_special_tokens=True)))
                 trace.close()
-            except OSError:  # its last flush hit a full disk: the warning below says the trace stopped
-                pass
-
-    if shown.trace_error or trace_warning:
-        err.print(shown.trace_error or trace_warning, markup=False, highlight=False)
+            except OSError as exc:  # its last flush hit a full disk
+                trace_problem = trace_problem or str(exc.strerror or exc)
+    trace_problem = trace_problem or shown.trace_error
+    trace_failed = (f"dlm: the trace {req.trace} is incomplete ({trace_problem}); the text is whole, "
+                    "so write the trace where there is room") if trace_problem else None
     done = canvas.done
     if shown.interrupted or done is None:
         from .decode.events import Done
@@ -215,6 +215,8 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
         more = len(canvas.committed_tokens()) - len(kept)
         note = f" ({more} more committed after the first masked slot)" if more > 0 else ""
         err.print(f"dlm: {interrupt_word(shown.cause)}: kept {len(kept)} committed tokens{note}", markup=False, highlight=False)
+        if trace_failed:
+            err.print(trace_failed, markup=False, highlight=False)
         return interrupt_code(shown.cause)
 
     text = model.tokenizer.decode(done.tokens, skip_special_tokens=True)
@@ -229,5 +231,8 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
         line = stats_line(done, paced=req.pace > 0 and view == "live", limit=settings.max_new_tokens,
                           threads=torch.get_num_threads())
         err.print(line, style="dim", markup=False, highlight=False)
+    if trace_failed:  # last, after the text: a script sees exit 1 and knows the trace it asked for is missing
+        err.print(trace_failed, markup=False, highlight=False)
+        return RUNTIME
     return 0
 

@@ -170,7 +170,7 @@ def run_tune_command(req: TuneRequest, *, load_model: Callable[..., Any]) -> Non
                       f"score {quality(rows[best]):.3g})", markup=False)
     if req.plot is not None:
         plot_front(rows, front, best, floor, req.plot, title)
-        err.print(f"dlm: wrote the front to {req.plot}", markup=False, highlight=False)
+        err.print(f"dlm: note: wrote the front to {req.plot}", markup=False, highlight=False)
     if req.write is not None:
         if best is None:
             raise UsageError(f"--write {req.write}: no searched point reaches the floor {floor:.3g}, so nothing "
@@ -180,6 +180,6 @@ def run_tune_command(req: TuneRequest, *, load_model: Callable[..., Any]) -> Non
                 f"{head.profile}, score {quality(rows[best]):.3g} (floor {floor:.3g}), {len(p.prompts)} prompts")
         path = profile_path(req.write)
         write_profile(path, profile_text(settings, req.profile, desc), req.force)
-        err.print(f"dlm: wrote profile {path} ({rows[best].profile}); use it with -p {req.write}",
+        err.print(f"dlm: note: wrote profile {path} ({rows[best].profile}); use it with -p {req.write}",
                   markup=False, highlight=False)
     sys.stdout.flush()

