@@ -20,6 +20,7 @@ from rich.table import Table
 
 from .errors import INTERRUPTS, UsageError
 from .evals.prompt import BenchPrompt
+from .answers import answer, markdown_answers, render_answers
 from .tables import count, table_console
 
 
@@ -51,6 +52,7 @@ class Row:
     baseline: bool = False
     cache: Optional[str] = None
     warnings: list[str] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)  # per prompt (first rep): text, expected, score
 
 
 FORMULAS = {
@@ -88,6 +90,7 @@ class BenchRequest:
     load: Any
     format: str = "table"
     calibrate: bool = False
+    show: bool = False  # --show: every prompt's answer and score after the tables
     dataset: Optional[str] = None  # a published data set instead of the suite (evals.datasets.DATASETS)
     limit: Optional[int] = None  # its first N problems
 
@@ -318,7 +321,9 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
             row.acceptance_rate = sum(d.accepted or 0 for d in ds) / drafted
         scores: dict[str, list[bool]] = {}
         for p, d in zip(prompts, ds):
-            ok = score(p, model.tokenizer.decode(d.tokens, skip_special_tokens=True))
+            text = model.tokenizer.decode(d.tokens, skip_special_tokens=True)
+            ok = score(p, text)
+            row.answers.append(answer(p, text, ok))
             if ok is not None:
                 scores.setdefault(p.task or "all", []).append(ok)
         if scores:
@@ -468,6 +473,8 @@ def flat(r: Row) -> dict[str, Any]:
             out.update({f"set_{t}": x for t, x in v.items()})
         elif k == "warnings":
             out[k] = "; ".join(v)
+        elif k == "answers":  # a list per row: --format json or jsonl carries them
+            continue
         else:
             out[k] = v
     return out
@@ -650,5 +657,9 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
                "copy_gbps": round(gbps, 2), "weight_bytes": weight_bytes(model),
                "interrupted": stopped is not None}
     write_rows(rows, fmt, payload, title, diffusion=p.diffusion, copy_gbps=gbps)
+    if req.show and fmt == "table":
+        render_answers(rows, table_console())
+    elif req.show and fmt == "md":
+        sys.stdout.write(markdown_answers(rows))
     if stopped is not None:
         raise stopped.cause  # the CLI ends it with one line and 130 (143 for SIGTERM)

@@ -314,6 +314,8 @@ def bench(
     fmt: str = typer.Option("table", "--format", help="table, md, csv, json or jsonl"),
     json_out: bool = typer.Option(False, "--json", help="the same as --format json"),
     calibrate: bool = typer.Option(False, "--calibrate", help="measure the machine's copy bandwidth again"),
+    show: bool = typer.Option(False, "--show", help="print every prompt's answer with its score after the tables "
+                              "(--format json and jsonl always carry them)"),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="send prompts as raw text"),
     allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
     compile_: Optional[Switch] = COMPILE_OPT,
@@ -335,7 +337,7 @@ def bench(
         json_out=json_out, chat_template=not no_chat_template,
         allow_different_tokenizers=allow_different_tokenizers,
         load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle),
-        format=fmt, calibrate=calibrate, dataset=dataset, limit=limit,
+        format=fmt, calibrate=calibrate, dataset=dataset, limit=limit, show=show,
     )
     if limit is not None and dataset is None:
         raise UsageError("--limit applies to --dataset; for the built-in suite use --per-task")
