@@ -183,10 +183,9 @@ def realtext_prompts(per_task: int, tasks: Optional[str]) -> list[BenchPrompt]:
 
 def is_toy(model: Any) -> bool:
     """The demo task suite's own models (dlm-demo*), which only know its synthetic tasks."""
-    from .models.loading import DEMO_DIR, REAL_DEFAULT
+    from .models.resolve import is_toy as toy_path
 
-    path = Path(model.info.path).resolve()
-    return path.parent == DEMO_DIR.resolve() and path.name != REAL_DEFAULT
+    return toy_path(model.info.path)
 
 
 def score(p: BenchPrompt, text: str) -> Optional[float]:

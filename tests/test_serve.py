@@ -468,3 +468,17 @@ def test_the_command_serves_until_ctrl_c(tmp_path, ignored):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_pages_default_prompt_fits_the_served_model(served, llada_model):
+    def page(url: str) -> str:
+        with urllib.request.urlopen(url + "/", timeout=10) as r:
+            return r.read().decode()
+
+    assert ">Sort these numbers: 4 7 1 9 3</textarea>" in page(served.url)  # the toy knows its tasks only
+    s = Running(llada_model, profile="speedy")  # any other model: a chat question
+    try:
+        html = page(s.url)
+    finally:
+        s.stop()
+    assert ">Explain the water cycle in simple terms.</textarea>" in html and "Sort these" not in html

