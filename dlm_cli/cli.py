@@ -174,9 +174,16 @@ def _load_options(device: Device, dtype: DType, device_map: Optional[str], trust
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore", module="transformers")
+    # Before a profile is validated (which imports the strategies, so torch and transformers, so torchao):
+    # torchao logs each CUDA-only kernel it cannot load on a CPU, torch a note on torchao's enums.
+    for name in ("torchao", "torch.utils._pytree"):
+        log = logging.getLogger(name)
+        if log.level < logging.ERROR:
+            log.setLevel(logging.ERROR)
 
 
 def _load_model(spec: Optional[str], opts: Any, err: Any, role: str = "model") -> Any:

@@ -114,16 +114,16 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     from .prompting import check_length, check_trained, encode, gather
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty(), no_stdin=req.no_stdin, say=say)
-
     settings = None
     if req.profile is not None:
         settings = profiles.load(req.profile, sets=req.sets, flags=req.flags)
-    else:  # refuse what can be refused before the model loads (seconds to minutes)
+    else:  # refuse what can be refused before stdin is waited on and the model loads (seconds to minutes)
         from .models.resolve import predict_kind
 
         kind = predict_kind(req.model)
         profiles.check_early(req.sets, req.flags, profiles.default_for(kind, bool(req.draft)) if kind else None)
+    text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty(), no_stdin=req.no_stdin, say=say)
+
     model_spec = req.model or (settings.meta.get("model") if settings else None)
     model = load_model(model_spec, req.load, err)
     draft_spec = req.draft or (settings.meta.get("draft") if settings else None)
