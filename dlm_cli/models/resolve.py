@@ -84,7 +84,7 @@ def predict_kind(spec: str | None) -> str | None:
     path = DEMO_DIR / EMBEDDED[name][0] if name in EMBEDDED else Path(name).expanduser()
     try:
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # the loader refuses a broken config in its own words
         return None
     if not isinstance(cfg, dict):
         return None
