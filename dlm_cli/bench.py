@@ -639,7 +639,8 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
     model = p.model
     gbps, fresh = copy_bandwidth(model.info.device, remeasure=req.calibrate)
     if fresh or req.calibrate:
-        err.print(f"dlm: note: this machine copies at {gbps:.1f} GB/s on {model.info.device} (cached for later runs)",
+        err.print(f"dlm: note: this machine copies at {gbps:.1f} GB/s on {model.info.device} "
+                  "(cached for later runs)",
                   markup=False, highlight=False)
     reps = req.reps or (TOY_REPS if is_toy(model) else REAL_REPS)
     rows, stopped = measure(p, reps, err)
