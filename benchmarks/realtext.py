@@ -14,7 +14,14 @@ decode) with greedy decoding and ``-n`` generation slots, then reports:
 - ``=AR`` = share of prompts whose text equals SmolLM2's greedy text exactly; ``sim`` = mean word-level
   similarity to it (difflib ratio, 1 = equal);
 - ``fixed`` / ``changed`` = typo prompts only: share of injected typos whose word is restored, and share
-  of the other words changed (:func:`dlm_cli.demo.realtext.typo_scores`).
+  of the other words changed (:func:`dlm_cli.demo.realtext.typo_scores`);
+- ``rep`` = share of answers that ended on the repetition stop (``finish_reason == "repetition"``);
+- ``=ref`` = share of prompts whose text equals the ``--reference`` row's exactly (a distilled model
+  against its teacher's one-token-per-step output);
+- ``AUP`` (d3LLM, :func:`dlm_cli.evals.scoring.aup`, α = 3) per model over its rows, typo prompts:
+  ``(tok/NFE, fixed %)`` points, ``y_max`` the best ``fixed`` of any row.
+
+``--models key=SPEC,...`` adds models that rows name by key (``dp:speedy``); ``dlm`` is ``--model``.
 
     python benchmarks/realtext.py                          # the README table
     python benchmarks/realtext.py --kinds typo -n 256 --rows "speedy,speedy[cache=prefix]"
@@ -56,7 +63,7 @@ def parse_rows(spec: str) -> list[tuple[str, str, str, dict[str, str]]]:
             label, name = rest, head
         sets = dict(kv.split("=", 1) for kv in over.rstrip("]").split(",") if kv) if bracket else {}
         prof = name
-        rows.append((f"{'smollm2' if which == 'ar' else 'dlm'} {label}", which, prof, sets))
+        rows.append((f"{'smollm2' if which == 'ar' else which} {label}", which, prof, sets))
     return rows
 
 
@@ -67,6 +74,8 @@ def words_sim(a: str, b: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-dlm")
+    ap.add_argument("--models", default="", help="more models rows can name: key=SPEC,key2=SPEC2")
+    ap.add_argument("--reference", default="", help="the row label the =ref column compares with")
     ap.add_argument("--rows", default=ROWS)
     ap.add_argument("--kinds", default="typo,chat,continue,reformat")
     ap.add_argument("-n", "--max-new-tokens", type=int, default=256)
@@ -90,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.limit:
         prompts = [p for k in kinds for p in [q for q in prompts if q.kind == k][: a.limit]]
     models = {"dlm": load(a.model), "ar": load("smollm2")}
+    for item in filter(None, a.models.split(",")):
+        key, _, spec = item.partition("=")
+        models[key] = load(spec)
     rows = parse_rows(a.rows)
     results: list[dict[str, Any]] = []
     reference: list[str] | None = None
@@ -103,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         secs = nfe = toks = 0.0
         texts: list[str] = []
         per: list[float] = []
+        reps = 0
         t0 = time.time()
         for pid in ids:
             done = None
@@ -112,12 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             per.append(done.seconds)
             nfe += done.nfe
             toks += len(done.tokens)
+            reps += done.finish_reason == "repetition"
             texts.append(model.tokenizer.decode(done.tokens, skip_special_tokens=True))
         if label == "smollm2 ar":
             reference = texts
         row: dict[str, Any] = {"row": label, "model": model.info.name, "profile": prof, "sets": sets,
                                "tokens": int(toks), "nfe": int(nfe), "tokens_per_nfe": toks / nfe, "seconds": secs,
-                               "wall": time.time() - t0, "texts": texts,
+                               "wall": time.time() - t0, "texts": texts, "repetition": reps / len(ids),
+                               "which": which,
                                "typo_seconds": sum(x for x, p in zip(per, prompts) if p.kind == "typo")}
         if reference is not None:
             row["exact_ar"] = sum(t.strip() == r.strip() for t, r in zip(texts, reference)) / len(texts)
@@ -127,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             scores = [R.typo_scores(p.original, p.noisy, p.typos, t) for p, t in typo]
             row["fixed"] = sum(f for f, _ in scores) / len(scores)
             row["changed"] = sum(c for _, c in scores) / len(scores)
+        ref = next((r for r in results if r["row"] == a.reference), None)
+        if ref is not None:
+            row["exact_ref"] = sum(t.strip() == r.strip() for t, r in zip(texts, ref["texts"])) / len(texts)
         results.append(row)
         print(f"{label:40s} {row['tokens_per_nfe']:5.2f} tok/NFE  {secs:7.1f} s  "
               f"=AR {row.get('exact_ar', float('nan')):.0%}  sim {row.get('sim_ar', float('nan')):.3f}  "
@@ -139,15 +157,25 @@ def main(argv: list[str] | None = None) -> int:
     own = by.get("dlm one-per-step")
     print(f"\n{len(prompts)} prompts ({', '.join(f'{k} {sum(p.kind == k for p in prompts)}' for k in kinds)}), "
           f"-n {a.max_new_tokens}, greedy, {a.threads} threads\n")
-    print("| row | tok/NFE | s | vs AR | vs own | typo vs AR | =AR | sim | fixed | changed |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| row | tok/NFE | tok/s | s | vs AR | vs own | typo vs AR | =AR | sim | fixed | changed | rep | =ref |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         vs_ar = f"{ar['seconds'] / r['seconds']:.2f}x" if ar else "-"
         vs_own = f"{own['seconds'] / r['seconds']:.2f}x" if own else "-"
         typo_ar = f"{ar['typo_seconds'] / r['typo_seconds']:.2f}x" if ar and r["typo_seconds"] else "-"
         pct = lambda k, f="{:.0%}": f.format(r[k]) if k in r else "-"  # noqa: E731
-        print(f"| {r['row']} | {r['tokens_per_nfe']:.2f} | {r['seconds']:.1f} | {vs_ar} | {vs_own} | {typo_ar} | "
-              f"{pct('exact_ar')} | {pct('sim_ar', '{:.3f}')} | {pct('fixed')} | {pct('changed', '{:.1%}')} |")
+        print(f"| {r['row']} | {r['tokens_per_nfe']:.2f} | {r['tokens'] / r['seconds']:.1f} | {r['seconds']:.1f} | "
+              f"{vs_ar} | {vs_own} | {typo_ar} | {pct('exact_ar')} | {pct('sim_ar', '{:.3f}')} | {pct('fixed')} | "
+              f"{pct('changed', '{:.1%}')} | {pct('repetition')} | {pct('exact_ref')} |")
+    scored = [r for r in results if "fixed" in r]
+    if scored:
+        from dlm_cli.evals.scoring import aup
+
+        y_max = max(100 * r["fixed"] for r in scored)
+        print("\n| model | AUP (typo: fixed % against tok/NFE) | points |\n|---|---|---|")
+        for which in dict.fromkeys(r["which"] for r in scored):
+            pts = [(r["tokens_per_nfe"], 100 * r["fixed"]) for r in scored if r["which"] == which]
+            print(f"| {which} | {aup(pts, y_max):.1f} | {len(pts)} |")
     if a.json:
         a.json.write_text(json.dumps({"prompts": [p.prompt for p in prompts], "rows": results}, indent=2))
     return 0

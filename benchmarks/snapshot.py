@@ -11,7 +11,8 @@ Draft and Verify), then compares two snapshots and names every difference.
 Models: the embedded ``dlm-demo`` (its held-out suite, 2 prompts per task) and ``dlm-demo-ar``
 (+ its draft), plus tiny random checkpoints of every family built with ``tests/checkpoints.py``
 (LLaDA, Dream, SDAR, Fast-dLLM v2, the block-diffusion adapter, DiffusionGemma, a causal Llama),
-each with fixed seeds. Diffusion profiles run with every cache their strategy allows; a sampled run
+each with fixed seeds. ``--only smollm2-dlm`` (never part of the default set: it needs the converted
+model) adds the real block-diffusion model on 3 held-out typo prompts, 32 tokens, float32 and bfloat16. Diffusion profiles run with every cache their strategy allows; a sampled run
 (temperature 0.8, fixed seed) is added for a few profiles. Float ties are not an issue: the same
 process, the same threads, the same order of operations.
 
@@ -39,6 +40,7 @@ PROMPTS_PER_TASK = 2
 MAX_EVENTS = 5000
 TINY_PROMPTS = ("a b c d", "the quick brown fox", "hello world, again and again")
 EOTP_TOO = ("baseline", "freedave", "s2d2", "prophet")  # their EoTP paths differ: run them with it too
+REAL = ("smollm2-dlm", "smollm2-dlm-bf16")  # opt-in labels (--only): a converted real model
 SAMPLED = ("speedy", "quality", "speculative", "ar", "llada21-s", "s2d2", "gemma-native")
 
 
@@ -134,6 +136,7 @@ def record(quick: bool = False, only: tuple[str, ...] = (), out_path: Path | Non
     import torch
 
     from dlm_cli.demo.tasks import suite
+    from dlm_cli.models.files import LoadOptions
     from dlm_cli.models.loading import load
     from dlm_cli.prompting import encode
 
@@ -141,16 +144,20 @@ def record(quick: bool = False, only: tuple[str, ...] = (), out_path: Path | Non
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("DLM_NATIVE_BF16", "0")  # --dtype auto: float32 on every machine (as recorded)
         specs: list[tuple[str, str, str | None, list[str], int]] = []
         demo_prompts = [ex.prompt for ex in suite(1 if quick else PROMPTS_PER_TASK)]
         specs.append(("dlm-demo", "dlm-demo", None, demo_prompts, 32))
         specs.append(("dlm-demo-ar", "dlm-demo-ar", "dlm-demo-ar-draft", demo_prompts, 32))
         for label, path in tiny_models(Path(tmp)):
             specs.append((label, str(path), str(path) if label == "tiny-llama" else None, list(TINY_PROMPTS), 16))
+        typo = [json.loads(line)["prompt"] for line in
+                (ROOT / "benchmarks" / "typo_prompts.jsonl").read_text().splitlines()[-3:]]
+        specs += [(label, "smollm2-dlm", None, typo, 32) for label in REAL]
         for label, spec, draft_spec, prompts, n in specs:
-            if only and label not in only:
+            if (only and label not in only) or (not only and label in REAL):
                 continue
-            model = load(spec)
+            model = load(spec, LoadOptions(dtype="bfloat16" if label.endswith("-bf16") else "float32"))
             draft = load(draft_spec, role="draft") if draft_spec else None
             runs = profile_runs(model)
             for k, text in enumerate(prompts):

@@ -115,7 +115,8 @@ class Switch(str, Enum):
 
 MODEL_HELP = "model: an embedded name (dlm models), a local directory, or a hub id org/name[@revision]"
 DEVICE_OPT = typer.Option(Device.auto, "--device", help="where to run")
-DTYPE_OPT = typer.Option(DType.auto, "--dtype", help="weight dtype (auto: bfloat16 on CUDA, float32 elsewhere)")
+DTYPE_OPT = typer.Option(DType.auto, "--dtype", help="weight dtype (auto: bfloat16 on CUDA and on CPUs that "
+                         "multiply it natively, AVX-512 BF16 or AMX; float32 elsewhere)")
 DEVICE_MAP_OPT = typer.Option(None, "--device-map", help="'auto' shards a model too big for one GPU across all GPUs")
 REMOTE_OPT = typer.Option(False, "--trust-remote-code", help="allow running the model repository's own code")
 PICKLE_OPT = typer.Option(False, "--allow-pickle", help="allow pickle (.bin) weights, which can run code")
@@ -461,6 +462,91 @@ def filter_train(
     run_filter_train(FilterRequest(model, prompts, count, max_new_tokens, epochs, out, seed,
                                    _load_options(device, dtype, None, trust_remote_code, allow_pickle)),
                      load_model=_load_model)
+
+
+DISTILL_HELP = """Distill a dLLM to commit many tokens per forward: dParallel or CD4LM, as a LoRA delta.
+
+\b
+--method dparallel  certainty-forcing distillation (Chen et al. 2025): masked cross-entropy on the
+                    teacher's answers over two complementary views of the active block, plus
+                    beta x the entropy (at T = 0.5) of the positions already predicted right, so a
+                    threshold commits more per step. Decode with -p dparallel (entropy threshold).
+--method cd4lm      discrete-space consistency distillation (Liang et al. 2026): the student sees
+                    more masks (S) than the frozen teacher (T, a subset of S) and matches the
+                    teacher's distribution (KL at tau = 2, weight lambda 0.9 -> 0.5) plus CE on
+                    the answer. Decode with -p cad (confidence-adaptive decoding).
+
+\b
+The teacher (the model itself, or --teacher) answers every prompt with its own decoding (-p of
+the teacher, default quality: one token per step); the answers are cached in --work, training
+checkpoints there every --checkpoint-minutes, and rerunning the same command resumes exactly.
+The result, --out, is a small directory (a LoRA in PEFT's layout over the model) that -m loads.
+
+\b
+  dlm distill -m smollm2-dlm --method dparallel --tasks realtext --targets gold --out ./smollm2-dlm-dp
+  dlm distill -m ./my-llada --method cd4lm --prompts train.jsonl --out ./llada-cd4lm --device cuda
+"""
+
+
+@app.command(help=DISTILL_HELP)
+def distill(
+    method: str = typer.Option(..., "--method", help="dparallel or cd4lm"),
+    model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP),
+    out: Path = typer.Option(..., "--out", help="where to write the distilled model (a new directory)"),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL prompts: {\"prompt\": ..., \"answer\": ...} "
+                                           "per line (answer optional: the gold answer)"),
+    tasks: list[str] = typer.Option([], "--tasks", help="built-in prompts: realtext (typo, reformat, chat, continue "
+                                    "over installed docstrings; training split) or demo task names (repeatable)"),
+    teacher: Optional[str] = typer.Option(None, "--teacher", autocompletion=_complete_models,
+                                          help="the model whose answers are the targets [default: the model itself]"),
+    teacher_profile: Optional[str] = typer.Option(None, "--teacher-profile", autocompletion=_complete_profiles,
+                                                  help="the teacher's decoding [default: quality for a dLLM, ar for AR]"),
+    targets: str = typer.Option("teacher", "--targets", help="teacher: the teacher's answers (dParallel); gold: a "
+                                "prompt's gold answer where it has one, else the teacher's"),
+    check: bool = typer.Option(False, "--check", help="drop a teacher answer that differs from the prompt's gold one"),
+    limit: int = typer.Option(0, "--limit", min=0, help="use at most this many prompts (0: all)"),
+    max_new_tokens: int = typer.Option(256, "-n", "--max-new-tokens", min=1, max=65536,
+                                       help="the teacher's generation slots per prompt"),
+    steps: int = typer.Option(300, "--steps", min=1, help="optimizer steps"),
+    rows_per_step: int = typer.Option(4, "--rows-per-step", min=1, help="training rows per step"),
+    lr: float = typer.Option(2e-4, "--lr", min=0.0, help="peak learning rate (warm-up 5%, cosine to 10%)"),
+    rank: int = typer.Option(32, "--rank", min=1, help="LoRA rank (alpha = rank)"),
+    beta: float = typer.Option(2.0, "--beta", min=0.0, help="dParallel's entropy weight"),
+    block: int = typer.Option(32, "--block", min=1, help="full-attention models: the active block length"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=8, help="skip rows longer than this (prompt + answer)"),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast for the training forwards"),
+    seed: int = typer.Option(0, "--seed"),
+    work: Optional[Path] = typer.Option(None, "--work", help="answers, checkpoints and log.jsonl "
+                                        "[default: ~/.cache/dlm/distill/MODEL-METHOD]"),
+    checkpoint_minutes: float = typer.Option(10.0, "--checkpoint-minutes", min=0.0, help="checkpoint at least this often"),
+    stop_minutes: Optional[float] = typer.Option(None, "--stop-minutes", min=0.0,
+                                                 help="stop (resumably) after this long"),
+    stop_step: Optional[int] = typer.Option(None, "--stop-step", min=1, help="end at this step of the --steps "
+                                            "schedule and export (rerun with a later one to go on)"),
+    n_chat: int = typer.Option(60, "--chat", min=0, help="--tasks realtext: chat prompts the teacher answers"),
+    n_continue: int = typer.Option(30, "--continue", min=0, help="--tasks realtext: continuation prompts"),
+    sets: list[str] = SET_OPT,
+    threads: Optional[int] = THREADS_OPT,
+    device: Device = DEVICE_OPT,
+    dtype: DType = DTYPE_OPT,
+    trust_remote_code: bool = REMOTE_OPT,
+    allow_pickle: bool = PICKLE_OPT,
+) -> None:
+    from rich.console import Console
+
+    from .train.run import DistillRequest, run_distill
+
+    _set_threads(threads)
+    _quiet_libraries()
+    recipe = {"seed": seed, "steps": steps, "rows_per_step": rows_per_step, "lr": lr, "rank": rank,
+              "alpha": float(rank), "beta": beta, "block": block, "max_tokens": max_tokens, "bf16": bf16}
+    req = DistillRequest(method=method, model=model, out=out, work=work, prompts=prompts, tasks=list(tasks),
+                         teacher=teacher, teacher_profile=teacher_profile, targets=targets, check=check, limit=limit,
+                         max_new_tokens=max_new_tokens, recipe=recipe,
+                         load=_load_options(device, dtype, None, trust_remote_code, allow_pickle),
+                         checkpoint_minutes=checkpoint_minutes, stop_minutes=stop_minutes, stop_step=stop_step,
+                         sets=list(sets), n_chat=n_chat, n_continue=n_continue)
+    raise typer.Exit(run_distill(req, load_model=_load_model, err=Console(stderr=True, highlight=False, soft_wrap=True)))
 
 
 @app.command()

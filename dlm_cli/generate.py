@@ -62,9 +62,16 @@ def result_json(done: Any, text: str, settings: Any, model: Any, draft: Any, pro
         "device": model.info.device,
         "threads": __import__("torch").get_num_threads(),
         "dtype": model.info.dtype,
+        "dtype_choice": model.info.dtype_choice,
         "settings": settings.as_dict(),
         "stats": done.stats(),
     }
+
+
+def dtype_label(model: Any) -> str:
+    """The stats line's dtype: ``bfloat16 (auto: avx512_bf16)``, or just the dtype when --dtype named it."""
+    choice = model.info.dtype_choice
+    return f"{model.info.dtype} ({choice})" if choice.startswith("auto") else model.info.dtype
 
 
 def fit_length(settings: Any, model: Any, prompt_lengths: list[int]) -> None:
@@ -228,8 +235,8 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     if not req.quiet:
         import torch
 
-        line = stats_line(done, paced=req.pace > 0 and view == "live", limit=settings.max_new_tokens,
-                          threads=torch.get_num_threads())
+        line = stats_line(done, paced=req.pace > 0 and view == "live", dtype=dtype_label(model),
+                          limit=settings.max_new_tokens, threads=torch.get_num_threads())
         err.print(line, style="dim", markup=False, highlight=False)
     if trace_failed:  # last, after the text: a script sees exit 1 and knows the trace it asked for is missing
         err.print(trace_failed, markup=False, highlight=False)

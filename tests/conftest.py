@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# --dtype auto picks bfloat16 on CPUs that multiply it natively: the suite's results must not depend on
+# the machine's CPU, so auto means float32 here (and in every subprocess) unless a test says otherwise.
+os.environ["DLM_NATIVE_BF16"] = "0"
 
 from checkpoints import make_llada  # noqa: E402
 

@@ -128,3 +128,27 @@ def test_bench_reports_scores_per_task_by_match_kind(tmp_path):
     for row in json.loads(r.stdout)["rows"]:
         assert row["task_scores"] == {"always": 1.0, "never": 0.0}
         assert row["score"] == 0.5
+
+
+def test_aup_single_point_is_its_accuracy():
+    from dlm_cli.evals.scoring import aup
+
+    assert aup([(1.0, 72.0)], y_max=80.0) == pytest.approx(72.0)
+
+
+def test_aup_adds_the_weighted_trapezoid_of_a_point_at_the_same_accuracy():
+    import math
+
+    from dlm_cli.evals.scoring import aup
+
+    y, y_max = 70.0, 80.0
+    w = math.exp(-3 * (1 - y / y_max))
+    assert aup([(1.0, y), (3.0, y)], y_max) == pytest.approx(y + 2.0 * y * w)
+    assert aup([(1.0, 80.0), (2.0, 80.0)], 80.0) == pytest.approx(160.0)  # no penalty at the best accuracy
+
+
+def test_aup_drops_points_more_than_five_below_the_first():
+    from dlm_cli.evals.scoring import aup
+
+    assert aup([(1.0, 70.0), (4.0, 64.0)], 80.0) == pytest.approx(70.0)
+    assert aup([(1.0, 70.0), (4.0, 66.0)], 80.0) > 70.0

@@ -194,3 +194,60 @@ def test_each_weight_variant_compiles_its_own_graphs(ckpts, aot):
     assert q_on.tokens == q_off.tokens
     again = decode(model, PROMPTS[0], "ar", compile="on")  # back to float: its graphs are still there
     assert again.compile_seconds is None and again.tokens == f_on.tokens
+
+
+def test_int4_pads_a_dllm_head_so_every_linear_layer_is_int4(tmp_path):
+    """smollm2-dlm's head has 49153 rows (the base vocabulary and the mask row): not whole 16-row int4 tiles.
+    It is padded with zero rows and cut back, so it is int4 too, and callers see the same shapes."""
+    pytest.importorskip("torchao")
+    from checkpoints import make_adapter
+
+    model = load(str(make_adapter(tmp_path / "adapter")), LoadOptions(dtype="bfloat16"))
+    head = model.net.lm_head
+    assert head.weight.shape[0] % speed.INT4_ROWS != 0  # the case this is for
+    h = torch.randn(3, head.weight.shape[1], dtype=torch.bfloat16)
+    padded = speed.PaddedLinear(head)
+    assert padded.inner.weight.shape[0] % speed.INT4_ROWS == 0 and torch.equal(padded(h), head(h))
+    vocab, x = model.vocab_size, torch.randint(0, 100, (1, 16))
+    before = model.logits(x)
+    speed.use_quantized(model, "int4", keep_float=True)
+    linears = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 + 7 * model.net.config.num_hidden_layers
+    assert all(type(m.weight).__name__ == "Int4OpaqueTensor" for m in linears)
+    assert isinstance(model.net.lm_head, speed.PaddedLinear) and model.vocab_size == vocab
+    assert model.logits(x).shape == before.shape
+    done = decode(model, PROMPTS[0], "speedy", quantize="int4")
+    assert len(done.tokens) > 0
+
+
+@pytest.mark.parametrize("family", ["adapter", "sdar"])
+def test_a_compiled_block_step_is_one_graph_per_width_with_no_recompile_over_a_run(tmp_path, aot, monkeypatch, family):
+    """compile = on for a block-diffusion model: the warm-up compiles one graph per block width, before the
+    decode clock; a 192-token run then compiles nothing, runs nearly every forward compiled, and writes the
+    eager run's tokens."""
+    from checkpoints import make_adapter, make_sdar
+    from torch._dynamo.utils import counters
+
+    build = make_adapter if family == "adapter" else make_sdar
+    model = load(str(build(tmp_path / family)))
+    ids = model.tokenizer.encode("hello world, again and again")
+    sets = ["cache=prefix", "eotp=false"]
+    flags = {"max_new_tokens": 192, "seed": 0}
+    eager = list(run(model, ids, profiles.load("speedy", sets=sets + ["compile=off"], flags=flags)))[-1]
+    compiled_calls = []
+    real = speed.compiled_whole
+
+    def counting(m):
+        step = real(m)
+        return lambda *a: (compiled_calls.append((a[0].shape[1], a[4].shape[0])), step(*a))[1]
+
+    monkeypatch.setattr(speed, "compiled_whole", counting)
+    counters.clear()
+    s = profiles.load("speedy", sets=sets + ["compile=on"], flags=flags)
+    assert speed.prepare(model, s, len(ids) + 193) > 0  # the warm-up, out of the run
+    widths = speed.block_widths(model)
+    assert counters["stats"]["unique_graphs"] == len(widths) == 2
+    done = list(run(model, ids, s))[-1]
+    assert not done.compile_seconds and counters["stats"]["unique_graphs"] == 2  # no recompile in the run
+    assert done.tokens == eager.tokens and done.nfe == eager.nfe and len(done.tokens) > 40
+    assert set(compiled_calls) == set(widths) and len(compiled_calls) >= done.nfe - 2

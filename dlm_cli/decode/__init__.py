@@ -21,7 +21,7 @@ from .events import Clock, Done, Event, Start, Step, timed  # noqa: F401
 from .keys import STRATEGIES
 from .loops import ar as ar_loop
 from .loops import blocks, ead, freedave, gemma_native, pearl, s2d2, window
-from .rules import adablock, baseline, credit, edit, entropy, ete, learn2pd, localleap, prophet, threshold  # noqa: F401
+from .rules import adablock, baseline, cad, credit, dparallel, edit, entropy, ete, learn2pd, localleap, prophet, threshold  # noqa: F401
 from .rules.base import NeedsModel
 
 LOOPS = {"blocks": blocks.run, "freedave": freedave.run, "s2d2": s2d2.run, "gemma-native": gemma_native.run,

@@ -86,7 +86,10 @@ class Forward:
         self.model = model
         self.mode = settings.cache
         self.length = length
-        self.cache = None if self.mode == "none" else model.new_cache()
+        # Block-causal models' caches are exact and keep the whole canvas: preallocated once (static). The
+        # canvas is padded to whole model blocks (Denoiser.logits), so the size is rounded up to one.
+        size = -(-length // model.block_size) * model.block_size if model.block_size else 0
+        self.cache = None if self.mode == "none" else model.new_cache(size)
         self.exact_upto = 0  # block-causal: cache holds exact keys/values for [0, exact_upto)
         self.nfe = 0
         self.refreshes = 0  # full forwards inside a block (not counting block starts)

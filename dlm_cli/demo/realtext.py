@@ -60,14 +60,20 @@ class Prompt:
     material: str = ""
 
 
-def paragraphs(min_words: int = 20, max_words: int = 150, root: str | None = None) -> list[Paragraph]:
-    """Prose paragraphs of the standard library's docstrings, deduplicated, in a stable order."""
+STDLIB_SKIP = ("site-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3", "turtledemo")
+
+
+def paragraphs(min_words: int = 20, max_words: int = 150, root: str | None = None,
+               skip: tuple[str, ...] = STDLIB_SKIP) -> list[Paragraph]:
+    """Prose paragraphs of the docstrings under ``root`` (the standard library), deduplicated, in a stable order.
+
+    ``skip`` names directories not entered (tests are always skipped)."""
     root = root or sysconfig.get_paths()["stdlib"]
+    skip = tuple(skip) + ("test", "tests", "__pycache__")
     seen: set[str] = set()
     out: list[Paragraph] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "test", "tests", "idlelib",
-                                                             "__pycache__", "lib2to3", "turtledemo"))
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
         for name in sorted(filenames):
             if not name.endswith(".py"):
                 continue

@@ -8,6 +8,7 @@ else the last number in the text, equals the answer's number (compared as decima
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Optional
@@ -88,3 +89,27 @@ def matches(answer: str, match: str, text: str) -> bool:
     if match == "regex":
         return re.search(answer, text) is not None
     raise ValueError(f"unknown match {match!r}")
+
+
+def aup(points: list[tuple[float, float]], y_max: float, alpha: float = 3.0, drop: float = 5.0) -> float:
+    """d3LLM's AUP: the area under accuracy (%) against tokens per forward, penalised by the accuracy lost.
+
+    ``points`` are one method's ``(ρ, y)`` pairs (tokens per forward, accuracy in %) on one task;
+    ``y_max`` is the best accuracy of any method on that task. Sorted by ``ρ``, with ``y_1`` the
+    accuracy at the smallest ``ρ``, points more than ``drop`` below ``y_1`` are left out; then
+    ``AUP = ρ_1·y_1 + Σ_{i≥2} ½(ρ_i − ρ_{i−1})(W(y_i)·y_i + W(y_{i−1})·y_{i−1})`` with
+    ``W(y) = min(1, exp(−α(1 − y / y_max)))`` (hao-ai-lab/d3LLM, ``get_aup``).
+    """
+    if not points:
+        return 0.0
+    pts = sorted(points)
+    y1 = pts[0][1]
+    pts = [p for p in pts if p[1] >= y1 - drop]
+
+    def w(y: float) -> float:
+        return min(1.0, math.exp(-alpha * (1 - y / y_max))) if y_max > 0 else 1.0
+
+    area = pts[0][0] * pts[0][1]
+    for (r0, y0), (r1, y1_) in zip(pts, pts[1:]):
+        area += 0.5 * (r1 - r0) * (w(y1_) * y1_ + w(y0) * y0)
+    return area

@@ -23,6 +23,9 @@ import torch
 
 from .kv import DenoiserCache
 
+MASK_STEP = 1024  # positions the precomputed block-causal mask grows by
+MASK_MAX = 8192  # the longest canvas whose mask is precomputed (64 MiB of booleans)
+
 
 @dataclass
 class ModelInfo:
@@ -35,6 +38,7 @@ class ModelInfo:
     dtype: str
     device: str
     chat_template: bool
+    dtype_choice: str = ""  # how the dtype was chosen: "--dtype", or auto's reason ("auto: avx512_bf16")
 
 
 class OutputLayer:
@@ -55,7 +59,8 @@ class OutputLayer:
 
     @property
     def vocab_size(self) -> int:
-        return int(self._head().weight.shape[0])
+        head = self._head()
+        return int(getattr(head, "rows", None) or head.weight.shape[0])  # an int4-padded head: its real rows
 
 
 @dataclass(eq=False)
@@ -91,8 +96,16 @@ class Denoiser(OutputLayer):
         """The network's decoder layers, in order (Elastic-Cache's attention probe hooks one of them)."""
         return self.net.model.layers
 
-    def new_cache(self) -> DenoiserCache:
-        return DenoiserCache()
+    def new_cache(self, size: int = 0) -> DenoiserCache:
+        """A cache for a canvas of ``size`` positions, preallocated once (static), or growing when 0.
+
+        With ``compile = "on"`` a static size is rounded up as the compiled steps' warm-up rounded it
+        (:func:`~dlm_cli.models.speed.whole_size`): every run of a length bucket shares their graphs."""
+        if size and self.__dict__.get("_dlm_block_widths"):
+            from .speed import whole_size
+
+            size = whole_size(size, self.block_size)
+        return DenoiserCache(size)
 
     def begin(self, prompt_tokens: int, generator: torch.Generator | None = None) -> None:
         """Called by the decode loop once per run, before its first forward (stateful families reset here)."""
@@ -108,12 +121,21 @@ class Denoiser(OutputLayer):
         return (pos // self.block_size + 1) * self.block_size
 
     def _mask(self, q0: int, q1: int, kv_len: int, device: torch.device, size: int | None = None) -> torch.Tensor | None:
+        """The block-causal mask of queries ``[q0, q1)`` over keys ``[0, kv_len)``: a slice of one mask made per
+        grid and device (grown by :data:`MASK_STEP` positions when a canvas outgrows it), never rebuilt per step."""
         size = size or self.block_size
         if size is None:
             return None
-        q_block = torch.arange(q0, q1, device=device) // size
-        kv_block = torch.arange(kv_len, device=device) // size
-        return kv_block[None, :] <= q_block[:, None]
+        n = max(q1, kv_len)
+        if n > MASK_MAX:  # a long context: a per-step mask is smaller than a whole canvas's
+            return torch.arange(kv_len, device=device)[None, :] // size <= torch.arange(q0, q1, device=device)[:, None] // size
+        masks = self.__dict__.setdefault("_dlm_masks", {})
+        full = masks.get((size, device))
+        if full is None or full.shape[0] < n:
+            n = -(-n // MASK_STEP) * MASK_STEP
+            blocks = torch.arange(n, device=device) // size
+            full = masks[(size, device)] = blocks[None, :] <= blocks[:, None]
+        return full[q0:q1, :kv_len]
 
     @torch.inference_mode()
     def logits(
@@ -156,6 +178,9 @@ class Denoiser(OutputLayer):
         if end > x.shape[1]:
             pad = torch.full((x.shape[0], end - x.shape[1]), self.mask_id, dtype=x.dtype, device=x.device)
             ids = torch.cat([ids, pad], dim=1)
+        if (cache is not None and grid is None and elastic is None and self.__dict__.get("_dlm_block_widths")
+                and cache.cursor.static):
+            return self._whole_logits(x, ids, q0, end, r0, r1, cache, size)
         kv_len = end if cache is None else max(end, cache.length)
         extra = {} if elastic is None else {"elastic": elastic}
         mask = self._mask(q0, end, kv_len, x.device, size)
@@ -168,6 +193,39 @@ class Denoiser(OutputLayer):
             out = self._forward(ids, start=q0, cache=cache, mask=mask, rows=(r0 - q0, r1 - q0), **extra)
         # Padded embedding rows are not tokens; never propose them.
         return out if self.token_count is None else out[..., : self.token_count]
+
+    def _whole_logits(self, x: torch.Tensor, ids: torch.Tensor, q0: int, end: int, r0: int, r1: int,
+                      cache: DenoiserCache, size: int) -> torch.Tensor:
+        """A block-diffusion forward with fixed shapes (``compile = "on"``): the window's keys and values are
+        written at its positions (a tensor) and attention reads the whole static cache under the block-causal
+        mask's rows (a tensor), so a window of a given width is one graph whatever its place in the canvas.
+        The same values as the growing path, not the same rounding: the sums run over the whole buffer."""
+        from .speed import whole_step
+
+        cur = cache.cursor
+        total = cur.static
+        if not cur.whole:
+            cur.whole, cur.size = True, total
+        index = self._positions(total, x.device)
+        positions = index[q0:end]
+        mask = self._mask(q0, end, total, x.device, size)
+        lo, hi = (max(r0 - 1, 0) - q0, r1 - 1 - q0) if self.shift else (r0 - q0, r1 - q0)
+        cur.write = positions
+        try:
+            out = whole_step(self, ids, positions, cache, mask, index[lo:hi])
+        finally:
+            cur.write = None
+        if self.shift and r0 == 0:
+            out = torch.cat([out[:, :1], out], dim=1)
+        return out if self.token_count is None else out[..., : self.token_count]
+
+    def _positions(self, n: int, device: torch.device) -> torch.Tensor:
+        """``arange(n)`` made once per device (a step slices its window's positions out of it)."""
+        cached = self.__dict__.setdefault("_dlm_positions", {})
+        pos = cached.get(device)
+        if pos is None or pos.shape[0] < n:
+            pos = cached[device] = torch.arange(-(-n // MASK_STEP) * MASK_STEP, device=device)
+        return pos
 
     @torch.inference_mode()
     def logits_at(self, x: torch.Tensor, targets: torch.Tensor, computed: torch.Tensor, keys: torch.Tensor,

@@ -77,7 +77,7 @@ class DiffusionGemmaDenoiser(Denoiser):
     def vocab_size(self) -> int:
         return int(self.net.config.text_config.vocab_size)
 
-    def new_cache(self) -> EncoderPrefix:
+    def new_cache(self, size: int = 0) -> EncoderPrefix:
         return EncoderPrefix(self.net.config.get_text_config(decoder=True))
 
     def begin(self, prompt_tokens: int, generator: torch.Generator | None = None) -> None:

@@ -6,6 +6,7 @@ Family modules (:mod:`.families`) build on these; :mod:`.loading` resolves a spe
 
 from __future__ import annotations
 
+import os
 import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,9 +43,41 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of x86 CPUs that multiply bfloat16
+
+
+def native_bf16(device: torch.device) -> str | None:
+    """Why ``device`` multiplies bfloat16 natively (``"cuda"``, a CPU flag), or None when it does not.
+
+    A CPU qualifies with AVX-512 BF16 or AMX (its /proc/cpuinfo flags) while torch runs its AVX-512
+    kernels (``torch.backends.cpu.get_cpu_capability()``); elsewhere bfloat16 is converted to float32
+    around every product and is slower than float32. ``DLM_NATIVE_BF16=0`` (or ``1``) overrides the
+    test: the test suite sets 0, so its results do not depend on the machine's CPU.
+    """
+    override = os.environ.get("DLM_NATIVE_BF16")
+    if override is not None:
+        return "DLM_NATIVE_BF16=1" if override.strip() not in ("", "0", "false", "no") else None
+    if device.type == "cuda":
+        return "cuda"
+    if device.type != "cpu" or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return None
+    flags = cpu_flags()
+    return next((f for f in NATIVE_BF16_FLAGS if f in flags), None)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``--dtype``: ``auto`` is bfloat16 where the device multiplies it natively (:func:`native_bf16`), else float32."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
     if dtype == torch.float16 and device.type == "cpu":
         raise UsageError("--dtype float16 is not supported on the CPU; use --dtype float32 or bfloat16")

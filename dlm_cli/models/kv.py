@@ -10,6 +10,13 @@ Window-Diffusion needs the same operation over sets of positions that need not b
 with ``cursor.write`` set (a 1-D index of canvas positions, one per row of the forward), the rows'
 keys and values are written at those positions (into a canvas of ``cursor.size`` positions, made
 on the first write), and attention reads only the positions in ``cursor.read`` (all when None).
+
+A cache made with ``size`` (the canvas length, known when a run starts) is static: each layer's
+first write allocates its keys and values for ``size`` positions once, and every later write,
+truncation or regrowth works in that buffer. ``keys``/``values`` stay views of its first
+positions, so attention reads exactly the range a growing cache would hold (the same values, in
+the same order), while a block committed after a truncation is written in place instead of being
+concatenated onto a copy of the whole cache.
 """
 
 from __future__ import annotations
@@ -19,13 +26,15 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 
 class _Cursor:
-    __slots__ = ("start", "write", "read", "size")
+    __slots__ = ("start", "write", "read", "size", "static", "whole")
 
-    def __init__(self) -> None:
+    def __init__(self, static: int = 0) -> None:
         self.start = 0
         self.write: torch.Tensor | None = None  # positions the forward's rows are written at
         self.read: torch.Tensor | None = None  # positions attention reads (with ``write``)
         self.size = 0  # the canvas length a first indexed write allocates
+        self.static = static  # positions each layer preallocates (0: grow by concatenation)
+        self.whole = False  # fixed shapes: write at ``write``, read every one of ``size`` positions
 
 
 class WindowLayer(DynamicLayer):
@@ -34,6 +43,7 @@ class WindowLayer(DynamicLayer):
     def __init__(self, cursor: _Cursor) -> None:
         super().__init__()
         self._cursor = cursor
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # a static cache's storage
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
@@ -42,6 +52,8 @@ class WindowLayer(DynamicLayer):
             return self._scatter(key_states, value_states)
         start = self._cursor.start
         end = start + key_states.shape[-2]
+        if self._cursor.static:
+            return self._write(key_states, value_states, start, end)
         if not self.is_initialized or self.keys.numel() == 0:
             if start != 0:
                 raise ValueError("the first forward into an empty dLLM cache must start at position 0")
@@ -56,6 +68,32 @@ class WindowLayer(DynamicLayer):
         else:
             self.keys[..., start:end, :] = key_states
             self.values[..., start:end, :] = value_states
+        return self.keys, self.values
+
+    def _write(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int,
+               end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The static path: write ``[start, end)`` into the preallocated buffers; keys/values view the filled part."""
+        held = self.keys.shape[-2] if self.is_initialized and self.keys.numel() else 0
+        if start > held:
+            raise ValueError(f"window starts at {start} but the cache holds only {held} positions")
+        bufs = self._buffers
+        if bufs is None or bufs[0].shape[:-2] != key_states.shape[:-2] or end > bufs[0].shape[-2]:
+            if held == 0:
+                if start != 0:
+                    raise ValueError("the first forward into an empty dLLM cache must start at position 0")
+                self.lazy_initialization(key_states, value_states)
+            # Once per layer and run; again only if a forward reaches past the size the run declared.
+            size = max(self._cursor.static, end)
+            bufs = (key_states.new_empty((*key_states.shape[:-2], size, key_states.shape[-1])),
+                    value_states.new_empty((*value_states.shape[:-2], size, value_states.shape[-1])))
+            if held:
+                bufs[0][..., :held, :] = self.keys
+                bufs[1][..., :held, :] = self.values
+            self._buffers = bufs
+        bufs[0][..., start:end, :] = key_states
+        bufs[1][..., start:end, :] = value_states
+        n = max(held, end)
+        self.keys, self.values = bufs[0][..., :n, :], bufs[1][..., :n, :]
         return self.keys, self.values
 
     def _scatter(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,8 +115,8 @@ class WindowLayer(DynamicLayer):
 class DenoiserCache(Cache):
     """Per-layer keys and values of a dLLM canvas, written window by window (see module doc)."""
 
-    def __init__(self) -> None:
-        self.cursor = _Cursor()
+    def __init__(self, size: int = 0) -> None:
+        self.cursor = _Cursor(size)
         cursor = self.cursor
         super().__init__(layer_class_to_replicate=lambda: WindowLayer(cursor))
 
@@ -87,10 +125,20 @@ class DenoiserCache(Cache):
         return self.get_seq_length()
 
     def truncate(self, length: int) -> None:
-        """Keep positions ``[0, length)``: what the prefix cache keeps after a block's full forward."""
+        """Keep positions ``[0, length)``: what the prefix cache keeps after a block's full forward.
+
+        A whole-buffer cache (``cursor.whole``: a compiled block step, every forward writes at
+        ``cursor.write`` and reads all ``size`` positions) has nothing to drop: the block-causal mask,
+        not a length, hides what a block may not see."""
+        if self.cursor.whole:
+            return
         extra = self.length - length
         if extra > 0:
             self.crop(-extra)
 
     def clear(self) -> None:
-        self.layers = []
+        if self.cursor.static:  # keep the buffers: the next forward rewrites them from position 0
+            for layer in self.layers:
+                layer.keys, layer.values = layer.keys[..., :0, :], layer.values[..., :0, :]
+        else:
+            self.layers = []

@@ -34,7 +34,7 @@ def load(spec: str | None, opts: LoadOptions | None = None, *, role: str = "mode
     check_values(cfg, str(path))  # before a family translates a single size
     for family in FAMILIES:
         if family.detect(cfg):
-            return family.load(path, cfg, opts, name)
+            return dtype_choice(family.load(path, cfg, opts, name), opts)
     known = ", ".join(f.name for f in FAMILIES)
     mt = cfg.get("model_type") or "?"
     archs = ",".join(cfg.get("architectures") or []) or "?"
@@ -43,7 +43,21 @@ def load(spec: str | None, opts: LoadOptions | None = None, *, role: str = "mode
         if opts.trust_remote_code:
             from .remote import load_remote
 
-            return load_remote(path, cfg, opts, name)
+            return dtype_choice(load_remote(path, cfg, opts, name), opts)
         raise DlmError(f"{what}. The repository ships its own modeling code: --trust-remote-code runs it "
                        "(arbitrary Python from the repository, with your permissions), decoding without a cache")
     raise DlmError(what)
+
+
+def dtype_choice(model: Any, opts: LoadOptions) -> Any:
+    """Note on ``model.info`` how its dtype was chosen (``--json`` and the stats line name it)."""
+    import torch
+
+    from .files import native_bf16
+
+    if opts.dtype != "auto":
+        model.info.dtype_choice = "--dtype"
+    else:
+        why = native_bf16(torch.device(model.info.device)) if model.info.dtype == "bfloat16" else None
+        model.info.dtype_choice = f"auto: {why}" if why else "auto: no native bfloat16"
+    return model

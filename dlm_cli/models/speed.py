@@ -7,7 +7,9 @@ Both are chosen per run by the profile keys ``quantize`` and ``compile`` and app
 **Quantization** replaces every ``nn.Linear`` weight by torchao's int8 weight-only (or int8
 dynamic-activation) tensor, or its group-wise int4 tensor (bfloat16 activations; on a CPU PyTorch's
 own tinygemm kernel, which reads the packed int4 weights directly, so a bandwidth-bound step moves
-about an eighth of float32's bytes); no kernel is written here. The float weights are kept only when a run
+about an eighth of float32's bytes); no kernel is written here. A layer whose rows are not whole
+int4 tiles (16), such as a dLLM adapter's head with its extra mask row, is padded with zero rows
+and its output cut back (:class:`PaddedLinear`), so every linear layer is int4. The float weights are kept only when a run
 in the same process may still want them (``dlm bench`` comparing rows); a plain generation
 quantizes in place.
 
@@ -25,10 +27,18 @@ on CUDA), with static shapes so each shape compiles once per process:
 - the prompt's prefill (the first forward) and any longer forward run eagerly over the same cache,
   which is exact, only slower.
 
-**Compiling a dLLM** compiles its network with automatic dynamic shapes: canvas, window and
-cache lengths change from block to block, so torch marks them dynamic after the first changes
-instead of compiling every length. Those first forwards compile inside the run (a bench's warm-up
-run takes them); there is no separate warm-up to report for a dLLM.
+**Compiling a block-diffusion dLLM** (dlm's own stacks: SDAR, Fast-dLLM v2, the adapters) gives
+its steps fixed shapes, gpt-fast's way: the static cache (:mod:`.kv`) is sized for the run's length
+bucket, each window writes its keys and values at its positions (a tensor) and attends to the
+whole buffer under its rows of the block-causal mask (a tensor), and the logits' rows are an
+index. So one graph serves every block of a width (:func:`block_widths`: a block's steps, a
+block's first step), compiled by :func:`warm_blocks` before the decode clock, and a run compiles
+nothing more; other shapes (the prompt's prefill, a first block cut by the grid) run eagerly.
+
+**Compiling another dLLM** (LLaDA, Dream windows) compiles its network with automatic dynamic
+shapes: canvas, window and cache lengths change from block to block, so torch marks them dynamic
+after the first changes instead of compiling every length. Those first forwards compile inside the
+run (a bench's warm-up run takes them).
 
 inductor keeps its compiled kernels in its own on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by
 default under ``~/.cache/dlm/inductor``), so a later process pays only the tracing part of the
@@ -115,6 +125,7 @@ def quantize_net(net: torch.nn.Module, mode: str) -> None:
                        "torchao)") from None
     if mode == "int4":
         config, keep = int4_config(net), {"filter_fn": int4_fits}
+        pad_rows(net)
     else:
         config = Int8WeightOnlyConfig() if mode == "int8" else Int8DynamicActivationInt8WeightConfig()
         keep = {}  # torchao's default: every linear layer
@@ -126,13 +137,53 @@ def quantize_net(net: torch.nn.Module, mode: str) -> None:
                        "use another quantize value or none") from None
 
 
+INT4_ROWS = 16  # the tinygemm kernel's packed tiles hold 16 output rows
+
+
+class PaddedLinear(torch.nn.Module):
+    """A linear layer whose output rows are padded with zero rows to a multiple of :data:`INT4_ROWS`,
+    so that the int4 kernel takes it (a dLLM adapter's head has the base vocabulary plus one mask row:
+    49153 for smollm2-dlm); the output is cut back to the real rows, so callers see the same shape."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        rows, cols = linear.weight.shape
+        self.rows = rows
+        padded = -(-rows // INT4_ROWS) * INT4_ROWS
+        w = linear.weight
+        self.inner = torch.nn.Linear(cols, padded, bias=linear.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            self.inner.weight.zero_()
+            self.inner.weight[:rows] = w
+            if linear.bias is not None:
+                self.inner.bias.zero_()
+                self.inner.bias[:rows] = linear.bias
+
+    @property
+    def weight(self) -> torch.Tensor:  # device and dtype for OutputLayer; rows is the real count
+        return self.inner.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)[..., : self.rows]
+
+
+def pad_rows(net: torch.nn.Module) -> None:
+    """Wrap every linear layer whose rows are not whole int4 tiles (and whose inputs are whole groups) in a
+    :class:`PaddedLinear`; a tied head gets its own padded copy (the embedding keeps its float weight)."""
+    for name, module in list(net.named_modules()):
+        if (isinstance(module, torch.nn.Linear) and module.weight.shape[0] % INT4_ROWS
+                and module.weight.shape[1] % INT4_GROUP == 0):
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, child, PaddedLinear(module))
+
+
 def int4_fits(module: torch.nn.Module, name: str) -> bool:
     """Whether the int4 kernels take this layer: a linear layer whose rows come in 16s (the packed
     tiles) and whose inputs in whole groups; any other layer keeps its bfloat16 weight."""
     if not isinstance(module, torch.nn.Linear):
         return False
     rows, cols = module.weight.shape  # not out_features: a resized head (a dLLM's mask row) may not update it
-    return rows % 16 == 0 and cols % INT4_GROUP == 0
+    return rows % INT4_ROWS == 0 and cols % INT4_GROUP == 0
 
 
 def int4_config(net: torch.nn.Module) -> Any:
@@ -233,6 +284,78 @@ def compiled_net(model: Any) -> Any:
     return net
 
 
+def whole_size(length: int, block: int) -> int:
+    """The static cache size of a compiled block-diffusion run: ``length`` up to a multiple of
+    :data:`LENGTH_STEP` (and of the block), so runs of nearby lengths share every graph."""
+    size = -(-max(length, 1) // LENGTH_STEP) * LENGTH_STEP
+    return -(-size // block) * block
+
+
+def block_widths(model: Any) -> tuple[tuple[int, int], ...]:
+    """The (window, rows) shapes a block-diffusion run forwards again and again, one graph each: a step of a
+    block (one model block, plus the row before it for an AR-shifted family) and a block's first step (the
+    block just committed, rewritten with its final tokens, and the new one). Other shapes run eagerly: a
+    prompt's prefill, a first block cut short by the model grid, sub-blocks smaller than the model's."""
+    b = model.block_size
+    return ((b + 1 if model.shift else b, b), (2 * b, b))
+
+
+def whole_step(model: Any, ids: torch.Tensor, positions: torch.Tensor, cache: Any, mask: torch.Tensor,
+               rows: torch.Tensor) -> torch.Tensor:
+    """Logits of window rows ``rows`` (an index) over a whole-buffer cache: compiled at the run's
+    :func:`block_widths`, eager at any other shape."""
+    if not cache.layers or (ids.shape[1], rows.shape[0]) not in model.__dict__.get("_dlm_block_widths", ()):
+        # The first forward allocates the cache's buffers (eagerly); other shapes are rare.
+        return model.net(ids, cache=cache, mask=mask, rows=rows, positions=positions)
+    # A fresh tensor made here, under inference mode, as the warm-up's was: the canvas slice has
+    # another stride and other dispatch keys, which the compiled guards would not match.
+    out = compiled_whole(model)(ids.clone(memory_format=torch.contiguous_format), positions, cache, mask, rows)
+    return out.clone() if out.device.type == "cuda" else out  # CUDA graphs reuse their output buffers
+
+
+def compiled_whole(model: Any) -> Any:
+    """The block step ``(ids, positions, cache, mask, rows) -> logits``, compiled once per model (and weights)."""
+    steps = model.__dict__.setdefault("_dlm_compiled", {})
+    key = ("whole", id(model.net))
+    step = steps.get(key)
+    if step is None:
+        _inductor_cache()
+        net = model.net
+
+        def forward(ids: torch.Tensor, positions: torch.Tensor, cache: Any, mask: torch.Tensor,
+                    rows: torch.Tensor) -> torch.Tensor:
+            return net(ids, cache=cache, mask=mask, rows=rows, positions=positions)
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        backend = os.environ.get("DLM_COMPILE_BACKEND", "inductor")
+        mode = "reduce-overhead" if net.device.type == "cuda" and backend == "inductor" else None
+        step = torch.compile(forward, mode=mode, dynamic=False, backend=backend)
+        steps[key] = step
+    return step
+
+
+def warm_blocks(model: Any, length: int) -> float:
+    """Compile (or load from inductor's cache) a block-diffusion model's :func:`block_widths` for a run of
+    ``length`` positions, on a throwaway canvas of masks; return the seconds (0 when warm)."""
+    size = whole_size(length, model.block_size)
+    done = model.__dict__.setdefault("_dlm_warm", set())
+    key = ("whole", id(model.net), size)
+    if key in done:
+        return 0.0
+    t0 = time.perf_counter()
+    b = model.block_size
+    x = torch.full((1, size), model.mask_id, dtype=torch.long, device=model.device)
+    cache = model.new_cache(size)
+    model.logits(x, 0, b, cache=cache)  # eager: the first window
+    for _ in range(2):  # CUDA graphs record on the second call
+        model.logits(x, b, 2 * b, cache=cache, rows=(b, 2 * b))  # a step: one block (+ the shifted row)
+        model.logits(x, b, 3 * b, cache=cache, rows=(2 * b, 3 * b))  # a first step: the last block and the new
+    done.add(key)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    return time.perf_counter() - t0
+
+
 def static_forward(model: Any, ids: torch.Tensor, cache: Any, keep: int) -> torch.Tensor:
     """Logits of the last ``keep`` of ``ids`` over a static cache: compiled and padded, or eager for a prefill."""
     n = int(ids.shape[0])
@@ -307,14 +430,21 @@ def prepare(model: Any, settings: Any, length: int, widths: tuple[int, ...] = (1
     """
     if model is None:
         return 0.0
+    from .stack import DenoiserStack
+
     mode = getattr(settings, "quantize", "none")
     if mode != model.__dict__.get("_dlm_quantized", "none"):
         use_quantized(model, mode, keep_float)
     on = (static and want_compile(getattr(settings, "compile", "off"), model.device)
           and getattr(model, "compilable", False))
     model.__dict__["_dlm_compile_on"] = on
+    model.__dict__.pop("_dlm_block_widths", None)
+    if on and model.kind == "diffusion" and model.block_size and isinstance(model.net, DenoiserStack):
+        # dlm's own block-diffusion stacks: fixed-shape steps over a whole-buffer cache (Denoiser.logits).
+        model.__dict__["_dlm_block_widths"] = block_widths(model)
+        return warm_blocks(model, length)
     if not on or model.kind != "autoregressive":
-        return 0.0  # a dLLM compiles on its first forwards (their shapes depend on the strategy)
+        return 0.0  # other dLLMs compile on their first forwards (their shapes depend on the strategy)
     model.__dict__["_dlm_length"] = length + MAX_BUCKET  # room for a padded verify past the last slot
     model.__dict__["_dlm_widths"] = tuple(sorted({min(bucket(w), MAX_BUCKET) for w in widths}))
     return warm(model)

@@ -49,6 +49,8 @@ class DenoiserStack(PreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         for layer in self.model.layers:
             layer.self_attn.is_causal = False
+        # Read once here, not per forward: a compiled step would trace the signature lookup.
+        self.cache_name = cache_kwarg(type(self.model.layers[0]).forward)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -104,7 +106,7 @@ class DenoiserStack(PreTrainedModel):
         if cache is not None:
             cache.cursor.start = start
         attn_mask = None if mask is None else mask[None, None]
-        kw = {cache_kwarg(type(self.model.layers[0]).forward): cache}
+        kw = {self.cache_name: cache}
         for i, layer in enumerate(self.model.layers):
             if elastic is not None and elastic.mode and i == elastic.layer:
                 if elastic.mode == "partial":

@@ -7,12 +7,14 @@ from typing import Any
 from ..threads import busy_share
 
 
-def stats_line(done: Any, *, interrupted: bool = False, paced: bool = False, limit: int | None = None,
-               threads: int | None = None) -> str:
+def stats_line(done: Any, *, interrupted: bool = False, paced: bool = False, dtype: str | None = None,
+               limit: int | None = None, threads: int | None = None) -> str:
     """``limit`` is the run's max_new_tokens, named when the run stopped there; ``threads`` the run's
     CPU threads, for the advice when the cores were busy."""
     parts = [f"{len(done.tokens)} tokens", f"{done.nfe} NFE", f"{done.tokens_per_nfe:.2f} tok/NFE",
              f"{done.tokens_per_second:.1f} tok/s"]
+    if dtype:
+        parts.append(dtype)
     if done.ttft_seconds is not None:
         parts.append(f"TTFT {done.ttft_seconds * 1000:.0f} ms")
     if done.draft_source is not None:  # the AR loop drafted

@@ -148,3 +148,10 @@ def rank_scores(state: StepState, rank: str) -> torch.Tensor:
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) of each row of ``probs``."""
     return -(probs * torch.log(probs.clamp_min(1e-300))).sum(-1)
+
+
+def candidate_entropy(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats, computed in float64 where the device has it) of each candidate row; ``inf`` elsewhere."""
+    wide = logits.double() if logits.device.type != "mps" else logits.float()
+    h = entropy(torch.softmax(wide, -1))
+    return torch.where(candidates, h, torch.full_like(h, torch.inf))

@@ -10,14 +10,12 @@ from __future__ import annotations
 import torch
 
 from ..keys import Key, Strategy, register_strategy
-from .base import CommitRule, StepState, entropy
+from .base import CommitRule, StepState, candidate_entropy
 
 
 def entropy_bounded_select(logits: torch.Tensor, candidates: torch.Tensor, budget: float) -> torch.Tensor:
     """The largest set of lowest-entropy candidates with ``Σ H ≤ budget``, at least one."""
-    wide = logits.double() if logits.device.type != "mps" else logits.float()
-    h = entropy(torch.softmax(wide, -1))
-    h = torch.where(candidates, h, torch.full_like(h, torch.inf))
+    h = candidate_entropy(logits, candidates)
     ranked, order = torch.sort(h)
     # Non-candidates rank last with H = inf (their prefix sums never pass a finite budget, and the
     # final & drops them for an infinite one). Counted on the device: no host sync.
