@@ -8,7 +8,11 @@ TORCH ?= torch==2.13.0
 DEMO_TEXT ?= The main intention of the helper functions and this modlue in general is to provide an easy to use interface for libraries that work tightly with the python syntax (template engines for exmaple). Additionaly varoius helper functions are provided that make working with the trees simpler.
 DEMO_PROMPT ?= fix the typos
 
-.PHONY: demo test install completions
+# Where `make install` (and so `make demo` and `make test`) links the venv's dlm, so that the README's
+# commands work as typed in a new shell; LINK_DIR= (empty) skips the link.
+LINK_DIR ?= $(HOME)/.local/bin
+
+.PHONY: demo test install completions link
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +28,21 @@ $(STAMP): pyproject.toml setup.py | $(BIN)/python
 	touch $@
 
 install: $(STAMP)
+	@$(MAKE) --no-print-directory link VENV=$(VENV) LINK_DIR="$(LINK_DIR)"
+
+# A symlink, replaced when it points elsewhere (another checkout); a real file there (pipx, pip --user) is kept.
+link:
+	@if [ -n "$(LINK_DIR)" ]; then \
+	  target="$(abspath $(BIN))/dlm"; link="$(LINK_DIR)/dlm"; \
+	  if [ -e "$$link" ] && [ ! -L "$$link" ]; then \
+	    echo "dlm: warning: $$link exists and is not a link; left as it is (run $$target, or remove it and make again)"; \
+	  else \
+	    mkdir -p "$(LINK_DIR)" && ln -sfn "$$target" "$$link" && echo "dlm: note: linked $$link -> $$target"; \
+	    case ":$$PATH:" in *":$(LINK_DIR):"*) ;; \
+	      *) echo "dlm: warning: $(LINK_DIR) is not on your PATH; add it (e.g. in ~/.profile): export PATH=\"$(LINK_DIR):\$$PATH\"";; \
+	    esac; \
+	  fi; \
+	fi
 
 demo: install
 	# smollm2-dlm (SmolLM2-135M adapted to block diffusion), speedy profile: --pace slows the live view

@@ -20,6 +20,8 @@ from rich.table import Table
 
 from .errors import INTERRUPTS, UsageError
 from .evals.prompt import BenchPrompt
+from .answers import answer, markdown_answers, render_answers
+from .tables import count, table_console
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Row:
     baseline: bool = False
     cache: Optional[str] = None
     warnings: list[str] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)  # per prompt (first rep): text, expected, score
 
 
 FORMULAS = {
@@ -87,6 +90,7 @@ class BenchRequest:
     load: Any
     format: str = "table"
     calibrate: bool = False
+    show: bool = False  # --show: every prompt's answer and score after the tables
     dataset: Optional[str] = None  # a published data set instead of the suite (evals.datasets.DATASETS)
     limit: Optional[int] = None  # its first N problems
 
@@ -179,10 +183,9 @@ def realtext_prompts(per_task: int, tasks: Optional[str]) -> list[BenchPrompt]:
 
 def is_toy(model: Any) -> bool:
     """The demo task suite's own models (dlm-demo*), which only know its synthetic tasks."""
-    from .models.loading import DEMO_DIR, REAL_DEFAULT
+    from .models.resolve import is_toy as toy_path
 
-    path = Path(model.info.path).resolve()
-    return path.parent == DEMO_DIR.resolve() and path.name != REAL_DEFAULT
+    return toy_path(model.info.path)
 
 
 def score(p: BenchPrompt, text: str) -> Optional[float]:
@@ -317,7 +320,9 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
             row.acceptance_rate = sum(d.accepted or 0 for d in ds) / drafted
         scores: dict[str, list[bool]] = {}
         for p, d in zip(prompts, ds):
-            ok = score(p, model.tokenizer.decode(d.tokens, skip_special_tokens=True))
+            text = model.tokenizer.decode(d.tokens, skip_special_tokens=True)
+            ok = score(p, text)
+            row.answers.append(answer(p, text, ok))
             if ok is not None:
                 scores.setdefault(p.task or "all", []).append(ok)
         if scores:
@@ -467,6 +472,8 @@ def flat(r: Row) -> dict[str, Any]:
             out.update({f"set_{t}": x for t, x in v.items()})
         elif k == "warnings":
             out[k] = "; ".join(v)
+        elif k == "answers":  # a list per row: --format json or jsonl carries them
+            continue
         else:
             out[k] = v
     return out
@@ -494,7 +501,7 @@ def write_rows(rows: list[Row], fmt: str, payload: dict[str, Any], title: str, *
     elif fmt == "md":
         sys.stdout.write(markdown(rows, title, diffusion=diffusion, copy_gbps=copy_gbps, device=device))
     else:
-        render(rows, Console(highlight=False), title, diffusion=diffusion, copy_gbps=copy_gbps, device=device)
+        render(rows, table_console(), title, diffusion=diffusion, copy_gbps=copy_gbps, device=device)
 
 
 FORMATS = ("table", "md", "csv", "json", "jsonl")
@@ -527,6 +534,8 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
     from .sweep import grid
 
     points = grid(req.sets) if points is None else points  # before loading: a bad --set fails fast
+    for point in points:  # keys no strategy has, values out of every range: before the model loads too
+        prof.check_early(point.sets, req.flags, None)
     file_prompts = load_prompts(req.prompts) if req.prompts else None
     if req.dataset:  # raw completions scored by the data set's own rule (evals/datasets.py)
         from .evals.datasets import dataset_prompts
@@ -576,7 +585,9 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
             name = (s.profile if n == s.profile else n) + (f" {point.label}" if point.label else "")
             key = s.frozen()
             if key in seen:  # e.g. quality is the baseline: one row, not two of one configuration
-                err.print(f"dlm: {name} decodes exactly as {seen[key]}; its row is {seen[key]}'s",
+                same = (f"{name} is the {seen[key]} row already" if name == seen[key]
+                        else f"{name} decodes exactly as {seen[key]}; its row is {seen[key]}'s")
+                err.print(f"dlm: note: {same}",
                           markup=False, highlight=False)
                 continue
             seen[key] = name
@@ -604,7 +615,7 @@ def measure(p: Plan, reps: int, err: Console) -> tuple[list[Row], Optional[Bench
         done[0] += 1
         bar.advance(task)
         if not err.is_terminal and (done[0] * 10 // total) > ((done[0] - 1) * 10 // total):
-            err.print(f"dlm: bench: {done[0]}/{total} runs", markup=False, highlight=False)
+            err.print(f"dlm: note: bench {done[0]}/{total} runs", markup=False, highlight=False)
 
     with Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -628,7 +639,8 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
     model = p.model
     gbps, fresh = copy_bandwidth(model.info.device, remeasure=req.calibrate)
     if fresh or req.calibrate:
-        err.print(f"dlm: this machine copies at {gbps:.1f} GB/s on {model.info.device} (cached for later runs)",
+        err.print(f"dlm: note: this machine copies at {gbps:.1f} GB/s on {model.info.device} "
+                  "(cached for later runs)",
                   markup=False, highlight=False)
     reps = req.reps or (TOY_REPS if is_toy(model) else REAL_REPS)
     rows, stopped = measure(p, reps, err)
@@ -636,7 +648,8 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
     base = [name for name, _ in p.runs[: p.baselines]]
     import torch
 
-    title = (f"{model.info.name} · {n} prompts × {reps} reps · baseline {' and '.join(base)} · "
+    baselines = f"baseline{'s' if len(base) > 1 else ''} {' and '.join(base)}"
+    title = (f"{model.info.name} · {count(n, 'prompt')} × {count(reps, 'rep')} · {baselines} · "
              f"{model.info.device} · {torch.get_num_threads()} threads"
              + (f" · interrupted: {n} of {len(p.prompts)} prompts" if stopped else ""))
     payload = {"model": model.info.name, "device": model.info.device, "threads": torch.get_num_threads(),
@@ -644,5 +657,9 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
                "copy_gbps": round(gbps, 2), "weight_bytes": weight_bytes(model),
                "interrupted": stopped is not None}
     write_rows(rows, fmt, payload, title, diffusion=p.diffusion, copy_gbps=gbps)
+    if req.show and fmt == "table":
+        render_answers(rows, table_console())
+    elif req.show and fmt == "md":
+        sys.stdout.write(markdown_answers(rows))
     if stopped is not None:
         raise stopped.cause  # the CLI ends it with one line and 130 (143 for SIGTERM)

@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.table import Table
 
 from . import profiles
+from .tables import table_console
 
 
 def _out() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    return table_console()
 
 
 def list_profiles(json_out: bool) -> None:

@@ -21,6 +21,9 @@ except ImportError:  # pragma: no cover - older typer on real click
 
 from .errors import (INTERRUPTED, RUNTIME, USAGE, DlmError, Interrupted, UsageError, handle_interrupts,
                      interrupt_word, restore_interrupts, silence_stdout)
+from .threads import default_threads, passive_wait
+
+passive_wait()  # before any command imports torch: the OpenMP runtime reads the policy when it loads
 
 
 def _fail(message: str, code: int) -> None:
@@ -125,8 +128,7 @@ SET_OPT = typer.Option([], "--set", metavar="KEY=VALUE", help="override a profil
 
 
 THREADS_OPT = typer.Option(None, "--threads", min=1, max=1024, help="CPU threads for torch [default: 1 for models "
-                           "under 20M parameters, else torch's own (one per core); on a busy machine 1 is often faster]")
-TINY_PARAMETERS = 20_000_000  # below this a forward is mostly per-op overhead: more threads only add syncs
+                           "under 20M parameters, else the free cores: usable cores minus the load average, at least 1]")
 _threads_given = False
 
 
@@ -152,11 +154,12 @@ def _set_threads(threads: Optional[int]) -> None:
 
 
 def _auto_threads(model: Any) -> None:
-    """One thread for a tiny model on the CPU, unless --threads or OMP_NUM_THREADS said otherwise."""
-    if not _threads_given and model.info.device == "cpu" and model.info.parameters < TINY_PARAMETERS:
+    """On the CPU, one thread for a tiny model, else one per free core (:mod:`.threads`), unless
+    --threads or OMP_NUM_THREADS said otherwise."""
+    if not _threads_given and model.info.device == "cpu":
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(default_threads(model.info.parameters))
 
 
 def _load_options(device: Device, dtype: DType, device_map: Optional[str], trust_remote_code: bool,
@@ -172,9 +175,16 @@ def _load_options(device: Device, dtype: DType, device_map: Optional[str], trust
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore", module="transformers")
+    # Before a profile is validated (which imports the strategies, so torch and transformers, so torchao):
+    # torchao logs each CUDA-only kernel it cannot load on a CPU, torch a note on torchao's enums.
+    for name in ("torchao", "torch.utils._pytree"):
+        log = logging.getLogger(name)
+        if log.level < logging.ERROR:
+            log.setLevel(logging.ERROR)
 
 
 def _load_model(spec: Optional[str], opts: Any, err: Any, role: str = "model") -> Any:
@@ -312,6 +322,8 @@ def bench(
     fmt: str = typer.Option("table", "--format", help="table, md, csv, json or jsonl"),
     json_out: bool = typer.Option(False, "--json", help="the same as --format json"),
     calibrate: bool = typer.Option(False, "--calibrate", help="measure the machine's copy bandwidth again"),
+    show: bool = typer.Option(False, "--show", help="print every prompt's answer with its score after the tables "
+                              "(--format json and jsonl always carry them)"),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="send prompts as raw text"),
     allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
     compile_: Optional[Switch] = COMPILE_OPT,
@@ -333,7 +345,7 @@ def bench(
         json_out=json_out, chat_template=not no_chat_template,
         allow_different_tokenizers=allow_different_tokenizers,
         load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle),
-        format=fmt, calibrate=calibrate, dataset=dataset, limit=limit,
+        format=fmt, calibrate=calibrate, dataset=dataset, limit=limit, show=show,
     )
     if limit is not None and dataset is None:
         raise UsageError("--limit applies to --dataset; for the built-in suite use --per-task")
@@ -416,7 +428,7 @@ def trace_html(
     from .trace import run_html
 
     run_html(path, out)
-    print(f"dlm: wrote {out}", file=sys.stderr)
+    print(f"dlm: note: wrote {out}", file=sys.stderr)
 
 
 filter_app = typer.Typer(cls=DlmGroup, no_args_is_help=True, help="Learn2PD's learned unmasking filter.")

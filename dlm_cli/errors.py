@@ -24,6 +24,24 @@ class UsageError(DlmError):
         super().__init__(message, exit_code=USAGE)
 
 
+def say(kind: str, message: str) -> None:
+    """One informational line on stderr: ``dlm: note: ...`` or ``dlm: warning: ...``; bare ``dlm: ...``
+    lines are errors."""
+    try:
+        sys.stderr.write(f"dlm: {kind}: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def note(message: str) -> None:
+    say("note", message)
+
+
+def warning(message: str) -> None:
+    say("warning", message)
+
+
 def silence_stdout() -> None:
     """After a closed pipe, point stdout at /dev/null so Python's exit-time flush stays quiet."""
     try:

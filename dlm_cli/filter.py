@@ -172,5 +172,5 @@ def run_filter_train(req: FilterRequest, *, load_model: Callable[..., Any]) -> N
     sys.stdout.write(json.dumps({"filter": str(out), "model": model.info.name, "prompts": len(texts),
                                  "samples": len(samples), "oracle_nfe_per_prompt": nfe / len(texts),
                                  "seconds": time.perf_counter() - t0, **report}) + "\n")
-    err.print(f"dlm: wrote {out} ({len(samples)} steps from {len(texts)} prompts; {figures})", markup=False,
+    err.print(f"dlm: note: wrote {out} ({len(samples)} steps from {len(texts)} prompts; {figures})", markup=False,
               highlight=False)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from rich.console import Console
 
-from .errors import RUNTIME, DlmError, UsageError, interrupt_code, interrupt_word, silence_stdout
+from .errors import RUNTIME, DlmError, UsageError, interrupt_code, interrupt_word, say, silence_stdout
 from .view.stats import stats_line  # noqa: F401  (the stats line; also dlm replay's)
 
 
@@ -121,17 +121,25 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     from .prompting import check_length, check_trained, encode, gather
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty(), no_stdin=req.no_stdin)
-
     settings = None
     if req.profile is not None:
         settings = profiles.load(req.profile, sets=req.sets, flags=req.flags)
+    else:  # refuse what can be refused before stdin is waited on and the model loads (seconds to minutes)
+        from .models.resolve import predict_kind
+
+        kind = predict_kind(req.model)
+        profiles.check_early(req.sets, req.flags, profiles.default_for(kind, bool(req.draft)) if kind else None)
+    text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty(), no_stdin=req.no_stdin, say=say)
+
     model_spec = req.model or (settings.meta.get("model") if settings else None)
     model = load_model(model_spec, req.load, err)
     draft_spec = req.draft or (settings.meta.get("draft") if settings else None)
     if settings is None:
         settings = profiles.load(default_profile(model, draft_spec), sets=req.sets, flags=req.flags)
         draft_spec = req.draft or settings.meta.get("draft")
+    from .models.resolve import model_defaults
+
+    settings.fill(model_defaults(model.info.name), f"the defaults of {model.info.name}")
     if req.allow_different_tokenizers and "allow_different_tokenizers" in settings.values:
         settings.allow_different_tokenizers = True
     from .decode import STRATEGIES, check_fits, run
@@ -156,7 +164,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
     canvas = Canvas(model.tokenizer, model.eos_ids)
     trace = open_trace(Path(req.trace), req.file) if req.trace else None
     recorder = None
-    trace_warning = None
+    trace_problem = None  # why the trace asked for is incomplete: the run ends with exit 1, after its text
     if trace is not None:
         from .trace import Recorder, header, write_line
 
@@ -165,7 +173,7 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
         try:
             write_line(trace, header(model, settings, len(ids)))
         except OSError as exc:  # a full disk: no trace, the generation goes on
-            trace_warning = f"dlm: warning: the trace stopped: {exc.strerror or exc}"
+            trace_problem = str(exc.strerror or exc)
             try:
                 trace.close()
             except OSError:
@@ -191,11 +199,11 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
                     kept = canvas.done.tokens if canvas.done is not None else canvas.final_tokens()
                     write_line(trace, recorder.footer(model.tokenizer, model.tokenizer.decode(kept, skip_special_tokens=True)))
                 trace.close()
-            except OSError:  # its last flush hit a full disk: the warning below says the trace stopped
-                pass
-
-    if shown.trace_error or trace_warning:
-        err.print(shown.trace_error or trace_warning, markup=False, highlight=False)
+            except OSError as exc:  # its last flush hit a full disk
+                trace_problem = trace_problem or str(exc.strerror or exc)
+    trace_problem = trace_problem or shown.trace_error
+    trace_failed = (f"dlm: the trace {req.trace} is incomplete ({trace_problem}); the text is whole, "
+                    "so write the trace where there is room") if trace_problem else None
     done = canvas.done
     if shown.interrupted or done is None:
         from .decode.events import Done
@@ -213,9 +221,9 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
             _write("\n" if text else "")
         more = len(canvas.committed_tokens()) - len(kept)
         note = f" ({more} more committed after the first masked slot)" if more > 0 else ""
-        if view == "live" and not err.is_terminal:
-            err.file.write("\n")  # the last frame of a live view on a pipe does not end its line
         err.print(f"dlm: {interrupt_word(shown.cause)}: kept {len(kept)} committed tokens{note}", markup=False, highlight=False)
+        if trace_failed:
+            err.print(trace_failed, markup=False, highlight=False)
         return interrupt_code(shown.cause)
 
     text = model.tokenizer.decode(done.tokens, skip_special_tokens=True)
@@ -225,6 +233,13 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
         _write(text[len(shown.streamed):] if text.startswith(shown.streamed) else text)
         _write("\n")
     if not req.quiet:
-        err.print(stats_line(done, paced=req.pace > 0 and view == "live", dtype=dtype_label(model)), style="dim", markup=False, highlight=False)
+        import torch
+
+        line = stats_line(done, paced=req.pace > 0 and view == "live", dtype=dtype_label(model),
+                          limit=settings.max_new_tokens, threads=torch.get_num_threads())
+        err.print(line, style="dim", markup=False, highlight=False)
+    if trace_failed:  # last, after the text: a script sees exit 1 and knows the trace it asked for is missing
+        err.print(trace_failed, markup=False, highlight=False)
+        return RUNTIME
     return 0
 

@@ -1,7 +1,7 @@
 """Profiles: TOML files that name a strategy and set its keys, validated strictly.
 
 Precedence, highest first: CLI flags, then ``--set KEY=VALUE``, then the profile file, then the
-declared defaults. Profiles are looked up by name in the user's config directory
+model's defaults (:func:`dlm_cli.models.resolve.model_defaults`), then the declared defaults. Profiles are looked up by name in the user's config directory
 (``$XDG_CONFIG_HOME/dlm/profiles``, default ``~/.config/dlm/profiles``), then among the built-in
 ones; a name ending in ``.toml`` or containing a path separator is a file path.
 """
@@ -133,6 +133,17 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, **self.values}
 
+    def fill(self, defaults: dict[str, Any], where: str) -> None:
+        """Take the model's ``defaults`` for the keys still at their declared default (source ``model``)."""
+        from .decode.keys import keys_for
+
+        keys = keys_for(self.strategy)
+        for name, value in defaults.items():
+            if name in keys and self.sources.get(name, "default") == "default":
+                self.values[name] = keys[name].check(value)
+                self.sources[name] = "model"
+        check_combination(self, where)
+
     def frozen(self) -> Any:
         """The run's typed, frozen settings (a dataclass generated from the strategy's declared keys)."""
         from .decode.keys import frozen
@@ -222,6 +233,23 @@ def build(
     settings = Settings(profile, values, sources, meta)
     check_combination(settings, where)
     return settings
+
+
+def check_early(sets: list[str] | tuple[str, ...], flags: dict[str, Any] | None, profile: str | None) -> None:
+    """Refuse, before a model loads, the ``--set`` items and flags that no strategy takes (unknown keys,
+    values out of every declared range); with ``profile`` (the one the model will get), everything
+    :func:`load` checks, conflicts included."""
+    from .decode.keys import check_anywhere
+
+    if profile is not None:
+        load(profile, sets=sets, flags=flags)
+        return
+    items = [(k, v, f"--set {k}={v}") for k, v in map(parse_set, sets)]
+    items += [(k, v, f"--{k.replace('_', '-')}") for k, v in (flags or {}).items() if v is not None]
+    for name, value, label in items:
+        problem = check_anywhere(name, value, label, META)
+        if problem:
+            raise UsageError(problem)
 
 
 def check_combination(settings: Settings, where: str) -> None:

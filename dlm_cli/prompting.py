@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Callable, Optional
 
 from .errors import UsageError
 
@@ -67,13 +70,52 @@ def read_file(file: Path) -> str:
     return decode_text(data, str(file))
 
 
+STDIN_WAIT_SECONDS = 10.0  # with a PROMPT argument: how long a silent stdin pipe may stay silent (DLM_STDIN_WAIT)
+
+
+def stdin_wait() -> float:
+    try:
+        return max(0.0, float(os.environ.get("DLM_STDIN_WAIT", STDIN_WAIT_SECONDS)))
+    except ValueError:
+        raise UsageError(f"DLM_STDIN_WAIT={os.environ['DLM_STDIN_WAIT']!r} is not a number of seconds") from None
+
+
+def stdin_kind(stdin: IO[Any]) -> str:
+    """``"null"`` (/dev/null or another device: cron, nohup, ``< /dev/null``), ``"pipe"`` (a pipe or
+    a socket, which may stay open and silent), ``"file"`` (a regular file), or ``"stream"`` (no
+    descriptor: a stream a program hands dlm in-process)."""
+    try:
+        mode = os.fstat(stdin.fileno()).st_mode
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return "stream"
+    if stat.S_ISCHR(mode):
+        return "null"
+    return "pipe" if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else "file"
+
+
+def speaks_within(stdin: IO[Any], seconds: float) -> bool:
+    """Whether the pipe has bytes (or its end) within ``seconds``."""
+    import select
+
+    try:
+        ready, _, _ = select.select([stdin], [], [], seconds)
+    except (OSError, ValueError):  # no select on this descriptor: read it as before
+        return True
+    return bool(ready)
+
+
 def gather(prompt: str | None, file: Path | None, stdin: IO[Any], stdin_is_tty: bool, *,
-           no_stdin: bool = False) -> str:
+           no_stdin: bool = False, say: Callable[[str, str], None] | None = None) -> str:
     """The prompt text from the argument, ``-f FILE`` and piped stdin.
 
     With material on stdin or in a file and a PROMPT argument, the argument is the instruction
     and the material follows it. ``-`` as PROMPT reads stdin explicitly. ``no_stdin``
-    (``--no-stdin``) never reads stdin, for a pipe nobody writes to (ssh, some CI runners).
+    (``--no-stdin``) never reads stdin.
+
+    The rule for stdin beside a PROMPT argument: a terminal or a device (``/dev/null``: cron, nohup)
+    is not read; a file or a pipe is the material. A pipe that stays silent (no byte, not closed) for
+    ``DLM_STDIN_WAIT`` seconds (10) is left unread, with a note: nobody writes to it (ssh, CI runners).
+    An empty file or pipe gives a warning and the argument alone. ``say(kind, message)`` prints those.
     """
     if prompt is not None:
         check_utf8(prompt, "the PROMPT argument")
@@ -94,11 +136,23 @@ def gather(prompt: str | None, file: Path | None, stdin: IO[Any], stdin_is_tty: 
         if not material.strip():
             raise UsageError(f"{file} is empty; give a file with text in it")
     elif material is None and not stdin_is_tty:
-        piped = read_stdin(stdin)
-        if piped.strip():
-            material = piped
-        elif prompt is None:
-            raise UsageError("stdin is empty; pipe some text, or pass the prompt as an argument")
+        kind = stdin_kind(stdin) if prompt is not None else "file"
+        wait = stdin_wait() if kind == "pipe" else 0.0
+        if kind == "null":
+            pass
+        elif kind == "pipe" and not speaks_within(stdin, wait):
+            if say is not None:
+                say("note", f"stdin is a pipe that stayed silent for {wait:g} s, so it was not read; the prompt "
+                    "is the argument alone (--no-stdin skips the wait; DLM_STDIN_WAIT=SECONDS sets it)")
+        else:
+            piped = read_stdin(stdin)
+            if piped.strip():
+                material = piped
+            elif prompt is None:
+                raise UsageError("stdin is empty; pipe some text, or pass the prompt as an argument")
+            elif say is not None and kind != "stream":
+                say("warning", f"stdin is empty, so the prompt is the argument alone ({prompt.strip()[:40]!r}); "
+                    "pipe the text it is about, or use -f FILE")
     if prompt is not None and not prompt.strip() and material is None:
         raise UsageError("the prompt is empty; pass a PROMPT argument, -f FILE, or pipe text on stdin")
     if prompt is None and material is None:

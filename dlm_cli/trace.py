@@ -288,7 +288,9 @@ def run_replay(path: Path, *, view: str, pace: float, color_by: str, quiet: bool
         return interrupt_code(shown.cause)
     if not quiet:
         h = trace.head
-        line = stats_line(done) if done is not None else f"{len(kept)} tokens · the recorded run stopped early"
+        limit = (h.get("settings") or {}).get("max_new_tokens")
+        line = (stats_line(done, limit=limit if isinstance(limit, int) else None) if done is not None
+                else f"{len(kept)} tokens · the recorded run stopped early")
         err.print(f"replay of {h.get('model')} · {h.get('profile')} · {line}", style="dim", markup=False,
                   highlight=False)
     return 0

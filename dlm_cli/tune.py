@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from rich.console import Console
 
 from .errors import UsageError
+from .tables import count, table_console
 
 
 @dataclass
@@ -150,7 +151,7 @@ def run_tune_command(req: TuneRequest, *, load_model: Callable[..., Any]) -> Non
     best = candidates[best_local] if best_local is not None else None
     import torch
 
-    title = (f"dlm tune {req.profile} · {p.model.info.name} · {len(p.prompts)} prompts × {reps} reps · "
+    title = (f"dlm tune {req.profile} · {p.model.info.name} · {count(len(p.prompts), 'prompt')} × {count(reps, 'rep')} · "
              f"{p.model.info.device} · {torch.get_num_threads()} threads")
     fmt = "json" if req.bench.json_out else req.bench.format
     payload = {"model": p.model.info.name, "device": p.model.info.device, "prompts": len(p.prompts), "reps": reps,
@@ -159,7 +160,7 @@ def run_tune_command(req: TuneRequest, *, load_model: Callable[..., Any]) -> Non
                "best": rows[best].profile if best is not None else None, "copy_gbps": None}
     write_rows(rows, fmt, payload, title, diffusion=p.diffusion, copy_gbps=None)
     if fmt == "table":
-        out = Console(highlight=False)
+        out = table_console()
         out.print("Pareto front (speedup ↑, score ↑): " + "; ".join(
             f"{rows[i].profile} {rows[i].speedup:.2f}× {quality(rows[i]):.3g}" for i in front), markup=False)
         if best is None:
@@ -169,7 +170,7 @@ def run_tune_command(req: TuneRequest, *, load_model: Callable[..., Any]) -> Non
                       f"score {quality(rows[best]):.3g})", markup=False)
     if req.plot is not None:
         plot_front(rows, front, best, floor, req.plot, title)
-        err.print(f"dlm: wrote the front to {req.plot}", markup=False, highlight=False)
+        err.print(f"dlm: note: wrote the front to {req.plot}", markup=False, highlight=False)
     if req.write is not None:
         if best is None:
             raise UsageError(f"--write {req.write}: no searched point reaches the floor {floor:.3g}, so nothing "
@@ -179,6 +180,6 @@ def run_tune_command(req: TuneRequest, *, load_model: Callable[..., Any]) -> Non
                 f"{head.profile}, score {quality(rows[best]):.3g} (floor {floor:.3g}), {len(p.prompts)} prompts")
         path = profile_path(req.write)
         write_profile(path, profile_text(settings, req.profile, desc), req.force)
-        err.print(f"dlm: wrote profile {path} ({rows[best].profile}); use it with -p {req.write}",
+        err.print(f"dlm: note: wrote profile {path} ({rows[best].profile}); use it with -p {req.write}",
                   markup=False, highlight=False)
     sys.stdout.flush()

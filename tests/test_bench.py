@@ -116,7 +116,7 @@ def test_bench_formats_and_duplicate_rows(tmp_path):
 
     table = list(csv.DictReader(io.StringIO(r.stdout)))
     assert [t["profile"] for t in table] == ["baseline", "baseline+eotp", "speedy"]  # speedy once
-    assert "speedy decodes exactly as speedy" in r.stderr
+    assert "dlm: note: speedy is the speedy row already" in r.stderr
     assert {"speedup_q1", "speedup_q3", "score_copy", "weight_gbps"} <= set(table[0])
     md = runner.invoke(app, base + ["-p", "speedy", "--format", "md"])
     assert md.exit_code == 0 and "| profile | strategy | NFE |" in md.stdout and "headline baseline" in md.stdout
@@ -128,8 +128,8 @@ def test_bench_progress_lines_when_stderr_is_not_a_terminal():
     r = runner.invoke(app, ["bench", "-m", "dlm-demo", "--tasks", "copy", "--per-task", "2", "--reps", "1",
                             "-n", "16", "-p", "speedy", "--json"])
     assert r.exit_code == 0, r.stderr
-    lines = [line for line in r.stderr.splitlines() if line.startswith("dlm: bench: ")]
-    assert lines[-1] == "dlm: bench: 6/6 runs" and 1 < len(lines) <= 10
+    lines = [line for line in r.stderr.splitlines() if line.startswith("dlm: note: bench ")]
+    assert lines[-1] == "dlm: note: bench 6/6 runs" and 1 < len(lines) <= 10
 
 
 def test_a_block_diffusion_models_baselines_keep_its_exact_prefix_cache(tmp_path):

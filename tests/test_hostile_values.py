@@ -95,14 +95,16 @@ def test_stdout_on_a_full_device_is_one_line(tiny_llada):
         next(line for line in p.stderr.splitlines() if "cannot write the output" in line)]
 
 
-def test_a_trace_that_hits_a_full_disk_stops_with_a_warning_and_the_text_still_comes(tiny_llada):
+def test_a_trace_that_hits_a_full_disk_exits_1_after_the_text(tiny_llada):
     import os
 
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
     r = dlm("generate", "-m", str(tiny_llada), "hi", "-n", "8", "--seed", "0", "--trace", "/dev/full")
-    assert r.exit_code == 0 and "Traceback" not in r.stderr
-    assert "dlm: warning: the trace stopped" in r.stderr and r.stdout.strip()
+    assert r.exit_code == 1 and "Traceback" not in r.stderr and r.stdout.strip()
+    last = r.stderr.strip().splitlines()[-1]  # after the text and the stats line, one error line
+    assert last.startswith("dlm: the trace /dev/full is incomplete (No space left on device); the text is whole")
+    assert "NFE" in r.stderr.strip().splitlines()[-2]
 
 
 def test_n_beyond_the_toy_dllms_trained_canvas_is_refused_with_its_range():

@@ -94,11 +94,14 @@ CHECKS: dict[str, tuple[list[str], Callable[[str], bool], str | None, bool]] = {
         is_json_with(lambda o: all(r["score"] is not None and r["score"] > 0.5 for r in o["rows"])
                      and bench_rows("speedy", "fast-dllm", "freedave")(json.dumps(o))), None, False),
     "generate -m dlm-demo 'Sort these numbers: 4 7 1 9 3'": ([], lambda out: out.strip() == "1 3 4 7 9", None, False),
-    "bench -p speedy,prophet --prompts mine.jsonl": (
-        ["--reps", "1", "-n", "16", "--json"], bench_rows("speedy", "prophet"), SMOL, True),
-    "generate -m smollm2 'fix the typos' -p lookup": (
-        ["-n", "64", "--json"], is_json_with(lambda o: o["text"].strip() and o["profile"] == "lookup"
-                                             and o["finish_reason"] in ("eos", "length", "repetition")), SMOL, False),
+    "bench -p speedy,prophet --prompts mine.jsonl --show": (
+        ["--reps", "1", "-n", "16"], lambda out: all(p in out for p in ("speedy", "prophet", "answers (", "[2] ",
+                                                                         "expected: Paris")), SMOL, True),
+    "generate -m smollm2 'Quote the first sentence of this text.' -p lookup": (
+        ["-n", "64", "--json"], is_json_with(lambda o: o["profile"] == "lookup" and o["finish_reason"] == "eos"
+                                             and "lighthouse stood at the edge of the cliff" in o["text"]
+                                             and "Every night" not in o["text"]
+                                             and o["tokens_per_nfe"] > 2), SMOL, False),
     "profiles list": ([], lambda out: all(p in out for p in ("speedy", "quality", "lookup")), None, False),
     "profiles show speedy": ([], lambda out: "threshold" in out and "0.9" in out, None, False),
     "models": ([], lambda out: "smollm2-dlm" in out and "dlm-demo" in out, None, False),

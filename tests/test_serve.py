@@ -416,6 +416,9 @@ def test_the_page_shows_the_masks_filling_in(served, browser):
         "return [...document.querySelectorAll('#canvas span')].map(s => s.style.color).filter(Boolean)")
     assert len(colours) >= 5  # committed tokens are drawn in their confidence colour
     assert "24 NFE" in browser.find_element(By.ID, "counter").text
+    # One counting rule: tokens up to the first end token, as the stats line (not the 24 slots filled).
+    assert f"{cli['generated_tokens']} committed · 24 slots" in browser.find_element(By.ID, "counter").text
+    assert f"{cli['tokens_per_nfe']:.2f} tok/NFE" in browser.find_element(By.ID, "counter").text
 
 
 def test_a_bounded_load_loses_nothing(dllm):
@@ -465,3 +468,17 @@ def test_the_command_serves_until_ctrl_c(tmp_path, ignored):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_pages_default_prompt_fits_the_served_model(served, llada_model):
+    def page(url: str) -> str:
+        with urllib.request.urlopen(url + "/", timeout=10) as r:
+            return r.read().decode()
+
+    assert ">Sort these numbers: 4 7 1 9 3</textarea>" in page(served.url)  # the toy knows its tasks only
+    s = Running(llada_model, profile="speedy")  # any other model: a chat question
+    try:
+        html = page(s.url)
+    finally:
+        s.stop()
+    assert ">Explain the water cycle in simple terms.</textarea>" in html and "Sort these" not in html

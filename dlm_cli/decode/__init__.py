@@ -72,7 +72,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
             part.bind(model)
     else:
         part = strategy.factory(model, cfg, draft)
-    clock = Clock()
+    clock = Clock(cpu=torch.device(model.device).type == "cpu")
     loop = "pearl" if strategy.loop == "ar" and getattr(cfg, "pearl", False) else strategy.loop  # speculative's PEARL schedule
     events = timed(LOOPS[loop](model, prompt_ids, cfg, part, generator, clock), clock)
     return with_warmup(events, warmup) if warmup else events

@@ -14,21 +14,29 @@ class Clock:
     """Decode time only: paused while a consumer handles an event, so a slow view never inflates stats.
 
     :func:`timed` runs it around a loop: it counts while the loop computes and stops at each yield.
+    With ``cpu`` it also counts the CPU time of the decoding thread over the same spans: far less
+    CPU time than wall time means other processes had the cores (the stats line says so).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: bool = False) -> None:
         self.busy = 0.0
+        self.cpu: float | None = 0.0 if cpu else None
         self._since: float | None = None
+        self._cpu_since = 0.0
 
     def pause(self) -> float:
         """Stop counting; returns the busy seconds so far."""
         if self._since is not None:
             self.busy += time.perf_counter() - self._since
             self._since = None
+            if self.cpu is not None:
+                self.cpu += time.thread_time() - self._cpu_since
         return self.busy
 
     def resume(self) -> None:
         self._since = time.perf_counter()
+        if self.cpu is not None:
+            self._cpu_since = time.thread_time()
 
     def elapsed(self) -> float:
         """The busy seconds so far, without stopping."""
@@ -46,6 +54,8 @@ def timed(events: Iterator["Event"], clock: Clock) -> Iterator["Event"]:
             return
         finally:
             clock.pause()
+        if isinstance(ev, Done) and clock.cpu is not None:
+            ev.cpu_seconds = clock.cpu
         yield ev
 
 
@@ -136,6 +146,7 @@ class Done:
     canvas_length: int | None = None
     max_denoising_steps: int | None = None
     compile_seconds: float | None = None  # torch.compile warm-up before the run (not in ``seconds``)
+    cpu_seconds: float | None = None  # CPU runs: the decoding thread's CPU time within ``seconds``
     extra: dict[str, Any] = field(default_factory=dict)  # a draft source's own counts
 
     @property
@@ -168,7 +179,8 @@ class Done:
 
 STAT_FIELDS = ("blocks", "cache", "refreshes", "edits", "drafted", "accepted", "verifies", "draft_nfe",
                "draft_source", "draft_seconds", "verify_seconds", "acceptance_per_position", "lookup_commits",
-               "lookup_drafts", "encoder_forwards", "canvas_length", "max_denoising_steps", "compile_seconds")
+               "lookup_drafts", "encoder_forwards", "canvas_length", "max_denoising_steps", "compile_seconds",
+               "cpu_seconds")
 
 
 Event = Start | Step | Draft | Verify | Done

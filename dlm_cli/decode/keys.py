@@ -204,6 +204,39 @@ def frozen(strategy: str, values: Mapping[str, Any]) -> Any:
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
+def every_key() -> dict[str, list[Key]]:
+    """Every declared key by name, over all strategies (a name may be declared with different ranges)."""
+    out: dict[str, list[Key]] = {}
+    for strategy in STRATEGIES:
+        for name, key in keys_for(strategy).items():
+            if key not in out.setdefault(name, []):
+                out[name].append(key)
+            for old in key.old:
+                out.setdefault(old, [])
+    return out
+
+
+def check_anywhere(name: str, value: Any, label: str, meta: Mapping[str, str]) -> str | None:
+    """Why ``name = value`` fits no strategy at all (an unknown key, a value no declaration allows), or None.
+
+    Checked before a model loads, when the strategy is not known yet: the full check follows it.
+    """
+    if name in meta:
+        return None
+    keys = every_key()
+    if name not in keys:
+        return f"{label}: unknown key {name!r}{suggest(name, sorted(keys))}; `dlm profiles show NAME` lists a " \
+               "profile's keys"
+    problems = []
+    for key in keys[name]:
+        try:
+            key.check(value)
+            return None
+        except ValueError as exc:
+            problems.append(str(exc))
+    return f"{label}: {name} = {value!r} {problems[0]}" if problems else None
+
+
 def suggest(name: str, options: list[str]) -> str:
     close = difflib.get_close_matches(name, options, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

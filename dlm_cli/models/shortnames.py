@@ -120,7 +120,7 @@ def _lock(out: Path, *, wait: bool = True) -> Iterator[bool]:
             if not wait:
                 yield False
                 return
-            _say(f"dlm: waiting for another dlm converting {out.name} ...")
+            _say(f"dlm: note: waiting for another dlm converting {out.name} ...")
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield True
@@ -244,9 +244,9 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         for p in leftovers(out):
             _remove(p)
         if os.path.lexists(out):
-            _say(f"dlm: the converted copy in {out} is damaged; converting {gguf.name} again (about 15 s)")
+            _say(f"dlm: note: the converted copy in {out} is damaged; converting {gguf.name} again (about 15 s)")
         else:
-            _say(f"dlm: converting {gguf.name} once to safetensors in {out} (about 15 s)")
+            _say(f"dlm: note: converting {gguf.name} once to safetensors in {out} (about 15 s)")
         tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
         try:
             net, tok = _load_gguf(gguf)

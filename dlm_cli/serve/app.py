@@ -86,6 +86,7 @@ class Server:
         from .. import profiles
         from ..decode import STRATEGIES, check_fits, run
         from ..generate import fit_length
+        from ..models.resolve import model_defaults
 
         parsed = schema.parse(body)
         prompt: Any = schema.messages(body) if chat else schema.prompt_text(body)
@@ -93,6 +94,7 @@ class Server:
         model, draft = engine.model, engine.draft
         try:
             settings = profiles.load(parsed.profile or engine.profile, sets=parsed.sets, flags=parsed.flags)
+            settings.fill(model_defaults(model.info.name), f"the defaults of {model.info.name}")
             check_fits(STRATEGIES[settings.strategy], model)
         except DlmError as exc:
             raise schema.from_dlm(exc) from None
@@ -111,7 +113,12 @@ class Server:
 
     # -- routes -----------------------------------------------------------------------------
     async def page(self, request: Request) -> Response:
+        from html import escape
+
+        from ..models.resolve import sample_prompt
+
         html = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+        html = html.replace("__DLM_SAMPLE_PROMPT__", escape(sample_prompt(self.engine.model.info.path)))
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     async def models(self, request: Request) -> Response:

@@ -23,7 +23,7 @@ from .detok import StreamingText
 class Shown:
     canvas: Canvas
     interrupted: bool = False
-    trace_error: str | None = None  # why --trace stopped early
+    trace_error: str | None = None  # why --trace stopped early (the OS error)
     cause: BaseException | None = None  # the KeyboardInterrupt (or SIGTERM's Terminated) that stopped it
     streamed: str = ""  # text already written to stdout by the plain view
 
@@ -94,7 +94,7 @@ def show(
                     trace.write(json.dumps({"event": type(event).__name__, **asdict(event)}) + "\n")
                     trace.flush()
                 except OSError as exc:  # a full disk: stop tracing, keep generating
-                    shown.trace_error = f"dlm: warning: the trace stopped: {exc.strerror or exc}"
+                    shown.trace_error = str(exc.strerror or exc)
                     trace = None
             if live is not None:
                 live.update()

@@ -107,6 +107,14 @@ class Canvas:
     def committed(self) -> int:
         return sum(t is not None for t in self.tokens)
 
+    @property
+    def counted(self) -> int:
+        """The generated tokens as every figure counts them (stats line, bench, page, replay): committed
+        tokens up to the first end token, never the padding after it; at the end, the run's own count."""
+        if self.done is not None:
+            return len(self.done.tokens)
+        return len(self.committed_tokens()) if self.kind == "diffusion" else len(self.final_tokens())
+
     def final_tokens(self) -> list[int]:
         """Committed tokens before the first masked slot or end token: text that will not change."""
         if self.done is not None:

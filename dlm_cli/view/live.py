@@ -19,6 +19,10 @@ from rich.text import Text
 from .canvas import Canvas
 
 MASK = "▯"
+# A mask is drawn with a space before it: a run of masks is a run of short words apart from the text,
+# so the wrapper breaks between them, and a word never travels to the next row glued to the masks after
+# it (and back once they fill in). Rows only move down as a block fills in.
+MASK_SLOT = " " + MASK
 # Confidence bands, high to low.
 CONF_STYLES = ((0.9, "green"), (0.7, "chartreuse3"), (0.5, "yellow"), (0.3, "dark_orange"), (0.0, "red"))
 STEP_STYLES = ("cyan", "magenta", "blue", "green", "yellow", "bright_red", "bright_cyan", "bright_magenta")
@@ -48,7 +52,7 @@ def canvas_text(canvas: Canvas, color_by: str = "confidence", *, final: bool = F
     for pos, tok in enumerate(canvas.tokens[:shown]):
         starts.append(len(text))
         if tok is None:
-            text.append(MASK, style="grey35")
+            text.append(MASK_SLOT, style="grey35")
             continue
         if tok in canvas.eos_ids:
             if final:
@@ -100,7 +104,7 @@ class CanvasFrame:
         width = max(1, options.max_width)
         text, starts = canvas_text(self.canvas, self.color_by, final=self.final)
         rows = text.wrap(console, width, overflow="fold", no_wrap=False)
-        foot = counter(self.canvas).wrap(console, width, overflow="fold", no_wrap=False)
+        foot = counter(self.canvas, self.color_by).wrap(console, width, overflow="fold", no_wrap=False)
         # Rows for the canvas and its notes; one row under the frame stays free for the cursor.
         height = options.height or options.size.height
         foot = foot[: max(0, height - 2)]  # a tiny terminal keeps one row of canvas
@@ -155,11 +159,36 @@ def window(lo: int, hi: int, anchor: int, total: int, room: int) -> tuple[int, i
     return top, min(total, top + room)
 
 
-def counter(canvas: Canvas) -> Text:
-    made = len(canvas.final_tokens()) if canvas.kind != "diffusion" else canvas.committed
+def legend(color_by: str) -> Text:
+    """The dLLM view's key: what the colours, the masks and the highlight mean."""
+    line = Text()
+    if color_by == "step":
+        line.append("colour: the step that committed it (", style="dim")
+        for i, style in enumerate(STEP_STYLES[:4]):
+            line.append(f"{i + 1}", style=style)
+            line.append(" ", style="dim")
+        line.append("…)  ", style="dim")
+    else:
+        line.append("confidence ", style="dim")
+        for i, (bound, style) in enumerate(CONF_STYLES):
+            line.append("■ ", style=style)
+            label = f"≥{bound:g}" if bound > 0 else f"<{CONF_STYLES[i - 1][0]:g}"
+            line.append(label + " ", style="dim")
+        line.append(" ")
+    line.append("■", style="bold reverse")
+    line.append(" this step  ", style="dim")
+    line.append(MASK, style="grey35")
+    line.append(" masked  ", style="dim")
+    line.append("■", style=ORIGIN_STYLES["filled"])
+    line.append(" after the end", style="dim")
+    return line
+
+
+def counter(canvas: Canvas, color_by: str = "confidence") -> Text:
+    made = canvas.counted
     parts = [f"step {canvas.step + 1}", f"NFE {canvas.nfe}"]
     if canvas.kind == "diffusion":
-        parts.append(f"{made}/{len(canvas.tokens)} committed")
+        parts.append(f"{made} committed · {len(canvas.tokens)} slots")
         if canvas.block_length:
             parts.append(f"block {canvas.block + 1}")
     else:
@@ -169,6 +198,9 @@ def counter(canvas: Canvas) -> Text:
     if canvas.nfe:
         parts.append(f"{made / canvas.nfe:.2f} tok/NFE")
     line = Text(" · ".join(parts), style="dim")
+    if canvas.kind == "diffusion":
+        line.append("\n")
+        line.append_text(legend(color_by))
     if canvas.kind != "diffusion" and canvas.drafted:
         line.append("\n")
         for label, style in (("accepted draft", ORIGIN_STYLES["draft"]), ("correction", ORIGIN_STYLES["correction"]),
@@ -200,6 +232,8 @@ class LiveView:
         final = self.canvas.done is not None
         self.live.update(self.renderable(final=final), refresh=True)
         self.live.__exit__(*exc)
+        if not self.console.is_terminal:  # into a log: the last frame ends its line, so the stats line starts one
+            self.console.file.write("\n")
 
     def renderable(self, final: bool = False) -> CanvasFrame:
         return CanvasFrame(self.canvas, self.color_by, final=final, whole=final and not self.transient)
