@@ -47,7 +47,7 @@ def check_batchable(model: Any, cfg: Any, what: str = "--batch-size") -> None:
 
     if cfg.strategy not in STRATEGIES_BATCHED:
         raise UsageError(f"{what}: batched decoding supports the strategies {' and '.join(STRATEGIES_BATCHED)} "
-                         f"(profiles quality, and speedy with --set cache=none), not {cfg.strategy!r}; "
+                         f"(profiles quality, and speedy with --set cache=none), not strategy {cfg.strategy!r}; "
                          f"drop {what} for this profile")
     if model.kind != "diffusion" or not isinstance(model.net, DenoiserStack):
         raise UsageError(f"{what}: batched decoding needs one of dlm's own dLLM networks (LLaDA, Dream, SDAR, "
