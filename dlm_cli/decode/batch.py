@@ -36,6 +36,7 @@ from ..errors import UsageError
 from .canvas import BlockCanvas
 from .events import Clock, Event, timed
 from .keys import STRATEGIES
+from .rules.base import Scheduled
 from .sampling import propose
 
 STRATEGIES_BATCHED = ("threshold", "baseline")
@@ -82,7 +83,7 @@ class _Row:
             remaining = c.masked(bs, be)
             if remaining:
                 self.bs, self.be, self.i, self.remaining = bs, be, 0, remaining
-                self.quotas = rule.quotas(remaining, be - bs, c.slots) if hasattr(rule, "quotas") else []
+                self.quotas = rule.quotas(remaining, be - bs, c.slots) if isinstance(rule, Scheduled) else []
                 return True
             bs, self.b = be, self.b + 1
         return False
