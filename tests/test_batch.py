@@ -113,3 +113,23 @@ def test_padding_changes_no_row_logits_beyond_rounding(family):
 def test_what_batching_does_not_do_is_refused_with_the_fix(llada_model, prompt_ids, profile, sets, word):
     with pytest.raises(UsageError, match=word):
         list(run_batch(llada_model, [prompt_ids, prompt_ids], settings(profile, sets)))
+
+
+@pytest.mark.parametrize("flags", [
+    {"stop_repeats": 1, "stop_ngram": 2},  # the repetition stop cuts rows at different steps
+    {"max_new_tokens": 21, "block_length": 8},  # a last block narrower than the others
+])
+def test_stops_and_ragged_blocks_stay_exact(llada_model, flags):
+    from dlm_cli.prompting import encode
+
+    ids = [encode(llada_model.tokenizer, t) for t in TEXTS[:5]] + [encode(llada_model.tokenizer, TEXTS[0])]
+    alone = [view(list(run(llada_model, i, settings("speedy", ["cache=none"], **flags)))) for i in ids]
+    pairs = list(run_batch(llada_model, ids, settings("speedy", ["cache=none"], **flags)))
+    assert [view([e for r, e in pairs if r == k]) for k in range(len(ids))] == alone
+    if "stop_repeats" in flags:
+        assert "repetition" in {a[-1] for a in alone}
+
+
+def test_one_prompt_is_a_batch_too(llada_model, prompt_ids):
+    alone = view(list(run(llada_model, prompt_ids, settings("quality", []))))
+    assert view([e for _, e in run_batch(llada_model, [prompt_ids], settings("quality", []))]) == alone
