@@ -575,8 +575,7 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
              if n.strip()]
     if diffusion:  # one token per step, then the same stopping at the end token (the headline)
         # A block-diffusion model's prefix cache is exact: its baselines use it (the same output, in less time).
-        # Batched decoding runs without a cache: the same output for a block-diffusion model (its cache is exact).
-        exact = ["cache=prefix"] if getattr(model, "block_size", None) is not None and req.batch_size == 1 else []
+        exact = ["cache=prefix"] if getattr(model, "block_size", None) is not None else []
         runs = [("baseline", prof.load("baseline", sets=exact, flags=req.flags)),
                 ("baseline+eotp", prof.load("baseline", sets=exact + ["eotp=true"], flags=req.flags))]
     else:

@@ -16,7 +16,8 @@ TEXTS = ["sort these numbers: 3 1 2", "hello", "the quick brown fox jumps over t
          "0 1 2 3", "a", "reverse the list a b c please now", "how are you today?"]
 MAKERS = {"llada": lambda p: make_llada(p, sharpen=8.0), "dream": lambda p: make_dream(p, sharpen=8.0),
           "sdar": lambda p: make_sdar(p, sharpen=8.0), "adapter": lambda p: make_adapter(p)}
-CASES = [("quality", []), ("speedy", ["cache=none"]), ("quality", ["steps=8"])]
+CASES = [("quality", []), ("speedy", ["cache=none"]), ("quality", ["steps=8"]), ("speedy", ["cache=prefix"]),
+         ("speedy", [])]  # with a cache: block-diffusion models only (their cache is exact)
 
 
 @pytest.fixture(scope="module", params=sorted(MAKERS))
@@ -54,6 +55,10 @@ class Forwards:
 @pytest.mark.parametrize("profile,sets", CASES)
 def test_batch_of_eight_equals_each_prompt_alone(family, profile, sets):
     name, model, ids = family
+    if not model.block_size and "cache=none" not in sets and profile == "speedy":
+        with pytest.raises(UsageError, match="block-diffusion"):
+            list(run_batch(model, ids, settings(profile, sets)))
+        return
     alone = [view(list(run(model, i, settings(profile, sets)))) for i in ids]
     count = Forwards(model)
     try:

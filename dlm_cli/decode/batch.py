@@ -53,9 +53,9 @@ def check_batchable(model: Any, cfg: Any, what: str = "--batch-size") -> None:
     if model.kind != "diffusion" or not isinstance(model.net, DenoiserStack):
         raise UsageError(f"{what}: batched decoding needs one of dlm's own dLLM networks (LLaDA, Dream, SDAR, "
                          f"Fast-dLLM v2, dlm adapters); {model.info.name} is not one; drop {what}")
-    if cfg.cache != "none":
-        raise UsageError(f"{what}: batched decoding runs without a KV cache for now, but the profile says "
-                         f"cache = {cfg.cache!r}; add --set cache=none")
+    if cfg.cache != "none" and not model.block_size:
+        raise UsageError(f"{what}: batched decoding keeps a KV cache only for block-diffusion models (where it is "
+                         f"exact), but the profile says cache = {cfg.cache!r}; add --set cache=none")
     if cfg.lookup:
         raise UsageError(f"{what}: batched decoding has no input-guided commits yet; drop lookup=true")
     if getattr(cfg, "rank", "confidence") != "confidence":
@@ -67,12 +67,13 @@ def check_batchable(model: Any, cfg: Any, what: str = "--batch-size") -> None:
 class _Row:
     """One request of the batch: its canvas, its place (block ``b`` = ``[bs, be)``, step ``i``), its NFE."""
 
-    __slots__ = ("index", "c", "off", "b", "bs", "be", "i", "quotas", "remaining", "nfe", "generator")
+    __slots__ = ("index", "c", "off", "b", "bs", "be", "i", "quotas", "remaining", "nfe", "generator", "exact")
 
     def __init__(self, index: int, c: BlockCanvas, off: int, generator: torch.Generator | None) -> None:
         self.index, self.c, self.off, self.generator = index, c, off, generator
         self.b, self.bs, self.be, self.i, self.nfe, self.remaining = 0, c.prompt, c.prompt, 0, 0, 0
         self.quotas: list[int] = []
+        self.exact = 0  # with a cache: the row's keys and values are final for positions [0, exact)
 
     def enter(self, bs: int, rule: Any) -> bool:
         """Move to the first block at or after ``bs`` with masks left (counting skipped blocks, as the
@@ -127,6 +128,11 @@ def _loop(model: Any, prompts: list[list[int]], cfg: Any, rule: Any, clock: Cloc
         gen = make_generator(dev, cfg.seed + i) if cfg.temperature > 0 else None
         rows.append(_Row(i, c, off, gen))
         yield i, c.start()
+    cache = None
+    if cfg.cache != "none":  # block-diffusion models only (check_batchable): the exact prefix cache
+        from .batch_cache import RowsCache
+
+        cache = RowsCache(max(-(-(len(p) + G) // model.block_size) * model.block_size for p in prompts))
     neg_inf = torch.full((), -torch.inf, dtype=rows[0].c.wide, device=dev)
     eos = rows[0].c.eos
     active = []
@@ -137,6 +143,8 @@ def _loop(model: Any, prompts: list[list[int]], cfg: Any, rule: Any, clock: Cloc
             yield r.index, r.c.done(0, blocks=r.b, cache=cfg.cache, refreshes=0, edits=0)
     if len(active) < len(rows):
         X, W = _compact(X, active, [r.index for r in active], W)
+        if cache is not None:
+            cache.keep([r.index for r in active])
     while active:
         # Each row's block, as columns of the batch canvas; a narrower block is padded with the trash column.
         n = max(r.be - r.bs for r in active)
@@ -144,12 +152,7 @@ def _loop(model: Any, prompts: list[list[int]], cfg: Any, rule: Any, clock: Cloc
         for k, r in enumerate(active):
             cols[k, : r.be - r.bs] = np.arange(r.off + r.bs, r.off + r.be)
         cols_t = torch.from_numpy(cols).to(dev)
-        end = W
-        if model.block_size:  # block-causal: a row's forward needs only its block's model block and before
-            size = model.block_size
-            end = max(r.off + -(-r.be // size) * size for r in active)
-        offs = torch.tensor([r.off for r in active], dtype=torch.long, device=dev)
-        logits = batch_logits(model, X, W, end, offs, cols_t)
+        logits = _forward(model, X, W, cache, active, cols_t)
         tok = X.gather(1, cols_t)
         cand = (tok == mask_id) & (cols_t < W)
         x0, prob = _propose(logits, active, cfg, mask_id)
@@ -176,7 +179,22 @@ def _loop(model: Any, prompts: list[list[int]], cfg: Any, rule: Any, clock: Cloc
             places.append(k)
         if len(left) < len(active):
             X, W = _compact(X, left, places, W)
+            if cache is not None:
+                cache.keep(places)
         active = left
+
+
+def _forward(model: Any, X: torch.Tensor, W: int, cache: Any, active: list[_Row], cols: torch.Tensor) -> torch.Tensor:
+    """The step's one forward: each row's cached window, or (no cache) the canvas up to what the rows need."""
+    if cache is not None:
+        from .batch_cache import cached_logits
+
+        return cached_logits(model, X, W, cache, active, cols)
+    end = W
+    if model.block_size:  # block-causal: a row's forward needs only its block's model block and before
+        end = max(r.off + -(-r.be // model.block_size) * model.block_size for r in active)
+    offs = torch.tensor([r.off for r in active], dtype=torch.long, device=X.device)
+    return batch_logits(model, X, W, end, offs, cols)
 
 
 def _compact(X: torch.Tensor, keep: list[_Row], places: list[int], W: int) -> tuple[torch.Tensor, int]:
