@@ -36,6 +36,22 @@ def test_batched_bench_rows_equal_batch_one_rows(tiny_llada, tmp_path):
     assert rows[4]["speedy"]["nfe"] < rows[4]["baseline"]["nfe"]
 
 
+def test_a_block_diffusion_model_batches_with_its_exact_cache(tmp_path):
+    from checkpoints import make_sdar
+
+    sdar = make_sdar(tmp_path / "sdar", sharpen=6.0)
+    rows = {}
+    for n in (1, 3):
+        r = bench(sdar, tmp_path, "-p", "speedy", "--batch-size", str(n))  # speedy's dual cache
+        assert r.exit_code == 0, r.stderr
+        rows[n] = json.loads(r.stdout)["rows"]
+    assert [(row["profile"], row["cache"]) for row in rows[3]] == [("baseline", "prefix"), ("baseline+eotp", "prefix"),
+                                                                    ("speedy", "dual")]
+    for one, three in zip(rows[1], rows[3]):
+        for key in ("nfe", "generated_tokens", "agreement", "score"):
+            assert three[key] == one[key], (one["profile"], key)
+
+
 def test_a_profile_batching_cannot_run_is_refused_naming_it(tiny_llada, tmp_path):
     r = bench(tiny_llada, tmp_path, "-p", "speedy", "--batch-size", "4")
     assert r.exit_code == 2
