@@ -20,7 +20,8 @@ the batch at once (the canvas is compacted, and the padding columns no row needs
 so the batch's forwards are the most steps any row takes.
 
 Supported: the strategies ``threshold`` (confidence rank) and ``baseline`` (low-confidence remasking)
-with ``cache = "none"``, on dlm's own dLLM stacks (:class:`~dlm_cli.models.stack.DenoiserStack`).
+on dlm's own dLLM stacks (:class:`~dlm_cli.models.stack.DenoiserStack`), with ``cache = "none"``, or,
+for block-diffusion models, their exact prefix/dual cache (:mod:`.batch_cache`).
 With ``temperature > 0`` row ``i`` draws from its own generator seeded ``seed + i``: prompt ``i``
 alone with that seed gives the same output.
 """
