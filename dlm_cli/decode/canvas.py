@@ -31,7 +31,7 @@ class BlockCanvas:
     """Canvas, blocks, EoTP end, clock and TTFT of one dLLM run (positions are absolute canvas indices)."""
 
     def __init__(self, model: Any, prompt_ids: list[int], settings: Any, clock: Clock,
-                 block_length: int | None = None) -> None:
+                 block_length: int | None = None, x: torch.Tensor | None = None) -> None:
         self.model = model
         self.prompt = P = len(prompt_ids)
         self.slots = G = settings.max_new_tokens
@@ -40,7 +40,8 @@ class BlockCanvas:
         self.device = dev = model.device
         self.block_length = min(block_length or settings.block_length, G)
         self.eotp = bool(getattr(settings, "eotp", False))
-        self.x = torch.full((1, L), self.mask_id, dtype=torch.long, device=dev)
+        # ``x``: a ``[1, L]`` view of a batch's canvas (:mod:`.batch`), written in place like our own.
+        self.x = torch.full((1, L), self.mask_id, dtype=torch.long, device=dev) if x is None else x
         self.x[0, :P] = torch.tensor(prompt_ids, dtype=torch.long, device=dev)
         self.host = np.full(L, self.mask_id, dtype=np.int64)
         self.host[:P] = prompt_ids
@@ -140,7 +141,12 @@ class BlockCanvas:
         packed = packed.cpu().numpy()  # the step's one host transfer
         n = selected.shape[0]
         self.flags = packed[4 * n :].tolist() if flags else []
-        packed = packed[: 4 * n].reshape(4, n)
+        return self.absorb(bs, packed[: 4 * n].reshape(4, n), nfe=nfe, block=block)
+
+    def absorb(self, bs: int, packed: np.ndarray, *, nfe: int, block: int) -> Step:
+        """The host half of :meth:`commit`: the block's ``[4, n]`` rows (selected, edited, x0, confidence)
+        already written on the device and brought over, into the host mirror, EoTP, the repetition stop
+        and the step's event. A batch (:mod:`.batch`) brings every row's over in one transfer."""
         sel = np.flatnonzero(packed[0])
         ed = np.flatnonzero(packed[1])
         tokens = packed[2].astype(np.int64)

@@ -88,6 +88,8 @@ class DenoiserStack(PreTrainedModel):
         ``positions`` (a 1-D index, one canvas position per row of ``ids``) places the rows at those
         positions instead (the rotary embedding is taken there), for a forward over positions that
         need not be contiguous (Window-Diffusion); ``rows`` may then be an index of rows to keep.
+        A batch (:mod:`dlm_cli.decode.batch`) gives ``positions`` ``[B, n]`` (each row's own, left
+        padding counted out), ``mask`` ``[B, q, kv]`` and ``rows`` ``[B, r]`` (each row's rows to keep).
 
         ``mask`` is a boolean ``[q, kv]`` attention mask (True = may attend) or None for full attention.
 
@@ -101,11 +103,12 @@ class DenoiserStack(PreTrainedModel):
         hidden = self.model.embed_tokens(ids)
         if positions is None:
             positions = torch.arange(start, start + ids.shape[1], device=ids.device)
-        positions = positions.unsqueeze(0)
+        if positions.dim() == 1:
+            positions = positions.unsqueeze(0)
         rope = self.model.rotary_emb(hidden, positions)
         if cache is not None:
             cache.cursor.start = start
-        attn_mask = None if mask is None else mask[None, None]
+        attn_mask = None if mask is None else mask[None, None] if mask.dim() == 2 else mask[:, None]
         kw = {self.cache_name: cache}
         for i, layer in enumerate(self.model.layers):
             if elastic is not None and elastic.mode and i == elastic.layer:
@@ -126,7 +129,9 @@ class DenoiserStack(PreTrainedModel):
                 is_causal=False,
                 **kw,
             )
-        if isinstance(rows, torch.Tensor):
+        if isinstance(rows, torch.Tensor) and rows.dim() == 2:  # a batch: each row's own positions
+            hidden = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))
+        elif isinstance(rows, torch.Tensor):
             hidden = hidden[:, rows]
         elif rows is not None:
             hidden = hidden[:, rows[0] : rows[1]]

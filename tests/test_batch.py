@@ -1,0 +1,140 @@
+"""Batched dLLM decoding (decode/batch.py): every row's events equal its batch-1 events, on every family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from checkpoints import make_adapter, make_dream, make_llada, make_sdar
+from dlm_cli import profiles
+from dlm_cli.decode import run
+from dlm_cli.decode.batch import batch_logits, run_batch
+from dlm_cli.decode.events import Done, Start, Step
+from dlm_cli.errors import UsageError
+
+TEXTS = ["sort these numbers: 3 1 2", "hello", "the quick brown fox jumps over the lazy dog and more", "fix the typos",
+         "0 1 2 3", "a", "reverse the list a b c please now", "how are you today?"]
+MAKERS = {"llada": lambda p: make_llada(p, sharpen=8.0), "dream": lambda p: make_dream(p, sharpen=8.0),
+          "sdar": lambda p: make_sdar(p, sharpen=8.0), "adapter": lambda p: make_adapter(p)}
+CASES = [("quality", []), ("speedy", ["cache=none"]), ("quality", ["steps=8"]), ("speedy", ["cache=prefix"]),
+         ("speedy", [])]  # with a cache: block-diffusion models only (their cache is exact)
+
+
+@pytest.fixture(scope="module", params=sorted(MAKERS))
+def family(request, tmp_path_factory):
+    from dlm_cli.models.loading import load
+    from dlm_cli.prompting import encode
+
+    model = load(str(MAKERS[request.param](tmp_path_factory.mktemp("batch") / request.param)))
+    return request.param, model, [encode(model.tokenizer, t) for t in TEXTS]
+
+
+def settings(profile, sets, **flags):
+    return profiles.load(profile, sets=sets, flags={"seed": 0, "max_new_tokens": 40, "block_length": 8, **flags})
+
+
+def view(events):
+    """What a consumer sees of one run: each step's commits, fills and NFE, then the output and its counts."""
+    steps = [(e.step, e.nfe, e.block, e.positions, e.tokens, e.filled) for e in events if isinstance(e, Step)]
+    done = events[-1]
+    assert isinstance(events[0], Start) and isinstance(done, Done)
+    return steps, done.tokens, done.nfe, done.steps, done.blocks, done.finish_reason
+
+
+class Forwards:
+    """Counts the network's forwards and the batch size of each."""
+
+    def __init__(self, model):
+        self.sizes = []
+        self.handle = model.net.register_forward_pre_hook(lambda m, args: self.sizes.append(args[0].shape[0]))
+
+    def close(self):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("profile,sets", CASES)
+def test_batch_of_eight_equals_each_prompt_alone(family, profile, sets):
+    name, model, ids = family
+    if not model.block_size and "cache=none" not in sets and profile == "speedy":
+        with pytest.raises(UsageError, match="block-diffusion"):
+            list(run_batch(model, ids, settings(profile, sets)))
+        return
+    alone = [view(list(run(model, i, settings(profile, sets)))) for i in ids]
+    count = Forwards(model)
+    try:
+        pairs = list(run_batch(model, ids, settings(profile, sets)))
+    finally:
+        count.close()
+    together = [view([e for r, e in pairs if r == k]) for k in range(len(ids))]
+    for k in range(len(ids)):
+        assert together[k] == alone[k], f"{name} {profile} {sets}: row {k} differs from its batch-1 run"
+    nfe = [a[2] for a in alone]
+    # One forward per step of the batch: as many as the slowest row's, each over the rows still decoding.
+    assert len(count.sizes) == max(nfe)
+    assert count.sizes == [sum(n > s for n in nfe) for s in range(max(nfe))]
+
+
+def test_rows_really_move_apart(family):
+    """The exactness test above is only telling if rows take different step counts, blocks and stops."""
+    name, model, ids = family
+    dones = [e for _, e in run_batch(model, ids, settings("speedy", ["cache=none"])) if isinstance(e, Done)]
+    assert len({d.nfe for d in dones}) > 1, name
+    assert len({len(i) for i in ids}) >= 6  # prompts of different lengths: different padding per row
+
+
+def test_sampled_rows_equal_their_own_seed_alone(family):
+    name, model, ids = family
+    flags = {"temperature": 0.8}
+    pairs = list(run_batch(model, ids[:4], settings("speedy", ["cache=none"], seed=7, **flags)))
+    for k in range(4):
+        alone = view(list(run(model, ids[k], settings("speedy", ["cache=none"], seed=7 + k, **flags))))
+        assert view([e for r, e in pairs if r == k]) == alone
+
+
+def test_padding_changes_no_row_logits_beyond_rounding(family):
+    """batch_logits over left-padded rows against Denoiser.logits over each row alone (a whole canvas)."""
+    name, model, ids = family
+    G = 16
+    top = max(map(len, ids))
+    W = top + G
+    X = torch.full((len(ids), W + 1), model.mask_id, dtype=torch.long)
+    for k, i in enumerate(ids):
+        X[k, top - len(i) : top] = torch.tensor(i)
+    offs = torch.tensor([top - len(i) for i in ids])
+    cols = torch.arange(top, W)[None, :].expand(len(ids), -1).contiguous()
+    end = -(-W // model.block_size) * model.block_size + max(offs).item() if model.block_size else W
+    got = batch_logits(model, X, W, end, offs, cols)
+    for k, i in enumerate(ids):
+        x = X[k : k + 1, offs[k] : W]
+        want = model.logits(x, 0, x.shape[1], rows=(len(i), len(i) + G))[0]
+        torch.testing.assert_close(got[k], want, rtol=1e-4, atol=1e-4)
+        assert torch.equal(got[k].argmax(-1), want.argmax(-1))
+
+
+@pytest.mark.parametrize("profile,sets,word", [
+    ("speedy", [], "cache"), ("speedy", ["cache=none", "rank=margin"], "rank"), ("factor", ["cache=none"], "strategy"),
+    ("quality", ["remasking=random"], "remasking"), ("speedy-lookup", ["cache=none"], "lookup"),
+])
+def test_what_batching_does_not_do_is_refused_with_the_fix(llada_model, prompt_ids, profile, sets, word):
+    with pytest.raises(UsageError, match=word):
+        list(run_batch(llada_model, [prompt_ids, prompt_ids], settings(profile, sets)))
+
+
+@pytest.mark.parametrize("flags", [
+    {"stop_repeats": 1, "stop_ngram": 2},  # the repetition stop cuts rows at different steps
+    {"max_new_tokens": 21, "block_length": 8},  # a last block narrower than the others
+])
+def test_stops_and_ragged_blocks_stay_exact(llada_model, flags):
+    from dlm_cli.prompting import encode
+
+    ids = [encode(llada_model.tokenizer, t) for t in TEXTS[:5]] + [encode(llada_model.tokenizer, TEXTS[0])]
+    alone = [view(list(run(llada_model, i, settings("speedy", ["cache=none"], **flags)))) for i in ids]
+    pairs = list(run_batch(llada_model, ids, settings("speedy", ["cache=none"], **flags)))
+    assert [view([e for r, e in pairs if r == k]) for k in range(len(ids))] == alone
+    if "stop_repeats" in flags:
+        assert "repetition" in {a[-1] for a in alone}
+
+
+def test_one_prompt_is_a_batch_too(llada_model, prompt_ids):
+    alone = view(list(run(llada_model, prompt_ids, settings("quality", []))))
+    assert view([e for _, e in run_batch(llada_model, [prompt_ids], settings("quality", []))]) == alone
