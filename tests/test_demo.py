@@ -407,13 +407,21 @@ def demo_model():
 @needs_weights
 def test_demo_weights_are_small_llada_checkpoints():
     for name, (sub, _) in EMBEDDED.items():
-        if name == "smollm2-dlm":  # a delta over smollm2, not a checkpoint (tests/test_adapter.py)
+        if name.startswith("smollm2"):  # deltas over smollm2, not checkpoints (test_adapter.py, the next test)
             continue
         d = DEMO_DIR / sub
         assert (d / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
         for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "README.md"):
             assert (d / f).is_file(), d / f
     assert json.loads((DEMO_DLLM / "config.json").read_text())["model_type"] == "llada"
+
+
+def test_the_distilled_delta_is_small_and_names_its_base_and_decoding():
+    d = DEMO_DIR / EMBEDDED["smollm2-dlm-dp"][0]
+    assert (d / "adapter_model.safetensors").stat().st_size <= 30 * 1024 * 1024
+    cfg = json.loads((d / "config.json").read_text())
+    assert (cfg["model_type"], cfg["base_model"], cfg["profile"]) == ("dlm-lora", "smollm2-dlm", "dparallel")
+    assert (d / "README.md").is_file() and (d / "adapter_config.json").is_file()
 
 
 @needs_weights
