@@ -243,10 +243,10 @@ def run_bench(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: list
     from .bench_batch import decode_chunk
     from .decode import run
     from .machine import PeakMemory, weight_bytes
-    from .prompting import check_length, check_trained, encode
+    from .models.resolve import check_trained
+    from .prompting import check_length, encode, fit_length
 
     ids = [encode(model.tokenizer, p.prompt, system=p.system, chat_template=chat_template) for p in prompts]
-    from .generate import fit_length
 
     for _, s in runs:
         fit_length(s, model, [len(i) for i in ids])

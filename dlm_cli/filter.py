@@ -123,7 +123,8 @@ def run_filter_train(req: FilterRequest, *, load_model: Callable[..., Any]) -> N
 
     from . import profiles
     from .decode.rules.learn2pd import cache_path
-    from .prompting import check_length, check_trained, encode
+    from .models.resolve import check_trained
+    from .prompting import check_length, encode
 
     err = Console(stderr=True, highlight=False)
     model = load_model(req.model, req.load, err)

@@ -74,15 +74,6 @@ def dtype_label(model: Any) -> str:
     return f"{model.info.dtype} ({choice})" if choice.startswith("auto") else model.info.dtype
 
 
-def fit_length(settings: Any, model: Any, prompt_lengths: list[int]) -> None:
-    """An AR model's max_new_tokens is a cap: a profile's cap shrinks to the context left (an explicit -n does not)."""
-    if model.kind != "autoregressive" or settings.sources.get("max_new_tokens") in ("flag", "--set"):
-        return
-    room = model.max_length - max(prompt_lengths)
-    if 0 < room < settings.max_new_tokens:
-        settings.max_new_tokens = room
-
-
 def _write(text: str) -> None:
     try:
         sys.stdout.write(text)
@@ -118,7 +109,8 @@ def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
                  default_profile: Callable[[Any, Optional[str]], str]) -> int:
     """Run one generation; returns the exit code (0, or 130 after Ctrl-C)."""
     from . import profiles
-    from .prompting import check_length, check_trained, encode, gather
+    from .models.resolve import check_trained
+    from .prompting import check_length, encode, fit_length, gather
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     settings = None

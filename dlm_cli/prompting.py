@@ -6,7 +6,7 @@ import io
 import os
 import stat
 from pathlib import Path
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable
 
 from .errors import UsageError
 
@@ -205,31 +205,10 @@ def check_length(prompt_tokens: int, max_new_tokens: int, context: int, name: st
                          f"{name}'s context is {context} tokens; {fix}")
 
 
-TRAINED_KEY = "dlm_max_new_tokens"  # a dlm-trained model's config: the longest generation it handles
-
-
-def trained_length(path: str) -> Optional[int]:
-    """The most tokens a dlm-trained model was checked to generate (its config's ``dlm_max_new_tokens``)."""
-    import json
-
-    try:
-        value = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get(TRAINED_KEY)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def check_trained(model: Any, max_new_tokens: int) -> None:
-    """Refuse a generation longer than the model's trained range (a toy dLLM's canvas): it would print nothing."""
-    if model.kind != "diffusion":
+def fit_length(settings: Any, model: Any, prompt_lengths: list[int]) -> None:
+    """An AR model's max_new_tokens is a cap: a profile's cap shrinks to the context left (an explicit -n does not)."""
+    if model.kind != "autoregressive" or settings.sources.get("max_new_tokens") in ("flag", "--set"):
         return
-    most = trained_length(model.info.path)
-    if most is not None and max_new_tokens > most:
-        from .models.resolve import DEMO_DIR, EMBEDDED, TOY_DEFAULT, TOY_LONG
-
-        hint = ""
-        if Path(model.info.path).name == EMBEDDED[TOY_DEFAULT][0]:  # the 64-slot toy: name the long one
-            longest = trained_length(str(DEMO_DIR / EMBEDDED[TOY_LONG][0]))
-            hint = f", or -m {TOY_LONG} (trained on up to {longest} slots)"
-        raise UsageError(f"{model.info.name} was trained to fill canvases of up to {most} slots, and with -n "
-                         f"{max_new_tokens} it answers with nothing; use -n {most} or less{hint}")
+    room = model.max_length - max(prompt_lengths)
+    if 0 < room < settings.max_new_tokens:
+        settings.max_new_tokens = room

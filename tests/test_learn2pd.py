@@ -104,3 +104,19 @@ def test_the_oracle_reaches_the_reference_answer():
     conf, labels, rows = samples[0]
     assert conf.shape == labels.shape == (32,) and rows == 32 and set(labels.tolist()) <= {0.0, 1.0}
     assert labels.sum() > 0
+
+
+def test_a_filter_of_another_model_is_a_note_on_start_not_a_print(capsys):
+    """The decoder prints nothing: a mismatched filter reaches the user through the run's Start event."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from dlm_cli.decode.rules.learn2pd import SHIPPED, Learn2PD
+
+    rule = Learn2PD(SimpleNamespace(filter=str(SHIPPED / "dlm-demo.safetensors"), filter_threshold=0.96))
+    notes = rule.bind(SimpleNamespace(info=SimpleNamespace(name="someone-else"), device=torch.device("cpu")))
+    assert len(notes) == 1 and "trained on dlm-demo, not someone-else" in notes[0]
+    assert capsys.readouterr().err == ""
+    same = Learn2PD(SimpleNamespace(filter=str(SHIPPED / "dlm-demo.safetensors"), filter_threshold=0.96))
+    assert same.bind(SimpleNamespace(info=SimpleNamespace(name="dlm-demo"), device=torch.device("cpu"))) == []

@@ -66,15 +66,18 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
     cfg = settings.frozen()
     warmup = speed_up(model, draft, cfg, len(prompt_ids))
     generator = make_generator(model.device, cfg.seed)
+    notes: list[str] = []
     if strategy.kind == "diffusion":
         part = strategy.factory(cfg) if strategy.factory is not None else None
         if isinstance(part, NeedsModel):
-            part.bind(model)
+            notes = part.bind(model)
     else:
         part = strategy.factory(model, cfg, draft)
     clock = Clock(cpu=torch.device(model.device).type == "cpu")
     loop = "pearl" if strategy.loop == "ar" and getattr(cfg, "pearl", False) else strategy.loop  # speculative's PEARL schedule
     events = timed(LOOPS[loop](model, prompt_ids, cfg, part, generator, clock), clock)
+    if notes:
+        events = with_notes(events, notes)
     return with_warmup(events, warmup) if warmup else events
 
 
@@ -97,6 +100,13 @@ def speed_up(model: Any, draft: Any, cfg: Any, prompt_tokens: int) -> float:
     if draft is not None and getattr(draft, "kind", None) == "autoregressive":
         seconds += prepare(draft, cfg, length, widths=(1, 2), keep_float=True, static=static)
     return seconds
+
+
+def with_notes(events: Iterator[Event], notes: list[str]) -> Iterator[Event]:
+    for ev in events:
+        if isinstance(ev, Start):
+            ev.notes.extend(notes)
+        yield ev
 
 
 def with_warmup(events: Iterator[Event], seconds: float) -> Iterator[Event]:

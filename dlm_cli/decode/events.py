@@ -67,6 +67,7 @@ class Start:
     prompt_tokens: int
     length: int
     block_length: int | None = None
+    notes: list[str] = field(default_factory=list)  # warnings about the run found before it (the view prints them)
 
 
 @dataclass(slots=True)

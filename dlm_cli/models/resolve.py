@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import DlmError, UsageError
 
@@ -134,3 +134,31 @@ def resolve_path(spec: str, opts: LoadOptions) -> tuple[str, Path]:
     from .hub import download
 
     return spec, download(spec, opts)
+
+
+TRAINED_KEY = "dlm_max_new_tokens"  # a dlm-trained model's config: the longest generation it handles
+
+
+def trained_length(path: str) -> Optional[int]:
+    """The most tokens a dlm-trained model was checked to generate (its config's ``dlm_max_new_tokens``)."""
+    import json
+
+    try:
+        value = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get(TRAINED_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def check_trained(model: Any, max_new_tokens: int) -> None:
+    """Refuse a generation longer than the model's trained range (a toy dLLM's canvas): it would print nothing."""
+    if model.kind != "diffusion":
+        return
+    most = trained_length(model.info.path)
+    if most is not None and max_new_tokens > most:
+        hint = ""
+        if Path(model.info.path).name == EMBEDDED[TOY_DEFAULT][0]:  # the 64-slot toy: name the long one
+            longest = trained_length(str(DEMO_DIR / EMBEDDED[TOY_LONG][0]))
+            hint = f", or -m {TOY_LONG} (trained on up to {longest} slots)"
+        raise UsageError(f"{model.info.name} was trained to fill canvases of up to {most} slots, and with -n "
+                         f"{max_new_tokens} it answers with nothing; use -n {most} or less{hint}")

@@ -85,7 +85,7 @@ class Server:
     def job(self, body: dict[str, Any], chat: bool) -> tuple[Job, Any, schema.Parsed]:
         from .. import profiles
         from ..decode import STRATEGIES, check_fits, run
-        from ..generate import fit_length
+        from ..prompting import fit_length
         from ..models.resolve import model_defaults
 
         parsed = schema.parse(body)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import IO, Any, Iterable, Iterator
 
-from ..decode.events import Event
+from ..decode.events import Event, Start
 from ..errors import INTERRUPTS
 from .canvas import Canvas
 from .detok import StreamingText
@@ -89,6 +89,9 @@ def show(
     try:
         for event in events:
             canvas.apply(event)
+            if isinstance(event, Start) and err_console is not None:
+                for note in event.notes:
+                    err_console.print(f"dlm: warning: {note}", markup=False, highlight=False)
             if trace is not None:
                 try:
                     trace.write(json.dumps({"event": type(event).__name__, **asdict(event)}) + "\n")

@@ -90,9 +90,12 @@ class AdaptiveBlocks:
 
 
 class NeedsModel:
-    """Loads something of the model's before decoding (Learn2PD's filter): :meth:`bind` runs once per run."""
+    """Loads something of the model's before decoding (Learn2PD's filter): :meth:`bind` runs once per run.
 
-    def bind(self, model: Any) -> None:
+    It returns warnings for the user (the run's ``Start.notes``): the decoder itself prints nothing.
+    """
+
+    def bind(self, model: Any) -> list[str]:
         raise NotImplementedError
 
 

@@ -26,8 +26,9 @@ class ConfidenceAdaptive(CommitRule, NeedsModel):
         super().__init__(settings)
         self.eos: torch.Tensor | None = None
 
-    def bind(self, model: Any) -> None:
+    def bind(self, model: Any) -> list[str]:
         self.eos = torch.tensor(sorted(set(model.eos_ids)), dtype=torch.long)
+        return []
 
     def select(self, state: StepState) -> torch.Tensor:
         s = self.settings

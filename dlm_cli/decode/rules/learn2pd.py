@@ -96,14 +96,13 @@ class Learn2PD(CommitRule, NeedsModel):
         self.net: Optional[Filter] = None
         self.source = ""
 
-    def bind(self, model: Any) -> None:
+    def bind(self, model: Any) -> list[str]:
         path = find_filter(model, self.settings.filter)
         self.net, meta = load_filter(path, model.device)
         self.source = str(path)
         if meta.get("model") and meta["model"] != model.info.name:
-            from ...profiles import warn
-
-            warn(f"the Learn2PD filter {path} was trained on {meta['model']}, not {model.info.name}")
+            return [f"the Learn2PD filter {path} was trained on {meta['model']}, not {model.info.name}"]
+        return []
 
     def select(self, state: StepState) -> torch.Tensor:
         assert self.net is not None and state.probability is not None
