@@ -328,3 +328,29 @@ def test_distill_end_to_end_and_bad_input(tiny_paths, tmp_path):
     broken = dlm(*args[:-4], "--steps", "3", "--out", str(tmp_path / "o2"), "--work", str(work))
     assert broken.returncode == 1 and "damaged" in broken.stderr and "Traceback" not in broken.stderr
     assert not (tmp_path / "o2").exists()
+
+
+def test_teacher_answers_are_cached_checked_against_gold_and_a_damaged_cache_is_refused(tmp_path):
+    from dlm_cli.train import data as D
+
+    items = [D.Item("a", "x y", "typo"), D.Item("b", "p q", "typo"), D.Item("c", None, "chat")]
+    calls = []
+    answer_of = {"a": [1, 2], "b": [3], "c": [5, 6, 7]}
+    words = {1: "x", 2: "y", 3: "wrong", 5: "c1", 6: "c2", 7: "c3"}
+
+    def decode(ids):
+        calls.append(ids)
+        return answer_of[chr(ids[0])], True
+
+    kw = dict(encode=lambda t: [ord(t)], decode=decode, end_id=0, tokenize=lambda t: [9],
+              detokenize=lambda ids: " ".join(words[i] for i in ids), progress=lambda *a: None)
+    rows = D.answers(items, tmp_path, targets="teacher", check=True, **kw)
+    assert [r["answer_ids"] for r in rows] == [[1, 2, 0], [5, 6, 7, 0]]  # "b" differs from its gold answer: dropped
+    assert len(calls) == 3
+    gold = D.answers(items, tmp_path, targets="gold", check=False, **kw)
+    assert len(calls) == 3  # cached: nothing decoded again
+    assert [r["source"] for r in gold] == ["gold", "gold", "teacher"]
+    lines = (tmp_path / "answers.jsonl").read_text().splitlines()
+    (tmp_path / "answers.jsonl").write_text("\n".join([lines[0], "{broken", lines[2]]) + "\n")
+    with pytest.raises(DlmError, match=r"answers.jsonl:2 is damaged"):
+        D.answers(items, tmp_path, targets="teacher", check=False, **kw)

@@ -130,7 +130,8 @@ def same_text(a: str, b: str) -> bool:
 
 def answers(items: list[Item], work: Path, *, encode: Callable[[str], list[int]],
             decode: Callable[[list[int]], tuple[list[int], bool]] | None, end_id: int, targets: str,
-            check: bool, tokenize: Callable[[str], list[int]], progress: Callable[[int, int, int], None]) -> list[dict[str, Any]]:
+            check: bool, tokenize: Callable[[str], list[int]], detokenize: Callable[[list[int]], str],
+            progress: Callable[[int, int, int], None]) -> list[dict[str, Any]]:
     """Rows ``{prompt_ids, answer_ids, kind, source}`` for ``items``, the teacher's answers cached in ``work``.
 
     ``decode(prompt_ids)`` returns the teacher's answer tokens and whether it ended on an end token
@@ -140,12 +141,13 @@ def answers(items: list[Item], work: Path, *, encode: Callable[[str], list[int]]
     cache = work / "answers.jsonl"
     done: dict[str, dict[str, Any]] = {}
     if cache.is_file():
-        for n, line in enumerate(cache.read_text(encoding="utf-8").splitlines(), 1):
+        lines = cache.read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(lines, 1):
             try:
                 row = json.loads(line)
                 done[row["prompt"]] = row
             except (json.JSONDecodeError, KeyError, TypeError):
-                if n < len(cache.read_text(encoding="utf-8").splitlines()):
+                if n < len(lines):
                     raise DlmError(f"{cache}:{n} is damaged; delete the file to decode the teacher's answers again") from None
                 # the last line of an interrupted write: decoded again below
     todo = [it for it in items if it.prompt not in done and not (targets == "gold" and it.answer is not None)]
@@ -170,18 +172,13 @@ def answers(items: list[Item], work: Path, *, encode: Callable[[str], list[int]]
         row = done[it.prompt]
         if check and it.answer is not None:
             ids = [t for t in row["answer_ids"] if t != end_id]
-            if not same_text(_text_of(ids, tokenize), it.answer):
+            if not same_text(detokenize(ids), it.answer):
                 continue
         if len(row["answer_ids"]) == 0:
             continue
         rows.append({"prompt_ids": encode(it.prompt), "answer_ids": row["answer_ids"], "kind": it.kind,
                      "source": "teacher"})
     return rows
-
-
-def _text_of(ids: list[int], tokenize: Any) -> str:
-    decode = getattr(tokenize, "decode", None)
-    return decode(ids) if decode else " ".join(map(str, ids))
 
 
 def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:

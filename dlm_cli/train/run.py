@@ -105,7 +105,9 @@ def run_distill(req: DistillRequest, *, load_model: Callable[..., Any], err: Any
     def tokenize(text: str) -> list[int]:
         return model.tokenizer.encode(text, add_special_tokens=False)
 
-    tokenize.decode = lambda ids: model.tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[attr-defined]
+    def detokenize(ids: list[int]) -> str:
+        return model.tokenizer.decode(ids, skip_special_tokens=True)
+
     end_id = model.eos_ids[0] if model.eos_ids else model.mask_id
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
@@ -119,13 +121,12 @@ def run_distill(req: DistillRequest, *, load_model: Callable[..., Any], err: Any
                 err.print(f"dlm: note: teacher answers {k}/{total}", markup=False, highlight=False)
 
         rows = D.answers(items, work, encode=enc, decode=dec, end_id=end_id, targets=req.targets, check=req.check,
-                         tokenize=tokenize, progress=answered)
+                         tokenize=tokenize, detokenize=detokenize, progress=answered)
         D.write_rows(work / "rows.jsonl", rows)
         if not rows:
             raise DlmError("no training rows are left (every teacher answer failed --check); drop "
                            "--check or use --targets gold")
-        if teacher is not model:
-            del teacher
+        teacher = model  # frees another teacher (the closures read this name) before training
         kinds: dict[str, int] = {}
         for r in rows:
             kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
