@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from dlm_cli import profiles
-    from dlm_cli.bench import builtin_prompts
+    from dlm_cli.bench.suites import builtin_prompts
     from dlm_cli.decode import run
     from dlm_cli.decode.events import Step
     from dlm_cli.models.loading import LoadOptions, load

@@ -9,7 +9,7 @@ Each row runs one kind of forward the decoders run, over a held-out typo prompt,
 - ``ar-int4``, ``block-int4``: torchao int4 weights (bfloat16 only).
 
 Each row is timed against its floor: its weight bytes over the copy bandwidth
-(:func:`dlm_cli.machine.measure_copy_bandwidth`, what ``dlm bench --calibrate`` measures) at the
+(:func:`dlm_cli.bench.machine.measure_copy_bandwidth`, what ``dlm bench --calibrate`` measures) at the
 same thread count.
 
 ``torch.profiler`` sorts the operators' own CPU time into matrix products, attention, cache
@@ -175,7 +175,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from dlm_cli.machine import measure_copy_bandwidth
+    from dlm_cli.bench.machine import measure_copy_bandwidth
 
     steps: dict[str, tuple[Callable[[], Any], float]] = {}
     for dtype in args.dtypes.split(","):

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from dlm_cli import profiles
-    from dlm_cli.bench import builtin_prompts
+    from dlm_cli.bench.suites import builtin_prompts
     from dlm_cli.models.loading import load
     from dlm_cli.prompting import encode
     from strategies import parse_row, split_rows

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from dlm_cli.bench import builtin_prompts
+    from dlm_cli.bench.suites import builtin_prompts
     from dlm_cli.models.loading import load
     from dlm_cli.prompting import encode
     from strategies import parse_row, split_rows

@@ -205,10 +205,12 @@ def _load_model(spec: Optional[str], opts: Any, err: Any, role: str = "model") -
     return model
 
 
-def _default_profile(model: Any, draft: Optional[str]) -> str:
-    from .profiles import default_for
+def _loader(opts: Any) -> Any:
+    """The session's model loader: a spinner on a terminal, the default model's note, the threads for its size."""
+    from rich.console import Console
 
-    return default_for(model.kind, bool(draft), getattr(model, "profile", None))
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    return lambda spec, role: _load_model(spec, opts, err, role=role)
 
 
 @app.command()
@@ -267,7 +269,7 @@ def generate(
         load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle),
         parse_special=parse_special, no_stdin=no_stdin,
     )
-    code = run_generate(request, load_model=_load_model, default_profile=_default_profile)
+    code = run_generate(request, load_model=_loader(request.load))
     if code:
         raise SystemExit(code)
 
@@ -337,7 +339,8 @@ def bench(
     trust_remote_code: bool = REMOTE_OPT,
     allow_pickle: bool = PICKLE_OPT,
 ) -> None:
-    from .bench import BenchRequest, run_bench_command
+    from .bench.command import run_bench_command
+    from .bench.plan import BenchRequest
 
     _set_threads(threads)
     _quiet_libraries()
@@ -352,7 +355,7 @@ def bench(
     )
     if limit is not None and dataset is None:
         raise UsageError("--limit applies to --dataset; for the built-in suite use --per-task")
-    run_bench_command(request, load_model=_load_model)
+    run_bench_command(request, load_model=_loader(request.load))
 
 
 @app.command()
@@ -389,8 +392,8 @@ def tune(
     Every point of the grid runs as a `dlm bench` row against the same baselines in one run. Speed is
     the speedup over the headline baseline (see `dlm bench --help` for the formulas).
     """
-    from .bench import BenchRequest
-    from .tune import TuneRequest, run_tune_command
+    from .bench.plan import BenchRequest
+    from .bench.tune import TuneRequest, run_tune_command
 
     _set_threads(threads)
     _quiet_libraries()
@@ -399,7 +402,8 @@ def tune(
         flags={"max_new_tokens": max_new_tokens, "seed": seed}, sets=list(set_), json_out=json_out,
         chat_template=not no_chat_template, allow_different_tokenizers=False,
         load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle), format=fmt)
-    run_tune_command(TuneRequest(bench_req, profile, list(search), floor, write, force, plot), load_model=_load_model)
+    run_tune_command(TuneRequest(bench_req, profile, list(search), floor, write, force, plot),
+                     load_model=_loader(bench_req.load))
 
 
 @app.command()
@@ -587,7 +591,7 @@ def serve(
     request = ServeRequest(model=model, draft=draft, profile=profile, host=host, port=port, api_key=api_key,
                            queue_size=queue_size, allow_different_tokenizers=allow_different_tokenizers,
                            load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle))
-    run_serve(request, load_model=_load_model, default_profile=_default_profile)
+    run_serve(request, load_model=_loader(request.load))
 
 
 @profiles_app.command("list")

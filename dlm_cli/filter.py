@@ -38,9 +38,9 @@ class FilterRequest:
 
 def default_prompts(model: Any, count: int) -> list[str]:
     """Training prompts, never the bench's held-out ones: the toy task stream, or real paragraphs and chat topics."""
-    from .bench import is_toy
+    from .models.resolve import is_toy
 
-    if is_toy(model):
+    if is_toy(model.info.path):
         from .demo.tasks import training_stream
 
         stream = training_stream(20260)
@@ -56,7 +56,7 @@ def default_prompts(model: Any, count: int) -> list[str]:
 
 
 def read_prompts(path: Path) -> list[str]:
-    from .bench import load_prompts
+    from .evals.prompt import load_prompts
 
     return [p.prompt for p in load_prompts(path)]
 
@@ -131,9 +131,10 @@ def run_filter_train(req: FilterRequest, *, load_model: Callable[..., Any]) -> N
     if model.kind != "diffusion":
         raise UsageError(f"a Learn2PD filter is for a diffusion LLM, but {model.info.name} is an autoregressive LM")
     texts = read_prompts(req.prompts) if req.prompts else default_prompts(model, req.count)
-    from .bench import REAL_MAX_NEW_TOKENS, is_toy
+    from .demo.realtext import ANSWER_TOKENS
+    from .models.resolve import is_toy
 
-    n = req.max_new_tokens or (64 if is_toy(model) else REAL_MAX_NEW_TOKENS)
+    n = req.max_new_tokens or (64 if is_toy(model.info.path) else ANSWER_TOKENS)
     # A block-diffusion model's prefix cache is exact: the same decodes, many times faster.
     exact = ["cache=prefix"] if getattr(model, "block_size", None) is not None else []
     settings = profiles.load("baseline", sets=exact, flags={"max_new_tokens": n, "seed": req.seed})

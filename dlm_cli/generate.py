@@ -10,12 +10,15 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from rich.console import Console
 
 from .errors import RUNTIME, DlmError, UsageError, interrupt_code, interrupt_word, say, silence_stdout
 from .view.stats import stats_line  # noqa: F401  (the stats line; also dlm replay's)
+
+if TYPE_CHECKING:
+    from .session import LoadModel
 
 
 
@@ -105,50 +108,24 @@ def open_trace(path: Path, material: Optional[Path]) -> Any:
                          "directory that exists") from None
 
 
-def run_generate(req: GenerateRequest, *, load_model: Callable[..., Any],
-                 default_profile: Callable[[Any, Optional[str]], str]) -> int:
+def run_generate(req: GenerateRequest, *, load_model: LoadModel) -> int:
     """Run one generation; returns the exit code (0, or 130 after Ctrl-C)."""
-    from . import profiles
-    from .models.resolve import check_trained
-    from .prompting import check_length, encode, fit_length, gather
+    from .prompting import encode, gather
+    from .session import RunRequest, check_early, open_session
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    settings = None
-    if req.profile is not None:
-        settings = profiles.load(req.profile, sets=req.sets, flags=req.flags)
-    else:  # refuse what can be refused before stdin is waited on and the model loads (seconds to minutes)
-        from .models.resolve import predict_kind
-
-        kind = predict_kind(req.model)
-        profiles.check_early(req.sets, req.flags, profiles.default_for(kind, bool(req.draft)) if kind else None)
+    run_req = RunRequest(req.model, req.draft, req.profile, tuple(req.sets), req.flags, req.allow_different_tokenizers)
+    early = check_early(run_req)  # before stdin is waited on and the model loads (seconds to minutes)
     text_in = gather(req.prompt, req.file, sys.stdin, sys.stdin.isatty(), no_stdin=req.no_stdin, say=say)
-
-    model_spec = req.model or (settings.meta.get("model") if settings else None)
-    model = load_model(model_spec, req.load, err)
-    draft_spec = req.draft or (settings.meta.get("draft") if settings else None)
-    if settings is None:
-        settings = profiles.load(default_profile(model, draft_spec), sets=req.sets, flags=req.flags)
-        draft_spec = req.draft or settings.meta.get("draft")
-    from .models.resolve import model_defaults
-
-    settings.fill(model_defaults(model.info.name), f"the defaults of {model.info.name}")
-    if req.allow_different_tokenizers and "allow_different_tokenizers" in settings.values:
-        settings.allow_different_tokenizers = True
-    from .decode import STRATEGIES, check_fits, run
-
-    check_fits(STRATEGIES[settings.strategy], model)  # before any length check: the profile may not fit at all
-    if req.draft and model.kind == "diffusion":
-        raise UsageError(f"--draft is for speculative decoding of an AR target, but {model.info.name} is a diffusion "
-                         "LLM; drop --draft (dLLM strategies draft from the model itself, e.g. -p s2d2 or -p freedave)")
-    draft = load_model(draft_spec, req.load, err, role="draft") if draft_spec and model.kind != "diffusion" else None
+    session = open_session(run_req, load_model, early=early)
+    model, draft, settings = session.model, session.draft, session.settings
+    from .decode import run
     from .view import show
     from .view.canvas import Canvas
 
     ids = encode(model.tokenizer, text_in, system=req.system, chat_template=req.chat_template,
                  parse_special=req.parse_special, context=model.max_length)
-    fit_length(settings, model, [len(ids)])
-    check_length(len(ids), settings.max_new_tokens, model.max_length, model.info.name)
-    check_trained(model, settings.max_new_tokens)
+    session.check_prompt(settings, [len(ids)])
     events = run(model, ids, settings, draft=draft)
 
     view = req.view or ("live" if err.is_terminal and not req.json_out else "none")

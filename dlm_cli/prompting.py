@@ -197,11 +197,12 @@ def check_size(tokenizer: Any, chars: int, context: int) -> None:
                          f"{context} tokens; give only the part the model should see")
 
 
-def check_length(prompt_tokens: int, max_new_tokens: int, context: int, name: str) -> None:
+def check_length(prompt_tokens: int, max_new_tokens: int, context: int, name: str, *, flag: str = "-n") -> None:
+    """The prompt and the ``flag`` (``-n``, the server's ``max_tokens``) new tokens fit the model's context."""
     if prompt_tokens + max_new_tokens > context:
         room = context - prompt_tokens
-        fix = f"lower -n to {room} or less" if room > 0 else "shorten the input"
-        raise UsageError(f"the prompt is {prompt_tokens} tokens and -n asks for {max_new_tokens} more, but "
+        fix = f"lower {flag} to {room} or less" if room > 0 else "shorten the input"
+        raise UsageError(f"the prompt is {prompt_tokens} tokens and {flag} asks for {max_new_tokens} more, but "
                          f"{name}'s context is {context} tokens; {fix}")
 
 

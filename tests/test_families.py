@@ -252,7 +252,7 @@ def test_gemma_native_refuses_other_families(models):
     from dlm_cli.errors import DlmError
 
     s = profiles.load(str(Path(__file__).parent.parent / "profiles" / "gemma-native.toml"), flags={"seed": 0})
-    with pytest.raises(DlmError, match="'gemma-native' works only with diffusion-gemma models, but .* is a dream"):
+    with pytest.raises(DlmError, match=r"'gemma-native' needs a model that has a sampler of its own \(DiffusionGemma\); \S+ is not one"):
         run(models["dream"], [1, 2, 3], s)
 
 
@@ -260,5 +260,5 @@ def test_freedave_on_diffusion_gemma_is_one_clear_error_not_a_crash(models):
     from dlm_cli.errors import DlmError
 
     s = profiles.load("freedave", flags={"seed": 0, "max_new_tokens": 16})
-    with pytest.raises(DlmError, match="'freedave' verifies its drafts as a batch of canvases.*gemma-native"):
+    with pytest.raises(DlmError, match="'freedave' needs a model that can run a batch of canvases in one forward.*gemma-native"):
         list(run(models["diffusion-gemma"], [1, 2, 3], s))

@@ -152,7 +152,7 @@ def test_what_a_dllm_cannot_score_says_why_not(dllm, tmp_path):
     with pytest.raises(DlmError, match="loglikelihood_rolling needs an autoregressive model.*dlm-demo is a diffusion"):
         dllm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("a b c",), 0)])
     block = DlmLM(model=str(make_sdar(tmp_path / "sdar")), profile="speedy")
-    with pytest.raises(DlmError, match="loglikelihood needs an autoregressive model.*only for LLaDA and Dream"):
+    with pytest.raises(DlmError, match="loglikelihood needs an autoregressive model.*only for fully bidirectional dLLMs"):
         block.loglikelihood([Instance("loglikelihood", {}, ("a", " b"), 0)])
 
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from typer.testing import CliRunner
 
-from dlm_cli.bench import BenchPrompt, load_prompts, score
+from dlm_cli.evals.prompt import BenchPrompt, load_prompts, score
 from dlm_cli.cli import app
 from dlm_cli.errors import UsageError
 from dlm_cli.evals.scoring import extract_number, matches

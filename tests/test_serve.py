@@ -37,8 +37,9 @@ class Running:
         from dlm_cli.serve import bind
         from dlm_cli.serve.app import LOOPBACK_NAMES, create_app
         from dlm_cli.serve.engine import Engine
+        from dlm_cli.session import RunRequest, Session
 
-        self.engine = Engine(model, draft, profile=profile, queue_size=queue_size)
+        self.engine = Engine(Session(model, draft, profile, RunRequest(front="serve")), queue_size=queue_size)
         sock = bind("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
         app = create_app(self.engine, api_key=api_key, hosts=list(LOOPBACK_NAMES))
@@ -77,6 +78,14 @@ def dllm():
     from dlm_cli.models.loading import load
 
     return load("dlm-demo")
+
+
+@pytest.fixture(scope="module")
+def long_dllm():
+    """The toy trained on canvases of up to 256 slots: a decode of LONG slots that takes seconds."""
+    from dlm_cli.models.loading import load
+
+    return load("dlm-demo-long")
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +255,8 @@ def test_a_bad_set_key_gets_400_with_the_line_the_cli_prints(served):
     ({"profile": "ar"}, "strategy 'ar' needs an autoregressive"),
     ({"n": 2}, "n = 2 is not supported"),
     ({"max_tokens": 600}, "context is 512 tokens; lower max_tokens"),
+    # The run session's check the CLI makes: past the toy's trained canvas it would answer nothing.
+    ({"max_tokens": 100}, "trained to fill canvases of up to 64 slots, and with max_tokens 100"),
     ({"temperature": -1}, "temperature = -1 must be >= 0"),
 ])
 def test_requests_dlm_cannot_answer_get_400_saying_why(served, extra, fragment):
@@ -284,20 +295,20 @@ def test_an_api_key_is_required_as_a_bearer_token(dllm):
         s.stop()
 
 
-def test_a_full_queue_answers_503_and_a_disconnect_stops_the_decode(dllm):
-    s = Running(dllm, profile="quality", queue_size=1)
+def test_a_full_queue_answers_503_and_a_disconnect_stops_the_decode(long_dllm):
+    s = Running(long_dllm, profile="quality", queue_size=1)
     try:
         client = s.client()
         msgs = [{"role": "user", "content": SORT}]
-        running = client.chat.completions.create(model="dlm-demo", messages=msgs, max_tokens=LONG, stream=True,
+        running = client.chat.completions.create(model="dlm-demo-long", messages=msgs, max_tokens=LONG, stream=True,
                                                  extra_body={"dlm_steps": True})
         next(iter(running))  # its decode has started
         waiting = threading.Thread(target=lambda: client.chat.completions.create(
-            model="dlm-demo", messages=msgs, max_tokens=8, seed=0))
+            model="dlm-demo-long", messages=msgs, max_tokens=8, seed=0))
         waiting.start()
         s.wait(lambda st: st["waiting"] == 1 and st["busy"], "the second request to wait")
         with pytest.raises(openai.InternalServerError) as exc:
-            client.chat.completions.create(model="dlm-demo", messages=msgs, max_tokens=8)
+            client.chat.completions.create(model="dlm-demo-long", messages=msgs, max_tokens=8)
         assert exc.value.status_code == 503 and "queue size 1" in exc.value.body["message"]
         assert s.status()["rejected"] == 1
         running.close()  # the client leaves mid-stream
@@ -308,10 +319,10 @@ def test_a_full_queue_answers_503_and_a_disconnect_stops_the_decode(dllm):
         s.stop()
 
 
-def test_a_disconnect_stops_decoding_at_the_next_step(dllm):
-    s = Running(dllm, profile="quality")
+def test_a_disconnect_stops_decoding_at_the_next_step(long_dllm):
+    s = Running(long_dllm, profile="quality")
     try:
-        stream = s.client().chat.completions.create(model="dlm-demo", messages=[{"role": "user", "content": SORT}],
+        stream = s.client().chat.completions.create(model="dlm-demo-long", messages=[{"role": "user", "content": SORT}],
                                                     max_tokens=LONG, stream=True, extra_body={"dlm_steps": True})
         it = iter(stream)
         for _ in range(3):

@@ -358,7 +358,7 @@ def test_s2d2_policy_skips_verification_when_drafts_are_unsure_and_needs_a_block
     assert never.verifies == 0 and never.tokens == plain.tokens and never.nfe == plain.nfe
     sampled = decode(block_model, ids, "s2d2", ["s2d2_min_gain=0", "temperature=0.9"], max_new_tokens=24)[-1]
     assert sampled.verifies > 0 and block_model.mask_id not in sampled.tokens
-    with pytest.raises(DlmError, match="needs a block-diffusion model"):
+    with pytest.raises(DlmError, match="'s2d2' needs a model that is an AR model when run at block size 1"):
         decode(llada_model, prompt_ids, "s2d2", max_new_tokens=8)
 
 

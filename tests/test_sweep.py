@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dlm_cli.errors import UsageError
-from dlm_cli.sweep import best_above, expand_range, grid, pareto, split_values
+from dlm_cli.bench.sweep import best_above, expand_range, grid, pareto, split_values
 
 
 def test_split_values_keeps_commas_inside_brackets_and_quotes():
@@ -50,7 +50,7 @@ def test_pareto_front_on_fixed_numbers():
 
 
 def test_copy_bandwidth_is_cached_and_survives_a_corrupt_cache(tmp_path, monkeypatch):
-    from dlm_cli import machine
+    from dlm_cli.bench import machine
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(machine, "CALIBRATION_BYTES", 4 * 1024 * 1024)

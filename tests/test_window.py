@@ -246,4 +246,4 @@ def test_window_refuses_what_cannot_work(tiny_llada, sets, fragment):
 def test_window_refuses_a_block_diffusion_model(tmp_path):
     adapter = make_adapter(tmp_path / "tiny-dlm", block_size=8)
     assert_one_line_error(dlm("generate", "-m", str(adapter), "-p", "window", "hi", "-n", "8"), 2,
-                          "works only with llada or dream models")
+                          "'window' needs a model that is fully bidirectional")

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..capabilities import describe, missing
 from ..errors import UsageError
 from . import ar  # noqa: F401  (the autoregressive strategies: ar, speculative, lookup)
 from . import common  # noqa: F401  (registers the shared keys)
@@ -42,7 +43,7 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 def check_fits(strategy: Any, model: Any) -> None:
-    """The model's kind and family must be the strategy's."""
+    """The model's kind must be the strategy's, and it must offer every capability the strategy needs."""
     if strategy.kind != model.kind:
         have = "a diffusion LLM" if model.kind == "diffusion" else "an autoregressive LM"
         want = "a diffusion LLM" if strategy.kind == "diffusion" else "an autoregressive (causal) LM"
@@ -53,9 +54,11 @@ def check_fits(strategy: Any, model: Any) -> None:
             f"strategy {strategy.name!r} needs {want}, but {model.info.name} is {have}; "
             f"use a profile whose strategy is one of: {', '.join(fits)}{hint}"
         )
-    if strategy.families and model.info.family not in strategy.families:
-        raise UsageError(f"strategy {strategy.name!r} works only with {' or '.join(strategy.families)} models, but "
-                       f"{model.info.name} is a {model.info.family} model; pick another strategy (e.g. -p speedy)")
+    lacking = missing(strategy.needs, model.capabilities)
+    if lacking:
+        fits = sorted(n for n, s in STRATEGIES.items() if s.kind == model.kind and not missing(s.needs, model.capabilities))
+        raise UsageError(f"strategy {strategy.name!r} needs {describe(lacking)}; {model.info.name} is not one; "
+                         f"pick another strategy ({', '.join(fits)})")
 
 
 def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) -> Iterator[Event]:

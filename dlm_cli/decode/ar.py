@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from ..capabilities import DRAFT_MODEL
 from ..errors import DlmError, UsageError
 from .drafts import DiffusionDraft, LookupDraft, ModelDraft, NoDraft, TextDraft
 from .keys import Conflict, Key, Strategy, at_most, register_strategy
@@ -110,7 +111,7 @@ register_strategy(Strategy(
             "rest (pre-verify) and keep drafting the next draft_length tokens before a verify (post-verify); "
             "on one device a schedule, not concurrency; draft_confidence and adaptive_draft do not apply"),
     ),
-    factory=speculative, loop="ar",
+    factory=speculative, loop="ar", needs=(DRAFT_MODEL,), drafts=True,
     conflicts=(Conflict(lambda v: bool(v.get("pearl")) and v.get("tree_width", 1) > 1,
                         "pearl = true drafts one run per window; set tree_width = 1 or pearl = false"),)))
 
@@ -127,7 +128,7 @@ register_strategy(Strategy(
             "resume the draft after the token it replaced (Aggressive Decoding)"),
         TREE_WIDTH, TREE_DEPTH,
     ),
-    factory=lookup, loop="ar", conflicts=(at_most("ngram_min", "ngram_max"),)))
+    factory=lookup, loop="ar", drafts=True, conflicts=(at_most("ngram_min", "ngram_max"),)))
 
 register_strategy(Strategy(
     "aded", "autoregressive",
@@ -161,7 +162,7 @@ register_strategy(Strategy(
         Key("cps_lambda", float, 0.5, "weight of the drafter's log-probability against the n-gram proxy's",
             min=0.0, max=1.0),
     ),
-    factory=diffuspec, loop="ar", conflicts=(at_most("draft_min", "draft_length"),)))
+    factory=diffuspec, loop="ar", needs=(DRAFT_MODEL,), drafts=True, conflicts=(at_most("draft_min", "draft_length"),)))
 
 
 def ead(model: Any, settings: Any, draft: Any) -> Any:
@@ -185,4 +186,4 @@ register_strategy(Strategy(
         Key("ead_min_run", int, 4, "tokens a model writes before a switch (dlm's reading of the stability "
             "constraint)", min=1, max=4096),
     ),
-    factory=ead, loop="ead"))
+    factory=ead, loop="ead", needs=(DRAFT_MODEL,)))

@@ -130,8 +130,9 @@ class Strategy:
     keys: tuple[Key, ...] = ()
     factory: Callable[..., Any] | None = None
     conflicts: tuple[Conflict, ...] = ()
-    families: tuple[str, ...] = ()  # model families it works with (a model's own sampler); empty: all
+    needs: tuple[str, ...] = ()  # what the run must offer (:mod:`dlm_cli.capabilities`): model capabilities, a draft
     loop: str = "blocks"
+    drafts: bool = False  # it drafts and verifies: its Done counts drafted and accepted tokens
 
 
 STRATEGIES: dict[str, Strategy] = {}

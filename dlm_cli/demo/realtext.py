@@ -28,6 +28,9 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Generation slots for an answer over a paragraph (a fixed paragraph is about 100-200 tokens): bench, filter.
+ANSWER_TOKENS = 256
+
 KEYBOARD = ["qwertyuiop", "asdfghjkl", "zxcvbnm"]
 TYPO_INSTRUCTIONS = ("fix the typos", "Fix the typos.", "Fix the typos in this text.",
                      "Correct the spelling mistakes.", "fix typos", "Please fix the typos in this paragraph.")

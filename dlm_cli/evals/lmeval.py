@@ -58,8 +58,8 @@ class DlmLM(LM):
                  seed: int = 0, threads: Optional[int] = None, mc_samples: int = 128, mc_batch: int = 32,
                  batch_size: Any = None, max_batch_size: Any = None, **keys: Any) -> None:
         super().__init__()
-        from ..models.loading import LoadOptions, load
-        from ..profiles import default_for, load as load_profile
+        from ..models.loading import LoadOptions
+        from ..session import RunRequest, check_early, default_loader, open_session
 
         if threads is not None:
             import torch
@@ -81,17 +81,16 @@ class DlmLM(LM):
                 load_args[flag] = _bool(load_args[flag], flag)
         opts = LoadOptions(**{k: str(v) if k in ("device", "dtype", "device_map") else v
                               for k, v in load_args.items()})
-        self.model = load(None if model is None else str(model), opts)
-        self.draft = (load(str(draft), LoadOptions(**{k: v for k, v in vars(opts).items() if k != "revision"}),
-                           role="draft") if draft is not None else None)
-        self.profile = str(profile) if profile is not None else default_for(self.model.kind, draft is not None,
-                                                                                 getattr(self.model, "profile", None))
         self.sets = [f"{k}={_toml(v)}" for k, v in keys.items()]
         self.seed = int(seed)
         self.mc_samples, self.mc_batch = int(mc_samples), int(mc_batch)
         if self.mc_samples < 1 or self.mc_batch < 1:
             raise UsageError("--model_args mc_samples and mc_batch must be at least 1")
-        load_profile(self.profile, sets=self.sets)  # a bad profile or key fails now, not after the first request
+        request = RunRequest(None if model is None else str(model), None if draft is None else str(draft),
+                             None if profile is None else str(profile), tuple(self.sets), front="lm-eval")
+        early = check_early(request)  # a bad profile or key fails before the model loads
+        self.session = open_session(request, default_loader(opts), early=early)
+        self.model, self.draft, self.profile = self.session.model, self.session.draft, self.session.profile
         self.templated = False
 
     # --- lm-eval's chat-template hooks (used with --apply_chat_template) ---
@@ -130,7 +129,6 @@ class DlmLM(LM):
     def generate(self, context: str, gen_kwargs: dict[str, Any]) -> str:
         """The continuation of ``context`` under the profile, cut before the first ``until`` string."""
         from ..decode import Done, Step, run
-        from ..profiles import load as load_profile
 
         until = gen_kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else [u for u in until if u]
@@ -142,12 +140,13 @@ class DlmLM(LM):
         for key in ("top_k", "top_p"):
             if gen_kwargs.get(key) is not None:
                 flags[key] = gen_kwargs[key]
-        settings = load_profile(self.profile, sets=self.sets, flags=flags)
+        settings = self.session.settings_for(sets=self.sets, flags=flags)
         room = self.model.max_length - max_gen
         if room < 1:
             raise UsageError(f"max_gen_toks {max_gen} leaves no room for a prompt in {self.model.info.name}'s "
                              f"context of {self.model.max_length} tokens; lower it (--gen_kwargs max_gen_toks=N)")
         ids = self.encode(context)[-room:]  # the most recent context, as lm-eval's own models keep it
+        self.session.check_prompt(settings, [len(ids)])
         tok = self.model.tokenizer
         eos = set(self.model.eos_ids)
         committed: dict[int, int] = {}
@@ -218,13 +217,14 @@ class DlmLM(LM):
     @property
     def estimable(self) -> bool:
         """A fully bidirectional dLLM, whose likelihood LLaDA's Monte-Carlo bound estimates."""
-        return self.model.kind == "diffusion" and self.model.info.family in ("llada", "dream") \
-            and self.model.block_size is None
+        from ..capabilities import BIDIRECTIONAL
+
+        return self.model.kind == "diffusion" and BIDIRECTIONAL in self.model.capabilities
 
     def _need_ar(self, what: str) -> None:
         if self.model.kind != "autoregressive":
-            some = "only LLaDA and Dream models have an estimate, loglikelihood (not rolling)" \
-                if what == "loglikelihood_rolling" else "dlm estimates it only for LLaDA and Dream models"
+            some = "only fully bidirectional dLLMs (LLaDA, Dream) have an estimate, loglikelihood (not rolling)" \
+                if what == "loglikelihood_rolling" else "dlm estimates it only for fully bidirectional dLLMs (LLaDA, Dream)"
             raise DlmError(f"{what} needs an autoregressive model, and {self.model.info.name} is a diffusion LLM, "
                            f"which has no exact likelihood ({some}); evaluate it on generate_until tasks "
                            "(e.g. gsm8k, humaneval), or pass an AR model")

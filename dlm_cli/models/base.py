@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .. import capabilities as C
 from .kv import DenoiserCache
 
 MASK_STEP = 1024  # positions the precomputed block-causal mask grows by
@@ -84,6 +85,18 @@ class Denoiser(OutputLayer):
     profile: str | None = None  # the decoding the weights were trained for (a dlm distill delta), the default
     kind: str = field(default="diffusion", init=False)
     compilable: bool = field(default=True, init=False)  # compile = "on" compiles the network (see .speed)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What this model offers the strategies (:mod:`dlm_cli.capabilities`), from how it attends."""
+        caps = {C.CANVAS_BATCH}
+        if self.block_size is not None:
+            caps |= {C.BLOCK_CACHE, C.AR_AT_BLOCK_1}
+        else:
+            caps.add(C.BIDIRECTIONAL)
+        if getattr(self.net, "prunable", False):
+            caps.add(C.PRUNED_FORWARD)
+        return frozenset(caps)
 
     def _forward(self, *args: Any, **kwargs: Any) -> Any:
         """The network's forward, compiled when the run's ``compile`` is on (:func:`.speed.compiled_net`)."""

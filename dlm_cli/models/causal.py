@@ -33,6 +33,7 @@ class CausalLM(OutputLayer):
     token_count: int | None = None  # real vocabulary size when the output layer is padded beyond it
     kind: str = field(default="autoregressive", init=False)
     compilable: bool = field(default=True, init=False)  # a static cache and a compiled step (see .speed)
+    capabilities: frozenset[str] = field(default=frozenset(), init=False)  # what a dLLM strategy could need: none
 
     def new_cache(self) -> Any:
         if self.__dict__.get("_dlm_compile_on"):

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .. import capabilities as C
 from .base import Denoiser
 from .compat import cache_kwarg
 
@@ -67,6 +68,11 @@ class DiffusionGemmaDenoiser(Denoiser):
     """``block_size`` is the canvas length; ``mask_id`` is a sentinel one past the vocabulary."""
 
     canvas_length: int = 256
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """One canvas per forward, decoded by its own sampler; its canvas is not a block grid."""
+        return frozenset({C.NATIVE_SAMPLER})
 
     def __post_init__(self) -> None:
         self._prompt: int | None = None

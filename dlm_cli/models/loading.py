@@ -9,6 +9,7 @@ device and filled once, never needing twice its size in memory.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ def load(spec: str | None, opts: LoadOptions | None = None, *, role: str = "mode
     quiet_optional_libraries()
     from .sizes import check_values
 
-    opts = opts or LoadOptions()
+    opts = replace(opts) if opts is not None else LoadOptions()  # a spec's @revision is this load's alone
     if spec is not None and "@" in spec and not Path(spec).exists():
         spec, opts.revision = spec.split("@", 1)
     name, path = resolve_path(spec or default_model()[0], opts)

@@ -85,6 +85,8 @@ class LLaDA2DecoderLayer(glm.Glm4MoeDecoderLayer):
 class LLaDA2Denoiser(DenoiserStack):
     """LLaDA2.x: GLM-4-MoE layers with the fused attention projection (module doc)."""
 
+    prunable = False  # Window-Diffusion's pruned forward is not tested over expert routing
+
     config_class = Glm4MoeConfig
     parts = (LLaDA2DecoderLayer, glm.Glm4MoeRMSNorm, glm.Glm4MoeRotaryEmbedding)
     _no_split_modules = ["LLaDA2DecoderLayer"]
@@ -253,6 +255,8 @@ def llada2_spec(cfg: dict[str, Any]) -> NativeSpec:
 
 class LLaDAMoEDenoiser(DenoiserStack):
     """LLaDA-MoE: Qwen3-MoE layers run bidirectionally (module doc)."""
+
+    prunable = False  # Window-Diffusion's pruned forward is not tested over expert routing
 
     config_class = Qwen3MoeConfig
     parts = (qwen3moe.Qwen3MoeDecoderLayer, qwen3moe.Qwen3MoeRMSNorm, qwen3moe.Qwen3MoeRotaryEmbedding)

@@ -150,7 +150,7 @@ def trained_length(path: str) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def check_trained(model: Any, max_new_tokens: int) -> None:
+def check_trained(model: Any, max_new_tokens: int, *, flag: str = "-n") -> None:
     """Refuse a generation longer than the model's trained range (a toy dLLM's canvas): it would print nothing."""
     if model.kind != "diffusion":
         return
@@ -160,5 +160,5 @@ def check_trained(model: Any, max_new_tokens: int) -> None:
         if Path(model.info.path).name == EMBEDDED[TOY_DEFAULT][0]:  # the 64-slot toy: name the long one
             longest = trained_length(str(DEMO_DIR / EMBEDDED[TOY_LONG][0]))
             hint = f", or -m {TOY_LONG} (trained on up to {longest} slots)"
-        raise UsageError(f"{model.info.name} was trained to fill canvases of up to {most} slots, and with -n "
-                         f"{max_new_tokens} it answers with nothing; use -n {most} or less{hint}")
+        raise UsageError(f"{model.info.name} was trained to fill canvases of up to {most} slots, and with {flag} "
+                         f"{max_new_tokens} it answers with nothing; use {flag} {most} or less{hint}")

@@ -32,6 +32,8 @@ class DenoiserStack(PreTrainedModel):
     """
 
     parts: ClassVar[tuple[type[nn.Module], type[nn.Module], type[nn.Module]]]
+    # A forward over a subset of positions (Window-Diffusion's pruning) is supported and tested.
+    prunable: ClassVar[bool] = True
     base_model_prefix = "model"
     _supports_sdpa = True
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}

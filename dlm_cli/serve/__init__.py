@@ -68,8 +68,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_serve(req: ServeRequest, *, load_model: Callable[..., Any],
-              default_profile: Callable[[Any, Optional[str]], str]) -> None:
+def run_serve(req: ServeRequest, *, load_model: Callable[[Optional[str], str], Any]) -> None:
     try:
         import uvicorn
 
@@ -77,29 +76,20 @@ def run_serve(req: ServeRequest, *, load_model: Callable[..., Any],
     except ImportError as exc:
         raise DlmError(f"dlm serve needs the 'serve' extra ({exc.name} is missing): pip install 'dlm-cli[serve]'") \
             from None
-    from .. import profiles
-    from ..decode import STRATEGIES, check_fits
+    from ..session import RunRequest, check_early, open_session
     from .engine import Engine
 
     check_access(req.host, req.api_key)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    settings = profiles.load(req.profile) if req.profile is not None else None
+    run_req = RunRequest(req.model, req.draft, req.profile, allow_different_tokenizers=req.allow_different_tokenizers,
+                         front="serve")
+    early = check_early(run_req)
     sock = bind(req.host, req.port)
     try:
-        model_spec = req.model or (settings.meta.get("model") if settings else None)
-        model = load_model(model_spec, req.load, err)
-        draft_spec = req.draft or (settings.meta.get("draft") if settings else None)
-        if req.draft and model.kind == "diffusion":
-            raise UsageError(f"--draft is for speculative decoding of an AR target, but {model.info.name} is a "
-                             "diffusion LLM; drop --draft")
-        profile = req.profile or default_profile(model, draft_spec)
-        settings = profiles.load(profile)
-        check_fits(STRATEGIES[settings.strategy], model)
-        draft_spec = draft_spec or settings.meta.get("draft")
-        draft = load_model(draft_spec, req.load, err, role="draft") if draft_spec and model.kind != "diffusion" \
-            else None
-        engine = Engine(model, draft, profile=profile, queue_size=req.queue_size, model_spec=model_spec,
-                        allow_different_tokenizers=req.allow_different_tokenizers)
+        session = open_session(run_req, load_model, early=early)
+        model, draft, profile = session.model, session.draft, session.profile
+        model_spec = req.model or (early.meta.get("model") if early is not None else None)
+        engine = Engine(session, queue_size=req.queue_size, model_spec=model_spec)
         loopback = is_loopback(req.host)
         hosts = sorted({*LOOPBACK_NAMES, req.host.strip("[]")}) if loopback else None
         app = create_app(engine, api_key=req.api_key, hosts=hosts)

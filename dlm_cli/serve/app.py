@@ -33,14 +33,6 @@ from .schema import ApiError
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
-def check_room(prompt_tokens: int, max_new_tokens: int, model: Any) -> None:
-    if prompt_tokens + max_new_tokens > model.max_length:
-        room = model.max_length - prompt_tokens
-        fix = f"lower max_tokens to {room} or less" if room > 0 else "shorten the prompt"
-        raise UsageError(f"the prompt is {prompt_tokens} tokens and max_tokens asks for {max_new_tokens} more, "
-                         f"but {model.info.name}'s context is {model.max_length} tokens; {fix}")
-
-
 class Server:
     """What the routes share: the engine, the names the model answers to, the API key."""
 
@@ -83,29 +75,20 @@ class Server:
 
     # -- a request becomes a job ------------------------------------------------------------
     def job(self, body: dict[str, Any], chat: bool) -> tuple[Job, Any, schema.Parsed]:
-        from .. import profiles
-        from ..decode import STRATEGIES, check_fits, run
-        from ..prompting import fit_length
-        from ..models.resolve import model_defaults
+        from ..decode import run
 
         parsed = schema.parse(body)
         prompt: Any = schema.messages(body) if chat else schema.prompt_text(body)
-        engine = self.engine
-        model, draft = engine.model, engine.draft
+        session = self.engine.session
+        model, draft = session.model, session.draft
         try:
-            settings = profiles.load(parsed.profile or engine.profile, sets=parsed.sets, flags=parsed.flags)
-            settings.fill(model_defaults(model.info.name), f"the defaults of {model.info.name}")
-            check_fits(STRATEGIES[settings.strategy], model)
+            settings = session.settings_for(parsed.profile, sets=parsed.sets, flags=parsed.flags)
         except DlmError as exc:
             raise schema.from_dlm(exc) from None
 
-        if engine.allow_different_tokenizers and "allow_different_tokenizers" in settings.values:
-            settings.allow_different_tokenizers = True
-
         def build() -> tuple[Any, int, int | None]:
             ids = encode(model, prompt, chat)
-            fit_length(settings, model, [len(ids)])
-            check_room(len(ids), settings.max_new_tokens, model)
+            session.check_prompt(settings, [len(ids)])  # the context, an AR cap, a dLLM's trained range
             events = run(model, ids, settings, draft=draft)
             return events, len(ids), settings.seed
 

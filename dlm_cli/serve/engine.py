@@ -178,10 +178,9 @@ def event_payload(event: Event, canvas: Canvas, seen: set[int]) -> dict[str, Any
 class Engine:
     """The served model (and draft), the queue, and the worker thread that decodes."""
 
-    def __init__(self, model: Any, draft: Any, *, profile: str, queue_size: int, model_spec: str | None = None,
-                 allow_different_tokenizers: bool = False) -> None:
-        self.model, self.draft, self.profile = model, draft, profile
-        self.allow_different_tokenizers = allow_different_tokenizers
+    def __init__(self, session: Any, *, queue_size: int, model_spec: str | None = None) -> None:
+        self.session = session  # the run session (:mod:`dlm_cli.session`): every request's settings and checks
+        self.model, self.draft, self.profile = session.model, session.draft, session.profile
         self.model_spec = model_spec
         self.queue_size = queue_size
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ...errors import DlmError
+from ...capabilities import CANVAS_BATCH
 from ..canvas import BlockCanvas
 from ..events import Clock, Event
 from ..keys import Conflict, Key, Strategy, no_cache, own_loop, register_strategy
@@ -33,10 +33,6 @@ def confidences(logits: torch.Tensor, candidates: torch.Tensor, mask_id: int) ->
 
 def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: torch.Generator | None,
         clock: Clock) -> Iterator[Event]:
-    if model.info.family == "diffusion-gemma":
-        raise DlmError(f"strategy 'freedave' verifies its drafts as a batch of canvases, which {model.info.name} "
-                       "(a diffusion-gemma model, one canvas per forward) cannot run; pick another strategy "
-                       "(e.g. -p gemma-native or -p quality)")
     s = settings
     model.begin(len(prompt_ids), generator)
     c = BlockCanvas(model, prompt_ids, s, clock)
@@ -104,6 +100,7 @@ register_strategy(
         keys=(Key("draft_length", int, 4, "K: drafts D_1..D_K verified in one batched forward", min=1,
                   old=("freedave_drafts",)),),
         loop="freedave",
+        needs=(CANVAS_BATCH,),  # its drafts are verified as a batch of canvases in one forward
         conflicts=(no_cache("freedave", "FreeDave verifies its drafts in one batched forward without a cache"),
                    own_loop("freedave"),
                    Conflict(lambda v: v.get("temperature", 0.0) > 0,

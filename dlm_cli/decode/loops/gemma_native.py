@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ...capabilities import NATIVE_SAMPLER
 from ...errors import DlmError
 from ...models.compat import cache_kwarg
 from ..canvas import BlockCanvas
@@ -138,7 +139,7 @@ register_strategy(
         "DiffusionGemma models only",
         keys=KEYS,
         loop="gemma-native",
-        families=("diffusion-gemma",),
+        needs=(NATIVE_SAMPLER,),
         conflicts=(own_loop("gemma-native"),),
     )
 )

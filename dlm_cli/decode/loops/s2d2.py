@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ...errors import DlmError
+from ...capabilities import AR_AT_BLOCK_1
 from ..canvas import BlockCanvas
 from ..events import Clock, Event
 from ..cache import Forward
@@ -75,10 +75,6 @@ def speculative_accept(draft: torch.Tensor, q: torch.Tensor, p: torch.Tensor, ge
 
 def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: torch.Generator | None,
         clock: Clock) -> Iterator[Event]:
-    if not model.block_size or model.info.family == "diffusion-gemma":
-        raise DlmError(f"strategy 's2d2' verifies with the model run at block size 1, which needs a "
-                       f"block-diffusion model (SDAR, Fast-dLLM v2); {model.info.name} is a {model.info.family} "
-                       "model; pick another strategy (e.g. -p speedy)")
     s = settings
     model.begin(len(prompt_ids), generator)
     c = BlockCanvas(model, prompt_ids, s, clock)
@@ -157,6 +153,7 @@ register_strategy(
                 "Σ_j Π_{i≤j} c_i reaches this (0: always, which is exactly greedy AR decoding)", min=0.0),
         ),
         loop="s2d2",
+        needs=(AR_AT_BLOCK_1,),  # it verifies its drafts with the model run at block size 1
         conflicts=(own_loop("s2d2"),),
     )
 )

@@ -44,7 +44,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ...errors import UsageError
+from ...capabilities import BIDIRECTIONAL, PRUNED_FORWARD
 from ..canvas import BlockCanvas
 from ..events import Clock, Event
 from ..keys import Conflict, Key, Strategy, at_most, own_loop, register_strategy
@@ -113,12 +113,6 @@ class WindowPlan:
 def run(model: Any, prompt_ids: list[int], settings: Any, rule: Baseline, generator: torch.Generator | None,
         clock: Clock) -> Iterator[Event]:
     """Decode ``prompt_ids`` with Window-Diffusion; yields Start, one Step per forward, then Done."""
-    from ...models.stack import DenoiserStack
-
-    if model.block_size is not None or not isinstance(model.net, DenoiserStack):
-        raise UsageError(f"strategy 'window' prunes the forward of a fully bidirectional dLLM on dlm's own stack "
-                         f"(LLaDA, Dream); {model.info.name} is a {model.info.family} model; pick another "
-                         "strategy (e.g. -p speedy)")
     s = settings
     model.begin(len(prompt_ids), generator)
     c = BlockCanvas(model, prompt_ids, s, clock, block_length=s.max_new_tokens)
@@ -186,7 +180,7 @@ register_strategy(
         ),
         factory=Baseline,
         loop="window",
-        families=("llada", "dream"),
+        needs=(BIDIRECTIONAL, PRUNED_FORWARD),
         conflicts=(
             at_most("active_tokens", "window_tokens"),
             own_loop("window"),

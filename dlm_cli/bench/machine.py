@@ -80,7 +80,7 @@ def copy_bandwidth(device: str, *, remeasure: bool = False) -> tuple[float, bool
         return float(entry["copy_gbps"]), False
     gbps = measure_copy_bandwidth(device)
     data[key] = {"copy_gbps": round(gbps, 2), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    from .atomic import write_text_atomically
+    from ..atomic import write_text_atomically
 
     try:  # never a half-written cache
         write_text_atomically(path, json.dumps(data, indent=2) + "\n")

@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from .errors import UsageError
+from ..errors import UsageError
 
 GRID_LIMIT = 256  # points in one sweep; more is almost always a typo (a range with a tiny step)
 

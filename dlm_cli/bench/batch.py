@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def check_rows(model: Any, runs: list[tuple[str, Any]], batch_size: int) -> None:
     """Refuse, naming the row, a profile the batched decoder does not run."""
-    from .decode.batch import check_batchable
+    from ..decode.batch import check_batchable
 
     for name, s in runs:
         try:
@@ -26,8 +26,8 @@ def check_rows(model: Any, runs: list[tuple[str, Any]], batch_size: int) -> None
 
 def decode_chunk(model: Any, chunk: list[list[int]], settings: Any, watch: Any = None) -> tuple[list[Any], float]:
     """Decode ``chunk`` as one batch: each prompt's Done, in order, and the batch's decode seconds."""
-    from .decode.batch import run_batch
-    from .decode.events import Done
+    from ..decode.batch import run_batch
+    from ..decode.events import Done
 
     dones: list[Any] = [None] * len(chunk)
     events = run_batch(model, chunk, settings)

@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional
 
 from rich.console import Console
 
-from .errors import UsageError
-from .tables import count, table_console
+from ..errors import UsageError
+from ..tables import count, table_console
 
 
 @dataclass
@@ -41,7 +41,7 @@ def profile_path(name: str) -> Path:
     """Where ``--write NAME`` goes: a path as given, or the user's profile directory."""
     if "/" in name or name.endswith(".toml"):
         return Path(name)
-    from .profiles import user_dir
+    from ..profiles import user_dir
 
     return user_dir() / f"{name}.toml"
 
@@ -59,7 +59,7 @@ def profile_text(settings: Any, base: str, description: str) -> str:
 def write_profile(path: Path, text: str, force: bool) -> None:
     if path.exists() and not force:
         raise UsageError(f"--write {path} exists; pass --force to replace it or name another profile")
-    from .atomic import write_text_atomically
+    from ..atomic import write_text_atomically
 
     try:
         write_text_atomically(path, text)
@@ -121,7 +121,9 @@ def plot_front(rows: list[Any], front: list[int], best: Optional[int], floor: fl
 
 
 def run_tune_command(req: TuneRequest, *, load_model: Callable[..., Any]) -> None:
-    from .bench import measure, plan, write_rows
+    from .plan import plan
+    from .render import write_rows
+    from .run import measure
     from .sweep import best_above, grid, pareto
 
     err = Console(stderr=True, highlight=False)
@@ -136,7 +138,7 @@ def run_tune_command(req: TuneRequest, *, load_model: Callable[..., Any]) -> Non
     points = [type(p)(tuple(req.bench.sets) + p.sets, p.swept) for p in searched]
     req.bench.profiles = req.profile
     p = plan(req.bench, err, load_model=load_model, points=points)
-    from .bench import REAL_REPS, TOY_REPS, is_toy
+    from .suites import REAL_REPS, TOY_REPS, is_toy
 
     reps = req.bench.reps or (TOY_REPS if is_toy(p.model) else REAL_REPS)
     rows, stopped = measure(p, reps, err)

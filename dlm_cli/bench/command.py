@@ -1,0 +1,57 @@
+"""``dlm bench``: plan, measure, render; the one entry the CLI calls."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+from ..errors import UsageError
+from ..tables import count, table_console
+from .answers import markdown_answers, render_answers
+from .plan import BenchRequest, plan
+from .render import FORMATS, write_rows
+from .run import measure
+from .suites import REAL_REPS, TOY_REPS, is_toy
+
+if TYPE_CHECKING:
+    from ..session import LoadModel
+
+
+def run_bench_command(req: BenchRequest, *, load_model: LoadModel) -> None:
+    from .machine import copy_bandwidth, weight_bytes
+
+    err = Console(stderr=True, highlight=False)
+    fmt = "json" if req.json_out else req.format
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
+    p = plan(req, err, load_model=load_model)
+    model = p.model
+    gbps, fresh = copy_bandwidth(model.info.device, remeasure=req.calibrate)
+    if fresh or req.calibrate:
+        err.print(f"dlm: note: this machine copies at {gbps:.1f} GB/s on {model.info.device} "
+                  "(cached for later runs)",
+                  markup=False, highlight=False)
+    reps = req.reps or (TOY_REPS if is_toy(model) else REAL_REPS)
+    rows, stopped = measure(p, reps, err)
+    n, reps = (len(p.prompts), reps) if stopped is None else (stopped.prompts, 1)
+    base = [name for name, _ in p.runs[: p.baselines]]
+    import torch
+
+    baselines = f"baseline{'s' if len(base) > 1 else ''} {' and '.join(base)}"
+    title = (f"{model.info.name} · {count(n, 'prompt')} × {count(reps, 'rep')} · {baselines} · "
+             f"{model.info.device} · {torch.get_num_threads()} threads"
+             + (f" · batch {p.batch_size}" if p.batch_size > 1 else "")
+             + (f" · interrupted: {n} of {len(p.prompts)} prompts" if stopped else ""))
+    payload = {"model": model.info.name, "device": model.info.device, "threads": torch.get_num_threads(),
+               "prompts": n, "reps": reps, "baselines": base, "headline_baseline": base[-1],
+               "copy_gbps": round(gbps, 2), "weight_bytes": weight_bytes(model),
+               "interrupted": stopped is not None, "batch_size": p.batch_size}
+    write_rows(rows, fmt, payload, title, diffusion=p.diffusion, copy_gbps=gbps)
+    if req.show and fmt == "table":
+        render_answers(rows, table_console())
+    elif req.show and fmt == "md":
+        sys.stdout.write(markdown_answers(rows))
+    if stopped is not None:
+        raise stopped.cause  # the CLI ends it with one line and 130 (143 for SIGTERM)
