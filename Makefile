@@ -12,7 +12,7 @@ DEMO_PROMPT ?= fix the typos
 # commands work as typed in a new shell; LINK_DIR= (empty) skips the link.
 LINK_DIR ?= $(HOME)/.local/bin
 
-.PHONY: demo test install completions link
+.PHONY: demo test install completions docs link
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,3 +54,7 @@ test: install
 
 completions: install
 	$(BIN)/python -m dlm_cli.completions completions
+
+# The generated strategy and key tables of docs/strategies.md (tests/test_doctables.py checks them).
+docs: install
+	$(BIN)/python -m dlm_cli.doctables

@@ -23,7 +23,7 @@ decode) with greedy decoding and ``-n`` generation slots, then reports:
 
 ``--models key=SPEC,...`` adds models that rows name by key (``dp:speedy``); ``dlm`` is ``--model``.
 
-    python benchmarks/realtext.py                          # the README table
+    python benchmarks/realtext.py                          # the real-text table of docs/results.md
     python benchmarks/realtext.py --kinds typo -n 256 --rows "speedy,speedy[cache=prefix]"
     python benchmarks/realtext.py --model DIR --json out.json
 

@@ -1,9 +1,10 @@
 """Declared settings keys, their conflicts, the strategy registry, and the typed settings of a run.
 
 Every setting is declared once, as a :class:`Key` with its type, default and range; profile
-validation, ``--set`` parsing, ``dlm profiles show`` and the README's key table all derive from
-these declarations. A strategy registers its keys with :func:`register_strategy`; a feature that
-composes with every strategy of a kind (EoTP, caches, lookup, ...) registers with
+validation, ``--set`` parsing, ``dlm profiles show`` and the strategy and key tables of
+docs/strategies.md (written by ``python -m dlm_cli.doctables``) all derive from these declarations.
+A strategy registers its keys with :func:`register_strategy`; a feature that composes with every
+strategy of a kind (EoTP, caches, lookup, ...) registers with
 :func:`register_keys`. Settings that cannot go together are declared the same way, as data: a
 value a key refuses for a strategy (:attr:`Key.refuse`), or a :class:`Conflict` on a strategy or a
 kind. :func:`frozen` turns validated settings into the frozen dataclass a decode loop reads.
