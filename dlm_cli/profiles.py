@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import UsageError
+from .errors import UsageError, warning
 
 # Keys about the profile itself, not about decoding.
 META = {
@@ -208,7 +208,7 @@ def build(
             return
         if name in old_names and name not in keys:
             new = old_names[name]
-            warn(f"{label}: key {name!r} is now called {new!r}; the old name will stop working in the next "
+            warning(f"{label}: key {name!r} is now called {new!r}; the old name will stop working in the next "
                  f"release, so write {new} = {value!r}")
             name = new
         if name not in keys:
@@ -259,11 +259,6 @@ def check_combination(settings: Settings, where: str) -> None:
     problem = conflict(settings.strategy, settings.values)
     if problem:
         raise UsageError(f"{where}: {problem}")
-
-
-def warn(message: str) -> None:
-    """One ``dlm: warning: ...`` line on stderr."""
-    print(f"dlm: warning: {message}", file=sys.stderr)
 
 
 def load(

@@ -6,9 +6,12 @@ import io
 import os
 import stat
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Callable, IO, TYPE_CHECKING
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .models.protocols import Model
 
 
 def decode_text(data: bytes, source: str) -> str:
@@ -206,7 +209,7 @@ def check_length(prompt_tokens: int, max_new_tokens: int, context: int, name: st
                          f"{name}'s context is {context} tokens; {fix}")
 
 
-def fit_length(settings: Any, model: Any, prompt_lengths: list[int]) -> None:
+def fit_length(settings: Any, model: Model, prompt_lengths: list[int]) -> None:
     """An AR model's max_new_tokens is a cap: a profile's cap shrinks to the context left (an explicit -n does not)."""
     if model.kind != "autoregressive" or settings.sources.get("max_new_tokens") in ("flag", "--set"):
         return

@@ -20,10 +20,12 @@ A command never re-implements a step; the server runs step 3 and 4 per request.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, TYPE_CHECKING
 
-from .capabilities import DRAFT_MODEL
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .models.protocols import Model
 
 # How each front end names the generation length, for the refusals that tell the user what to lower.
 LENGTH_FLAGS = {"cli": "-n", "serve": "max_tokens", "lm-eval": "max_gen_toks"}
@@ -74,7 +76,7 @@ def default_loader(load: Any = None) -> LoadModel:
 class Session:
     """A loaded model (and draft) with the profile its runs take by default."""
 
-    model: Any
+    model: Model
     draft: Any
     profile: str
     request: RunRequest
@@ -108,15 +110,11 @@ class Session:
             self.draft = self.load_model(spec, "draft")
 
     def check_fits(self, settings: Any) -> None:
-        """The strategy fits the model (kind and capabilities) and has the draft it needs."""
+        """The strategy fits the model: its kind, and every capability it needs (a missing draft is refused by the
+        strategy itself, which knows what kind of draft it takes)."""
         from .decode import STRATEGIES, check_fits
 
-        strategy = STRATEGIES[settings.strategy]
-        check_fits(strategy, self.model)
-        if DRAFT_MODEL in strategy.needs and self.draft is None:
-            raise UsageError(f"profile {settings.profile!r} (strategy {strategy.name}) drafts with a separate model: "
-                             "pass --draft MODEL (e.g. -m dlm-demo-ar --draft dlm-demo-ar-draft), or use -p lookup, "
-                             "which drafts from the input")
+        check_fits(STRATEGIES[settings.strategy], self.model)
 
     def check_prompt(self, settings: Any, prompt_lengths: Sequence[int]) -> None:
         """The length checks of a run over prompts of these lengths: an AR model's cap shrinks to the room

@@ -13,16 +13,19 @@ import html
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Optional
+from typing import Any, IO, Iterable, Iterator, Optional, TYPE_CHECKING
 
 from .decode.events import Done, Draft, Event, Start, Step, Verify
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .models.protocols import Model
 
 VERSION = 1
 EVENTS = {cls.__name__: cls for cls in (Start, Step, Draft, Verify, Done)}
 
 
-def header(model: Any, settings: Any, prompt_tokens: int) -> dict[str, Any]:
+def header(model: Model, settings: Any, prompt_tokens: int) -> dict[str, Any]:
     tok = model.tokenizer
     return {"event": "Trace", "version": VERSION, "model": model.info.name, "family": model.info.family,
             "kind": model.kind, "profile": settings.profile, "strategy": settings.strategy,

@@ -76,7 +76,7 @@ def test_warm_up_reported_apart_once(ckpts, aot):
     second = decode(target, PROMPTS[1], "lookup", compile="on")
     assert first.compile_seconds and first.compile_seconds > 0
     assert second.compile_seconds is None  # same cache size, same widths: nothing left to compile
-    assert target.__dict__["_dlm_widths"] == (1, 16)  # lookup's draft_length 15 + the last token
+    assert target.speed.widths == (1, 16)  # lookup's draft_length 15 + the last token
     assert first.seconds < first.compile_seconds + 60  # the warm-up is not in the decode seconds
 
 
@@ -181,7 +181,7 @@ def test_compiled_dllm_outputs_equal_eager(aot, profile):
             s = profiles.load(profile, sets=[f"compile={comp}"], flags={"max_new_tokens": 32, "seed": 0})
             runs[comp] = list(run(model, ids, s))[-1]
         assert runs["on"].tokens == runs["off"].tokens and runs["on"].nfe == runs["off"].nfe
-    assert "_dlm_compiled" in model.__dict__  # the network really went through torch.compile
+    assert model.speed.compiled  # the network really went through torch.compile
 
 
 def test_each_weight_variant_compiles_its_own_graphs(ckpts, aot):

@@ -126,7 +126,7 @@ def test_the_block_mask_is_a_slice_of_one_precomputed_mask(models):
         kv_block = torch.arange(kv) // size
         want = kv_block[None, :] <= q_block[:, None]
         assert torch.equal(model._mask(q0, q1, kv, torch.device("cpu")), want)
-    first = model.__dict__["_dlm_masks"][(size, torch.device("cpu"))]
+    first = model.speed.masks[(size, torch.device("cpu"))]
     model._mask(5, 9, 30, torch.device("cpu"))
-    assert model.__dict__["_dlm_masks"][(size, torch.device("cpu"))] is first  # not rebuilt
+    assert model.speed.masks[(size, torch.device("cpu"))] is first  # not rebuilt
     assert torch.equal(model._mask(0, 4, 4, torch.device("cpu"), size=1), torch.ones(4, 4).tril().bool())

@@ -8,12 +8,15 @@ throughput. A prompt's TTFT counts from its batch's start.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from ..errors import UsageError
 
+if TYPE_CHECKING:
+    from ..models.protocols import Model
 
-def check_rows(model: Any, runs: list[tuple[str, Any]], batch_size: int) -> None:
+
+def check_rows(model: Model, runs: list[tuple[str, Any]], batch_size: int) -> None:
     """Refuse, naming the row, a profile the batched decoder does not run."""
     from ..decode.batch import check_batchable
 
@@ -24,7 +27,7 @@ def check_rows(model: Any, runs: list[tuple[str, Any]], batch_size: int) -> None
             raise UsageError(f"--batch-size {batch_size}: profile {name!r}: {exc}") from None
 
 
-def decode_chunk(model: Any, chunk: list[list[int]], settings: Any, watch: Any = None) -> tuple[list[Any], float]:
+def decode_chunk(model: Model, chunk: list[list[int]], settings: Any, watch: Any = None) -> tuple[list[Any], float]:
     """Decode ``chunk`` as one batch: each prompt's Done, in order, and the batch's decode seconds."""
     from ..decode.batch import run_batch
     from ..decode.events import Done

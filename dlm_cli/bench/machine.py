@@ -15,7 +15,10 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..models.protocols import Model
 
 CALIBRATION_BYTES = 256 * 1024 * 1024
 
@@ -89,7 +92,7 @@ def copy_bandwidth(device: str, *, remeasure: bool = False) -> tuple[float, bool
     return gbps, True
 
 
-def weight_bytes(model: Any) -> int:
+def weight_bytes(model: Model) -> int:
     """Bytes of the model's weights (what each forward reads at least once)."""
     net = getattr(model, "net", None)
     if net is not None and hasattr(net, "parameters"):

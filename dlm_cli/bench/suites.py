@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional, TYPE_CHECKING
 
 from ..errors import UsageError
 from ..evals.prompt import BenchPrompt
+
+if TYPE_CHECKING:
+    from ..models.protocols import Model
 
 
 def toy_task_names(tasks: Optional[str]) -> list[str]:
@@ -66,7 +69,7 @@ def realtext_prompts(per_task: int, tasks: Optional[str]) -> list[BenchPrompt]:
     return out
 
 
-def is_toy(model: Any) -> bool:
+def is_toy(model: Model) -> bool:
     """The demo task suite's own models (dlm-demo*), which only know its synthetic tasks."""
     from ..models.resolve import is_toy as toy_path
 

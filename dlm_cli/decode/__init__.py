@@ -8,8 +8,11 @@ this package registers every strategy and its keys.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import random
-from typing import Any, Iterator
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -19,17 +22,29 @@ from . import ar  # noqa: F401  (the autoregressive strategies: ar, speculative,
 from . import common  # noqa: F401  (registers the shared keys)
 from . import repetition  # noqa: F401  (the repetition stop's keys)
 from .events import Clock, Done, Event, Start, Step, timed  # noqa: F401
+from . import loops, rules
 from .keys import STRATEGIES
-from .loops import ar as ar_loop
-from .loops import blocks, ead, freedave, gemma_native, pearl, s2d2, window
-from .rules import adablock, baseline, cad, credit, dparallel, edit, entropy, ete, learn2pd, localleap, prophet, threshold  # noqa: F401
 from .rules.base import NeedsModel
 
-LOOPS = {"blocks": blocks.run, "freedave": freedave.run, "s2d2": s2d2.run, "gemma-native": gemma_native.run,
-         "ar": ar_loop.run, "ead": ead.run, "window": window.run, "pearl": pearl.run}
+
+def _import_all(package: ModuleType) -> dict[str, ModuleType]:
+    """Every module of ``package``, imported in name order: a strategy is found by its registry, so adding
+    a rule or a loop is adding its module."""
+    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+    return {name: importlib.import_module(f"{package.__name__}.{name}") for name in names}
 
 
-def resolve_seed(settings: Any) -> int:
+# The decode loops, by the name a Strategy's ``loop`` gives (the module's, with - for _), then the rules.
+LOOPS = {name.replace("_", "-"): module.run for name, module in _import_all(loops).items()}
+_import_all(rules)
+
+if TYPE_CHECKING:
+    from .keys import RunSettings
+    from ..models.protocols import Model
+
+
+
+def resolve_seed(settings: RunSettings) -> int:
     """The run's seed: the one asked for, or a fresh one written back so --json can report it."""
     if settings.seed is None:
         settings.seed = random.SystemRandom().randrange(2**31)
@@ -42,7 +57,7 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return gen
 
 
-def check_fits(strategy: Any, model: Any) -> None:
+def check_fits(strategy: Any, model: Model) -> None:
     """The model's kind must be the strategy's, and it must offer every capability the strategy needs."""
     if strategy.kind != model.kind:
         have = "a diffusion LLM" if model.kind == "diffusion" else "an autoregressive LM"
@@ -61,7 +76,7 @@ def check_fits(strategy: Any, model: Any) -> None:
                          f"pick another strategy ({', '.join(fits)})")
 
 
-def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) -> Iterator[Event]:
+def run(model: Model, prompt_ids: list[int], settings: RunSettings, *, draft: Any = None) -> Iterator[Event]:
     """Decode with the strategy named in ``settings`` (a :class:`~dlm_cli.profiles.Settings`)."""
     strategy = STRATEGIES[settings.strategy]
     check_fits(strategy, model)
@@ -84,7 +99,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, *, draft: Any = None) 
     return with_warmup(events, warmup) if warmup else events
 
 
-def speed_up(model: Any, draft: Any, cfg: Any, prompt_tokens: int) -> float:
+def speed_up(model: Model, draft: Any, cfg: RunSettings, prompt_tokens: int) -> float:
     """Quantize and compile the run's models as ``cfg`` says (:mod:`..models.speed`); the warm-up seconds.
 
     Runs before the decode clock starts, so the warm-up is reported apart (``compile_seconds``).

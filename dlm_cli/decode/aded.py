@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 
 from .drafts import EMPTY, NoDraft
+
+if TYPE_CHECKING:
+    from .keys import RunSettings
 
 LOAD_TOP = 12  # successors kept per key when the table is built
 STEP, CAP, WINDOW = 0.04, 3.0, 16  # the adaptive update
@@ -118,7 +121,7 @@ class AdedDraft(NoDraft):
 
     name = "aded"
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: RunSettings) -> None:
         super().__init__()
         self.settings = settings
         self.table = Trigrams()

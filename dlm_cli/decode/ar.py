@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from ..capabilities import DRAFT_MODEL
 from ..errors import DlmError, UsageError
 from .drafts import DiffusionDraft, LookupDraft, ModelDraft, NoDraft, TextDraft
 from .keys import Conflict, Key, Strategy, at_most, register_strategy
+
+if TYPE_CHECKING:
+    from .keys import RunSettings
+    from ..models.protocols import ARModel
 
 
 _SAME: "weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, bool]]" = weakref.WeakKeyDictionary()
@@ -31,21 +35,28 @@ def same_tokenizer(a: Any, b: Any) -> bool:
         return len(a) == len(b) and a.get_vocab() == b.get_vocab()
 
 
-def width(model: Any) -> int:
+def width(model: ARModel) -> int:
     return model.token_count or model.vocab_size
 
 
-def plain(model: Any, settings: Any, draft: Any) -> NoDraft:
+def plain(model: ARModel, settings: RunSettings, draft: Any) -> NoDraft:
     return NoDraft()
 
 
-def speculative(model: Any, settings: Any, draft: Any) -> Any:
+def checked_draft(draft: Any, kind: str, missing: str, other_kind: str) -> Any:
+    """``draft``, refused with ``missing`` when there is none and ``other_kind`` when it is not of ``kind``."""
     if draft is None:
-        raise UsageError("the speculative strategy needs a draft model: pass --draft MODEL (e.g. --draft "
-                         "dlm-demo-ar-draft with -m dlm-demo-ar), or use -p lookup, which drafts from the input")
-    if getattr(draft, "kind", None) != "autoregressive":
-        raise UsageError(f"the draft {draft.info.name} is a diffusion LLM; speculative decoding needs an "
-                         "autoregressive (causal) draft model")
+        raise UsageError(missing)
+    if getattr(draft, "kind", None) != kind:
+        raise UsageError(other_kind.format(name=draft.info.name))
+    return draft
+
+
+def speculative(model: ARModel, settings: RunSettings, draft: Any) -> Any:
+    checked_draft(draft, "autoregressive",
+                  "the speculative strategy needs a draft model: pass --draft MODEL (e.g. --draft dlm-demo-ar-draft "
+                  "with -m dlm-demo-ar), or use -p lookup, which drafts from the input",
+                  "the draft {name} is a diffusion LLM; speculative decoding needs an autoregressive (causal) draft model")
     if same_tokenizer(model.tokenizer, draft.tokenizer):
         return ModelDraft(draft, settings, width(model), stop=tuple(model.eos_ids))
     if settings.allow_different_tokenizers:
@@ -59,24 +70,23 @@ def speculative(model: Any, settings: Any, draft: Any) -> Any:
                    "pick a draft that shares the target's tokenizer")
 
 
-def diffuspec(model: Any, settings: Any, draft: Any) -> DiffusionDraft:
-    if draft is None:
-        raise UsageError("the diffuspec strategy drafts with a diffusion LLM: pass --draft DLLM with the target's "
-                         "tokenizer (e.g. -m smollm2 --draft smollm2-dlm, or -m dlm-demo-ar --draft dlm-demo)")
-    if getattr(draft, "kind", None) != "diffusion":
-        raise UsageError(f"diffuspec drafts with a diffusion LLM, but {draft.info.name} is autoregressive; use "
-                         "-p speculative for an AR draft")
+def diffuspec(model: ARModel, settings: RunSettings, draft: Any) -> DiffusionDraft:
+    checked_draft(draft, "diffusion",
+                  "the diffuspec strategy drafts with a diffusion LLM: pass --draft DLLM with the target's tokenizer "
+                  "(e.g. -m smollm2 --draft smollm2-dlm, or -m dlm-demo-ar --draft dlm-demo)",
+                  "diffuspec drafts with a diffusion LLM, but {name} is autoregressive; use -p speculative for an AR "
+                  "draft")
     if not same_tokenizer(model.tokenizer, draft.tokenizer):
         raise DlmError(f"the drafter {draft.info.name} has a different tokenizer from {model.info.name}; DiffuSpec "
                        "needs the target's tokenizer")
     return DiffusionDraft(draft, settings, width(model), tuple(model.eos_ids))
 
 
-def lookup(model: Any, settings: Any, draft: Any) -> LookupDraft:
+def lookup(model: ARModel, settings: RunSettings, draft: Any) -> LookupDraft:
     return LookupDraft(settings)
 
 
-def aded(model: Any, settings: Any, draft: Any) -> Any:
+def aded(model: ARModel, settings: RunSettings, draft: Any) -> Any:
     from .aded import AdedDraft
 
     return AdedDraft(settings)
@@ -165,7 +175,7 @@ register_strategy(Strategy(
     factory=diffuspec, loop="ar", needs=(DRAFT_MODEL,), drafts=True, conflicts=(at_most("draft_min", "draft_length"),)))
 
 
-def ead(model: Any, settings: Any, draft: Any) -> Any:
+def ead(model: ARModel, settings: RunSettings, draft: Any) -> Any:
     if draft is None or getattr(draft, "kind", None) != "autoregressive":
         raise UsageError("the ead strategy switches between a small and a large AR model: pass the small one as "
                          "--draft (e.g. -m dlm-demo-ar --draft dlm-demo-ar-draft)")

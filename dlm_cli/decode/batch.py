@@ -28,7 +28,7 @@ alone with that seed gives the same output.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,12 +38,16 @@ from .canvas import BlockCanvas
 from .events import Clock, Event, timed
 from .keys import STRATEGIES
 from .rules.base import Scheduled
-from .sampling import propose
+from .sampling import make_sampler, propose, wide_dtype
+
+if TYPE_CHECKING:
+    from .keys import RunSettings
+    from ..models.protocols import DLLM
 
 STRATEGIES_BATCHED = ("threshold", "baseline")
 
 
-def check_batchable(model: Any, cfg: Any, what: str = "--batch-size") -> None:
+def check_batchable(model: DLLM, cfg: RunSettings, what: str = "--batch-size") -> None:
     """Refuse, with the fix, what batched decoding does not do yet."""
     from ..models.stack import DenoiserStack
 
@@ -68,10 +72,12 @@ def check_batchable(model: Any, cfg: Any, what: str = "--batch-size") -> None:
 class _Row:
     """One request of the batch: its canvas, its place (block ``b`` = ``[bs, be)``, step ``i``), its NFE."""
 
-    __slots__ = ("index", "c", "off", "b", "bs", "be", "i", "quotas", "remaining", "nfe", "generator", "exact")
+    __slots__ = ("index", "c", "off", "b", "bs", "be", "i", "quotas", "remaining", "nfe", "generator", "exact",
+                 "sampler")
 
-    def __init__(self, index: int, c: BlockCanvas, off: int, generator: torch.Generator | None) -> None:
+    def __init__(self, index: int, c: BlockCanvas, off: int, generator: torch.Generator | None, cfg: RunSettings) -> None:
         self.index, self.c, self.off, self.generator = index, c, off, generator
+        self.sampler = make_sampler(cfg, generator, c.mask_id)  # the row's own draws
         self.b, self.bs, self.be, self.i, self.nfe, self.remaining = 0, c.prompt, c.prompt, 0, 0, 0
         self.quotas: list[int] = []
         self.exact = 0  # with a cache: the row's keys and values are final for positions [0, exact)
@@ -94,7 +100,7 @@ class _Row:
         return self.quotas[self.i] if self.i < len(self.quotas) else self.remaining
 
 
-def run_batch(model: Any, prompts: list[list[int]], settings: Any) -> Iterator[tuple[int, Event]]:
+def run_batch(model: DLLM, prompts: list[list[int]], settings: RunSettings) -> Iterator[tuple[int, Event]]:
     """Decode every prompt of ``prompts`` in one batch; yields ``(row, event)``, each row's events in order."""
     from . import check_fits, resolve_seed
     from ..models.speed import prepare
@@ -113,7 +119,7 @@ def run_batch(model: Any, prompts: list[list[int]], settings: Any) -> Iterator[t
     return timed(_loop(model, prompts, cfg, rule, clock), clock)
 
 
-def _loop(model: Any, prompts: list[list[int]], cfg: Any, rule: Any, clock: Clock) -> Iterator[tuple[int, Event]]:
+def _loop(model: DLLM, prompts: list[list[int]], cfg: RunSettings, rule: Any, clock: Clock) -> Iterator[tuple[int, Event]]:
     from . import make_generator
 
     dev, mask_id, G = model.device, model.mask_id, cfg.max_new_tokens
@@ -127,7 +133,7 @@ def _loop(model: Any, prompts: list[list[int]], cfg: Any, rule: Any, clock: Cloc
         off = top - len(ids)
         c = BlockCanvas(model, ids, cfg, clock, x=X[i : i + 1, off : off + len(ids) + G])
         gen = make_generator(dev, cfg.seed + i) if cfg.temperature > 0 else None
-        rows.append(_Row(i, c, off, gen))
+        rows.append(_Row(i, c, off, gen, cfg))
         yield i, c.start()
     cache = None
     if cfg.cache != "none":  # block-diffusion models only (check_batchable): the exact prefix cache
@@ -185,7 +191,7 @@ def _loop(model: Any, prompts: list[list[int]], cfg: Any, rule: Any, clock: Cloc
         active = left
 
 
-def _forward(model: Any, X: torch.Tensor, W: int, cache: Any, active: list[_Row], cols: torch.Tensor) -> torch.Tensor:
+def _forward(model: DLLM, X: torch.Tensor, W: int, cache: Any, active: list[_Row], cols: torch.Tensor) -> torch.Tensor:
     """The step's one forward: each row's cached window, or (no cache) the canvas up to what the rows need."""
     if cache is not None:
         from .batch_cache import cached_logits
@@ -210,7 +216,7 @@ def _compact(X: torch.Tensor, keep: list[_Row], places: list[int], W: int) -> tu
 
 
 @torch.inference_mode()
-def batch_logits(model: Any, X: torch.Tensor, W: int, end: int, offs: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def batch_logits(model: DLLM, X: torch.Tensor, W: int, end: int, offs: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Logits ``[B, n, V]`` predicting the tokens at columns ``cols`` ``[B, n]`` from a forward over columns
     ``[0, end)`` of the batch canvas ``X`` (``W`` real columns; past them, masks as :meth:`Denoiser.logits`
     pads a block-diffusion window), each row at its own positions (column minus its padding ``offs``)."""
@@ -231,22 +237,21 @@ def batch_logits(model: Any, X: torch.Tensor, W: int, end: int, offs: torch.Tens
     return out if model.token_count is None else out[..., : model.token_count]
 
 
-def _propose(logits: torch.Tensor, active: list[_Row], cfg: Any, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _propose(logits: torch.Tensor, active: list[_Row], cfg: RunSettings, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's candidates and confidences: greedy for the whole batch at once; sampled row by row,
     each from its own generator with the draws of its own block's shape (as alone)."""
     if cfg.temperature == 0:
         return propose(logits, exclude=mask_id)
     x0 = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
-    prob = torch.zeros(logits.shape[:2], dtype=torch.float64 if logits.device.type != "mps" else torch.float32,
+    prob = torch.zeros(logits.shape[:2], dtype=wide_dtype(logits.device),
                        device=logits.device)
     for k, r in enumerate(active):
         w = r.be - r.bs
-        x0[k, :w], prob[k, :w] = propose(logits[k, :w], temperature=cfg.temperature, top_k=cfg.top_k,
-                                         top_p=cfg.top_p, generator=r.generator, exclude=mask_id)
+        x0[k, :w], prob[k, :w] = r.sampler(logits[k, :w])
     return x0, prob
 
 
-def _select(cfg: Any, conf: torch.Tensor, cand: torch.Tensor, active: list[_Row]) -> torch.Tensor:
+def _select(cfg: RunSettings, conf: torch.Tensor, cand: torch.Tensor, active: list[_Row]) -> torch.Tensor:
     """The commit rule on every row at once (``conf`` is ``-inf`` off the candidates and on the padding)."""
     n = conf.shape[1]
     first = torch.arange(n, device=conf.device)[None, :]

@@ -15,10 +15,13 @@ reached) or, past the canvas, with a trash slot ``S``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+if TYPE_CHECKING:
+    from ..models.protocols import DLLM
 
 
 class _Cursor:
@@ -66,7 +69,7 @@ class RowsCache(Cache):
 
 
 @torch.inference_mode()
-def cached_logits(model: Any, X: torch.Tensor, W: int, cache: RowsCache, active: list[Any],
+def cached_logits(model: DLLM, X: torch.Tensor, W: int, cache: RowsCache, active: list[Any],
                   cols: torch.Tensor) -> torch.Tensor:
     """Logits ``[B, n, V]`` at columns ``cols`` from each row's cached window (as :class:`~.cache.Forward`
     runs it alone: from its exact prefix on a block's first step, from the block's model block after)."""

@@ -21,11 +21,14 @@ and these keys have no effect.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 
 from ..models.base import Denoiser
+
+if TYPE_CHECKING:
+    from .keys import RunSettings
 
 
 class AttentionProbe:
@@ -82,7 +85,7 @@ class ElasticLayers:
 class Forward:
     """Runs the forward a step needs under the chosen cache policy, and counts NFE and refreshes."""
 
-    def __init__(self, model: Denoiser, settings: Any, length: int) -> None:
+    def __init__(self, model: Denoiser, settings: RunSettings, length: int) -> None:
         self.model = model
         self.mode = settings.cache
         self.length = length

@@ -18,19 +18,24 @@ too, so no consumer ever sees text past the cut) and the loops run out of work.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .events import Clock, Done, Start, Step
 from .repetition import repetition_stop
+from .sampling import wide_dtype
+
+if TYPE_CHECKING:
+    from .keys import RunSettings
+    from ..models.protocols import DLLM
 
 
 class BlockCanvas:
     """Canvas, blocks, EoTP end, clock and TTFT of one dLLM run (positions are absolute canvas indices)."""
 
-    def __init__(self, model: Any, prompt_ids: list[int], settings: Any, clock: Clock,
+    def __init__(self, model: DLLM, prompt_ids: list[int], settings: RunSettings, clock: Clock,
                  block_length: int | None = None, x: torch.Tensor | None = None) -> None:
         self.model = model
         self.prompt = P = len(prompt_ids)
@@ -56,7 +61,7 @@ class BlockCanvas:
         self.repeats = repetition_stop(settings)
         self.fed = 0  # generation tokens the repetition stop has read
         self.stop_len: int | None = None  # the repetition stop's cut: generation tokens kept
-        self.wide = torch.float64 if dev.type != "mps" else torch.float32  # confidences and the packed transfer
+        self.wide = wide_dtype(dev)  # confidences and the packed transfer
         self.flags: list[float] = []  # the last commit's flags, on the host
 
     # -- blocks ---------------------------------------------------------------------------------

@@ -7,11 +7,14 @@ and hears back how many were accepted. ``seq`` is the committed sequence (prompt
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 
 from ..models.causal import rollback
+
+if TYPE_CHECKING:
+    from .keys import RunSettings
 
 EMPTY = torch.empty(0, dtype=torch.long)
 
@@ -51,7 +54,7 @@ class ModelDraft(NoDraft):
 
     name = "draft"
 
-    def __init__(self, draft: Any, settings: Any, width: int, stop: tuple[int, ...] = ()) -> None:
+    def __init__(self, draft: Any, settings: RunSettings, width: int, stop: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.model, self.settings, self.width = draft, settings, width
         self.stop = frozenset(stop)
@@ -154,7 +157,7 @@ class TextDraft(ModelDraft):
     name = "text"
     propose_tree = None  # the re-encoded draft is one run of the target's tokens: no tree
 
-    def __init__(self, draft: Any, target: Any, settings: Any) -> None:
+    def __init__(self, draft: Any, target: Any, settings: RunSettings) -> None:
         super().__init__(draft, settings, 0)
         self.target = target
         self.prompt_len = 0
@@ -212,7 +215,7 @@ class LookupDraft(NoDraft):
 
     name = "lookup"
 
-    def __init__(self, settings: Any, *, ngram_min: int | None = None, realign: bool | None = None) -> None:
+    def __init__(self, settings: RunSettings, *, ngram_min: int | None = None, realign: bool | None = None) -> None:
         super().__init__()
         self.lo = settings.ngram_min if ngram_min is None else ngram_min
         self.hi, self.most = settings.ngram_max, settings.draft_length
@@ -351,7 +354,7 @@ class DiffusionDraft(NoDraft):
 
     name = "diffusion"
 
-    def __init__(self, drafter: Any, settings: Any, width: int, stop: tuple[int, ...]) -> None:
+    def __init__(self, drafter: Any, settings: RunSettings, width: int, stop: tuple[int, ...]) -> None:
         super().__init__()
         self.model, self.settings, self.width = drafter, settings, width
         self.stop = tuple(stop)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field, make_dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 KINDS = ("diffusion", "autoregressive")
 
@@ -199,7 +199,21 @@ def settings_type(strategy: str) -> type:
     return _TYPES[strategy]
 
 
-def frozen(strategy: str, values: Mapping[str, Any]) -> Any:
+class RunSettings(Protocol):
+    """The frozen settings a decode loop reads (:func:`frozen`): the keys every strategy has, and its own
+    (typed per strategy by :func:`settings_type`; read here as attributes)."""
+
+    strategy: str
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int | None
+
+    def __getattr__(self, name: str) -> Any: ...
+
+
+def frozen(strategy: str, values: Mapping[str, Any]) -> RunSettings:
     """Validated ``values`` as the run's frozen settings (every key present; unknown names ignored)."""
     cls = settings_type(strategy)
     names = keys_for(strategy)

@@ -8,15 +8,21 @@ temperature, as in the reference implementations.
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    # MPS has no float64.
-    return t.float() if t.device.type == "mps" else t.double()
+def wide_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype confidences and probabilities are compared in: float64, float32 on MPS (which has no float64)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def widen(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in :func:`wide_dtype`."""
+    return t.to(wide_dtype(t.device))
 
 
 def warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -31,7 +37,7 @@ def warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> 
 
 def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """A sample from ``softmax(logits)`` per row, by the Gumbel-max trick in float64."""
-    wide = _wide(logits)
+    wide = widen(logits)
     u = torch.rand(wide.shape, dtype=wide.dtype, device=wide.device, generator=generator)
     return torch.argmax(wide - torch.log(-torch.log(u.clamp_min(1e-300))), dim=-1)
 
@@ -60,13 +66,21 @@ def propose(
     ``exclude`` (the mask token) is never proposed: committing it would leave the slot masked and
     the step without progress. The confidence stays the plain softmax's, so nothing else changes.
     """
-    probs = torch.softmax(_wide(logits), dim=-1)
+    probs = torch.softmax(widen(logits), dim=-1)
     choose = logits if exclude is None or exclude >= logits.shape[-1] else without(logits, exclude)
     if temperature > 0:
         x0 = gumbel_argmax(warp(choose, temperature, top_k, top_p), generator)
     else:
         x0 = torch.argmax(choose, dim=-1)
     return x0, probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
+def make_sampler(settings: Any, generator: torch.Generator | None, exclude: int | None = None
+                 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The run's :func:`propose`, its sampling keys (temperature, top_k, top_p), generator and excluded
+    token bound once: ``sampler(logits) -> (x0, p(x0))``."""
+    return partial(propose, temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                   generator=generator, exclude=exclude)
 
 
 def without(logits: torch.Tensor, token: int) -> torch.Tensor:
@@ -78,5 +92,5 @@ def without(logits: torch.Tensor, token: int) -> torch.Tensor:
 
 def probabilities(logits: torch.Tensor, settings: Any) -> torch.Tensor:
     """Rows of ``softmax(warp(logits))`` in float64: the distribution sampled from, for target and draft alike."""
-    wide = logits.float() if logits.device.type == "mps" else logits.double()
+    wide = widen(logits)
     return torch.softmax(warp(wide, settings.temperature, settings.top_k, settings.top_p), dim=-1)

@@ -22,24 +22,11 @@ from typing import Any
 import torch
 
 from .. import capabilities as C
+from .info import ModelInfo, SpeedState  # noqa: F401  (re-exported: where the families import them)
 from .kv import DenoiserCache
 
 MASK_STEP = 1024  # positions the precomputed block-causal mask grows by
 MASK_MAX = 8192  # the longest canvas whose mask is precomputed (64 MiB of booleans)
-
-
-@dataclass
-class ModelInfo:
-    """What the CLI, the views and bench report about a loaded model."""
-
-    name: str
-    family: str
-    path: str
-    parameters: int
-    dtype: str
-    device: str
-    chat_template: bool
-    dtype_choice: str = ""  # how the dtype was chosen: "--dtype", or auto's reason ("auto: avx512_bf16")
 
 
 class OutputLayer:
@@ -85,6 +72,7 @@ class Denoiser(OutputLayer):
     profile: str | None = None  # the decoding the weights were trained for (a dlm distill delta), the default
     kind: str = field(default="diffusion", init=False)
     compilable: bool = field(default=True, init=False)  # compile = "on" compiles the network (see .speed)
+    speed: SpeedState = field(default_factory=SpeedState, init=False, repr=False)
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -100,7 +88,7 @@ class Denoiser(OutputLayer):
 
     def _forward(self, *args: Any, **kwargs: Any) -> Any:
         """The network's forward, compiled when the run's ``compile`` is on (:func:`.speed.compiled_net`)."""
-        if self.__dict__.get("_dlm_compile_on"):
+        if self.speed.compile_on:
             from .speed import compiled_net
 
             return compiled_net(self)(*args, **kwargs)
@@ -115,7 +103,7 @@ class Denoiser(OutputLayer):
 
         With ``compile = "on"`` a static size is rounded up as the compiled steps' warm-up rounded it
         (:func:`~dlm_cli.models.speed.whole_size`): every run of a length bucket shares their graphs."""
-        if size and self.__dict__.get("_dlm_block_widths"):
+        if size and self.speed.block_widths:
             from .speed import whole_size
 
             size = whole_size(size, self.block_size)
@@ -143,7 +131,7 @@ class Denoiser(OutputLayer):
         n = max(q1, kv_len)
         if n > MASK_MAX:  # a long context: a per-step mask is smaller than a whole canvas's
             return torch.arange(kv_len, device=device)[None, :] // size <= torch.arange(q0, q1, device=device)[:, None] // size
-        masks = self.__dict__.setdefault("_dlm_masks", {})
+        masks = self.speed.masks
         full = masks.get((size, device))
         if full is None or full.shape[0] < n:
             n = -(-n // MASK_STEP) * MASK_STEP
@@ -192,7 +180,7 @@ class Denoiser(OutputLayer):
         if end > x.shape[1]:
             pad = torch.full((x.shape[0], end - x.shape[1]), self.mask_id, dtype=x.dtype, device=x.device)
             ids = torch.cat([ids, pad], dim=1)
-        if (cache is not None and grid is None and elastic is None and self.__dict__.get("_dlm_block_widths")
+        if (cache is not None and grid is None and elastic is None and self.speed.block_widths
                 and cache.cursor.static):
             return self._whole_logits(x, ids, q0, end, r0, r1, cache, size)
         kv_len = end if cache is None else max(end, cache.length)
@@ -235,7 +223,7 @@ class Denoiser(OutputLayer):
 
     def _positions(self, n: int, device: torch.device) -> torch.Tensor:
         """``arange(n)`` made once per device (a step slices its window's positions out of it)."""
-        cached = self.__dict__.setdefault("_dlm_positions", {})
+        cached = self.speed.positions
         pos = cached.get(device)
         if pos is None or pos.shape[0] < n:
             pos = cached[device] = torch.arange(-(-n // MASK_STEP) * MASK_STEP, device=device)

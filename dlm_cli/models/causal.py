@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .base import ModelInfo, OutputLayer
+from .base import ModelInfo, OutputLayer, SpeedState
 
 FAMILY = "causal"
 
@@ -34,12 +34,13 @@ class CausalLM(OutputLayer):
     kind: str = field(default="autoregressive", init=False)
     compilable: bool = field(default=True, init=False)  # a static cache and a compiled step (see .speed)
     capabilities: frozenset[str] = field(default=frozenset(), init=False)  # what a dLLM strategy could need: none
+    speed: SpeedState = field(default_factory=SpeedState, init=False, repr=False)
 
     def new_cache(self) -> Any:
-        if self.__dict__.get("_dlm_compile_on"):
+        if self.speed.compile_on:
             from .speed import static_cache
 
-            return static_cache(self, self.__dict__["_dlm_length"])
+            return static_cache(self, self.speed.length)
         from transformers import DynamicCache
 
         return DynamicCache(config=self.net.config)

@@ -10,7 +10,6 @@ forward over the canvas: the decode loop's caches are accepted and ignored.
 
 from __future__ import annotations
 
-import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from ..errors import DlmError
+from ..errors import DlmError, warning
 from .base import Denoiser
 
 FAMILY = "remote-code"
@@ -38,14 +37,6 @@ class RemoteDenoiser(Denoiser):
         r0, r1 = rows if rows is not None else (start, end)
         out = self.net(input_ids=x).logits[:, r0:r1]
         return out if self.token_count is None else out[..., : self.token_count]
-
-
-def warn(message: str) -> None:
-    try:
-        sys.stderr.write(f"dlm: warning: {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def repository_code(name: str, run: Callable[[], T]) -> T:
@@ -77,7 +68,7 @@ def load_remote(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Remote
     if auto is None:
         raise DlmError(f"{name}: its config.json auto_map names no model class dlm can use "
                        f"({', '.join(auto_map) or 'none'}); it needs one of {', '.join(_AUTO)}")
-    warn(f"running the model code shipped with {name} ({auto_map[auto]}): --trust-remote-code lets it do "
+    warning(f"running the model code shipped with {name} ({auto_map[auto]}): --trust-remote-code lets it do "
          "anything your user can; dlm decodes it as an in-place masked-diffusion model, without a cache")
     # Sizes were checked in load(); its layers may mean anything, so they are not counted against the weights.
     prep = prepare(path, cfg, opts, name, layers=False,

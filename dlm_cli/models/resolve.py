@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import DlmError, UsageError
+
+if TYPE_CHECKING:
+    from .protocols import Model
 
 if TYPE_CHECKING:  # resolving a name needs no torch: `dlm models` and completion stay fast
     from .files import LoadOptions
@@ -150,7 +153,7 @@ def trained_length(path: str) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def check_trained(model: Any, max_new_tokens: int, *, flag: str = "-n") -> None:
+def check_trained(model: Model, max_new_tokens: int, *, flag: str = "-n") -> None:
     """Refuse a generation longer than the model's trained range (a toy dLLM's canvas): it would print nothing."""
     if model.kind != "diffusion":
         return

@@ -52,11 +52,14 @@ import copy
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 
 from ..errors import DlmError, UsageError
+
+if TYPE_CHECKING:
+    from .protocols import Model
 
 LENGTH_STEP = 256
 MAX_BUCKET = 64
@@ -204,10 +207,10 @@ def int4_config(net: torch.nn.Module) -> Any:
     return PrototypeInt4WeightOnlyConfig(group_size=INT4_GROUP)
 
 
-def use_quantized(model: Any, mode: str, keep_float: bool) -> None:
+def use_quantized(model: Model, mode: str, keep_float: bool) -> None:
     """Give ``model`` the ``mode`` weights: quantize (a copy when ``keep_float``) or swap back to float."""
-    variants = model.__dict__.setdefault("_dlm_variants", {})
-    current = model.__dict__.setdefault("_dlm_quantized", "none")
+    variants = model.speed.variants
+    current = model.speed.quantized
     if mode == current:
         return
     if current not in variants:
@@ -222,19 +225,19 @@ def use_quantized(model: Any, mode: str, keep_float: bool) -> None:
         net = copy.deepcopy(base) if keep_float else base
         if not keep_float:
             variants.pop("none")
-            model.__dict__.pop("_dlm_compiled", None)  # the same modules, new weights: compile again
-            model.__dict__.pop("_dlm_warm", None)
+            model.speed.compiled = {}  # the same modules, new weights: compile again
+            model.speed.warm = set()
         quantize_net(net, mode)
         variants[mode] = net
     model.net = variants[mode]
-    model.__dict__["_dlm_quantized"] = mode
+    model.speed.quantized = mode
 
 
 # ---------------------------------------------------------------------------------------------
 # Static cache and compiled steps (AR models)
 
 
-def static_cache(model: Any, length: int) -> Any:
+def static_cache(model: Model, length: int) -> Any:
     """A transformers ``StaticCache`` for at least ``length`` positions, with a host-side fill count."""
     from transformers import StaticCache
 
@@ -247,9 +250,9 @@ def static_cache(model: Any, length: int) -> Any:
     return cache
 
 
-def compiled_step(model: Any) -> Any:
+def compiled_step(model: Model) -> Any:
     """``step(ids [1, n], cache) -> logits [n, V]``, compiled once per model (and weights)."""
-    steps = model.__dict__.setdefault("_dlm_compiled", {})  # per weights: a bench row may swap them
+    steps = model.speed.compiled  # per weights: a bench row may swap them
     step = steps.get(id(model.net))
     if step is None:
         _inductor_cache()
@@ -271,9 +274,9 @@ def compiled_step(model: Any) -> Any:
     return step
 
 
-def compiled_net(model: Any) -> Any:
+def compiled_net(model: Model) -> Any:
     """A dLLM's network compiled with automatic dynamic shapes (canvas and cache lengths vary)."""
-    nets = model.__dict__.setdefault("_dlm_compiled", {})
+    nets = model.speed.compiled
     net = nets.get(id(model.net))
     if net is None:
         _inductor_cache()
@@ -291,7 +294,7 @@ def whole_size(length: int, block: int) -> int:
     return -(-size // block) * block
 
 
-def block_widths(model: Any) -> tuple[tuple[int, int], ...]:
+def block_widths(model: Model) -> tuple[tuple[int, int], ...]:
     """The (window, rows) shapes a block-diffusion run forwards again and again, one graph each: a step of a
     block (one model block, plus the row before it for an AR-shifted family) and a block's first step (the
     block just committed, rewritten with its final tokens, and the new one). Other shapes run eagerly: a
@@ -300,11 +303,11 @@ def block_widths(model: Any) -> tuple[tuple[int, int], ...]:
     return ((b + 1 if model.shift else b, b), (2 * b, b))
 
 
-def whole_step(model: Any, ids: torch.Tensor, positions: torch.Tensor, cache: Any, mask: torch.Tensor,
+def whole_step(model: Model, ids: torch.Tensor, positions: torch.Tensor, cache: Any, mask: torch.Tensor,
                rows: torch.Tensor) -> torch.Tensor:
     """Logits of window rows ``rows`` (an index) over a whole-buffer cache: compiled at the run's
     :func:`block_widths`, eager at any other shape."""
-    if not cache.layers or (ids.shape[1], rows.shape[0]) not in model.__dict__.get("_dlm_block_widths", ()):
+    if not cache.layers or (ids.shape[1], rows.shape[0]) not in model.speed.block_widths:
         # The first forward allocates the cache's buffers (eagerly); other shapes are rare.
         return model.net(ids, cache=cache, mask=mask, rows=rows, positions=positions)
     # A fresh tensor made here, under inference mode, as the warm-up's was: the canvas slice has
@@ -313,9 +316,9 @@ def whole_step(model: Any, ids: torch.Tensor, positions: torch.Tensor, cache: An
     return out.clone() if out.device.type == "cuda" else out  # CUDA graphs reuse their output buffers
 
 
-def compiled_whole(model: Any) -> Any:
+def compiled_whole(model: Model) -> Any:
     """The block step ``(ids, positions, cache, mask, rows) -> logits``, compiled once per model (and weights)."""
-    steps = model.__dict__.setdefault("_dlm_compiled", {})
+    steps = model.speed.compiled
     key = ("whole", id(model.net))
     step = steps.get(key)
     if step is None:
@@ -334,11 +337,11 @@ def compiled_whole(model: Any) -> Any:
     return step
 
 
-def warm_blocks(model: Any, length: int) -> float:
+def warm_blocks(model: Model, length: int) -> float:
     """Compile (or load from inductor's cache) a block-diffusion model's :func:`block_widths` for a run of
     ``length`` positions, on a throwaway canvas of masks; return the seconds (0 when warm)."""
     size = whole_size(length, model.block_size)
-    done = model.__dict__.setdefault("_dlm_warm", set())
+    done = model.speed.warm
     key = ("whole", id(model.net), size)
     if key in done:
         return 0.0
@@ -356,12 +359,12 @@ def warm_blocks(model: Any, length: int) -> float:
     return time.perf_counter() - t0
 
 
-def static_forward(model: Any, ids: torch.Tensor, cache: Any, keep: int) -> torch.Tensor:
+def static_forward(model: Model, ids: torch.Tensor, cache: Any, keep: int) -> torch.Tensor:
     """Logits of the last ``keep`` of ``ids`` over a static cache: compiled and padded, or eager for a prefill."""
     n = int(ids.shape[0])
-    widths = model.__dict__.get("_dlm_widths") or ()
+    widths = model.speed.widths
     width = next((w for w in widths if w >= n), None)
-    if cache.dlm_filled == 0 or width is None or not model.__dict__.get("_dlm_compile_on"):
+    if cache.dlm_filled == 0 or width is None or not model.speed.compile_on:
         if cache.dlm_filled + n > cache.dlm_size:
             raise DlmError(f"the static KV cache holds {cache.dlm_size} positions but this run needs "
                            f"{cache.dlm_filled + n}; run with compile = 'off'")
@@ -392,14 +395,14 @@ def crop_static(cache: Any, length: int) -> None:
         cache.dlm_filled = length
 
 
-def warm(model: Any) -> float:
+def warm(model: Model) -> float:
     """Compile (or load from inductor's cache) every width this run may use; return the seconds (0 when warm).
 
     A throwaway static cache of the run's size goes through one eager prefill, then each width.
     """
-    length = model.__dict__["_dlm_length"]
-    widths = model.__dict__["_dlm_widths"]
-    done = model.__dict__.setdefault("_dlm_warm", set())
+    length = model.speed.length
+    widths = model.speed.widths
+    done = model.speed.warm
     size = -(-max(length, 1) // LENGTH_STEP) * LENGTH_STEP
     todo = [w for w in widths if (id(model.net), size, w) not in done]
     if not todo:
@@ -420,7 +423,7 @@ def warm(model: Any) -> float:
     return time.perf_counter() - t0
 
 
-def prepare(model: Any, settings: Any, length: int, widths: tuple[int, ...] = (1,), keep_float: bool = True,
+def prepare(model: Model, settings: Any, length: int, widths: tuple[int, ...] = (1,), keep_float: bool = True,
             static: bool = True) -> float:
     """Apply ``settings.quantize`` and ``settings.compile`` to ``model`` for a run; return the warm-up seconds.
 
@@ -433,18 +436,18 @@ def prepare(model: Any, settings: Any, length: int, widths: tuple[int, ...] = (1
     from .stack import DenoiserStack
 
     mode = getattr(settings, "quantize", "none")
-    if mode != model.__dict__.get("_dlm_quantized", "none"):
+    if mode != model.speed.quantized:
         use_quantized(model, mode, keep_float)
     on = (static and want_compile(getattr(settings, "compile", "off"), model.device)
           and getattr(model, "compilable", False))
-    model.__dict__["_dlm_compile_on"] = on
-    model.__dict__.pop("_dlm_block_widths", None)
+    model.speed.compile_on = on
+    model.speed.block_widths = ()
     if on and model.kind == "diffusion" and model.block_size and isinstance(model.net, DenoiserStack):
         # dlm's own block-diffusion stacks: fixed-shape steps over a whole-buffer cache (Denoiser.logits).
-        model.__dict__["_dlm_block_widths"] = block_widths(model)
+        model.speed.block_widths = block_widths(model)
         return warm_blocks(model, length)
     if not on or model.kind != "autoregressive":
         return 0.0  # other dLLMs compile on their first forwards (their shapes depend on the strategy)
-    model.__dict__["_dlm_length"] = length + MAX_BUCKET  # room for a padded verify past the last slot
-    model.__dict__["_dlm_widths"] = tuple(sorted({min(bucket(w), MAX_BUCKET) for w in widths}))
+    model.speed.length = length + MAX_BUCKET  # room for a padded verify past the last slot
+    model.speed.widths = tuple(sorted({min(bucket(w), MAX_BUCKET) for w in widths}))
     return warm(model)

@@ -14,7 +14,7 @@ import hmac
 import json
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,6 +29,9 @@ from ..prompting import MAX_INPUT_BYTES
 from . import schema
 from .engine import Cancelled, Engine, Failed, Finished, Job, Piece, QueueFull, Started, StepEvent
 from .schema import ApiError
+
+if TYPE_CHECKING:
+    from ..models.protocols import Model
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
@@ -203,7 +206,7 @@ async def _sse(job: Job, chat: bool, rid: str, model: str, settings: Any, parsed
         job.cancel()  # the client left (this generator was cancelled or closed): stop at the next step
 
 
-def encode(model: Any, prompt: Any, chat: bool) -> list[int]:
+def encode(model: Model, prompt: Any, chat: bool) -> list[int]:
     """The prompt's ids, as ``dlm generate`` makes them (chat: its template; completions: raw text)."""
     from ..controltokens import encode_messages
     from ..prompting import check_size

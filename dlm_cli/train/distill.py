@@ -27,12 +27,15 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 import torch
 
 from ..errors import INTERRUPTS, DlmError, UsageError
 from . import losses, rows as R
+
+if TYPE_CHECKING:
+    from ..models.protocols import Model
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 METHODS = ("dparallel", "cd4lm")
@@ -120,7 +123,7 @@ def lora_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items() if "lora_" in k}
 
 
-def layout_of(model: Any, recipe: Recipe) -> R.Layout:
+def layout_of(model: Model, recipe: Recipe) -> R.Layout:
     end = model.eos_ids[0] if model.eos_ids else model.mask_id
     return R.Layout(mask_id=model.mask_id, end_id=end, shift=bool(model.shift), grid=model.block_size,
                     block=recipe.block)
@@ -132,7 +135,7 @@ def make_row(row: dict[str, Any], lay: R.Layout, recipe: Recipe, gen: torch.Gene
     return R.cd4lm_row(row["prompt_ids"], row["answer_ids"], lay, gen)
 
 
-def forward(model: Any, ids: torch.Tensor, row: R.Row, bf16: bool) -> torch.Tensor:
+def forward(model: Model, ids: torch.Tensor, row: R.Row, bf16: bool) -> torch.Tensor:
     """Logits ``[K, V]`` at the row's predictor rows: the model's own network, no cache."""
     dev = model.device
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
@@ -142,7 +145,7 @@ def forward(model: Any, ids: torch.Tensor, row: R.Row, bf16: bool) -> torch.Tens
     return out if model.token_count is None else out[..., : model.token_count]
 
 
-def step_loss(model: Any, row: R.Row, recipe: Recipe, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+def step_loss(model: Model, row: R.Row, recipe: Recipe, step: int) -> tuple[torch.Tensor, dict[str, float]]:
     dev = model.device
     tgt = row.tgt.to(dev)
     student = forward(model, row.ids, row, recipe.bf16)
@@ -179,7 +182,7 @@ def load_checkpoint(path: Path, recipe: Recipe) -> dict[str, Any]:
     return state
 
 
-def train(model: Any, data: list[dict[str, Any]], recipe: Recipe, work: Path, *,
+def train(model: Model, data: list[dict[str, Any]], recipe: Recipe, work: Path, *,
           checkpoint_minutes: float = 10.0, stop_minutes: float | None = None, stop_step: int | None = None,
           on_step: Callable[[Report], None] | None = None) -> int:
     """Train (or resume) ``recipe`` on ``data``; returns the step reached. The LoRA stays in ``model.net``.
@@ -230,7 +233,7 @@ def train(model: Any, data: list[dict[str, Any]], recipe: Recipe, work: Path, *,
     return step
 
 
-def _loop(model: Any, recipe: Recipe, opt: Any, params: list[torch.nn.Parameter], by_kind: dict[str, Any],
+def _loop(model: Model, recipe: Recipe, opt: Any, params: list[torch.nn.Parameter], by_kind: dict[str, Any],
           kinds: list[str], weights: list[float], lay: R.Layout, work: Path, finished: list[int], end_at: int,
           checkpoint_minutes: float, stop_minutes: float | None, on_step: Callable[[Report], None] | None) -> int:
     from .data import log_line
@@ -277,7 +280,7 @@ def _loop(model: Any, recipe: Recipe, opt: Any, params: list[torch.nn.Parameter]
     return step
 
 
-def export(model: Any, recipe: Recipe, out: Path, *, base: str, step: int, extra: dict[str, Any]) -> Path:
+def export(model: Model, recipe: Recipe, out: Path, *, base: str, step: int, extra: dict[str, Any]) -> Path:
     """Write the trained LoRA as a ``dlm-lora`` directory at ``out`` (atomically: a sibling, then a rename)."""
     from safetensors.torch import save_file
 

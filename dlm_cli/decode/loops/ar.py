@@ -27,7 +27,7 @@ tokens alone, so every lossless method still gives ``ar``'s output with it.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 
@@ -38,8 +38,11 @@ from ..events import Clock, Done, Draft, Event, Start, Step, Verify
 from ..repetition import repetition_stop
 from ..sampling import probabilities, sample
 
+if TYPE_CHECKING:
+    from ..keys import RunSettings
 
-def verdict(logits: torch.Tensor, draft: torch.Tensor, q: torch.Tensor | None, settings: Any,
+
+def verdict(logits: torch.Tensor, draft: torch.Tensor, q: torch.Tensor | None, settings: RunSettings,
             generator: torch.Generator | None, bonus: bool = True) -> torch.Tensor:
     """The target's verdict on ``draft`` (``k`` tokens) as a device tensor ``[n, token]``, no host sync.
 
@@ -71,7 +74,7 @@ def verdict(logits: torch.Tensor, draft: torch.Tensor, q: torch.Tensor | None, s
     return torch.stack([n, sample(row, generator)])
 
 
-def verify(logits: torch.Tensor, draft: torch.Tensor, q: torch.Tensor | None, settings: Any,
+def verify(logits: torch.Tensor, draft: torch.Tensor, q: torch.Tensor | None, settings: RunSettings,
            generator: torch.Generator | None) -> tuple[int, int]:
     """:func:`verdict` on the host: ``(n, token)``."""
     n, token = verdict(logits, draft, q, settings, generator).tolist()
@@ -81,7 +84,7 @@ def verify(logits: torch.Tensor, draft: torch.Tensor, q: torch.Tensor | None, se
 class Output:
     """The committed sequence and the output: end tokens, the length limit and the repetition stop."""
 
-    def __init__(self, target: Any, prompt_ids: list[int], settings: Any) -> None:
+    def __init__(self, target: Any, prompt_ids: list[int], settings: RunSettings) -> None:
         self.eos = set(target.eos_ids)
         self.limit = settings.max_new_tokens
         self.seq = list(prompt_ids)
@@ -121,7 +124,7 @@ def verify_event(step: int, nfe: int, position: int, new: list[int], n: int, k: 
                   bonus=tail[0] if tail and n == k else None)
 
 
-def run(target: Any, prompt_ids: list[int], settings: Any, source: Any, generator: torch.Generator,
+def run(target: Any, prompt_ids: list[int], settings: RunSettings, source: Any, generator: torch.Generator,
         clock: Clock) -> Iterator[Event]:
     """Generate with ``target``, drafting from ``source`` (see :mod:`~dlm_cli.decode.drafts`), and yield events."""
     device = target.device

@@ -16,7 +16,7 @@ the canvas. ``lookup = true`` adds input-guided commits (:mod:`..guided`) to any
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 
@@ -25,10 +25,14 @@ from ..canvas import BlockCanvas
 from ..events import Clock, Event
 from ..guided import GuidedCommits
 from ..rules.base import AdaptiveBlocks, AdjustsLogits, CommitRule, Edits, Scheduled, Settles, StepState
-from ..sampling import propose
+from ..sampling import make_sampler
+
+if TYPE_CHECKING:
+    from ..keys import RunSettings
+    from ...models.protocols import DLLM
 
 
-def run(model: Any, prompt_ids: list[int], settings: Any, rule: CommitRule, generator: torch.Generator | None,
+def run(model: DLLM, prompt_ids: list[int], settings: RunSettings, rule: CommitRule, generator: torch.Generator | None,
         clock: Clock) -> Iterator[Event]:
     """Decode ``prompt_ids`` with ``rule``; yields Start, one Step per forward, then Done."""
     s = settings
@@ -43,7 +47,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, rule: CommitRule, gene
     adaptive = rule if isinstance(rule, AdaptiveBlocks) else None
     settles = rule if isinstance(rule, Settles) else None
     neg_inf = torch.full((), -torch.inf, dtype=c.wide, device=dev)  # a fill on the device, not a copy to it
-    sample = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator, exclude=c.mask_id)
+    sampler = make_sampler(s, generator, c.mask_id)
     settled = False  # Prophet's verdict, for models without a block grid: fill the whole canvas next
 
     yield c.start()
@@ -73,7 +77,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, rule: CommitRule, gene
                 cand = cur == c.mask_id
                 if adjusts is not None:
                     logits = adjusts.adjust_logits(logits, cand, b)
-                x0, prob = propose(logits, **sample)
+                x0, prob = sampler(logits)
                 conf = torch.where(cand, prob, neg_inf)
                 final = c.end - 1 if c.end < L else L  # an EoTP end token and its tail are final
                 state = StepState(logits, x0, conf, cand, quotas[i] if i < len(quotas) else remaining, i,
@@ -118,7 +122,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, rule: CommitRule, gene
     yield c.done(forward.nfe, blocks=b, cache=s.cache, refreshes=forward.refreshes, edits=c.edits, **counts)
 
 
-def fill_rest(c: BlockCanvas, model: Any, forward: Forward, bs: int, b: int) -> Any:
+def fill_rest(c: BlockCanvas, model: DLLM, forward: Forward, bs: int, b: int) -> Any:
     """Prophet on a model without a block grid: one forward over the canvas fills every mask left with its argmax."""
     forward.nfe += 1
     out = model.logits(c.x, 0, c.length, rows=(bs, c.end))[0]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Iterator
+from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 
@@ -22,11 +22,15 @@ from ...models.causal import rollback
 from ..events import Clock, Done, Event, Start, Step
 from ..sampling import gumbel_argmax, warp
 
+if TYPE_CHECKING:
+    from ..keys import RunSettings
+    from ...models.protocols import ARModel
+
 
 class Lane:
     """One model's KV cache over the committed sequence."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: ARModel) -> None:
         self.model, self.cache, self.cached, self.nfe = model, model.new_cache(), 0, 0
 
     def next_logits(self, buf: torch.Tensor, length: int) -> torch.Tensor:
@@ -37,7 +41,7 @@ class Lane:
         return logits
 
 
-def run(target: Any, prompt_ids: list[int], settings: Any, small: Any, generator: torch.Generator,
+def run(target: Any, prompt_ids: list[int], settings: RunSettings, small: Any, generator: torch.Generator,
         clock: Clock) -> Iterator[Event]:
     s = settings
     device = target.device

@@ -14,7 +14,7 @@ batched and an unbatched forward).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 
@@ -24,6 +24,10 @@ from ..events import Clock, Event
 from ..keys import Conflict, Key, Strategy, no_cache, own_loop, register_strategy
 from ..sampling import propose
 
+if TYPE_CHECKING:
+    from ..keys import RunSettings
+    from ...models.protocols import DLLM
+
 
 def confidences(logits: torch.Tensor, candidates: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The baseline's greedy ``x0`` per row and its probability, ``-inf`` at non-candidate rows."""
@@ -31,7 +35,7 @@ def confidences(logits: torch.Tensor, candidates: torch.Tensor, mask_id: int) ->
     return x0, torch.where(candidates, c, torch.full_like(c, -torch.inf))
 
 
-def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: torch.Generator | None,
+def run(model: DLLM, prompt_ids: list[int], settings: RunSettings, part: Any, generator: torch.Generator | None,
         clock: Clock) -> Iterator[Event]:
     s = settings
     model.begin(len(prompt_ids), generator)

@@ -20,7 +20,7 @@ keys shared by the diffusion strategies (``block_length``, ``cache``, ``eotp``, 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 
@@ -30,6 +30,10 @@ from ...models.compat import cache_kwarg
 from ..canvas import BlockCanvas
 from ..events import Clock, Event, Step
 from ..keys import Key, Strategy, own_loop, register_strategy
+
+if TYPE_CHECKING:
+    from ..keys import RunSettings
+    from ...models.protocols import DLLM
 
 KEYS = (
     Key("max_denoising_steps", int, None, "decoder passes per canvas at most; default: the model's", min=1,
@@ -47,7 +51,7 @@ KEYS = (
 )
 
 
-def generation_overrides(settings: Any) -> dict[str, Any]:
+def generation_overrides(settings: RunSettings) -> dict[str, Any]:
     """The keys the user set, as overrides of the checkpoint's generation config."""
     from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
@@ -61,7 +65,7 @@ def generation_overrides(settings: Any) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: torch.Generator | None,
+def run(model: DLLM, prompt_ids: list[int], settings: RunSettings, part: Any, generator: torch.Generator | None,
         clock: Clock) -> Iterator[Event]:
     net, s = model.net, settings
     dev = model.device

@@ -23,7 +23,7 @@ the round rejects, so the schedule only pays where draft and target really run i
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 
@@ -31,8 +31,11 @@ from ...models.causal import rollback
 from ..events import Clock, Done, Draft, Event, Start
 from .ar import Output, verdict, verify_event
 
+if TYPE_CHECKING:
+    from ..keys import RunSettings
 
-def run(target: Any, prompt_ids: list[int], settings: Any, source: Any, generator: torch.Generator,
+
+def run(target: Any, prompt_ids: list[int], settings: RunSettings, source: Any, generator: torch.Generator,
         clock: Clock) -> Iterator[Event]:
     device = target.device
     gamma = settings.draft_length

@@ -25,7 +25,7 @@ Outputs are identical with and without the caches.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 
@@ -35,7 +35,11 @@ from ..events import Clock, Event
 from ..cache import Forward
 from ..keys import Key, Strategy, own_loop, register_strategy
 from ..rules.threshold import THRESHOLD, threshold_select
-from ..sampling import propose, warp, without
+from ..sampling import make_sampler, warp, without
+
+if TYPE_CHECKING:
+    from ..keys import RunSettings
+    from ...models.protocols import DLLM
 
 
 def expected_accepted(confidence: torch.Tensor) -> float:
@@ -73,7 +77,7 @@ def speculative_accept(draft: torch.Tensor, q: torch.Tensor, p: torch.Tensor, ge
     return j, int(torch.argmax(residual / noise))
 
 
-def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: torch.Generator | None,
+def run(model: DLLM, prompt_ids: list[int], settings: RunSettings, part: Any, generator: torch.Generator | None,
         clock: Clock) -> Iterator[Event]:
     s = settings
     model.begin(len(prompt_ids), generator)
@@ -82,7 +86,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: 
     drafter = Forward(model, s, c.length)  # the block cache (or none), and the diffusion NFE
     verifier = model.new_cache() if s.cache != "none" and model.shift else None
     verified = 0  # the verifier cache holds causal keys and values for [0, verified)
-    sample = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator, exclude=mask_id)
+    sampler = make_sampler(s, generator, mask_id)
     greedy = s.temperature == 0
     neg_inf = torch.tensor(-torch.inf, dtype=c.wide, device=c.device)
     drafted = accepted = verifies = 0
@@ -103,7 +107,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, part: Any, generator: 
             logits = drafter(x, bs, be, first=first_step)[0]
             first_step = False
             cand = x[0, bs:be] == mask_id
-            x0, prob = propose(logits, **sample)
+            x0, prob = sampler(logits)
             conf = torch.where(cand, prob, neg_inf)
             first = c.first_mask(bs, be) - bs
             k = int(torch.cumprod(cand[first:].long(), 0).sum())  # the leftmost masked span

@@ -39,7 +39,7 @@ that the paper defines (the smollm2-dlm block is 8 slots, below the default A = 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -50,7 +50,11 @@ from ..events import Clock, Event
 from ..keys import Conflict, Key, Strategy, at_most, own_loop, register_strategy
 from ..rules.base import StepState
 from ..rules.baseline import BASELINE_KEYS, Baseline
-from ..sampling import propose
+from ..sampling import make_sampler
+
+if TYPE_CHECKING:
+    from ..keys import RunSettings
+    from ...models.protocols import DLLM
 
 
 def first_masks(masked: np.ndarray, n: int) -> np.ndarray:
@@ -110,7 +114,7 @@ class WindowPlan:
             self.recent[committed] = True
 
 
-def run(model: Any, prompt_ids: list[int], settings: Any, rule: Baseline, generator: torch.Generator | None,
+def run(model: DLLM, prompt_ids: list[int], settings: RunSettings, rule: Baseline, generator: torch.Generator | None,
         clock: Clock) -> Iterator[Event]:
     """Decode ``prompt_ids`` with Window-Diffusion; yields Start, one Step per forward, then Done."""
     s = settings
@@ -121,7 +125,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, rule: Baseline, genera
                       s.window_refresh == "canvas", model.shift)
     cache = model.new_cache()
     quotas = rule.quotas(G, G, G)
-    sample = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator, exclude=c.mask_id)
+    sampler = make_sampler(s, generator, c.mask_id)
     neg_inf = torch.tensor(-torch.inf, dtype=c.wide, device=dev)
     nfe = refreshes = rows = pruned = 0
 
@@ -140,7 +144,7 @@ def run(model: Any, prompt_ids: list[int], settings: Any, rule: Baseline, genera
         logits = model.logits_at(c.x, targets, computed, keys, cache)[0]
         nfe += 1
         rows += k
-        x0, prob = propose(logits, **sample)
+        x0, prob = sampler(logits)
         cand = torch.ones(n, dtype=torch.bool, device=dev)
         quota = quotas[i] if i < len(quotas) else c.masked(P, c.end)
         state = StepState(logits, x0, prob, cand, min(quota, n), i, len(quotas), 0, generator, probability=prob,

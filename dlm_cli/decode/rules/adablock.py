@@ -10,13 +10,17 @@ threshold rule commits. Block-diffusion models cap the look-ahead at their own b
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 
 from ..keys import Key, Strategy, at_most, register_strategy
 from .base import AdaptiveBlocks
 from .threshold import THRESHOLD, THRESHOLD_RANK, Threshold
+
+if TYPE_CHECKING:
+    from ..keys import RunSettings
+    from ...models.protocols import DLLM
 
 _DELIMITERS: dict[tuple[int, str, str], torch.Tensor] = {}
 
@@ -46,11 +50,11 @@ def boundary(x0: torch.Tensor, probability: torch.Tensor, is_delimiter: torch.Te
 class AdaBlock(Threshold, AdaptiveBlocks):
     name = "adablock"
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: RunSettings) -> None:
         super().__init__(settings)
         self.lookahead = max(settings.adablock_max - settings.block_length, 0)
 
-    def block_end(self, model: Any, bs: int, be: int, limit: int, x0: torch.Tensor, probability: torch.Tensor) -> int:
+    def block_end(self, model: DLLM, bs: int, be: int, limit: int, x0: torch.Tensor, probability: torch.Tensor) -> int:
         s = self.settings
         is_delimiter = delimiter_ids(model.tokenizer, model.vocab_size, s.delimiters, x0.device)
         r = boundary(x0, probability, is_delimiter, s.adablock_min - 1, s.delimiter_threshold)

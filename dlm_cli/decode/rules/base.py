@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+
+from ..sampling import widen
+
+if TYPE_CHECKING:
+    from ..keys import RunSettings
+    from ...models.protocols import DLLM
 
 
 @dataclass
@@ -45,11 +51,26 @@ class CommitRule:
 
     name = "rule"
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: RunSettings) -> None:
         self.settings = settings
 
     def select(self, state: StepState) -> torch.Tensor:
         raise NotImplementedError
+
+
+def register_selection(name: str, summary: str, key: Any,
+                       select: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]) -> type[CommitRule]:
+    """Register a strategy whose rule is ``select(logits, candidates, value of key)``: one declared key, no state.
+
+    The block driver runs it like any rule; the returned class is the strategy's factory."""
+    from ..keys import Strategy, register_strategy
+
+    def pick(self: CommitRule, state: StepState) -> torch.Tensor:
+        return select(state.logits, state.candidates, getattr(self.settings, key.name))
+
+    rule = type("".join(p.capitalize() for p in name.split("-")), (CommitRule,), {"name": name, "select": pick})
+    register_strategy(Strategy(name=name, kind="diffusion", summary=summary, keys=(key,), factory=rule))
+    return rule
 
 
 class Scheduled:
@@ -84,7 +105,7 @@ class AdaptiveBlocks:
 
     lookahead = 0
 
-    def block_end(self, model: Any, bs: int, be: int, limit: int, x0: torch.Tensor, probability: torch.Tensor) -> int:
+    def block_end(self, model: DLLM, bs: int, be: int, limit: int, x0: torch.Tensor, probability: torch.Tensor) -> int:
         """The end of the block starting at ``bs``; ``x0`` and ``probability`` cover rows ``[bs, limit)``."""
         raise NotImplementedError
 
@@ -95,7 +116,7 @@ class NeedsModel:
     It returns warnings for the user (the run's ``Start.notes``): the decoder itself prints nothing.
     """
 
-    def bind(self, model: Any) -> list[str]:
+    def bind(self, model: DLLM) -> list[str]:
         raise NotImplementedError
 
 
@@ -137,7 +158,7 @@ def rank_scores(state: StepState, rank: str) -> torch.Tensor:
     """
     if rank == "confidence":
         return state.confidence
-    probs = torch.softmax(state.logits.double() if state.logits.device.type != "mps" else state.logits.float(), -1)
+    probs = torch.softmax(widen(state.logits), -1)
     if rank == "margin":
         top = torch.topk(probs, 2, dim=-1).values
         score = top[:, 0] - top[:, 1]
@@ -155,6 +176,6 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 def candidate_entropy(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """Entropy (nats, computed in float64 where the device has it) of each candidate row; ``inf`` elsewhere."""
-    wide = logits.double() if logits.device.type != "mps" else logits.float()
+    wide = widen(logits)
     h = entropy(torch.softmax(wide, -1))
     return torch.where(candidates, h, torch.full_like(h, torch.inf))

@@ -10,7 +10,7 @@ paper's evaluation uses threshold 0.95, ``K_max`` 32 and ``ρ`` 0.3 (profile ``c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,15 +18,19 @@ from ..keys import Key, Strategy, register_strategy
 from .base import CommitRule, NeedsModel, StepState
 from .threshold import THRESHOLD
 
+if TYPE_CHECKING:
+    from ..keys import RunSettings
+    from ...models.protocols import DLLM
+
 
 class ConfidenceAdaptive(CommitRule, NeedsModel):
     name = "cad"
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: RunSettings) -> None:
         super().__init__(settings)
         self.eos: torch.Tensor | None = None
 
-    def bind(self, model: Any) -> list[str]:
+    def bind(self, model: DLLM) -> list[str]:
         self.eos = torch.tensor(sorted(set(model.eos_ids)), dtype=torch.long)
         return []
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..keys import Key, Strategy, register_strategy
-from .base import CommitRule, StepState, candidate_entropy
+from ..keys import Key
+from .base import candidate_entropy, register_selection
 
 
 def entropy_threshold_select(logits: torch.Tensor, candidates: torch.Tensor, bound: float) -> torch.Tensor:
@@ -21,20 +21,9 @@ def entropy_threshold_select(logits: torch.Tensor, candidates: torch.Tensor, bou
     return candidates & ((h <= bound) | lowest)
 
 
-class EntropyThreshold(CommitRule):
-    name = "entropy-threshold"
-
-    def select(self, state: StepState) -> torch.Tensor:
-        return entropy_threshold_select(state.logits, state.candidates, self.settings.entropy_threshold)
-
-
-register_strategy(
-    Strategy(
-        name="entropy-threshold",
-        kind="diffusion",
-        summary="dParallel: commit the lowest-entropy masked position and every one with entropy ≤ entropy_threshold",
-        keys=(Key("entropy_threshold", float, 0.5, "commit every masked position of the block whose entropy (nats) "
-                  "is at most this, and at least the lowest-entropy one", min=0.0),),
-        factory=EntropyThreshold,
-    )
-)
+EntropyThreshold = register_selection(
+    "entropy-threshold",
+    "dParallel: commit the lowest-entropy masked position and every one with entropy ≤ entropy_threshold",
+    Key("entropy_threshold", float, 0.5, "commit every masked position of the block whose entropy (nats) is at most "
+        "this, and at least the lowest-entropy one", min=0.0),
+    entropy_threshold_select)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..keys import Key, Strategy, register_strategy
-from .base import CommitRule, StepState, candidate_entropy
+from ..keys import Key
+from .base import candidate_entropy, register_selection
 
 
 def entropy_bounded_select(logits: torch.Tensor, candidates: torch.Tensor, budget: float) -> torch.Tensor:
@@ -25,20 +25,9 @@ def entropy_bounded_select(logits: torch.Tensor, candidates: torch.Tensor, budge
     return out & candidates
 
 
-class EntropyBounded(CommitRule):
-    name = "eb"
-
-    def select(self, state: StepState) -> torch.Tensor:
-        return entropy_bounded_select(state.logits, state.candidates, self.settings.entropy_budget)
-
-
-register_strategy(
-    Strategy(
-        name="eb",
-        kind="diffusion",
-        summary="entropy-bounded (EB-sampler, SDAR): commit the lowest-entropy positions while their summed "
-                "entropy ≤ entropy_budget",
-        keys=(Key("entropy_budget", float, 0.5, "the most summed entropy (nats) one step may commit", min=0.0),),
-        factory=EntropyBounded,
-    )
-)
+EntropyBounded = register_selection(
+    "eb",
+    "entropy-bounded (EB-sampler, SDAR): commit the lowest-entropy positions while their summed entropy ≤ "
+    "entropy_budget",
+    Key("entropy_budget", float, 0.5, "the most summed entropy (nats) one step may commit", min=0.0),
+    entropy_bounded_select)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..keys import Key, Strategy, register_strategy
+from ..sampling import widen
 from .base import CommitRule, StepState, entropy
 from .threshold import threshold_select
 
@@ -27,7 +28,7 @@ def ete_select(state: StepState, tau: float, below: int, explore: int) -> torch.
     sel = threshold_select(state.confidence, state.candidates, tau)
     if explore == 0:
         return sel
-    wide = state.logits.double() if state.logits.device.type != "mps" else state.logits.float()
+    wide = widen(state.logits)
     open_ = state.candidates & ~sel
     h = torch.where(open_, entropy(torch.softmax(wide, -1)), torch.full((open_.shape[0],), -torch.inf,
                                                                       dtype=wide.dtype, device=wide.device))

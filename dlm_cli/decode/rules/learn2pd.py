@@ -18,13 +18,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TYPE_CHECKING
 
 import torch
 
 from ...errors import UsageError
 from ..keys import Key, Strategy, register_strategy
 from .base import CommitRule, NeedsModel, StepState, top1
+
+if TYPE_CHECKING:
+    from ..keys import RunSettings
+    from ...models.protocols import DLLM
 
 WIDTH = 32
 SHIPPED = Path(__file__).resolve().parents[2] / "demo" / "filters"
@@ -47,7 +51,7 @@ def cache_path(model_name: str) -> Path:
     return Path(base) / "dlm" / "filters" / (re.sub(r"[^A-Za-z0-9._-]+", "_", model_name) + ".safetensors")
 
 
-def find_filter(model: Any, given: str) -> Path:
+def find_filter(model: DLLM, given: str) -> Path:
     if given:
         path = Path(given).expanduser()
         if not path.is_file():
@@ -91,12 +95,12 @@ def features(probability: torch.Tensor, width: int) -> torch.Tensor:
 class Learn2PD(CommitRule, NeedsModel):
     name = "learn2pd"
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: RunSettings) -> None:
         super().__init__(settings)
         self.net: Optional[Filter] = None
         self.source = ""
 
-    def bind(self, model: Any) -> list[str]:
+    def bind(self, model: DLLM) -> list[str]:
         path = find_filter(model, self.settings.filter)
         self.net, meta = load_filter(path, model.device)
         self.source = str(path)
@@ -126,7 +130,7 @@ class Oracle(CommitRule):
 
     name = "oracle"
 
-    def __init__(self, settings: Any, reference: torch.Tensor, width: int = WIDTH) -> None:
+    def __init__(self, settings: RunSettings, reference: torch.Tensor, width: int = WIDTH) -> None:
         super().__init__(settings)
         self.reference, self.width = reference, width
         self.offset, self.block, self.rows = 0, 0, 0
