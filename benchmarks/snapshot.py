@@ -69,15 +69,16 @@ def digest(events: list[Any]) -> tuple[str, Any]:
 def profile_runs(model: Any) -> list[tuple[str, list[str]]]:
     """(label, --set items) for every shipped profile that fits ``model``, with each cache it allows."""
     from dlm_cli import profiles
+    from dlm_cli.capabilities import NATIVE_SAMPLER, missing
     from dlm_cli.decode.keys import STRATEGIES
 
     out = []
     for name, ref in sorted(profiles.available().items()):
         data = profiles.read(ref)
         st = STRATEGIES[data["strategy"]]
-        if st.kind != model.kind or (st.families and model.info.family not in st.families):
+        if st.kind != model.kind or missing(st.needs, model.capabilities):  # the strategy does not fit the model
             continue
-        if st.kind == "diffusion" and not st.families:
+        if st.kind == "diffusion" and NATIVE_SAMPLER not in st.needs:  # a model's own sampler has no cache choice
             from dlm_cli.errors import UsageError
 
             caches = []
@@ -89,6 +90,8 @@ def profile_runs(model: Any) -> list[tuple[str, list[str]]]:
                     pass
             for c in caches:
                 out.append((f"{name}[cache={c}]", [f"cache={c}"]))
+            if not caches:  # a strategy with its own cache (window)
+                out.append((name, []))
             if data["strategy"] in EOTP_TOO and not data.get("eotp"):
                 out.append((f"{name}[eotp=true]", ["eotp=true"]))
         else:
