@@ -16,6 +16,8 @@ AR_AT_BLOCK_1 = "ar-at-block-1"  # run at block size 1 it is an AR model (verifi
 BIDIRECTIONAL = "bidirectional"  # every position sees every other: LLaDA's likelihood estimate applies
 PRUNED_FORWARD = "pruned-forward"  # dlm's own layer stack: a forward over a subset of positions
 CANVAS_BATCH = "canvas-batch"  # several canvases (a batch) in one forward
+LAYER_REFRESH = "layer-refresh"  # a forward that restarts from a stored layer input (Elastic-Cache)
+RAGGED_BATCH = "ragged-batch"  # a batch of canvases of different lengths: per-row positions, masks and cache
 NATIVE_SAMPLER = "native-sampler"  # the family's own sampler (uniform noise, self-conditioning)
 
 # What each capability means, in the words of a refusal: "needs a model that ...".
@@ -26,6 +28,11 @@ DESCRIBE = {
     BIDIRECTIONAL: "is fully bidirectional (LLaDA, Dream, LLaDA-MoE)",
     PRUNED_FORWARD: "runs on dlm's own layer stack, whose forward can skip positions (LLaDA, Dream)",
     CANVAS_BATCH: "can run a batch of canvases in one forward (every dLLM but DiffusionGemma)",
+    LAYER_REFRESH: "can rerun its upper layers from a stored layer input (Elastic-Cache's layer-wise refresh: "
+                   "dlm's own layer stacks)",
+    RAGGED_BATCH: "runs canvases of different lengths in one forward, each row at its own positions under its own "
+                  "attention mask and KV cache (dlm's own layer stacks: LLaDA, Dream, SDAR, Fast-dLLM v2, LLaDA2, "
+                  "LLaDA-MoE, dlm's adapters)",
     NATIVE_SAMPLER: "has a sampler of its own (DiffusionGemma)",
 }
 

@@ -578,14 +578,18 @@ def serve(
                                           help="require this key as 'Authorization: Bearer KEY'"),
     queue_size: int = typer.Option(8, "--queue-size", min=1, max=10_000,
                                    help="requests that may wait while one decodes; one more gets HTTP 503"),
+    max_batch: int = typer.Option(1, "--max-batch", min=1, max=256,
+                                  help="decode up to N requests together, one forward per step; a request joins "
+                                  "the running batch at its next step (dLLM profiles threshold and baseline; a "
+                                  "profile the batch cannot run is served at batch size 1, with a note)"),
     allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
     load: Any = None,
 ) -> None:
     """Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions,
     streaming included) and a browser view of the unmasking at /.
 
-    Limits: batch size 1 (one request decodes at a time, the others wait in a queue of --queue-size;
-    a full queue answers 503); one model (and draft) per server. A request may pick a profile and
+    Limits: batch size 1 unless --max-batch N (one request decodes at a time, or N together; the others
+    wait in a queue of --queue-size; a full queue answers 503); one model (and draft) per server. A request may pick a profile and
     --set keys through extra_body: {"profile": NAME, "set": ["key=value"]}; {"dlm_steps": true} adds
     every decoding step to the stream as 'event: dlm_step'.
     """
@@ -593,7 +597,7 @@ def serve(
 
     request = ServeRequest(model=model, draft=draft, profile=profile, host=host, port=port, api_key=api_key,
                            queue_size=queue_size, allow_different_tokenizers=allow_different_tokenizers,
-                           load=load)
+                           load=load, max_batch=max_batch)
     run_serve(request, load_model=_loader(request.load))
 
 

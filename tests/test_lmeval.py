@@ -242,3 +242,44 @@ def test_the_wrapper_turns_a_dlm_error_into_one_line_and_its_exit_code(tmp_path)
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("dlm: ") and "unknown key 'no_such_key'" in last
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("profile,keys", [("quality", {}), ("speedy", {"cache": "none", "threshold": 0.8})])
+def test_generate_until_with_a_batch_size_gives_batch_1s_texts(profile, keys):
+    """lm-eval's batch_size: the requests decode as rows of one batch, rows joining as others finish."""
+    from dlm_cli.evals.lmeval import DlmLM
+
+    one = DlmLM(model="dlm-demo", profile=profile, **keys)
+    eight = DlmLM(model="dlm-demo", profile=profile, batch_size="8", **keys)
+    assert one.batch_size == 1 and eight.batch_size == 8 and eight.batchable
+    tasks = ["Sort these numbers: 1 7 0 2", "Reverse: 12 7 33 5", "Copy: 8 41 3 77", "Sort these numbers: 9 3 5",
+             "Reverse: 1 2 3 4 5 6", "Copy: 5 5 3", "Add: 35 + 47", "Sort these numbers: 4 7 1 9 3", "Copy: 1 2",
+             "Reverse: 4 4 1"]
+    chat(eight, tasks[0])  # contexts hold the chat template's markup, for both
+    reqs = [gen(chat(one, t), until=["\n"] if k % 3 else [" 7", "\n"], max_gen_toks=16 + 8 * (k % 3))
+            for k, t in enumerate(tasks)]
+    forwards = []
+    hook = eight.model.net.register_forward_pre_hook(lambda m, args: forwards.append(args[0].shape[0]))
+    try:
+        together = eight.generate_until(reqs)
+    finally:
+        hook.remove()
+    alone = one.generate_until(reqs)
+    assert together == alone and together[0] == "0 1 2" and len(set(alone)) >= 8
+    assert max(forwards) == 8  # eight rows decoded together; the last two joined as others finished
+
+
+def test_a_profile_the_batch_cannot_run_decodes_one_request_at_a_time():
+    from dlm_cli.evals.lmeval import DlmLM
+
+    lm = DlmLM(model="dlm-demo", profile="speedy", batch_size=4)  # a dual cache on a bidirectional model
+    assert lm.batch_size == 4 and not lm.batchable
+    forwards = []
+    hook = lm.model.net.register_forward_pre_hook(lambda m, args: forwards.append(args[0].shape[0]))
+    try:
+        out = lm.generate_until([gen(chat(lm, "Sort these numbers: 1 7 0 2"), until=["\n"], max_gen_toks=16)] * 2)
+    finally:
+        hook.remove()
+    assert out == ["0 1 2 7"] * 2 and set(forwards) == {1}
+    with pytest.raises(UsageError, match="batch_size 'x'"):
+        DlmLM(model="dlm-demo", batch_size="x")

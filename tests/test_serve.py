@@ -33,13 +33,14 @@ LONG = 200  # generation slots for a decode that takes seconds (quality: one for
 class Running:
     """A served app on a free loopback port, uvicorn in a thread."""
 
-    def __init__(self, model, draft=None, *, profile, queue_size=8, api_key=None):
+    def __init__(self, model, draft=None, *, profile, queue_size=8, api_key=None, max_batch=1):
         from dlm_cli.serve import bind
         from dlm_cli.serve.app import LOOPBACK_NAMES, create_app
         from dlm_cli.serve.engine import Engine
         from dlm_cli.session import RunRequest, Session
 
-        self.engine = Engine(Session(model, draft, profile, RunRequest(front="serve")), queue_size=queue_size)
+        self.engine = Engine(Session(model, draft, profile, RunRequest(front="serve")), queue_size=queue_size,
+                             max_batch=max_batch)
         sock = bind("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
         app = create_app(self.engine, api_key=api_key, hosts=list(LOOPBACK_NAMES))
@@ -346,7 +347,7 @@ def one_line_error(result, code, fragment):
 def test_serve_help_states_the_limits():
     r = CliRunner().invoke(cli_app, ["serve", "--help"])
     text = " ".join(r.stdout.split())
-    assert r.exit_code == 0 and "batch size 1" in text and "--queue-size" in text and "503" in text
+    assert r.exit_code == 0 and "batch size 1 unless --max-batch" in text and "--queue-size" in text and "503" in text
 
 
 def error_of(result) -> tuple[int, list[str]]:

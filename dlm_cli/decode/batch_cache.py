@@ -56,9 +56,17 @@ class RowsCache(Cache):
     """Per-row keys and values of a batch of block-diffusion canvases (see the module doc)."""
 
     def __init__(self, size: int) -> None:
-        self.cursor = _Cursor(size + 1)
+        self.cursor = _Cursor(size + 1)  # rows come by :meth:`add`
         cursor = self.cursor
         super().__init__(layer_class_to_replicate=lambda: _RowsLayer(cursor))
+
+    def add(self, rows: int, size: int) -> None:
+        """``rows`` new rows at the end (rows that join: nothing cached yet), each of at least ``size`` positions."""
+        old = self.cursor.size
+        self.cursor.size = max(old, size + 1)
+        for layer in self.layers:
+            if layer.is_initialized and layer.keys.numel():
+                layer.keys, layer.values = (_grown(t, rows, self.cursor.size, old) for t in (layer.keys, layer.values))
 
     def keep(self, places: list[int]) -> None:
         """Only the rows at ``places`` (a compacted batch)."""
@@ -66,6 +74,13 @@ class RowsCache(Cache):
             if layer.is_initialized and layer.keys.numel():
                 at = torch.tensor(places, dtype=torch.long, device=layer.keys.device)
                 layer.keys, layer.values = layer.keys.index_select(0, at), layer.values.index_select(0, at)
+
+
+def _grown(t: torch.Tensor, rows: int, size: int, old: int) -> torch.Tensor:
+    """``t`` ``[B, H, old, d]`` with ``rows`` zero rows after it and ``size`` positions (its trash slot dropped)."""
+    out = t.new_zeros((t.shape[0] + rows, t.shape[1], size, t.shape[3]))
+    out[: t.shape[0], :, : old - 1] = t[:, :, : old - 1]
+    return out
 
 
 @torch.inference_mode()

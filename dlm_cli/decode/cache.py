@@ -96,12 +96,12 @@ class Forward:
         self.exact_upto = 0  # block-causal: cache holds exact keys/values for [0, exact_upto)
         self.nfe = 0
         self.refreshes = 0  # full forwards inside a block (not counting block starts)
-        from ..models.stack import DenoiserStack
+        from ..capabilities import LAYER_REFRESH
 
         approximate = self.cache is not None and not model.block_size
         self.every = settings.refresh if approximate else 0
         # The attention probe and the layer-wise refresh need dlm's own transformer stack.
-        elastic = approximate and isinstance(model.net, DenoiserStack)
+        elastic = approximate and LAYER_REFRESH in model.capabilities
         self.elastic_threshold = settings.elastic_threshold if elastic else 0.0
         self.probe = AttentionProbe(model, settings.elastic_layer) if self.elastic_threshold > 0 else None
         self.layers = ElasticLayers(self.probe.index) if self.probe is not None else None

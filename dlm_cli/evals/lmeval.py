@@ -8,6 +8,11 @@ lm-eval's own command line finds it through the installed ``dlm-cli-lmeval.pth``
 ``python -m dlm_cli.evals.lmeval`` is the same command line with dlm's errors as one ``dlm: ...``
 line and their exit code; from Python, ``lm_eval.simple_evaluate(model="dlm", ...)``.
 
+``--batch_size N``: ``generate_until`` decodes N requests together (a finished one leaves and the
+next joins at the next step) when the profile runs batched (:mod:`dlm_cli.decode.batch`: the
+strategies threshold and baseline, no cache or a block-diffusion model's exact one); the texts are
+batch 1's. Other profiles decode one request at a time; ``auto`` is 8 (or ``--max_batch_size``).
+
 ``--model_args``: ``model`` (a dlm model spec; default dlm's default model), ``profile`` (default:
 ``speedy`` for a dLLM, ``ar`` or ``speculative`` for AR), ``draft``, ``device``, ``dtype``,
 ``device_map``, ``trust_remote_code``, ``allow_pickle``, ``seed`` (0), ``threads``, ``mc_samples``
@@ -51,8 +56,45 @@ DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's own default for generate_until
 LM_EVAL_DEFAULT_DEVICE = "cuda:0"  # what lm-eval passes when --device is not given
 
 
+class _Until:
+    """One run's answer for ``generate_until``: its Done's text, or earlier, the committed prefix once it holds
+    one of ``until`` (the rest cannot change the answer), cut before it."""
+
+    def __init__(self, model: Any, until: list[str]) -> None:
+        self.tok, self.eos, self.until = model.tokenizer, set(model.eos_ids), until
+        self.committed: dict[int, int] = {}
+        self.end: Optional[int] = None  # the first slot known to hold (or follow) an end token
+        self.shown = 0
+
+    def feed(self, ev: Any) -> Optional[str]:
+        from ..decode import Done, Step
+
+        if isinstance(ev, Done):
+            return _cut(self.tok.decode(ev.tokens, skip_special_tokens=True), self.until)
+        if not isinstance(ev, Step) or not self.until:
+            return None
+        committed = self.committed
+        committed.update(zip(ev.positions, ev.tokens))
+        committed.update(zip(ev.edited, ev.edited_tokens))
+        if ev.filled:
+            self.end = min([*ev.filled, *([self.end] if self.end is not None else [])])
+        prefix = []
+        while len(prefix) in committed and (self.end is None or len(prefix) < self.end):
+            t = committed[len(prefix)]
+            if t in self.eos:
+                break
+            prefix.append(t)
+        if len(prefix) > self.shown:
+            self.shown = len(prefix)
+            text = self.tok.decode(prefix, skip_special_tokens=True)
+            if any(u in text for u in self.until):
+                return _cut(text, self.until)
+        return None
+
+
 class DlmLM(LM):
-    """An lm-eval ``LM`` over a dlm model and profile; requests are decoded one at a time."""
+    """An lm-eval ``LM`` over a dlm model and profile; ``generate_until`` decodes ``batch_size`` requests
+    together where the profile allows it (:mod:`dlm_cli.decode.batch`), else one at a time."""
 
     def __init__(self, model: Optional[str] = None, profile: Optional[str] = None, draft: Optional[str] = None,
                  seed: int = 0, threads: Optional[int] = None, mc_samples: int = 128, mc_batch: int = 32,
@@ -92,6 +134,7 @@ class DlmLM(LM):
         self.session = open_session(request, default_loader(opts), early=early)
         self.model, self.draft, self.profile = self.session.model, self.session.draft, self.session.profile
         self.templated = False
+        self.batch_size = _batch_size(batch_size, max_batch_size)
 
     # --- lm-eval's chat-template hooks (used with --apply_chat_template) ---
 
@@ -118,18 +161,74 @@ class DlmLM(LM):
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         from tqdm import tqdm
 
-        out = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="dlm generate_until"):
-            context, gen_kwargs = req.args
-            text = self.generate(context, dict(gen_kwargs or {}))
-            out.append(text)
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="dlm generate_until")
+        if self.batch_size > 1 and self.batchable:
+            out = self._generate_batched(requests, bar)
+        else:
+            out = []
+            for req in requests:
+                context, gen_kwargs = req.args
+                out.append(self.generate(context, dict(gen_kwargs or {})))
+                bar.update(1)
+        bar.close()
+        for req, text in zip(requests, out):
             self.cache_hook.add_partial("generate_until", req.args, text)
+        return out
+
+    @property
+    def batchable(self) -> bool:
+        """Whether the profile's runs can be rows of one batch (:mod:`dlm_cli.decode.batch`)."""
+        from ..decode.batch import check_batchable
+
+        try:
+            check_batchable(self.model, self.session.settings.frozen(), "batch_size")
+        except UsageError:
+            return False
+        return True
+
+    def _generate_batched(self, requests: list[Any], bar: Any) -> list[str]:
+        """Up to ``batch_size`` requests decode together; a finished one leaves and the next joins at the next
+        step (each row's text is what :meth:`generate` gives it alone). A request the batch cannot take
+        (another cache, say) decodes alone between two steps."""
+        from collections import deque
+
+        from ..decode.batch import BatchEngine
+        from ..decode.events import Done
+
+        out: list[Any] = [None] * len(requests)
+        engine = BatchEngine(self.model, self.session.settings.frozen().cache)
+        rows: dict[int, _Until] = {}
+        pending = deque(range(len(requests)))
+        while pending or len(engine):
+            while pending and len(engine) < self.batch_size:
+                i = pending.popleft()
+                context, gen_kwargs = requests[i].args
+                ids, settings, until = self._prepare(context, dict(gen_kwargs or {}))
+                if engine.refusal(settings.frozen()) is not None:
+                    out[i] = self._decode(ids, settings, until)
+                    bar.update(1)
+                    continue
+                engine.add(i, ids, settings)
+                rows[i] = _Until(self.model, until)
+            if not len(engine):
+                continue
+            for i, ev in engine.step():
+                row = rows.get(i)
+                text = row.feed(ev) if row is not None else None
+                if text is not None:
+                    if not isinstance(ev, Done):
+                        engine.drop(i)  # the rest cannot change the answer: stop decoding
+                    out[i] = text
+                    del rows[i]
+                    bar.update(1)
         return out
 
     def generate(self, context: str, gen_kwargs: dict[str, Any]) -> str:
         """The continuation of ``context`` under the profile, cut before the first ``until`` string."""
-        from ..decode import Done, Step, run
+        return self._decode(*self._prepare(context, gen_kwargs))
 
+    def _prepare(self, context: str, gen_kwargs: dict[str, Any]) -> tuple[list[int], Any, list[str]]:
+        """The prompt's ids, the run's settings (checked) and the ``until`` strings of one request."""
         until = gen_kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else [u for u in until if u]
         max_gen = int(gen_kwargs.pop("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
@@ -147,33 +246,19 @@ class DlmLM(LM):
                              f"context of {self.model.max_length} tokens; lower it (--gen_kwargs max_gen_toks=N)")
         ids = self.encode(context)[-room:]  # the most recent context, as lm-eval's own models keep it
         self.session.check_prompt(settings, [len(ids)])
-        tok = self.model.tokenizer
-        eos = set(self.model.eos_ids)
-        committed: dict[int, int] = {}
-        end: Optional[int] = None  # the first slot known to hold (or follow) an end token
-        shown = 0
+        return ids, settings, until
+
+    def _decode(self, ids: list[int], settings: Any, until: list[str]) -> str:
+        """One request alone: its text, stopped as soon as the committed text holds an ``until`` string."""
+        from ..decode import run
+
+        row = _Until(self.model, until)
         events: Iterator[Any] = run(self.model, ids, settings, draft=self.draft)
         try:
             for ev in events:
-                if isinstance(ev, Done):
-                    return _cut(tok.decode(ev.tokens, skip_special_tokens=True), until)
-                if not isinstance(ev, Step) or not until:
-                    continue
-                committed.update(zip(ev.positions, ev.tokens))
-                committed.update(zip(ev.edited, ev.edited_tokens))
-                if ev.filled:
-                    end = min([*ev.filled, *([end] if end is not None else [])])
-                prefix = []
-                while len(prefix) in committed and (end is None or len(prefix) < end):
-                    t = committed[len(prefix)]
-                    if t in eos:
-                        break
-                    prefix.append(t)
-                if len(prefix) > shown:
-                    shown = len(prefix)
-                    text = tok.decode(prefix, skip_special_tokens=True)
-                    if any(u in text for u in until):
-                        return _cut(text, until)  # the rest cannot change the answer: stop decoding
+                text = row.feed(ev)
+                if text is not None:
+                    return text
         finally:
             close = getattr(events, "close", None)
             if close is not None:
@@ -336,6 +421,21 @@ def _cut(text: str, until: list[str]) -> str:
     for u in until:
         text = text.split(u, 1)[0]
     return text
+
+
+AUTO_BATCH = 8  # lm-eval's batch_size=auto: rows per batch (no memory probe; max_batch_size caps it)
+
+
+def _batch_size(value: Any, largest: Any) -> int:
+    """lm-eval's ``batch_size`` (an int, "N", "auto" or "auto:N") as the rows decoded together."""
+    text = "1" if value is None else str(value).strip().lower()
+    if text.startswith("auto"):
+        n = AUTO_BATCH if largest is None else int(largest)
+    elif text.isdigit() and int(text) >= 1:
+        n = int(text)
+    else:
+        raise UsageError(f"--batch_size {value!r} must be a whole number of at least 1, or auto")
+    return max(1, n)
 
 
 def _bool(value: Any, name: str) -> bool:

@@ -84,6 +84,10 @@ class Denoiser(OutputLayer):
             caps.add(C.BIDIRECTIONAL)
         if getattr(self.net, "prunable", False):
             caps.add(C.PRUNED_FORWARD)
+        if getattr(self.net, "ragged_batch", False):
+            caps.add(C.RAGGED_BATCH)
+        if getattr(self.net, "layer_refresh", False):
+            caps.add(C.LAYER_REFRESH)
         return frozenset(caps)
 
     def _forward(self, *args: Any, **kwargs: Any) -> Any:

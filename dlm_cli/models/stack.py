@@ -34,6 +34,10 @@ class DenoiserStack(PreTrainedModel):
     parts: ClassVar[tuple[type[nn.Module], type[nn.Module], type[nn.Module]]]
     # A forward over a subset of positions (Window-Diffusion's pruning) is supported and tested.
     prunable: ClassVar[bool] = True
+    # A batch of ragged canvases: ``positions`` [B, n], ``mask`` [B, q, kv], ``rows`` [B, r] and a per-row
+    # cache (:mod:`dlm_cli.decode.batch`), tested on every family built on this stack.
+    ragged_batch: ClassVar[bool] = True
+    layer_refresh: ClassVar[bool] = True  # ``elastic``: Elastic-Cache's layer-wise refresh (forward's doc)
     base_model_prefix = "model"
     _supports_sdpa = True
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}

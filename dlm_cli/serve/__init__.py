@@ -28,6 +28,7 @@ class ServeRequest:
     queue_size: int
     load: Any
     allow_different_tokenizers: bool = False
+    max_batch: int = 1  # requests decoded together (dlm_cli.decode.batch); 1: one at a time
 
 
 def is_loopback(host: str) -> bool:
@@ -89,7 +90,11 @@ def run_serve(req: ServeRequest, *, load_model: Callable[[Optional[str], str], A
         session = open_session(run_req, load_model, early=early)
         model, draft, profile = session.model, session.draft, session.profile
         model_spec = req.model or (early.meta.get("model") if early is not None else None)
-        engine = Engine(session, queue_size=req.queue_size, model_spec=model_spec)
+        engine = Engine(session, queue_size=req.queue_size, model_spec=model_spec, max_batch=req.max_batch)
+        if engine.note:
+            from ..errors import note
+
+            note(engine.note)
         loopback = is_loopback(req.host)
         hosts = sorted({*LOOPBACK_NAMES, req.host.strip("[]")}) if loopback else None
         app = create_app(engine, api_key=req.api_key, hosts=hosts)
@@ -99,7 +104,7 @@ def run_serve(req: ServeRequest, *, load_model: Callable[[Optional[str], str], A
         port = sock.getsockname()[1]
         draft_note = f", draft {draft.info.name}" if draft is not None else ""
         err.print(f"dlm serve: {model.info.name} (profile {profile}{draft_note}) on http://{shown}:{port}/ "
-                  f"(the browser view; OpenAI API under /v1) · batch size 1, queue {req.queue_size}"
+                  f"(the browser view; OpenAI API under /v1) · batch size {engine.max_batch}, queue {req.queue_size}"
                   f"{' · API key required' if req.api_key else ''} · Ctrl-C stops", markup=False)
         server = uvicorn.Server(config)
         server.run(sockets=[sock])

@@ -78,22 +78,19 @@ class Server:
 
     # -- a request becomes a job ------------------------------------------------------------
     def job(self, body: dict[str, Any], chat: bool) -> tuple[Job, Any, schema.Parsed]:
-        from ..decode import run
-
         parsed = schema.parse(body)
         prompt: Any = schema.messages(body) if chat else schema.prompt_text(body)
         session = self.engine.session
-        model, draft = session.model, session.draft
+        model = session.model
         try:
             settings = session.settings_for(parsed.profile, sets=parsed.sets, flags=parsed.flags)
         except DlmError as exc:
             raise schema.from_dlm(exc) from None
 
-        def build() -> tuple[Any, int, int | None]:
+        def build() -> tuple[list[int], Any]:
             ids = encode(model, prompt, chat)
             session.check_prompt(settings, [len(ids)])  # the context, an AR cap, a dLLM's trained range
-            events = run(model, ids, settings, draft=draft)
-            return events, len(ids), settings.seed
+            return ids, settings
 
         return Job(build, asyncio.get_running_loop(), parsed.stops, parsed.steps), settings, parsed
 
@@ -132,8 +129,8 @@ class Server:
         try:
             self.engine.submit(job)
         except QueueFull:
-            raise ApiError(503, f"the server is busy: {self.engine.queue_size} requests are waiting (batch size 1, "
-                           f"queue size {self.engine.queue_size}); retry later") from None
+            raise ApiError(503, f"the server is busy: {self.engine.queue_size} requests are waiting (batch size "
+                           f"{self.engine.max_batch}, queue size {self.engine.queue_size}); retry later") from None
         rid = schema.new_id("chatcmpl" if chat else "cmpl")
         watch = asyncio.create_task(_watch_disconnect(request, job))
         try:

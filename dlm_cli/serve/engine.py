@@ -1,7 +1,9 @@
-"""The server's one decoding worker: a bounded queue of jobs, decoded one at a time off the event loop.
+"""The server's one decoding worker: a bounded queue of jobs, decoded off the event loop.
 
-Batch size 1. A job is one prompt's event stream (:func:`dlm_cli.decode.run`); the worker thread
-drives it through a :class:`~dlm_cli.view.canvas.Canvas` and the plain view's
+At batch size 1 a job is one prompt's event stream (:func:`dlm_cli.decode.run`), decoded alone; with
+``--max-batch N`` up to N jobs are rows of one running batch (:class:`dlm_cli.decode.batch.BatchEngine`)
+that a job joins at the next step and leaves when it ends. Either way the worker thread drives each
+job's events through a :class:`~dlm_cli.view.canvas.Canvas` and the plain view's
 :class:`~dlm_cli.view.PlainStream`, so a client gets the final text exactly as ``--view plain``
 writes it, and hands every piece (and, for ``dlm_steps``, every event) to the request's asyncio
 queue. A job whose client left is stopped at its next event; a full queue refuses new jobs.
@@ -133,12 +135,11 @@ class Job:
     """One request: how to start its decode, what to send, and where to send it.
 
     ``build`` runs on the worker thread (the chat template's bounded render caps the process's
-    address space for a moment, which must not overlap a decode) and returns the events (not
-    started), the prompt's length in tokens and the run's seed; a DlmError it raises is the
-    request's 400.
+    address space for a moment, which must not overlap a decode) and returns the prompt's ids and
+    the run's settings, checked; a DlmError it raises is the request's 400.
     """
 
-    build: Callable[[], tuple[Iterator[Event], int, int | None]]
+    build: Callable[[], tuple[list[int], Any]]
     loop: asyncio.AbstractEventLoop
     stops: tuple[str, ...] = ()
     steps: bool = False  # also send every event
@@ -175,20 +176,89 @@ def event_payload(event: Event, canvas: Canvas, seen: set[int]) -> dict[str, Any
     return data
 
 
-class Engine:
-    """The served model (and draft), the queue, and the worker thread that decodes."""
+class _Stream:
+    """One job's consumer of its events: the canvas, the plain view's final text through the stop strings,
+    the step events; :meth:`result` is the answer once the events end (or a stop string ended them)."""
 
-    def __init__(self, session: Any, *, queue_size: int, model_spec: str | None = None) -> None:
+    def __init__(self, job: Job, model: Any) -> None:
+        self.job, self.tokenizer = job, model.tokenizer
+        self.canvas = Canvas(self.tokenizer, model.eos_ids)
+        self.stop = StopText(job.stops)
+        self.plain = PlainStream(self.canvas, _Sink(job, self.stop))
+        self.seen: set[int] = set()
+        self.begun = time.perf_counter()
+
+    def feed(self, event: Event) -> bool:
+        """Send what ``event`` makes final; True when a stop string ended the answer."""
+        job = self.job
+        self.canvas.apply(event)
+        if isinstance(event, Start):
+            job.put(Started())
+        if job.steps:
+            job.put(StepEvent(event_payload(event, self.canvas, self.seen)))
+        self.plain.update()
+        return self.stop.hit
+
+    def cancelled(self) -> Cancelled:
+        return Cancelled(self.canvas.step + 1, self.canvas.nfe)
+
+    def result(self) -> Result:
+        job, canvas, stop = self.job, self.canvas, self.stop
+        done = canvas.done
+        if stop.hit or done is None:  # a stop string ended it
+            kept = canvas.final_tokens()
+            return Result(stop.text, "stop", job.prompt_tokens, len(kept), canvas.nfe, canvas.step + 1,
+                          time.perf_counter() - self.begun, None, job.seed)
+        text = self.tokenizer.decode(done.tokens, skip_special_tokens=True)
+        # The rest of the text, as `dlm generate` writes it after its stream; should token editing
+        # have rewritten text already sent, the stream keeps what it sent.
+        written = self.plain.written
+        rest = stop.feed(text[len(written):]) if text.startswith(written) else ""
+        rest += stop.flush()
+        if rest:
+            job.put(Piece(rest))
+        final, hit = cut(text, job.stops)
+        reason = "stop" if hit or done.finish_reason in ("eos", "repetition") else "length"
+        return Result(final, reason, job.prompt_tokens, len(done.tokens), done.nfe, done.steps, done.seconds,
+                      done.ttft_seconds, job.seed, done.stats())
+
+
+class Engine:
+    """The served model (and draft), the queue, and the worker thread that decodes.
+
+    ``max_batch`` 1: one job at a time. Above 1 (a dLLM whose default profile the batched decoder runs,
+    :mod:`dlm_cli.decode.batch`), up to ``max_batch`` jobs decode together: a job joins the running batch
+    at its next step and leaves when it ends (first done, first out); a job whose settings the batch
+    cannot take waits until the batch is empty and then decodes alone. ``note`` says why a
+    ``max_batch`` above 1 fell back to 1.
+    """
+
+    def __init__(self, session: Any, *, queue_size: int, model_spec: str | None = None, max_batch: int = 1) -> None:
         self.session = session  # the run session (:mod:`dlm_cli.session`): every request's settings and checks
         self.model, self.draft, self.profile = session.model, session.draft, session.profile
         self.model_spec = model_spec
         self.queue_size = queue_size
+        self.max_batch, self.note = max_batch, None
+        self.cache = "none"
+        if max_batch > 1:
+            from ..decode.batch import check_batchable
+            from ..errors import UsageError
+
+            cfg = (session.settings or session.settings_for()).frozen()
+            try:
+                check_batchable(self.model, cfg, f"--max-batch {max_batch}")
+                self.cache = cfg.cache
+            except UsageError as exc:
+                self.max_batch = 1
+                how = " (dlm serve reads keys from a profile: -p FILE.toml)" if "--set" in str(exc) else ""
+                self.note = f"{exc}{how}; serving profile {self.profile} at batch size 1"
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
-        self.current: Job | None = None
+        self.running: set[Job] = set()
         self.counts = {"served": 0, "cancelled": 0, "rejected": 0, "failed": 0}
         self.last: dict[str, Any] | None = None  # how the last job ended
         self._lock = threading.Lock()
-        self.thread = threading.Thread(target=self._work, name="dlm-decode", daemon=True)
+        work = self._work if self.max_batch == 1 else self._work_batched
+        self.thread = threading.Thread(target=work, name="dlm-decode", daemon=True)
         self.thread.start()
 
     def submit(self, job: Job) -> None:
@@ -201,15 +271,16 @@ class Engine:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return {"model": self.model.info.name, "profile": self.profile, "batch_size": 1,
-                    "queue_size": self.queue_size, "waiting": self.jobs.qsize(), "busy": self.current is not None,
-                    **self.counts, "last": self.last}
+            return {"model": self.model.info.name, "profile": self.profile, "batch_size": self.max_batch,
+                    "queue_size": self.queue_size, "waiting": self.jobs.qsize(), "busy": bool(self.running),
+                    "running": len(self.running), **self.counts, "last": self.last}
 
     def close(self) -> None:
-        """Stop the running job and every waiting one, then the worker."""
-        current = self.current
-        if current is not None:
-            current.cancel()
+        """Stop the running jobs and every waiting one, then the worker."""
+        with self._lock:
+            running = list(self.running)
+        for job in running:
+            job.cancel()
         while True:
             try:
                 job = self.jobs.get_nowait()
@@ -223,77 +294,138 @@ class Engine:
         except queue.Full:
             pass
 
-    def _end(self, outcome: str, **info: Any) -> None:
+    def _end(self, outcome: str, job: Job | None = None, **info: Any) -> None:
         with self._lock:
             self.counts[outcome] += 1
             self.last = {"outcome": outcome, **info}
+            self.running.discard(job)  # type: ignore[arg-type]
 
+    def _fail(self, job: Job, exc: Exception) -> None:
+        if isinstance(exc, DlmError):
+            self._end("failed", job, message=str(exc))
+            job.put(Failed(400 if exc.exit_code == USAGE else 500, str(exc)))
+            return
+        # The worker outlives one broken decode; the client gets a 500.
+        traceback.print_exception(exc, file=sys.stderr)
+        self._end("failed", job, message=f"{type(exc).__name__}: {exc}")
+        job.put(Failed(500, f"decoding failed: {type(exc).__name__}: {exc}"))
+
+    def _served(self, job: Job, stream: _Stream) -> None:
+        result = stream.result()
+        self._end("served", job, steps=result.steps, nfe=result.nfe, finish_reason=result.finish_reason)
+        job.put(Finished(result))
+
+    def _cancelled(self, job: Job, how: Cancelled) -> None:
+        self._end("cancelled", job, steps=how.steps, nfe=how.nfe)
+        job.put(how)
+
+    def _build(self, job: Job) -> tuple[list[int], Any]:
+        ids, settings = job.build()
+        job.prompt_tokens = len(ids)
+        return ids, settings
+
+    # -- batch size 1 -----------------------------------------------------------------------
     def _work(self) -> None:
         while True:
             job = self.jobs.get()
             if job is None:
                 return
             with self._lock:
-                self.current = job
+                self.running.add(job)
             try:
                 if job.cancelled.is_set():  # the client left while it waited
-                    self._end("cancelled", steps=0, nfe=0)
-                    job.put(Cancelled(0, 0))
+                    self._cancelled(job, Cancelled(0, 0))
                 else:
-                    self._decode(job)
-            except DlmError as exc:
-                self._end("failed", message=str(exc))
-                job.put(Failed(400 if exc.exit_code == USAGE else 500, str(exc)))
-            except Exception as exc:  # the worker outlives one broken decode; the client gets a 500
-                traceback.print_exc(file=sys.stderr)
-                self._end("failed", message=f"{type(exc).__name__}: {exc}")
-                job.put(Failed(500, f"decoding failed: {type(exc).__name__}: {exc}"))
-            finally:
-                with self._lock:
-                    self.current = None
+                    self._decode(job, *self._build(job))
+            except Exception as exc:
+                self._fail(job, exc)
 
-    def _decode(self, job: Job) -> None:
-        tokenizer = self.model.tokenizer
-        canvas = Canvas(tokenizer, self.model.eos_ids)
-        stop = StopText(job.stops)
-        plain = PlainStream(canvas, _Sink(job, stop))
-        seen: set[int] = set()
-        events, job.prompt_tokens, job.seed = job.build()
-        begun = time.perf_counter()
+    def _decode(self, job: Job, ids: list[int], settings: Any) -> None:
+        """One job alone, from its first event to its answer."""
+        from ..decode import run
+
+        events = run(self.model, ids, settings, draft=self.draft)
+        job.seed = settings.seed
+        stream = _Stream(job, self.model)
         try:
             for event in events:
                 if job.cancelled.is_set():
-                    self._end("cancelled", steps=canvas.step + 1, nfe=canvas.nfe)
-                    job.put(Cancelled(canvas.step + 1, canvas.nfe))
+                    self._cancelled(job, stream.cancelled())
                     return
-                canvas.apply(event)
-                if isinstance(event, Start):
-                    job.put(Started())
-                if job.steps:
-                    job.put(StepEvent(event_payload(event, canvas, seen)))
-                plain.update()
-                if stop.hit:
+                if stream.feed(event):
                     break
         finally:
             close = getattr(events, "close", None)
             if close is not None:
                 close()
-        done = canvas.done
-        if stop.hit or done is None:  # a stop string ended it
-            kept = canvas.final_tokens()
-            result = Result(stop.text, "stop", job.prompt_tokens, len(kept), canvas.nfe, canvas.step + 1,
-                            time.perf_counter() - begun, None, job.seed)
-        else:
-            text = tokenizer.decode(done.tokens, skip_special_tokens=True)
-            # The rest of the text, as `dlm generate` writes it after its stream; should token editing
-            # have rewritten text already sent, the stream keeps what it sent.
-            rest = stop.feed(text[len(plain.written):]) if text.startswith(plain.written) else ""
-            rest += stop.flush()
-            if rest:
-                job.put(Piece(rest))
-            final, hit = cut(text, job.stops)
-            reason = "stop" if hit or done.finish_reason in ("eos", "repetition") else "length"
-            result = Result(final, reason, job.prompt_tokens, len(done.tokens), done.nfe, done.steps, done.seconds,
-                            done.ttft_seconds, job.seed, done.stats())
-        self._end("served", steps=result.steps, nfe=result.nfe, finish_reason=result.finish_reason)
-        job.put(Finished(result))
+        self._served(job, stream)
+
+    # -- batched ----------------------------------------------------------------------------
+    def _work_batched(self) -> None:
+        """Jobs join the running batch at its next step (up to ``max_batch``), in the order they came."""
+        from ..decode.batch import BatchEngine
+        from ..decode.events import Done
+
+        batch = BatchEngine(self.model, self.cache)
+        streams: dict[Job, _Stream] = {}
+        taken: list[tuple[Job, Any]] = []  # off the queue, not started: (job, its ids and settings once built)
+        while True:
+            wait = not streams and not taken
+            while len(streams) + len(taken) < self.max_batch:
+                try:
+                    job = self.jobs.get() if wait else self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                wait = False
+                if job is None:
+                    for j in [*streams, *(j for j, _ in taken)]:
+                        self._cancelled(j, streams[j].cancelled() if j in streams else Cancelled(0, 0))
+                    return
+                with self._lock:
+                    self.running.add(job)
+                taken.append((job, None))
+            while taken:  # start the taken jobs in order; one the batch cannot take waits for it to empty
+                job, spec = taken[0]
+                if job.cancelled.is_set():
+                    taken.pop(0)
+                    self._cancelled(job, Cancelled(0, 0))
+                    continue
+                try:
+                    if spec is None:
+                        spec = self._build(job)
+                        taken[0] = (job, spec)
+                    ids, settings = spec
+                    if batch.refusal(settings.frozen()) is None:
+                        batch.add(job, ids, settings)
+                        job.seed = settings.seed
+                        streams[job] = _Stream(job, self.model)
+                    elif streams:
+                        break
+                    else:
+                        self._decode(job, ids, settings)
+                except Exception as exc:
+                    self._fail(job, exc)
+                taken.pop(0)
+            for job in [j for j in streams if j.cancelled.is_set()]:  # a client left: only its row stops
+                batch.drop(job)
+                self._cancelled(job, streams.pop(job).cancelled())
+            if not len(batch):
+                continue
+            try:
+                events = batch.step()
+            except Exception as exc:  # the whole batch failed: every row gets the error
+                for job in streams:
+                    self._fail(job, exc)
+                streams.clear()
+                batch = BatchEngine(self.model, self.cache)
+                continue
+            for job, event in events:
+                stream = streams.get(job)
+                if stream is None:
+                    continue
+                stopped = stream.feed(event)
+                if stopped or isinstance(event, Done):
+                    if stopped:
+                        batch.drop(job)
+                    del streams[job]
+                    self._served(job, stream)
