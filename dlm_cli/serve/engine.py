@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..decode.events import Done, Draft, Event, Start, Step, Verify
 from ..errors import USAGE, DlmError
