@@ -11,6 +11,7 @@ from ..errors import UsageError
 from ..tables import count, table_console
 from .answers import markdown_answers, render_answers
 from .plan import BenchRequest, plan
+from .remote import RemoteFailed
 from .render import FORMATS, write_rows
 from .run import measure
 from .suites import REAL_REPS, TOY_REPS, is_toy
@@ -47,11 +48,19 @@ def run_bench_command(req: BenchRequest, *, load_model: LoadModel) -> None:
     payload = {"model": model.info.name, "device": model.info.device, "threads": torch.get_num_threads(),
                "prompts": n, "reps": reps, "baselines": base, "headline_baseline": base[-1],
                "copy_gbps": round(gbps, 2), "weight_bytes": weight_bytes(model),
-               "interrupted": stopped is not None, "batch_size": p.batch_size}
+               "interrupted": stopped is not None, "batch_size": p.batch_size, "failed_rows": dict(p.failures)}
     write_rows(rows, fmt, payload, title, diffusion=p.diffusion, copy_gbps=gbps)
     if req.show and fmt == "table":
         render_answers(rows, table_console())
     elif req.show and fmt == "md":
         sys.stdout.write(markdown_answers(rows))
+    if p.failures:  # a URL row that failed during the run: the others are in the table above
+        why = "; ".join(p.failures.values())
+        if stopped is None:
+            raise RemoteFailed(f"{why}; the row{'s' if len(p.failures) > 1 else ''} left the table, the others are "
+                               "complete")
+        from ..errors import warning
+
+        warning(why)
     if stopped is not None:
         raise stopped.cause  # the CLI ends it with one line and 130 (143 for SIGTERM)

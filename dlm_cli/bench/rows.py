@@ -11,10 +11,10 @@ class Row:
     profile: str
     strategy: str
     runs: int = 0
-    nfe: float = 0.0
+    nfe: Optional[float] = 0.0  # None: unknown (a remote row: the server's forwards)
     draft_nfe: float = 0.0
     generated_tokens: float = 0.0
-    tokens_per_nfe: float = 0.0
+    tokens_per_nfe: Optional[float] = 0.0
     tokens_per_second: float = 0.0
     tokens_per_second_iqr: tuple[float, float] = (0.0, 0.0)
     seconds: float = 0.0
@@ -28,8 +28,8 @@ class Row:
     score: Optional[float] = None
     task_scores: dict[str, float] = field(default_factory=dict)
     acceptance_rate: Optional[float] = None
-    peak_memory_mb: float = 0.0
-    weight_gbps: float = 0.0
+    peak_memory_mb: Optional[float] = 0.0
+    weight_gbps: Optional[float] = 0.0
     sweep: dict[str, str] = field(default_factory=dict)
     baseline: bool = False
     cache: Optional[str] = None
@@ -53,6 +53,9 @@ FORMULAS = {
                    "reports it; hold it against the machine's copy bandwidth (2 x bytes / seconds of a 256 MiB "
                    "copy)",
     "peak_memory_mb": "CUDA: the allocator's peak; CPU: the process's resident set, sampled at every event",
+    "remote": "a url: row (an OpenAI-compatible server): its streamed text re-tokenised by the bench's model "
+              "gives the generated tokens, TTFT is the first streamed text, agreement compares texts; NFE, GB/s and "
+              "peak memory are the server's and unknown (null)",
     "batch_size": "prompts decoded together, one forward per step (--batch-size); a batch's seconds are split "
                   "evenly over its prompts, and a prompt's TTFT counts from its batch's start",
 }
