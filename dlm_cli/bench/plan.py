@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from rich.console import Console
 
+from ..distributed import World
 from ..evals.prompt import BenchPrompt, load_prompts
 from .remote import Remote, check_names, is_remote, parse_remote
 from .suites import (LONG_MAX_NEW_TOKENS, REAL_MAX_NEW_TOKENS, REAL_PER_TASK, TOY_PER_TASK, builtin_prompts, is_toy,
@@ -52,6 +53,7 @@ class Plan:
     chat_template: bool = True
     batch_size: int = 1
     failures: dict[str, str] = field(default_factory=dict)  # a remote row that failed during the run: why
+    world: World = field(default_factory=World)  # the processes a launcher started (each runs its share)
 
     @property
     def model(self) -> Any:
@@ -66,7 +68,8 @@ class Plan:
         return self.session.diffusion
 
 
-def plan(req: BenchRequest, err: Console, *, load_model: LoadModel, points: Any = None) -> Plan:
+def plan(req: BenchRequest, err: Console, *, load_model: LoadModel, points: Any = None,
+         world: Optional[World] = None) -> Plan:
     """Load the model and draft, pick the prompts, build the baselines and every (profile × sweep point) row."""
     from .. import profiles as prof
     from ..capabilities import BLOCK_CACHE, DRAFT_MODEL
@@ -146,4 +149,5 @@ def plan(req: BenchRequest, err: Console, *, load_model: LoadModel, points: Any 
         from .batch import check_rows
 
         check_rows(model, [r for r in runs if not isinstance(r[1], Remote)], req.batch_size)
-    return Plan(session, runs, baselines, prompts, sweeps, req.chat_template, req.batch_size)
+    return Plan(session, runs, baselines, prompts, sweeps, req.chat_template, req.batch_size,
+                world=world or World())

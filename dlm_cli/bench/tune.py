@@ -129,6 +129,11 @@ def run_tune_command(req: TuneRequest, *, load_model: Callable[..., Any]) -> Non
     err = Console(stderr=True, highlight=False)
     from .remote import is_remote
 
+    from ..distributed import world
+
+    if world().size > 1:
+        raise UsageError("dlm tune runs in one process; start it without torchrun or accelerate launch (dlm bench "
+                         "runs data-parallel)")
     if is_remote(req.profile):
         raise UsageError("dlm tune searches a local profile's keys; a url: row (a running server) goes in dlm bench -p")
     if not req.search:
