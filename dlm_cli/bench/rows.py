@@ -6,6 +6,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..evals.prompt import score
+
 
 @dataclass
 class Row:
@@ -84,7 +86,6 @@ def build_rows(model: Any, draft: Any, runs: list[tuple[str, Any]], prompts: lis
     """The rows' figures from what every run gave (``dones[row][prompt]``, ``seconds[row][rep][prompt]``, the
     peak memory in bytes); the formulas are :data:`FORMULAS`."""
     from ..decode import STRATEGIES
-    from ..evals.prompt import score
     from .answers import answer
     from .machine import weight_bytes
     from .remote import Remote
