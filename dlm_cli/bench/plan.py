@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from rich.console import Console
 
+from ..distributed import World
 from ..evals.prompt import BenchPrompt, load_prompts
+from .remote import Remote, check_names, is_remote, parse_remote
 from .suites import (LONG_MAX_NEW_TOKENS, REAL_MAX_NEW_TOKENS, REAL_PER_TASK, TOY_PER_TASK, builtin_prompts, is_toy,
                      realtext_prompts, toy_task_names)
 
@@ -50,6 +52,8 @@ class Plan:
     sweeps: dict[str, dict[str, str]]
     chat_template: bool = True
     batch_size: int = 1
+    failures: dict[str, str] = field(default_factory=dict)  # a remote row that failed during the run: why
+    world: World = field(default_factory=World)  # the processes a launcher started (each runs its share)
 
     @property
     def model(self) -> Any:
@@ -64,7 +68,8 @@ class Plan:
         return self.session.diffusion
 
 
-def plan(req: BenchRequest, err: Console, *, load_model: LoadModel, points: Any = None) -> Plan:
+def plan(req: BenchRequest, err: Console, *, load_model: LoadModel, points: Any = None,
+         world: Optional[World] = None) -> Plan:
     """Load the model and draft, pick the prompts, build the baselines and every (profile × sweep point) row."""
     from .. import profiles as prof
     from ..capabilities import BLOCK_CACHE, DRAFT_MODEL
@@ -72,9 +77,14 @@ def plan(req: BenchRequest, err: Console, *, load_model: LoadModel, points: Any 
     from ..demo.tasks import GROUPS, LONG_TASKS, TASKS
     from ..models.resolve import TOY_DEFAULT, TOY_LONG
     from ..session import RunRequest, open_session
-    from .sweep import grid
+    from .sweep import grid, split_values
 
     points = grid(req.sets) if points is None else points  # before loading: a bad --set fails fast
+    listed = [n for n in split_values(req.profiles or "") if n]
+    remotes = {n: parse_remote(n) for n in listed if is_remote(n)}  # a bad URL item fails fast too
+    check_names(list(remotes.values()), [n for n in listed if n not in remotes] + ["baseline", "baseline+eotp", "ar"])
+    for remote in remotes.values():  # reach each server before the model loads
+        remote.probe()
     for point in points:  # keys no strategy has, values out of every range: before the model loads too
         prof.check_early(point.sets, req.flags, None)
     file_prompts = load_prompts(req.prompts) if req.prompts else None
@@ -101,15 +111,15 @@ def plan(req: BenchRequest, err: Console, *, load_model: LoadModel, points: Any 
         if req.flags.get("max_new_tokens") is None:  # a fixed paragraph is ~100-200 tokens
             req.flags = {**req.flags, "max_new_tokens": REAL_MAX_NEW_TOKENS}
     diffusion = session.diffusion
-    names = [n.strip() for n in (req.profiles or ("speedy" if diffusion else "speculative,lookup")).split(",")
-             if n.strip()]
-    rows = [(n, point, prof.load(n, sets=list(point.sets), flags=req.flags)) for n in names for point in points]
+    names = listed or (["speedy"] if diffusion else ["speculative", "lookup"])
+    rows = [(n, point, remotes[n] if n in remotes else prof.load(n, sets=list(point.sets), flags=req.flags))
+            for n in names for point in (points[:1] if n in remotes else points)]
     if session.draft is None and not diffusion:  # a row's profile may name the draft (its ``draft`` key)
-        named = next((s.meta["draft"] for _, _, s in rows if s.meta.get("draft")), None)
+        named = next((s.meta["draft"] for _, _, s in rows if not isinstance(s, Remote) and s.meta.get("draft")), None)
         if named:
             session.attach_draft(named)
     if session.draft is None and not req.profiles:  # the default list, without a draft: the rows that need none
-        rows = [r for r in rows if DRAFT_MODEL not in STRATEGIES[r[2].strategy].needs]
+        rows = [r for r in rows if isinstance(r[2], Remote) or DRAFT_MODEL not in STRATEGIES[r[2].strategy].needs]
     if diffusion:  # one token per step, then the same stopping at the end token (the headline)
         # An exact block cache gives the same output in less time: the baselines use it where the model has one.
         exact = ["cache=prefix"] if BLOCK_CACHE in model.capabilities else []
@@ -121,6 +131,9 @@ def plan(req: BenchRequest, err: Console, *, load_model: LoadModel, points: Any 
     seen = {s.frozen(): name for name, s in runs}
     sweeps: dict[str, dict[str, str]] = {}
     for n, point, s in rows:
+        if isinstance(s, Remote):  # the server's settings are its own: not swept, never a duplicate
+            runs.append((s.name, s))
+            continue
         s = session.settings_for(settings=s)  # the model's defaults, the tokenizer switch; fits model and draft
         name = (s.profile if n == s.profile else n) + (f" {point.label}" if point.label else "")
         key = s.frozen()
@@ -135,5 +148,6 @@ def plan(req: BenchRequest, err: Console, *, load_model: LoadModel, points: Any 
     if req.batch_size > 1:
         from .batch import check_rows
 
-        check_rows(model, runs, req.batch_size)
-    return Plan(session, runs, baselines, prompts, sweeps, req.chat_template, req.batch_size)
+        check_rows(model, [r for r in runs if not isinstance(r[1], Remote)], req.batch_size)
+    return Plan(session, runs, baselines, prompts, sweeps, req.chat_template, req.batch_size,
+                world=world or World())

@@ -37,15 +37,23 @@ def _cells(r: Row, diffusion: bool, *, rate_spread: bool = True) -> list[str]:
     lo, hi = r.tokens_per_second_iqr
     rate = f"{r.tokens_per_second:.1f}" + (f" ({lo:.1f}–{hi:.1f})" if rate_spread and hi - lo > 1e-9 else "")
     score = "" if r.score is None else f"{r.score:.0%}" if r.score in (0, 1) else f"{r.score:.1%}"
-    cells = [r.profile, r.strategy, f"{r.nfe:.1f}", f"{r.tokens_per_nfe:.2f}", rate, speed,
+    cells = [r.profile, r.strategy, _known(r.nfe, "{:.1f}"), _known(r.tokens_per_nfe, "{:.2f}"), rate, speed,
              f"{r.speedup_plain:.2f}×", f"{r.agreement:.0%}", score, note]
     return cells if diffusion else cells[:6] + cells[7:]
 
 
+def _known(x: Optional[float], fmt: str) -> str:
+    """A figure, or n/a where it is unknown (a remote row's forwards and memory are the server's)."""
+    return UNKNOWN if x is None else fmt.format(x)
+
+
+UNKNOWN = "n/a"
+
+
 def _machine_cells(r: Row, copy_gbps: Optional[float]) -> list[str]:
-    share = f" ({r.weight_gbps / copy_gbps:.0%})" if copy_gbps else ""
+    share = f" ({r.weight_gbps / copy_gbps:.0%})" if copy_gbps and r.weight_gbps is not None else ""
     return [r.profile, f"{r.prefill_seconds * 1000:.0f} ms", f"{r.decode_seconds * 1000:.0f} ms",
-            f"{r.weight_gbps:.2f}{share}", f"{r.peak_memory_mb:.0f}"]
+            _known(r.weight_gbps, "{:.2f}") + share, _known(r.peak_memory_mb, "{:.0f}")]
 
 
 FOOTNOTE = ("tok/NFE = generated tokens (stopped before the end token, no padding) / forward passes; "
@@ -65,7 +73,10 @@ def footnote(rows: list[Row], diffusion: bool, copy_gbps: Optional[float], devic
         plain += " (the baselines keep the model's exact prefix KV cache)"
     copy = f" (in parentheses: of this machine's copy bandwidth, {copy_gbps:.1f} GB/s)" if copy_gbps else ""
     memory = "the CUDA allocator's peak" if device.startswith("cuda") else "the process's resident set, sampled at each step"
-    return (FOOTNOTE.format(head=base[-1] if base else "", plain=plain, first=base[0] if base else ""),
+    remote = (" A url: row is a server's: its streamed text re-tokenised by this model gives its tokens, TTFT "
+              "(prefill) is its first streamed text, agree compares texts; its NFE, GB/s and memory are unknown "
+              f"({UNKNOWN})." if any(r.nfe is None for r in rows) else "")
+    return (FOOTNOTE.format(head=base[-1] if base else "", plain=plain, first=base[0] if base else "") + remote,
             MACHINE_FOOTNOTE.format(copy=copy, memory=memory))
 
 

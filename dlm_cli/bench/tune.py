@@ -127,6 +127,15 @@ def run_tune_command(req: TuneRequest, *, load_model: Callable[..., Any]) -> Non
     from .sweep import best_above, grid, pareto
 
     err = Console(stderr=True, highlight=False)
+    from .remote import is_remote
+
+    from ..distributed import world
+
+    if world().size > 1:
+        raise UsageError("dlm tune runs in one process; start it without torchrun or accelerate launch (dlm bench "
+                         "runs data-parallel)")
+    if is_remote(req.profile):
+        raise UsageError("dlm tune searches a local profile's keys; a url: row (a running server) goes in dlm bench -p")
     if not req.search:
         raise UsageError("dlm tune needs at least one --search KEY=LO:HI:STEP or KEY=A,B,C, e.g. "
                          "--search threshold=0.5:0.95:0.05")

@@ -110,6 +110,14 @@ class DlmLM(LM):
         load_args = {k: keys.pop(k) for k in LOAD_KEYS if k in keys}
         load_args = {k: v for k, v in load_args.items() if v is not None}
         device = str(load_args.get("device", "auto"))
+        from ..distributed import join, world
+
+        self.world = world()  # under accelerate launch or torchrun: this process's share of the requests
+        if self.world.size > 1:
+            if device == LM_EVAL_DEFAULT_DEVICE:  # lm-eval's default, not the user's: each rank its own GPU
+                load_args["device"] = device = "auto"
+            join(self.world, device)
+            self._rank, self._world_size = self.world.rank, self.world.size
         if device.startswith("cuda"):
             import torch
 
@@ -135,6 +143,30 @@ class DlmLM(LM):
         self.model, self.draft, self.profile = self.session.model, self.session.draft, self.session.profile
         self.templated = False
         self.batch_size = _batch_size(batch_size, max_batch_size)
+        import torch
+
+        # lm-eval's evaluator gathers its counts on this device: the process group's (gloo: the CPU).
+        nccl = self.world.size > 1 and torch.distributed.get_backend() == "nccl"
+        self._device = torch.device(self.model.device) if nccl else torch.device("cpu")
+
+    # --- data parallel (lm-eval's evaluator shards the documents by rank and gathers the metrics) ---
+
+    def all_gather(self, tensor: Any) -> Any:
+        from ..distributed import all_gather_tensor
+
+        return all_gather_tensor(tensor, self.world)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> Any:
+        from ..distributed import gather
+
+        if dst != 0:
+            raise ValueError("dlm gathers on rank 0, as lm-eval's evaluator asks")
+        return gather(obj, self.world)
+
+    def barrier(self) -> None:
+        from ..distributed import barrier
+
+        barrier(self.world)
 
     # --- lm-eval's chat-template hooks (used with --apply_chat_template) ---
 
@@ -161,7 +193,7 @@ class DlmLM(LM):
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="dlm generate_until")
+        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="dlm generate_until")
         if self.batch_size > 1 and self.batchable:
             out = self._generate_batched(requests, bar)
         else:
@@ -271,7 +303,7 @@ class DlmLM(LM):
         if self.model.kind != "autoregressive" and not self.estimable:
             self._need_ar("loglikelihood")
         out = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="dlm loglikelihood"):
+        for req in tqdm(requests, disable=disable_tqdm or self.rank != 0, desc="dlm loglikelihood"):
             context, continuation = req.args
             ctx, cont = self.encode_pair(context, continuation)
             result = self.score(ctx, cont) if self.model.kind == "autoregressive" else self.estimate(ctx, cont)
@@ -285,7 +317,7 @@ class DlmLM(LM):
 
         self._need_ar("loglikelihood_rolling")
         out = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="dlm loglikelihood_rolling"):
+        for req in tqdm(requests, disable=disable_tqdm or self.rank != 0, desc="dlm loglikelihood_rolling"):
             (text,) = req.args
             tokens = self._plain(text, add_special_tokens=False)
             total = 0.0
