@@ -239,3 +239,37 @@ def test_damaged_drafter_is_one_line(world, tmp_path):
     (bad / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(DlmError, match="cannot load the drafter"):
         load(str(bad))
+
+
+def test_cli_drafter_train_resumes_and_exports(world, tmp_path):
+    m = str(world["target_path"])
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ["drafter", "train", "-m", m, "--prompts", str(prompts), "--out", str(out), "--work", str(work),
+            "-n", "16", "--steps", "6", "--block", "4", "--anchors", "4", "--rows-per-step", "1"]
+    first = cli(*args, "--stop-minutes", "0")  # stops after its first step, resumably, without exporting
+    assert first.exit_code == 0, first.output
+    assert "stopped at step 1/6" in first.output and not out.exists()
+    assert len((work / "answers.jsonl").read_text().splitlines()) == len(PROMPTS)
+    again = cli(*args)
+    assert again.exit_code == 0, again.output
+    log = [json.loads(x) for x in (work / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["training"]["step"] == 6 and cfg["drafter"]["block_size"] == 4 and cfg["target"]["name"] == m
+    res = cli("generate", "-m", m, "--draft", str(out), "-n", "12", "--view", "plain", PROMPTS[0])
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_drafter_train_refusals(world, tmp_path):
+    res = cli("drafter", "train", "-m", str(world["target_path"]), "--method", "medusa", "--tasks", "realtext",
+              "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2 and res.output.strip().splitlines() == ["dlm: --method 'medusa': use one of dflash"]
+    res = cli("drafter", "train", "-m", str(world["target_path"]), "--out", str(tmp_path / "o"), "--target-layers", "x")
+    assert res.exit_code == 2 and res.output.strip().startswith("dlm: --target-layers 'x'")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hello"}) + "\n")
+    res = cli("drafter", "train", "-m", str(world["target_path"]), "--prompts", str(prompts), "--out",
+              str(tmp_path / "o"), "--target-layers", "7", "-n", "4", "--work", str(tmp_path / "w"))
+    assert res.exit_code == 2 and "has layers 0..1" in res.output and "Traceback" not in res.output
