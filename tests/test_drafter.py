@@ -273,3 +273,22 @@ def test_cli_drafter_train_refusals(world, tmp_path):
     res = cli("drafter", "train", "-m", str(world["target_path"]), "--prompts", str(prompts), "--out",
               str(tmp_path / "o"), "--target-layers", "7", "-n", "4", "--work", str(tmp_path / "w"))
     assert res.exit_code == 2 and "has layers 0..1" in res.output and "Traceback" not in res.output
+
+
+def test_reduced_draft_vocabulary(world, tmp_path):
+    """A drafter over the 40 most frequent answer tokens proposes only those, and greedy output stays ar's."""
+    t, rows = world["target"], world["rows"]
+    net, step = train(t, rows, recipe(world["target_path"], draft_vocab=40, steps=120), tmp_path / "w")
+    vocab = set(net.vocab.tolist())
+    assert len(vocab) == 40 and set(t.eos_ids) <= vocab
+    out = save_drafter(tmp_path / "d", "dflash", net, fingerprint(t, str(world["target_path"])), {"step": step})
+    d = load(str(out))
+    assert d.net.vocab.dtype == torch.long and set(d.net.vocab.tolist()) == vocab
+    from dlm_cli.decode.events import Draft
+
+    for p in PROMPTS:
+        ref = decode(t, p, "ar", n=48)
+        events = list(run(t, t.tokenizer.encode(p), settings("dflash", 48), draft=d))
+        assert events[-1].tokens == ref.tokens
+        drafted = [tok for e in events if isinstance(e, Draft) for tok in e.tokens]
+        assert drafted and set(drafted) <= vocab

@@ -43,8 +43,11 @@ class DFlashDraft(NoDraft):
         self.length = min(settings.draft_length or self.block - 1, self.block - 1)
         self.tree_width = getattr(settings, "tree_width", 1)
         self.tree_depth = getattr(settings, "tree_depth", None)
+        from ..models.drafter import draft_head
+
         self.embed = target.net.get_input_embeddings()
-        self.head = target.net.get_output_embeddings()
+        self.head, self.vocab = draft_head(self.net, target.net.get_output_embeddings(), width)
+        self.head = self.head.detach().to(self.net.fc.weight.dtype)
         self.width = width
         self.stop = frozenset(stop)
         self.kvs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -69,15 +72,18 @@ class DFlashDraft(NoDraft):
 
     @torch.inference_mode()
     def logits(self, seq: list[int], count: int) -> torch.Tensor:
-        """The drafter's logits ``[count, V]`` for the ``count`` tokens after ``seq``: one forward."""
+        """The drafter's logits ``[count, V']`` over its draft vocabulary for the ``count`` tokens after ``seq``."""
         anchor = len(seq) - 1
         dev = self.net.fc.weight.device
         first = self.embed(torch.tensor([seq[-1]], device=dev)).to(self.net.fc.weight.dtype)
         x = torch.cat([first, self.net.mask_embedding[None].expand(count, -1)])
         h = self.net.block(x, torch.arange(anchor, anchor + count + 1, device=dev), self.kvs)
-        out = self.head(h[1:].to(self.head.weight.dtype))
         self.nfe += 1
-        return out[:, : self.width] if self.width and out.shape[-1] > self.width else out
+        return h[1:] @ self.head.T
+
+    def ids(self, idx: torch.Tensor) -> torch.Tensor:
+        """Target token ids of draft-vocabulary indices."""
+        return idx if self.vocab is None else self.vocab[idx]
 
     def ready(self, seq: list[int]) -> bool:
         # The context must be exactly the committed positions before the anchor (it is, after every verify).
@@ -90,7 +96,7 @@ class DFlashDraft(NoDraft):
         count = min(self.length, room)
         if count <= 0 or not self.ready(seq):
             return EMPTY, None
-        draft = self.cut(self.logits(seq, count).argmax(-1).tolist())
+        draft = self.cut(self.ids(self.logits(seq, count).argmax(-1)).tolist())
         self.lengths.append(len(draft))
         return torch.tensor(draft, dtype=torch.long), None
 
@@ -102,7 +108,7 @@ class DFlashDraft(NoDraft):
             return None
         probs = torch.softmax(self.logits(seq, depth).float(), -1)
         top = probs.topk(min(self.tree_width, probs.shape[-1]), -1)
-        vals, ids = top.values.tolist(), top.indices.tolist()
+        vals, ids = top.values.tolist(), self.ids(top.indices).tolist()
         main = [row[0] for row in ids]
         # The path probability up to depth j (argmax before it), times the deviation's own probability.
         prefix, p = [], 1.0

@@ -172,6 +172,13 @@ class DFlashNet(nn.Module):
         # SmolLM2 and most AR targets have no mask token: the block's MASK is one trained embedding row.
         self.mask_embedding = nn.Parameter(torch.zeros(d))
         self.rotary = LlamaRotaryEmbedding(c)
+        # The draft vocabulary (EAGLE-3's and FR-Spec's reduced LM head): the target tokens the drafter may
+        # propose, the most frequent of its training answers. The head over all of a 49k vocabulary costs
+        # more than a 135M target's one-token forward; drafts are only proposals, so verification stays exact.
+        if spec.get("draft_vocab"):
+            self.register_buffer("vocab", torch.zeros(int(spec["draft_vocab"]), dtype=torch.long))
+        else:
+            self.vocab = None
 
     def rope(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self.rotary(like, positions[None])
@@ -193,6 +200,15 @@ class DFlashNet(nn.Module):
 
 
 NETS = {"dflash": DFlashNet}
+
+
+def draft_head(net: nn.Module, head: nn.Module, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows of the target's LM head the drafter scores (its draft vocabulary's, else all ``width``) and their ids."""
+    w = head.weight
+    vocab = getattr(net, "vocab", None)
+    if vocab is None:
+        return (w[:width] if width else w), None
+    return w[vocab.to(w.device)], vocab
 
 
 @dataclass(eq=False)
@@ -278,7 +294,8 @@ def save_drafter(out: Path, method: str, net: nn.Module, target: dict[str, Any],
             old = {}
         if not isinstance(old, dict) or old.get("model_type") != MODEL_TYPE:
             raise UsageError(f"--out {out} exists and is not a drafter dlm wrote; give a new path")
-    state = {k: v.detach().float().contiguous().cpu() for k, v in net.state_dict().items() if not k.startswith("rotary.")}
+    state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).contiguous().cpu()
+             for k, v in net.state_dict().items() if not k.startswith("rotary.")}
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

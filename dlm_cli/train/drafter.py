@@ -51,6 +51,7 @@ class DrafterRecipe:
     gamma: float = 4.0  # ModelOpt's decay for B = 8 (DFlash: 7 for B = 16)
     max_tokens: int = 1024
     target_layers: list[int] | None = None
+    draft_vocab: int = 0  # the drafter proposes only the most frequent answer tokens (0: the whole vocabulary)
     spec: dict[str, Any] = field(default_factory=dict)  # the drafter's full hyper-parameters (filled from the target)
 
     def key(self) -> str:
@@ -73,12 +74,15 @@ def lr_at(step: int, r: DrafterRecipe) -> float:
     return r.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def make_net(target: Any, recipe: DrafterRecipe) -> torch.nn.Module:
+def make_net(target: Any, recipe: DrafterRecipe, data: list[dict[str, Any]] = ()) -> torch.nn.Module:
     from ..models.drafter import build, dflash_spec
 
     if not recipe.spec:
         recipe.spec = dflash_spec(target, layers=recipe.layers, block_size=recipe.block,
                                   target_layers=recipe.target_layers)
+        width = target.token_count or target.vocab_size
+        if recipe.draft_vocab and recipe.draft_vocab < width:
+            recipe.spec["draft_vocab"] = recipe.draft_vocab
     n = recipe.spec["target_layers"]
     depth = int(target.net.config.get_text_config().num_hidden_layers)
     if any(not 0 <= i < depth for i in n):
@@ -87,6 +91,13 @@ def make_net(target: Any, recipe: DrafterRecipe) -> torch.nn.Module:
     net = build(recipe.method, recipe.spec)
     with torch.no_grad():
         net.mask_embedding.normal_(0.0, float(target.net.get_input_embeddings().weight.float().std()))
+        if getattr(net, "vocab", None) is not None:
+            # The most frequent answer tokens, ties by id; every end token included.
+            counts = torch.zeros(target.token_count or target.vocab_size, dtype=torch.long)
+            for r in data:
+                counts.index_add_(0, torch.tensor(r["answer_ids"], dtype=torch.long), torch.ones(len(r["answer_ids"]), dtype=torch.long))
+            counts[list(target.eos_ids)] += 1 << 40
+            net.vocab.copy_(torch.sort(torch.argsort(counts, descending=True, stable=True)[: net.vocab.numel()]).values)
     return net.float()
 
 
@@ -111,10 +122,13 @@ class Features:
         return got.float()
 
 
-def dflash_loss(net: Any, embed: Any, head: Any, feats: torch.Tensor, ids: torch.Tensor, start: int,
-                recipe: DrafterRecipe, gen: torch.Generator) -> tuple[torch.Tensor, float, int]:
+def dflash_loss(net: Any, embed: Any, head: torch.Tensor, feats: torch.Tensor, ids: torch.Tensor, start: int,
+                recipe: DrafterRecipe, gen: torch.Generator, index: torch.Tensor | None = None) -> tuple[torch.Tensor, float, int]:
     """DFlash's weighted block cross-entropy over sampled anchors of one sequence; also the greedy
-    tokens-per-forward its drafts would give (1 + the accepted prefix, averaged over anchors) and the blocks."""
+    tokens-per-forward its drafts would give (1 + the accepted prefix, averaged over anchors) and the blocks.
+
+    ``head``: the LM head rows the drafter scores; ``index`` maps a target token to its row (-1: not in
+    the draft vocabulary; such a label is left out of the loss and always counts as a miss)."""
     dev = feats.device
     T, B = ids.shape[0], recipe.block
     cand = torch.arange(start, T - 1)  # anchors whose next token is an answer token
@@ -134,14 +148,15 @@ def dflash_loss(net: Any, embed: Any, head: Any, feats: torch.Tensor, ids: torch
     mask = torch.cat([see_ctx, see_blk], 1).to(dev)
     kvs = net.context(feats, torch.arange(T, device=dev))
     h = net.block(x, pos.to(dev), kvs, mask)
-    rows = ((k >= 1) & valid).to(dev)
-    logits = head(h[rows]).float()
-    ce = torch.nn.functional.cross_entropy(logits, labels.to(dev)[rows], reduction="none")
+    labels = labels.to(dev) if index is None else index.to(dev)[labels.to(dev)]
+    rows = ((k >= 1) & valid).to(dev) & (labels >= 0)
+    logits = (h[rows] @ head.T).float()
+    ce = torch.nn.functional.cross_entropy(logits, labels[rows], reduction="none")
     w = torch.exp(-(k.to(dev)[rows] - 1).float() / recipe.gamma)
-    loss = (w * ce).sum() / w.sum()
+    loss = (w * ce).sum() / w.sum().clamp_min(1e-9)
     with torch.no_grad():
         hit = torch.zeros(A * B, dtype=torch.bool, device=dev)
-        hit[rows] = logits.argmax(-1) == labels.to(dev)[rows]
+        hit[rows] = logits.argmax(-1) == labels[rows]
         hit = hit.view(A, B)[:, 1:]
         accept = 1.0 + float(hit.long().cumprod(1).sum(1).float().mean())
     return loss, accept, A
@@ -200,14 +215,22 @@ def train(target: Any, data: list[dict[str, Any]], recipe: DrafterRecipe, work: 
     for p in target.net.parameters():
         p.requires_grad_(False)
     target.net.eval()
-    net = make_net(target, recipe).to(target.device)
+    net = make_net(target, recipe, usable).to(target.device)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0, betas=(0.9, 0.95))
     work.mkdir(parents=True, exist_ok=True)
     ckpt, log = work / "checkpoint.safetensors", work / "log.jsonl"
     step = load_checkpoint(ckpt, net, opt, recipe) if ckpt.exists() else 0
     feats = Features(target, recipe.spec["target_layers"])
-    embed, head = target.net.get_input_embeddings(), target.net.get_output_embeddings()
+    from ..models.drafter import draft_head
+
+    embed = target.net.get_input_embeddings()
+    head, vocab = draft_head(net, target.net.get_output_embeddings(), target.token_count or target.vocab_size)
+    head = head.detach().float()
+    index = None
+    if vocab is not None:
+        index = torch.full((target.token_count or target.vocab_size,), -1, dtype=torch.long)
+        index[vocab.cpu()] = torch.arange(vocab.numel())
     end_at = min(recipe.steps, stop_step or recipe.steps)
     t0 = last_save = time.time()
     net.train()
@@ -224,7 +247,7 @@ def train(target: Any, data: list[dict[str, Any]], recipe: DrafterRecipe, work: 
                 ids = torch.tensor(row["prompt_ids"] + row["answer_ids"], dtype=torch.long)
                 f = feats(i, ids).to(target.device)
                 loss, accept, blocks = dflash_loss(net, embed, head, f, ids.to(target.device), len(row["prompt_ids"]),
-                                                   recipe, gen)
+                                                   recipe, gen, index)
                 (loss / recipe.rows_per_step).backward()
                 total += float(loss.detach()) / recipe.rows_per_step
                 acc += accept / recipe.rows_per_step
