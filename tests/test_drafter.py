@@ -292,3 +292,14 @@ def test_reduced_draft_vocabulary(world, tmp_path):
         assert events[-1].tokens == ref.tokens
         drafted = [tok for e in events if isinstance(e, Draft) for tok in e.tokens]
         assert drafted and set(drafted) <= vocab
+
+
+def test_cli_bench_rows_with_the_drafter(world, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:2]))
+    res = cli("bench", "-m", str(world["target_path"]), "--draft", str(world["drafter_path"]), "-p",
+              "ar,dflash", "--prompts", str(prompts), "-n", "24", "--format", "json")
+    assert res.exit_code == 0, res.output
+    rows = {r["profile"]: r for r in json.loads(res.stdout)["rows"]}
+    assert {"ar", "dflash"} <= set(rows)
+    assert rows["dflash"]["nfe"] < rows["ar"]["nfe"]
