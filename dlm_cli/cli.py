@@ -613,6 +613,8 @@ def drafter_train(
                                                 "spread from 1 to L-3]"),
     draft_vocab: int = typer.Option(8192, "--draft-vocab", min=0, help="the drafter proposes only this many "
                                     "tokens, the most frequent in the answers: a cheaper head (0: the whole vocabulary)"),
+    init: str = typer.Option("target", "--init", help="target: the drafter's layers start as copies of the "
+                             "target's last layers; random"),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=8, help="skip sequences longer than this"),
     seed: int = typer.Option(0, "--seed"),
     work: Optional[Path] = typer.Option(None, "--work", help="answers, checkpoints and log.jsonl "
@@ -639,7 +641,9 @@ def drafter_train(
             raise UsageError("--target-layers: give at least one layer number")
     recipe = {"seed": seed, "steps": steps, "rows_per_step": rows_per_step, "anchors": anchors, "lr": lr,
               "layers": layers, "block": block, "gamma": gamma, "max_tokens": max_tokens, "target_layers": layer_ids,
-              "draft_vocab": draft_vocab}
+              "draft_vocab": draft_vocab, "init": init}
+    if init not in ("target", "random"):
+        raise UsageError(f"--init {init!r}: use target or random")
     req = DrafterRequest(method=method, model=model, out=out, work=work, prompts=prompts, tasks=list(tasks),
                          kinds=[k.strip() for k in (kinds or "").split(",") if k.strip()], limit=limit,
                          max_new_tokens=max_new_tokens, recipe=recipe, load=load,

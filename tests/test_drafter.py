@@ -45,7 +45,9 @@ def greedy_rows(target, prompts: list[str], n: int = 48) -> list[dict]:
 
 
 def recipe(target_path: Path, **over) -> DrafterRecipe:
-    base = dict(method="dflash", model=str(target_path), steps=200, rows_per_step=4, anchors=16, lr=3e-3, block=6)
+    # A random init: on a random tiny target the copied last layer is no head start.
+    base = dict(method="dflash", model=str(target_path), steps=200, rows_per_step=4, anchors=16, lr=3e-3, block=6,
+                init="random")
     return DrafterRecipe(**{**base, **over})
 
 
@@ -303,3 +305,16 @@ def test_cli_bench_rows_with_the_drafter(world, tmp_path):
     rows = {r["profile"]: r for r in json.loads(res.stdout)["rows"]}
     assert {"ar", "dflash"} <= set(rows)
     assert rows["dflash"]["nfe"] < rows["ar"]["nfe"]
+
+
+def test_init_from_the_targets_last_layer(world):
+    from dlm_cli.train.drafter import make_net
+
+    t = world["target"]
+    net = make_net(t, recipe(world["target_path"], init="target"))
+    last = t.net.model.layers[-1]
+    assert torch.equal(net.layers[0].q_proj.weight, last.self_attn.q_proj.weight.float())
+    assert torch.equal(net.layers[0].mlp.down_proj.weight, last.mlp.down_proj.weight.float())
+    assert torch.equal(net.norm.weight, t.net.model.norm.weight.float())
+    rand = make_net(t, recipe(world["target_path"], init="random"))
+    assert not torch.equal(rand.layers[0].q_proj.weight, last.self_attn.q_proj.weight.float())

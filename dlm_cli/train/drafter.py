@@ -52,6 +52,7 @@ class DrafterRecipe:
     max_tokens: int = 1024
     target_layers: list[int] | None = None
     draft_vocab: int = 0  # the drafter proposes only the most frequent answer tokens (0: the whole vocabulary)
+    init: str = "target"  # the drafter's layers start as copies of the target's last layers (Clover-2's init), or "random"
     spec: dict[str, Any] = field(default_factory=dict)  # the drafter's full hyper-parameters (filled from the target)
 
     def key(self) -> str:
@@ -91,6 +92,8 @@ def make_net(target: Any, recipe: DrafterRecipe, data: list[dict[str, Any]] = ()
     net = build(recipe.method, recipe.spec)
     with torch.no_grad():
         net.mask_embedding.normal_(0.0, float(target.net.get_input_embeddings().weight.float().std()))
+        if recipe.init == "target":
+            init_from_target(net, target)
         if getattr(net, "vocab", None) is not None:
             # The most frequent answer tokens, ties by id; every end token included.
             counts = torch.zeros(target.token_count or target.vocab_size, dtype=torch.long)
@@ -99,6 +102,26 @@ def make_net(target: Any, recipe: DrafterRecipe, data: list[dict[str, Any]] = ()
             counts[list(target.eos_ids)] += 1 << 40
             net.vocab.copy_(torch.sort(torch.argsort(counts, descending=True, stable=True)[: net.vocab.numel()]).values)
     return net.float()
+
+
+def init_from_target(net: torch.nn.Module, target: Any) -> int:
+    """Copy the target's last ``len(net.layers)`` decoder layers (and its final norm) into the drafter where the
+    shapes match (Llama-style names: ``self_attn.q_proj`` ... ``mlp`` and the two norms); the layers copied."""
+    body = getattr(target.net, "model", None)
+    layers = getattr(body, "layers", None)
+    if layers is None:
+        return 0
+    copied = 0
+    for mine, theirs in zip(net.layers, list(layers)[-len(net.layers):]):
+        src = {k.replace("self_attn.", ""): v for k, v in theirs.state_dict().items()}
+        dst = mine.state_dict()
+        if set(dst) <= set(src) and all(dst[k].shape == src[k].shape for k in dst):
+            mine.load_state_dict({k: src[k].float() for k in dst})
+            copied += 1
+    norm = getattr(body, "norm", None)
+    if copied and norm is not None and norm.weight.shape == net.norm.weight.shape:
+        net.norm.weight.copy_(norm.weight.float())
+    return copied
 
 
 class Features:
