@@ -318,3 +318,22 @@ def test_init_from_the_targets_last_layer(world):
     assert torch.equal(net.norm.weight, t.net.model.norm.weight.float())
     rand = make_net(t, recipe(world["target_path"], init="random"))
     assert not torch.equal(rand.layers[0].q_proj.weight, last.self_attn.q_proj.weight.float())
+
+
+def test_interrupt_keeps_the_finished_steps(world, tmp_path):
+    """Ctrl-C during training saves a checkpoint of the finished steps; the rerun goes on from there."""
+    t, rows = world["target"], world["rows"]
+
+    def interrupt(rep):
+        if rep.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(t, rows, recipe(world["target_path"], steps=6), tmp_path, on_step=interrupt)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), "pt") as f:
+        assert f.metadata()["step"] == "3"
+    _, step = train(t, rows, recipe(world["target_path"], steps=6), tmp_path)
+    assert step == 6
+    assert [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
