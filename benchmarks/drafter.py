@@ -5,6 +5,7 @@ source), every row decodes it once, greedily, one row after another (after one w
 row), so the machine's load falls on every row alike. Per row:
 
 - ``tok/fwd`` = generated tokens / target forwards (the acceptance length, bonus included);
+- ``ms/fwd`` = decode milliseconds per target forward (drafting included);
 - ``draft ms`` / ``verify ms`` = drafting and verify-forward milliseconds per target forward;
 - ``s`` = decode seconds summed over the prompts; ``vs ar`` = the ``ar`` row's seconds / the row's;
 - ``=ar`` = share of prompts whose tokens equal ``ar``'s exactly.
@@ -92,17 +93,18 @@ def main() -> int:
     out = []
     print(f"{len(prompts)} held-out prompts ({a.kinds}), -n {a.max_new_tokens}, greedy, {a.threads} thread(s); "
           f"=ar and vs ar against the first row ({names[0]})")
-    print(f"| row | tok/fwd | draft ms | verify ms | s | vs {names[0]} | ={names[0]} |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| row | tok/fwd | ms/fwd | draft ms | verify ms | s | vs {names[0]} | ={names[0]} |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in names:
         s = stats[n]
         row = {"row": n, "tokens_per_forward": s["tokens"] / s["nfe"], "draft_ms": 1e3 * s["draft"] / s["nfe"],
                "verify_ms": 1e3 * s["verify"] / s["nfe"], "seconds": s["seconds"], "speedup": base / s["seconds"],
-               "identical": s["same"] / len(prompts)}
+               "identical": s["same"] / len(prompts), "tokens": s["tokens"], "forwards": s["nfe"],
+               "ms_per_forward": 1e3 * s["seconds"] / s["nfe"]}
         out.append(row)
         draft_ms = f"{row['draft_ms']:.1f}" if s["draft"] else "-"
         verify_ms = f"{row['verify_ms']:.1f}" if s["verify"] else "-"
-        print(f"| {n} | {row['tokens_per_forward']:.2f} | {draft_ms} | {verify_ms} | {s['seconds']:.1f} | "
+        print(f"| {n} | {row['tokens_per_forward']:.2f} | {row['ms_per_forward']:.1f} | {draft_ms} | {verify_ms} | {s['seconds']:.1f} | "
               f"{row['speedup']:.2f}x | {row['identical']:.0%} |")
     if a.json:
         with open(a.json, "w") as fh:
