@@ -567,6 +567,94 @@ def distill(
     raise typer.Exit(run_distill(req, load_model=_load_model, err=Console(stderr=True, highlight=False, soft_wrap=True)))
 
 
+drafter_app = typer.Typer(cls=DlmGroup, no_args_is_help=True, help="Learned drafters of an AR target (DFlash).")
+app.add_typer(drafter_app, name="drafter")
+
+DRAFTER_HELP = """Train a learned drafter for an AR target; decode with -p METHOD --draft OUT (lossless).
+
+\b
+--method dflash  a block-diffusion drafter (Chen et al. 2026): 1-2 Llama layers at the target's
+                 width that read the target's hidden states (a few layers, fused) as keys and
+                 values and draft a block of --block - 1 tokens in one forward; trained with
+                 DFlash's decaying block cross-entropy on the target's own greedy answers.
+
+\b
+The target answers every prompt with -p ar (cached in --work); training checkpoints there every
+--checkpoint-minutes and on Ctrl-C, and rerunning the same command resumes exactly. --out is a
+directory (config.json naming the target, model.safetensors) that --draft loads.
+
+\b
+  dlm drafter train -m smollm2 --method dflash --tasks realtext --kinds chat,continue --out ./smollm2-dflash
+  dlm generate -m smollm2 -p dflash --draft ./smollm2-dflash "Explain the water cycle."
+"""
+
+
+@drafter_app.command("train", help=DRAFTER_HELP)
+@loads_models(device_map=False)
+def drafter_train(
+    method: str = typer.Option("dflash", "--method", help="dflash"),
+    model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP),
+    out: Path = typer.Option(..., "--out", help="where to write the drafter (a new directory)"),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL prompts: {\"prompt\": ...} per line"),
+    tasks: list[str] = typer.Option([], "--tasks", help="built-in prompts: realtext (typo, reformat, chat, continue "
+                                    "over installed docstrings; training split)"),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help="keep only these prompt kinds, comma-separated "
+                                        "(realtext: typo, reformat, chat, continue)"),
+    limit: int = typer.Option(0, "--limit", min=0, help="use at most this many prompts (0: all)"),
+    max_new_tokens: int = typer.Option(192, "-n", "--max-new-tokens", min=1, max=65536,
+                                       help="the target's answer length per prompt"),
+    steps: int = typer.Option(2000, "--steps", min=1, help="optimizer steps"),
+    rows_per_step: int = typer.Option(4, "--rows-per-step", min=1, help="sequences per step"),
+    anchors: int = typer.Option(32, "--anchors", min=1, help="blocks drawn per sequence"),
+    lr: float = typer.Option(6e-4, "--lr", min=0.0, help="peak learning rate (warm-up 4%, cosine to 10%)"),
+    layers: int = typer.Option(1, "--layers", min=1, max=64, help="drafter layers"),
+    block: int = typer.Option(8, "--block", min=2, max=64, help="block size B: drafts B - 1 tokens per forward"),
+    gamma: float = typer.Option(4.0, "--gamma", min=0.01, help="loss decay over block positions, exp(-(k-1)/gamma)"),
+    target_layers: Optional[str] = typer.Option(None, "--target-layers", help="the target layers (0-based, "
+                                                "comma-separated) whose outputs the drafter reads [default: layers + 1 "
+                                                "spread from 1 to L-3]"),
+    draft_vocab: int = typer.Option(8192, "--draft-vocab", min=0, help="the drafter proposes only this many "
+                                    "tokens, the most frequent in the answers: a cheaper head (0: the whole vocabulary)"),
+    init: str = typer.Option("target", "--init", help="target: the drafter's layers start as copies of the "
+                             "target's last layers; random"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=8, help="skip sequences longer than this"),
+    seed: int = typer.Option(0, "--seed"),
+    work: Optional[Path] = typer.Option(None, "--work", help="answers, checkpoints and log.jsonl "
+                                        "[default: ~/.cache/dlm/drafter/MODEL-METHOD]"),
+    checkpoint_minutes: float = typer.Option(10.0, "--checkpoint-minutes", min=0.0, help="checkpoint at least this often"),
+    stop_minutes: Optional[float] = typer.Option(None, "--stop-minutes", min=0.0, help="stop (resumably) after this long"),
+    stop_step: Optional[int] = typer.Option(None, "--stop-step", min=1, help="end at this step of the --steps "
+                                            "schedule and export (rerun with a later one to go on)"),
+    n_chat: int = typer.Option(120, "--chat", min=0, help="--tasks realtext: chat prompts"),
+    n_continue: int = typer.Option(60, "--continue", min=0, help="--tasks realtext: continuation prompts"),
+    load: Any = None,
+) -> None:
+    from rich.console import Console
+
+    from .train.drafter_run import DrafterRequest, run_drafter_train
+
+    layer_ids = None
+    if target_layers is not None:
+        try:
+            layer_ids = [int(x) for x in target_layers.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--target-layers {target_layers!r}: give layer numbers separated by commas, e.g. 1,15,27") from None
+        if not layer_ids:
+            raise UsageError("--target-layers: give at least one layer number")
+    recipe = {"seed": seed, "steps": steps, "rows_per_step": rows_per_step, "anchors": anchors, "lr": lr,
+              "layers": layers, "block": block, "gamma": gamma, "max_tokens": max_tokens, "target_layers": layer_ids,
+              "draft_vocab": draft_vocab, "init": init}
+    if init not in ("target", "random"):
+        raise UsageError(f"--init {init!r}: use target or random")
+    req = DrafterRequest(method=method, model=model, out=out, work=work, prompts=prompts, tasks=list(tasks),
+                         kinds=[k.strip() for k in (kinds or "").split(",") if k.strip()], limit=limit,
+                         max_new_tokens=max_new_tokens, recipe=recipe, load=load,
+                         checkpoint_minutes=checkpoint_minutes, stop_minutes=stop_minutes, stop_step=stop_step,
+                         n_chat=n_chat, n_continue=n_continue)
+    raise typer.Exit(run_drafter_train(req, load_model=_load_model,
+                                       err=Console(stderr=True, highlight=False, soft_wrap=True)))
+
+
 @app.command()
 @loads_models()
 def serve(

@@ -141,6 +141,9 @@ def open_session(req: RunRequest, load_model: LoadModel, *, early: Any = None) -
     if settings is None and req.profile is not None:
         settings = profiles.load(req.profile, sets=req.sets, flags=dict(req.flags))
     model = load_model(req.model or (settings.meta.get("model") if settings else None), "model")
+    if model.kind == "drafter":
+        raise UsageError(f"{model.info.name} is a learned drafter, not a model to decode with; pass it as --draft next "
+                         f"to its target: -m {model.target.get('name', 'TARGET')} --draft {req.model}")
     draft_spec = req.draft or (settings.meta.get("draft") if settings else None)
     profile = req.profile or profiles.default_for(model.kind, bool(draft_spec), getattr(model, "profile", None))
     if req.draft and model.kind == "diffusion":
@@ -155,5 +158,9 @@ def open_session(req: RunRequest, load_model: LoadModel, *, early: Any = None) -
     check_fits(STRATEGIES[settings.strategy], model)  # before a draft loads: the profile may not fit at all
     if draft_spec and model.kind != "diffusion":
         session.draft = load_model(draft_spec, "draft")
+        if getattr(session.draft, "kind", None) == "drafter" and req.profile is None and early is None:
+            # A learned drafter decodes with its own method's strategy, not speculative's.
+            session.profile = profile = session.draft.method
+            settings = profiles.load(profile, sets=req.sets, flags=dict(req.flags))
     session.settings = session.settings_for(settings=settings)
     return session

@@ -1,4 +1,4 @@
-"""The autoregressive strategies and their keys: ``ar``, ``speculative``, ``lookup``, ``aded``, ``diffuspec``, ``ead``."""
+"""The autoregressive strategies and their keys: ``ar``, ``speculative``, ``lookup``, ``aded``, ``diffuspec``, ``ead``, ``dflash``."""
 
 from __future__ import annotations
 
@@ -197,3 +197,39 @@ register_strategy(Strategy(
             "constraint)", min=1, max=4096),
     ),
     factory=ead, loop="ead", needs=(DRAFT_MODEL,)))
+
+
+def learned(method: str) -> Any:
+    """The factory of a learned drafter's strategy: the --draft directory must be a ``method`` drafter of this target."""
+
+    def factory(model: ARModel, settings: RunSettings, draft: Any) -> Any:
+        from ..models.drafter import check_target
+
+        if draft is None or getattr(draft, "kind", None) != "drafter":
+            what = "no --draft" if draft is None else f"--draft {draft.info.name}, which is not a learned drafter"
+            raise UsageError(f"the {method} strategy drafts with a learned drafter, but the run has {what}; train one "
+                             f"with `dlm drafter train -m {model.info.name} --method {method} --out DIR` and pass "
+                             "--draft DIR")
+        if draft.method != method:
+            raise UsageError(f"the drafter {draft.info.name} is a {draft.method} drafter; use -p {draft.method} with it")
+        check_target(draft, model)
+        if draft.device != model.device:
+            draft.net.to(model.device)
+        from .learned import DFlashDraft
+
+        return DFlashDraft(draft, model, settings, width(model), tuple(model.eos_ids))
+
+    return factory
+
+
+register_strategy(Strategy(
+    "dflash", "autoregressive",
+    "DFlash (Chen et al. 2026): a learned block-diffusion drafter (--draft DIR from dlm drafter train) reads the "
+    "target's hidden states from the verify forward and drafts a block in one forward; greedy output identical "
+    "to ar, sampling exact",
+    keys=(
+        Key("draft_length", int, None, "draft tokens per verify step; default and most: the drafter's block size "
+            "- 1", min=1, max=256, optional=True),
+        TREE_WIDTH, TREE_DEPTH,
+    ),
+    factory=learned("dflash"), loop="ar", needs=(DRAFT_MODEL,), drafts=True))

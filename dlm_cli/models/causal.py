@@ -47,16 +47,19 @@ class CausalLM(OutputLayer):
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: Any, keep: int = 1, mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, hidden: tuple[int, ...] = ()) -> Any:
         """Logits ``[keep, V]`` for the last ``keep`` of ``ids`` (1-D, new tokens only), appended to ``cache``.
 
         ``mask`` (a 4-D additive mask over cache + ids) and ``positions`` (``[1, len(ids)]``) replace the
         causal ones, for a token tree (:mod:`dlm_cli.decode.tree`; never over a static cache: a run
-        with trees does not compile).
+        with trees does not compile). ``hidden``: also return the outputs of these decoder layers
+        (0-based) at every position of ``ids``, concatenated, ``[len(ids), len(hidden) * d]``, as
+        ``(logits, features)``: the features a learned drafter reads (:mod:`.drafter`), from the
+        same forward.
         """
         if hasattr(cache, "dlm_filled"):
-            if mask is not None:
-                raise ValueError("a token tree's mask cannot run over a static cache")
+            if mask is not None or hidden:
+                raise ValueError("a token tree's mask and hidden states cannot run over a static cache")
             from .speed import static_forward
 
             out = static_forward(self, ids, cache, keep)
@@ -66,7 +69,13 @@ class CausalLM(OutputLayer):
             kw = {cache_kwarg(self.net.forward): cache}
             if mask is not None:
                 kw.update(attention_mask=mask, position_ids=positions)
-            out = self.net(input_ids=ids[None], use_cache=True, logits_to_keep=keep, **kw).logits[0]
+            if hidden:
+                kw["output_hidden_states"] = True
+            res = self.net(input_ids=ids[None], use_cache=True, logits_to_keep=keep, **kw)
+            out = res.logits[0]
+            if hidden:
+                feats = torch.cat([res.hidden_states[i + 1][0] for i in hidden], -1)
+                return (out if self.token_count is None else out[:, : self.token_count]), feats
         return out if self.token_count is None else out[:, : self.token_count]
 
 

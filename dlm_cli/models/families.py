@@ -55,6 +55,8 @@ def register_family(family: Family) -> None:
 # First: a delta names its base, whose own family is then detected as usual.
 register_family(Family("lora-delta", "any", lazy("lora", "is_lora_config"), lazy("lora", "load_lora"),
                        example="dlm generate -m ./distilled \"...\" (dlm distill's output: a LoRA over any model)"))
+register_family(Family("drafter", "drafter", lazy("drafter", "is_drafter_config"), lazy("drafter", "load_drafter"),
+                       example="dlm generate -m smollm2 -p dflash --draft ./smollm2-dflash \"...\" (dlm drafter train's output)"))
 register_family(Family("block-diffusion", "diffusion", lazy("adapter", "is_adapter_config"),
                        lazy("adapter", "load_adapter"),
                        example="dlm generate -m smollm2-dlm \"...\" (an AR model + dlm's LoRA delta)"))

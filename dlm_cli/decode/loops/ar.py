@@ -17,7 +17,9 @@ al. 2023):
 
 With ``tree_width > 1`` the source drafts a token tree instead of one run, verified in the same
 single forward under a tree attention mask (:mod:`~dlm_cli.decode.tree`); ``pearl = true`` runs
-PEARL's schedule instead (:mod:`.pearl`). Each step moves its verdict to the host in one transfer
+PEARL's schedule instead (:mod:`.pearl`). A source with ``features`` (a learned drafter, :mod:`..learned`)
+hears, through ``observe``, the target's hidden states at the newly committed positions that the
+verify forward computed: no extra target forward. Each step moves its verdict to the host in one transfer
 (accepted count and token, plus the token's confidence for a plain AR step). Rejected positions
 are cropped from the cache, which is then exactly the cache of the committed prefix. The
 repetition stop (:mod:`..repetition`) reads each step's accepted run; it depends on the output
@@ -138,6 +140,9 @@ def run(target: Any, prompt_ids: list[int], settings: RunSettings, source: Any, 
     draft_s = verify_s = 0.0
     ttft = None
     tree_mode = getattr(settings, "tree_width", 1) > 1 and callable(getattr(source, "propose_tree", None))
+    # A learned drafter reads these target layers' hidden states at the committed positions, from the verify forward.
+    wants = tuple(getattr(source, "features", ()) or ())
+    extra = {"hidden": wants} if wants else {}
 
     yield Start(kind="autoregressive", prompt_tokens=len(seq), length=o.limit)
     source.begin(seq, generator)
@@ -160,8 +165,12 @@ def run(target: Any, prompt_ids: list[int], settings: RunSettings, source: Any, 
             t1 = time.perf_counter()
             mask, pos = trees.attention(tree, cached, len(pending), target.net.dtype, device)
             feed = torch.tensor(pending + tree.tokens, dtype=torch.long, device=device)
-            logits = target.forward(feed, cache, keep=k + 1, mask=mask, positions=pos)
+            logits = target.forward(feed, cache, keep=k + 1, mask=mask, positions=pos, **extra)
+            if wants:
+                logits, feats = logits
             path, token = trees.verify(logits, tree, settings, generator)
+            if wants:
+                source.observe(feats[list(range(len(pending))) + [len(pending) + i for i in path]])
             trees.keep_branch(cache, len(seq), path)
             n = len(path)
             draft_list = tree.branch(path)
@@ -173,7 +182,9 @@ def run(target: Any, prompt_ids: list[int], settings: RunSettings, source: Any, 
                 yield Draft(step=steps, position=position, tokens=draft_list, source=source.name)
                 t1 = time.perf_counter()
             feed = torch.tensor(pending + draft_list, dtype=torch.long, device=device)
-            logits = target.forward(feed, cache, keep=k + 1)
+            logits = target.forward(feed, cache, keep=k + 1, **extra)
+            if wants:
+                logits, feats = logits
             v = verdict(logits, feed[len(pending):], q.to(device) if q is not None else None, settings, generator)
             if k:
                 n, token = v.tolist()
@@ -183,6 +194,8 @@ def run(target: Any, prompt_ids: list[int], settings: RunSettings, source: Any, 
                 n, token, conf = torch.cat([v.double(), conf[None]]).tolist()
                 n, token = int(n), int(token)
             rollback(cache, len(seq) + n)
+            if wants:
+                source.observe(feats[: len(pending) + n])
             depth = k
         nfe += 1
         verify_s += time.perf_counter() - t1

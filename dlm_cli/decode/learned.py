@@ -1,0 +1,125 @@
+"""Draft sources of learned drafters (``dlm drafter train``): DFlash's block drafter over the target's features.
+
+The AR loop hands such a source, through ``observe``, the target's hidden states at every newly
+committed position: they come from the verify forward it runs anyway (``features`` names the
+layers), so drafting costs one drafter forward and no target forward. The drafts are the
+drafter's argmax tokens, proposed without probabilities: the loop's verifier then commits exactly
+the target's greedy token (greedy) or an exact sample of the target (sampling, one-hot ``q``), as
+DFlash's ``dflash_generate`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TYPE_CHECKING
+
+import torch
+
+from .drafts import EMPTY, NoDraft
+
+if TYPE_CHECKING:
+    from .keys import RunSettings
+    from .tree import Tree
+
+
+class DFlashDraft(NoDraft):
+    """DFlash (Chen et al. 2026): one drafter forward over ``[last token, MASK x (k)]`` drafts ``k`` tokens.
+
+    The drafter's context is the fused target features of every committed position but the last
+    (the anchor), held as each drafter layer's keys and values and extended by ``observe``; the
+    block sees all of them and itself (non-causal). ``draft_length`` is capped at the drafter's
+    block size minus one. A tree (``tree_width > 1``) holds the argmax path and the
+    ``tree_width - 1`` most probable one-token deviations from it (the top-k at one position,
+    the argmax elsewhere), ranked by the drafter's probability of the path up to the deviation.
+    """
+
+    name = "dflash"
+
+    def __init__(self, drafter: Any, target: Any, settings: RunSettings, width: int, stop: tuple[int, ...]) -> None:
+        super().__init__()
+        self.net = drafter.net
+        spec = drafter.spec
+        self.features = tuple(int(i) for i in spec["target_layers"])
+        self.block = int(spec["block_size"])
+        self.length = min(settings.draft_length or self.block - 1, self.block - 1)
+        self.tree_width = getattr(settings, "tree_width", 1)
+        self.tree_depth = getattr(settings, "tree_depth", None)
+        from ..models.drafter import draft_head
+
+        self.embed = target.net.get_input_embeddings()
+        self.head, self.vocab = draft_head(self.net, target.net.get_output_embeddings(), width)
+        self.head = self.head.detach().to(self.net.fc.weight.dtype)
+        self.width = width
+        self.stop = frozenset(stop)
+        self.kvs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.ctx = 0
+        self.lengths: list[int] = []
+
+    def begin(self, seq: list[int], generator: torch.Generator | None) -> None:
+        self.kvs, self.ctx = [], 0
+
+    @torch.inference_mode()
+    def observe(self, feats: torch.Tensor) -> None:
+        """The target's features at the next ``len(feats)`` committed positions."""
+        m = feats.shape[0]
+        if not m:
+            return
+        dtype = self.net.fc.weight.dtype
+        pos = torch.arange(self.ctx, self.ctx + m, device=feats.device)
+        new = self.net.context(feats.to(dtype), pos)
+        self.kvs = new if not self.kvs else [(torch.cat([k0, k1], 1), torch.cat([v0, v1], 1))
+                                             for (k0, v0), (k1, v1) in zip(self.kvs, new)]
+        self.ctx += m
+
+    @torch.inference_mode()
+    def logits(self, seq: list[int], count: int) -> torch.Tensor:
+        """The drafter's logits ``[count, V']`` over its draft vocabulary for the ``count`` tokens after ``seq``."""
+        anchor = len(seq) - 1
+        dev = self.net.fc.weight.device
+        first = self.embed(torch.tensor([seq[-1]], device=dev)).to(self.net.fc.weight.dtype)
+        x = torch.cat([first, self.net.mask_embedding[None].expand(count, -1)])
+        h = self.net.block(x, torch.arange(anchor, anchor + count + 1, device=dev), self.kvs)
+        self.nfe += 1
+        return h[1:] @ self.head.T
+
+    def ids(self, idx: torch.Tensor) -> torch.Tensor:
+        """Target token ids of draft-vocabulary indices."""
+        return idx if self.vocab is None else self.vocab[idx]
+
+    def ready(self, seq: list[int]) -> bool:
+        # The context must be exactly the committed positions before the anchor (it is, after every verify).
+        return self.ctx > 0 and self.ctx == len(seq) - 1
+
+    def cut(self, tokens: list[int]) -> list[int]:
+        return tokens[: next((i + 1 for i, t in enumerate(tokens) if t in self.stop), len(tokens))]
+
+    def propose(self, seq: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        count = min(self.length, room)
+        if count <= 0 or not self.ready(seq):
+            return EMPTY, None
+        draft = self.cut(self.ids(self.logits(seq, count).argmax(-1)).tolist())
+        self.lengths.append(len(draft))
+        return torch.tensor(draft, dtype=torch.long), None
+
+    def propose_tree(self, seq: list[int], room: int) -> Tree | None:
+        from .tree import trie
+
+        depth = min(self.tree_depth or self.length, self.block - 1, room)
+        if depth <= 0 or not self.ready(seq):
+            return None
+        probs = torch.softmax(self.logits(seq, depth).float(), -1)
+        top = probs.topk(min(self.tree_width, probs.shape[-1]), -1)
+        vals, ids = top.values.tolist(), self.ids(top.indices).tolist()
+        main = [row[0] for row in ids]
+        # The path probability up to depth j (argmax before it), times the deviation's own probability.
+        prefix, p = [], 1.0
+        for j in range(depth):
+            prefix.append(p)
+            p *= vals[j][0]
+        alts = sorted(((prefix[j] * vals[j][r], j, r) for j in range(depth) for r in range(1, len(ids[j]))),
+                      reverse=True)[: self.tree_width - 1]
+        paths = [self.cut(main)] + [self.cut(main[:j] + [ids[j][r]] + main[j + 1:]) for _, j, r in alts]
+        self.lengths.append(depth)
+        return trie(paths)
+
+    def stats(self) -> dict[str, Any]:
+        return {"mean_draft_length": sum(self.lengths) / len(self.lengths) if self.lengths else 0.0}
