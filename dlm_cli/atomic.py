@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -25,3 +26,16 @@ def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_text_atomically(path: Path, text: str) -> None:
     replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def swap_in(tmp: Path, out: Path) -> Path:
+    """Put the finished directory ``tmp`` at ``out`` by renames: a reader sees the old one or the new one whole."""
+    if out.exists():
+        old_dir = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old_dir)
+        os.replace(tmp, out)
+        shutil.rmtree(old_dir, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    return out

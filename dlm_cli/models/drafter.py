@@ -303,12 +303,6 @@ def save_drafter(out: Path, method: str, net: nn.Module, target: dict[str, Any],
     (tmp / "config.json").write_text(json.dumps({
         "model_type": MODEL_TYPE, "method": method, "target": target, "drafter": net.spec, "training": training,
     }, indent=2) + "\n")
-    if out.exists():
-        old_dir = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old_dir)
-        os.replace(tmp, out)
-        shutil.rmtree(old_dir, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    return out
+    from ..atomic import swap_in
+
+    return swap_in(tmp, out)

@@ -76,11 +76,9 @@ class Report:
 
 
 def lr_at(step: int, r: Recipe) -> float:
-    warm = max(1, int(r.warmup * r.steps))
-    if step < warm:
-        return r.lr * (step + 1) / warm
-    frac = min(1.0, (step - warm) / max(1, r.steps - warm))
-    return r.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    from .common import cosine_lr
+
+    return cosine_lr(step, r.steps, r.lr, r.warmup)
 
 
 def linear_targets(net: torch.nn.Module) -> list[str]:
@@ -312,12 +310,6 @@ def export(model: Model, recipe: Recipe, out: Path, *, base: str, step: int, ext
         "model_type": MODEL_TYPE, "base_model": base, "profile": PROFILES[recipe.method],
         "training": {**asdict(recipe), "step": step, **extra},
     }, indent=2) + "\n")
-    if out.exists():
-        old_dir = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old_dir)
-        os.replace(tmp, out)
-        shutil.rmtree(old_dir, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    return out
+    from ..atomic import swap_in
+
+    return swap_in(tmp, out)

@@ -68,11 +68,9 @@ class Report:
 
 
 def lr_at(step: int, r: DrafterRecipe) -> float:
-    warm = max(1, int(r.warmup * r.steps))
-    if step < warm:
-        return r.lr * (step + 1) / warm
-    frac = min(1.0, (step - warm) / max(1, r.steps - warm))
-    return r.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    from .common import cosine_lr
+
+    return cosine_lr(step, r.steps, r.lr, r.warmup)
 
 
 def make_net(target: Any, recipe: DrafterRecipe, data: list[dict[str, Any]] = ()) -> torch.nn.Module:

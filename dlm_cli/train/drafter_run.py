@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..errors import INTERRUPTS, DlmError, UsageError
-from . import data as D
+from ..errors import DlmError, UsageError
 from .drafter import METHODS, DrafterRecipe, train
 
 
@@ -40,68 +39,35 @@ def default_work(model: str, method: str) -> Path:
 
 
 def run_drafter_train(req: DrafterRequest, *, load_model: Callable[..., Any], err: Any) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress
 
     from .. import profiles
-    from ..decode import STRATEGIES, check_fits, run
-    from ..decode.events import Done
+    from ..decode import STRATEGIES, check_fits
     from ..models.drafter import fingerprint, save_drafter
-    from ..prompting import encode
+    from .common import (progress_columns, prompt_items, spec_of, stopped_early, teacher_rows, train_with_progress,
+                         work_dir)
 
     if req.method not in METHODS:
         raise UsageError(f"--method {req.method!r}: use one of {', '.join(METHODS)}")
-    if (req.prompts is None) == (not req.tasks):
-        raise UsageError("give the prompts to train on: --prompts FILE.jsonl or --tasks realtext")
-    items = D.read_prompts(req.prompts) if req.prompts else D.task_items(
-        req.tasks, seed=req.recipe.get("seed", 0), limit=req.limit or 2000, n_chat=req.n_chat, n_continue=req.n_continue)
-    if req.kinds:
-        have = sorted({it.kind for it in items})
-        items = [it for it in items if it.kind in req.kinds]
-        if not items:
-            raise UsageError(f"--kinds {','.join(req.kinds)}: no prompt is of these kinds (there are: {', '.join(have)})")
-    if req.limit:
-        items = items[: req.limit]
+    items = prompt_items(req.prompts, req.tasks, seed=req.recipe.get("seed", 0), limit=req.limit, n_chat=req.n_chat,
+                         n_continue=req.n_continue, what="train on", kinds=req.kinds)
     model = load_model(req.model, req.load, err)
     if model.kind != "autoregressive":
         raise UsageError(f"{model.info.name} is not an AR model; dlm drafter train learns a drafter for an AR target "
                          "(e.g. -m smollm2). For a diffusion LLM see `dlm distill`")
     name = req.model or model.info.name
-    base = str(Path(name).resolve()) if Path(name).exists() else name
-    work = req.work or default_work(name, req.method)
-    work.mkdir(parents=True, exist_ok=True)
+    base = spec_of(name)
+    work = work_dir(req.work, name, req.method, default_work)
     recipe = DrafterRecipe(method=req.method, model=base, **req.recipe)
     err.print(f"dlm: note: training a {req.method} drafter for {model.info.name}; work directory {work} "
               "(rerun the same command to resume)", markup=False, highlight=False)
     settings = profiles.load(req.teacher_profile, sets=tuple(req.sets), flags={"max_new_tokens": req.max_new_tokens})
     check_fits(STRATEGIES[settings.strategy], model)
 
-    def enc(text: str) -> list[int]:
-        return encode(model.tokenizer, text, context=model.max_length)
-
-    def dec(ids: list[int]) -> tuple[list[int], bool]:
-        done = None
-        for ev in run(model, ids, settings):
-            if isinstance(ev, Done):
-                done = ev
-        if done is None:
-            raise DlmError("the target's decoding ended without a result")
-        return list(done.tokens), done.finish_reason == "eos"
-
-    end_id = model.eos_ids[0] if model.eos_ids else 0
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as bar:
-        task = bar.add_task("target answers", total=None, info="")
-        t0 = time.time()
-
-        def answered(k: int, total: int, tokens: int) -> None:
-            bar.update(task, completed=k, total=total, info=f"{tokens / max(time.time() - t0, 1e-9):.1f} tok/s")
-            if not err.is_terminal and (k % 20 == 0 or k == total):
-                err.print(f"dlm: note: target answers {k}/{total}", markup=False, highlight=False)
-
-        rows = D.answers(items, work, encode=enc, decode=dec, end_id=end_id, targets="teacher", check=False,
-                         tokenize=lambda t: model.tokenizer.encode(t, add_special_tokens=False),
-                         detokenize=lambda ids: model.tokenizer.decode(ids), progress=answered)
+    with Progress(*progress_columns(), console=err, transient=False, disable=not err.is_terminal) as bar:
+        rows = teacher_rows(items, work, student=model, teacher=model, settings=settings, bar=bar, err=err,
+                            label="target", targets="teacher", check=False,
+                            end_id=model.eos_ids[0] if model.eos_ids else 0, skip_special=False)
         if not rows:
             raise DlmError("no training sequence: the target answered every prompt with nothing")
         kinds: dict[str, int] = {}
@@ -109,27 +75,14 @@ def run_drafter_train(req: DrafterRequest, *, load_model: Callable[..., Any], er
             kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
         err.print(f"dlm: note: {len(rows)} training sequences ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})",
                   markup=False, highlight=False)
-        ttask = bar.add_task(req.method, total=recipe.steps, info="")
-
-        def stepped(rep: Any) -> None:
-            bar.update(ttask, completed=rep.step,
-                       info=f"loss {rep.loss:.4f} · accept {rep.accept:.2f} · {rep.tokens_per_second:.0f} tok/s")
-            if not err.is_terminal and (rep.step % 10 == 0 or rep.step == recipe.steps):
-                err.print(f"dlm: note: step {rep.step}/{recipe.steps} loss {rep.loss:.4f} accept {rep.accept:.2f}",
-                          markup=False, highlight=False)
-
         t_train = time.time()
-        try:
-            net, step = train(model, rows, recipe, work, checkpoint_minutes=req.checkpoint_minutes,
-                              stop_minutes=req.stop_minutes, stop_step=req.stop_step, on_step=stepped)
-        except INTERRUPTS:
-            bar.stop()
-            err.print(f"dlm: note: the finished steps are kept in {work / 'checkpoint.safetensors'}; rerun the same "
-                      "command to resume", markup=False, highlight=False)
-            raise
-    if step < min(recipe.steps, req.stop_step or recipe.steps):
-        err.print(f"dlm: note: stopped at step {step}/{recipe.steps}; the checkpoint is in {work}, rerun the same "
-                  "command to go on", markup=False, highlight=False)
+        net, step = train_with_progress(
+            bar, err, label=req.method, steps=recipe.steps, work=work, checkpoint="checkpoint.safetensors",
+            info=lambda rep: f"loss {rep.loss:.4f} · accept {rep.accept:.2f} · {rep.tokens_per_second:.0f} tok/s",
+            note=lambda rep: f"loss {rep.loss:.4f} accept {rep.accept:.2f}",
+            train=lambda on_step: train(model, rows, recipe, work, checkpoint_minutes=req.checkpoint_minutes,
+                                        stop_minutes=req.stop_minutes, stop_step=req.stop_step, on_step=on_step))
+    if stopped_early(step, recipe.steps, req.stop_step, work, err):
         return 0
     from dataclasses import asdict
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..errors import INTERRUPTS, DlmError, UsageError
+from ..errors import DlmError, UsageError
 from . import data as D
 from .distill import METHODS, Recipe, export, train
 
@@ -50,31 +49,26 @@ def _same_tokenizer(a: Any, b: Any) -> bool:
 
 
 def run_distill(req: DistillRequest, *, load_model: Callable[..., Any], err: Any) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress
 
     from .. import profiles
-    from ..decode import STRATEGIES, check_fits, run
-    from ..decode.events import Done
-    from ..prompting import encode
+    from ..decode import STRATEGIES, check_fits
+    from .common import (progress_columns, prompt_items, spec_of, stopped_early, teacher_rows, train_with_progress,
+                         work_dir)
 
     if req.method not in METHODS:
         raise UsageError(f"--method {req.method!r}: use one of {', '.join(METHODS)}")
     if req.targets not in ("teacher", "gold"):
         raise UsageError(f"--targets {req.targets!r}: use teacher (the model's own answers, dParallel) or gold")
-    if (req.prompts is None) == (not req.tasks):
-        raise UsageError("give the prompts to distill on: --prompts FILE.jsonl or --tasks (realtext, or demo task names)")
-    items = D.read_prompts(req.prompts) if req.prompts else D.task_items(
-        req.tasks, seed=req.recipe.get("seed", 0), limit=req.limit or 2000, n_chat=req.n_chat, n_continue=req.n_continue)
-    if req.limit:
-        items = items[: req.limit]
+    items = prompt_items(req.prompts, req.tasks, seed=req.recipe.get("seed", 0), limit=req.limit, n_chat=req.n_chat,
+                         n_continue=req.n_continue, what="distill on")
     model = load_model(req.model, req.load, err)
     if model.kind != "diffusion":
         raise UsageError(f"{model.info.name} is an AR model; dlm distill trains a diffusion LLM (e.g. -m smollm2-dlm). "
                          "For AR drafters see `dlm drafter`")
     name = req.model or model.info.name
-    base = str(Path(name).resolve()) if Path(name).exists() else name
-    work = req.work or default_work(name, req.method)
-    work.mkdir(parents=True, exist_ok=True)
+    base = spec_of(name)
+    work = work_dir(req.work, name, req.method, default_work)
     mix = D.REALTEXT_MIX if req.tasks == [D.REALTEXT] else None
     recipe = Recipe(method=req.method, model=base, mix=mix, **req.recipe)
     err.print(f"dlm: note: distilling {model.info.name} with {req.method}; work directory {work} "
@@ -90,68 +84,27 @@ def run_distill(req: DistillRequest, *, load_model: Callable[..., Any], err: Any
     settings = profiles.load(tprofile, sets=req.sets, flags={"max_new_tokens": req.max_new_tokens})
     check_fits(STRATEGIES[settings.strategy], teacher)
 
-    def enc(text: str) -> list[int]:
-        return encode(model.tokenizer, text, context=model.max_length)
-
-    def dec(ids: list[int]) -> tuple[list[int], bool]:
-        done = None
-        for ev in run(teacher, ids, settings):
-            if isinstance(ev, Done):
-                done = ev
-        if done is None:
-            raise DlmError("the teacher's decoding ended without a result")
-        return list(done.tokens), done.finish_reason == "eos"
-
-    def tokenize(text: str) -> list[int]:
-        return model.tokenizer.encode(text, add_special_tokens=False)
-
-    def detokenize(ids: list[int]) -> str:
-        return model.tokenizer.decode(ids, skip_special_tokens=True)
-
-    end_id = model.eos_ids[0] if model.eos_ids else model.mask_id
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as bar:
-        task = bar.add_task("teacher answers", total=None, info="")
-        t0 = time.time()
-
-        def answered(k: int, total: int, tokens: int) -> None:
-            bar.update(task, completed=k, total=total, info=f"{tokens / max(time.time() - t0, 1e-9):.1f} tok/s")
-            if not err.is_terminal and (k % 20 == 0 or k == total):
-                err.print(f"dlm: note: teacher answers {k}/{total}", markup=False, highlight=False)
-
-        rows = D.answers(items, work, encode=enc, decode=dec, end_id=end_id, targets=req.targets, check=req.check,
-                         tokenize=tokenize, detokenize=detokenize, progress=answered)
+    with Progress(*progress_columns(), console=err, transient=False, disable=not err.is_terminal) as bar:
+        rows = teacher_rows(items, work, student=model, teacher=teacher, settings=settings, bar=bar, err=err,
+                            label="teacher", targets=req.targets, check=req.check,
+                            end_id=model.eos_ids[0] if model.eos_ids else model.mask_id)
         D.write_rows(work / "rows.jsonl", rows)
         if not rows:
             raise DlmError("no training rows are left (every teacher answer failed --check); drop "
                            "--check or use --targets gold")
-        teacher = model  # frees another teacher (the closures read this name) before training
+        teacher = model  # frees another teacher before training
         kinds: dict[str, int] = {}
         for r in rows:
             kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
         err.print(f"dlm: note: {len(rows)} training rows ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})",
                   markup=False, highlight=False)
-        ttask = bar.add_task(f"{req.method}", total=recipe.steps, info="")
-
-        def stepped(rep: Any) -> None:
-            bar.update(ttask, completed=rep.step,
-                       info=f"loss {rep.loss:.4f} · {rep.tokens_per_second:.0f} tok/s")
-            if not err.is_terminal and (rep.step % 10 == 0 or rep.step == recipe.steps):
-                err.print(f"dlm: note: step {rep.step}/{recipe.steps} loss {rep.loss:.4f} "
-                          f"{rep.tokens_per_second:.0f} tok/s", markup=False, highlight=False)
-
-        try:
-            step = train(model, rows, recipe, work, checkpoint_minutes=req.checkpoint_minutes,
-                         stop_minutes=req.stop_minutes, stop_step=req.stop_step, on_step=stepped)
-        except INTERRUPTS:
-            bar.stop()
-            err.print(f"dlm: note: the finished steps are kept in {work / 'checkpoint.pt'}; rerun the same command "
-                      "to resume", markup=False, highlight=False)
-            raise
-    if step < min(recipe.steps, req.stop_step or recipe.steps):
-        err.print(f"dlm: note: stopped at step {step}/{recipe.steps}; the checkpoint is in {work}, rerun the same "
-                  "command to go on", markup=False, highlight=False)
+        step = train_with_progress(
+            bar, err, label=req.method, steps=recipe.steps, work=work, checkpoint="checkpoint.pt",
+            info=lambda rep: f"loss {rep.loss:.4f} · {rep.tokens_per_second:.0f} tok/s",
+            note=lambda rep: f"loss {rep.loss:.4f} {rep.tokens_per_second:.0f} tok/s",
+            train=lambda on_step: train(model, rows, recipe, work, checkpoint_minutes=req.checkpoint_minutes,
+                                        stop_minutes=req.stop_minutes, stop_step=req.stop_step, on_step=on_step))
+    if stopped_early(step, recipe.steps, req.stop_step, work, err):
         return 0
     export(model, recipe, req.out, base=base, step=step,
            extra={"rows": len(rows), "teacher": req.teacher or base, "teacher_profile": tprofile,
