@@ -4,41 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from checkpoints import make_adapter, make_dream, make_llada, make_sdar
+from batching import MAKERS, TEXTS, family, settings, view  # noqa: F401  (family: a fixture)
 from dlm_cli import profiles
 from dlm_cli.decode import run
 from dlm_cli.decode.batch import BatchEngine
 from dlm_cli.decode.events import Done, Start, Step
 from dlm_cli.errors import UsageError
 
-TEXTS = ["sort these numbers: 3 1 2", "hello", "the quick brown fox jumps over the lazy dog and more", "fix the typos",
-         "0 1 2 3", "a", "reverse the list a b c please now", "how are you today?"]
-MAKERS = {"llada": lambda p: make_llada(p, sharpen=8.0), "dream": lambda p: make_dream(p, sharpen=8.0),
-          "sdar": lambda p: make_sdar(p, sharpen=8.0), "adapter": lambda p: make_adapter(p)}
 # (row, the engine step before which it is added, its settings' changes): rows of different prompt lengths,
 # lengths to generate, rules and block lengths, joining while others decode (and some after others left).
 SCHEDULE = [(0, 0, {}), (1, 0, {"max_new_tokens": 24}), (2, 1, {}), (3, 3, {"max_new_tokens": 17}),
             (4, 3, {"block_length": 4}), (5, 6, {}), (6, 9, {"max_new_tokens": 48}), (7, 14, {})]
-
-
-@pytest.fixture(scope="module", params=sorted(MAKERS))
-def family(request, tmp_path_factory):
-    from dlm_cli.models.loading import load
-    from dlm_cli.prompting import encode
-
-    model = load(str(MAKERS[request.param](tmp_path_factory.mktemp("refill") / request.param)))
-    return request.param, model, [encode(model.tokenizer, t) for t in TEXTS]
-
-
-def settings(profile, sets, **flags):
-    return profiles.load(profile, sets=sets, flags={"seed": 0, "max_new_tokens": 40, "block_length": 8, **flags})
-
-
-def view(events):
-    steps = [(e.step, e.nfe, e.block, e.positions, e.tokens, e.filled) for e in events if isinstance(e, Step)]
-    done = events[-1]
-    assert isinstance(events[0], Start) and isinstance(done, Done)
-    return steps, done.tokens, done.nfe, done.steps, done.blocks, done.finish_reason
 
 
 def refill(model, ids, cache, make, schedule=SCHEDULE, drop=None):

@@ -11,6 +11,7 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
+from batching import Forwards  # noqa: E402
 from test_serve import LONG, SORT, Running, sse_blocks  # noqa: E402
 
 PROMPTS = ["Sort these numbers: 4 7 1 9 3", "Reverse: 12 7 33 5", "Copy: 8 41 3 77", "Add: 35 + 47",
@@ -26,17 +27,6 @@ def dllm():
     from dlm_cli.models.loading import load
 
     return load("dlm-demo")
-
-
-class Forwards:
-    """The batch size of each forward of the network."""
-
-    def __init__(self, model):
-        self.sizes = []
-        self.handle = model.net.register_forward_pre_hook(lambda m, args: self.sizes.append(args[0].shape[0]))
-
-    def close(self):
-        self.handle.remove()
 
 
 def ask(client, i, steps=False):
