@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from ..errors import INTERRUPTS, DlmError, UsageError
 from . import data as D
@@ -28,9 +29,33 @@ def prompt_items(prompts: Path | None, tasks: list[str], *, seed: int, limit: in
     return items[:limit] if limit else items
 
 
-def work_dir(work: Path | None, name: str, method: str, default: Any) -> Path:
-    """The work directory (``--work``, else ``default(name, method)``), created."""
-    work = work or default(name, method)
+@dataclass(kw_only=True)
+class TrainRequest:
+    """What every training command is asked: the model, the method, the prompts, the schedule's stops."""
+
+    method: str
+    model: Optional[str]
+    out: Path
+    work: Optional[Path]
+    prompts: Optional[Path]
+    tasks: list[str]
+    limit: int
+    max_new_tokens: int
+    recipe: dict[str, Any]
+    load: Any
+    checkpoint_minutes: float = 10.0
+    stop_minutes: Optional[float] = None
+    stop_step: Optional[int] = None
+    sets: list[str] = field(default_factory=list)
+    n_chat: int = 120
+    n_continue: int = 60
+
+
+def work_dir(work: Path | None, kind: str, name: str, method: str) -> Path:
+    """The work directory: ``--work``, else ``~/.cache/dlm/KIND/MODEL-METHOD``; created."""
+    if work is None:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name.rstrip("/").split("/")[-1])
+        work = Path.home() / ".cache" / "dlm" / kind / f"{safe}-{method}"
     work.mkdir(parents=True, exist_ok=True)
     return work
 

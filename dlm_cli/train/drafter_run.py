@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable
 
+from .common import TrainRequest
 from ..errors import DlmError, UsageError
 from .drafter import METHODS, DrafterRecipe, train
 
 
-@dataclass
-class DrafterRequest:
-    method: str
-    model: Optional[str]
-    out: Path
-    work: Optional[Path]
-    prompts: Optional[Path]
-    tasks: list[str]
+@dataclass(kw_only=True)
+class DrafterRequest(TrainRequest):
     kinds: list[str]
-    limit: int
-    max_new_tokens: int
-    recipe: dict[str, Any]
-    load: Any
-    checkpoint_minutes: float = 10.0
-    stop_minutes: Optional[float] = None
-    stop_step: Optional[int] = None
-    n_chat: int = 120
-    n_continue: int = 60
     teacher_profile: str = "ar"
-    sets: list[str] = field(default_factory=list)
-
-
-def default_work(model: str, method: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.rstrip("/").split("/")[-1])
-    return Path.home() / ".cache" / "dlm" / "drafter" / f"{safe}-{method}"
 
 
 def run_drafter_train(req: DrafterRequest, *, load_model: Callable[..., Any], err: Any) -> int:
@@ -57,7 +36,7 @@ def run_drafter_train(req: DrafterRequest, *, load_model: Callable[..., Any], er
                          "(e.g. -m smollm2). For a diffusion LLM see `dlm distill`")
     name = req.model or model.info.name
     base = spec_of(name)
-    work = work_dir(req.work, name, req.method, default_work)
+    work = work_dir(req.work, "drafter", name, req.method)
     recipe = DrafterRecipe(method=req.method, model=base, **req.recipe)
     err.print(f"dlm: note: training a {req.method} drafter for {model.info.name}; work directory {work} "
               "(rerun the same command to resume)", markup=False, highlight=False)

@@ -3,42 +3,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..errors import DlmError, UsageError
 from . import data as D
+from .common import TrainRequest
 from .distill import METHODS, Recipe, export, train
 
 
-@dataclass
-class DistillRequest:
-    method: str
-    model: Optional[str]
-    out: Path
-    work: Optional[Path]
-    prompts: Optional[Path]
-    tasks: list[str]
+@dataclass(kw_only=True)
+class DistillRequest(TrainRequest):
     teacher: Optional[str]
     teacher_profile: Optional[str]
     targets: str
     check: bool
-    limit: int
-    max_new_tokens: int
-    recipe: dict[str, Any]
-    load: Any
-    checkpoint_minutes: float = 10.0
-    stop_minutes: Optional[float] = None
-    stop_step: Optional[int] = None
-    sets: list[str] = field(default_factory=list)
-    n_chat: int = 120
-    n_continue: int = 60
-
-
-def default_work(model: str, method: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.rstrip("/").split("/")[-1])
-    return Path.home() / ".cache" / "dlm" / "distill" / f"{safe}-{method}"
 
 
 def _same_tokenizer(a: Any, b: Any) -> bool:
@@ -68,7 +47,7 @@ def run_distill(req: DistillRequest, *, load_model: Callable[..., Any], err: Any
                          "For AR drafters see `dlm drafter`")
     name = req.model or model.info.name
     base = spec_of(name)
-    work = work_dir(req.work, name, req.method, default_work)
+    work = work_dir(req.work, "distill", name, req.method)
     mix = D.REALTEXT_MIX if req.tasks == [D.REALTEXT] else None
     recipe = Recipe(method=req.method, model=base, mix=mix, **req.recipe)
     err.print(f"dlm: note: distilling {model.info.name} with {req.method}; work directory {work} "
