@@ -3,9 +3,11 @@ learning-rate schedule."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -142,3 +144,17 @@ def stopped_early(step: int, steps: int, stop_step: int | None, work: Path, err:
                   "command to go on", markup=False, highlight=False)
         return True
     return False
+
+
+def recipe_key(recipe: Any) -> str:
+    """A short digest of everything in a recipe dataclass: a checkpoint of another recipe is refused by it."""
+    return hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(kw_only=True)
+class Report:
+    """One finished training step, as the progress bar and the JSONL log see it."""
+
+    step: int = 0
+    loss: float = math.nan
+    tokens_per_second: float = 0.0

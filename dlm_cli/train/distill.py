@@ -18,9 +18,7 @@ Progress goes to stderr (a rich bar with loss, tokens/s and ETA) and every logge
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import random
 import shutil
@@ -33,6 +31,7 @@ import torch
 
 from ..errors import INTERRUPTS, DlmError, UsageError
 from . import losses, rows as R
+from .common import Report as BaseReport, recipe_key
 
 if TYPE_CHECKING:
     from ..models.protocols import Model
@@ -64,15 +63,12 @@ class Recipe:
     mix: dict[str, float] | None = None  # sampling weight per row kind; None: every row alike
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return recipe_key(self)
 
 
-@dataclass
-class Report:
-    step: int = 0
-    loss: float = math.nan
+@dataclass(kw_only=True)
+class Report(BaseReport):
     parts: dict[str, float] = field(default_factory=dict)
-    tokens_per_second: float = 0.0
 
 
 def lr_at(step: int, r: Recipe) -> float:
@@ -263,7 +259,7 @@ def _loop(model: Model, recipe: Recipe, opt: Any, params: list[torch.nn.Paramete
         step += 1
         finished[0] = step
         dt = time.time() - t_step
-        rep = Report(step, total, parts, n_tok / max(dt, 1e-9))
+        rep = Report(step=step, loss=total, parts=parts, tokens_per_second=n_tok / max(dt, 1e-9))
         log_line(log, {"step": step, "loss": round(total, 5), "lr": opt.param_groups[0]["lr"],
                        "tokens_per_second": round(rep.tokens_per_second, 1), "seconds": round(dt, 3),
                        **{k: round(v, 5) for k, v in parts.items()}})

@@ -17,7 +17,6 @@ step goes to ``log.jsonl``. No pickle anywhere.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import INTERRUPTS, DlmError, UsageError
+from .common import Report as BaseReport, recipe_key
 
 METHODS = ("dflash",)
 
@@ -56,15 +56,12 @@ class DrafterRecipe:
     spec: dict[str, Any] = field(default_factory=dict)  # the drafter's full hyper-parameters (filled from the target)
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return recipe_key(self)
 
 
-@dataclass
-class Report:
-    step: int = 0
-    loss: float = math.nan
+@dataclass(kw_only=True)
+class Report(BaseReport):
     accept: float = math.nan  # tokens per target forward the drafts would give greedily (bonus included)
-    tokens_per_second: float = 0.0
 
 
 def lr_at(step: int, r: DrafterRecipe) -> float:
@@ -278,7 +275,7 @@ def train(target: Any, data: list[dict[str, Any]], recipe: DrafterRecipe, work: 
             opt.zero_grad(set_to_none=True)
             step += 1
             dt = time.time() - t_step
-            rep = Report(step, total, acc, n_tok / max(dt, 1e-9))
+            rep = Report(step=step, loss=total, accept=acc, tokens_per_second=n_tok / max(dt, 1e-9))
             log_line(log, {"step": step, "loss": round(total, 5), "accept": round(acc, 4),
                            "lr": opt.param_groups[0]["lr"], "tokens_per_second": round(rep.tokens_per_second, 1),
                            "seconds": round(dt, 3)})
