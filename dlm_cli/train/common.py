@@ -146,6 +146,12 @@ def stopped_early(step: int, steps: int, stop_step: int | None, work: Path, err:
     return False
 
 
+def workspace(req: TrainRequest, model: Any, kind: str) -> tuple[str, str, Path]:
+    """The model's name as asked, its spec as the recipe records it, and the work directory (created)."""
+    name = req.model or model.info.name
+    return name, spec_of(name), work_dir(req.work, kind, name, req.method)
+
+
 def recipe_key(recipe: Any) -> str:
     """A short digest of everything in a recipe dataclass: a checkpoint of another recipe is refused by it."""
     return hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:16]

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import INTERRUPTS, DlmError, UsageError
 from . import losses, rows as R
-from .common import Report as BaseReport, recipe_key
+from .common import Report as BaseReport, cosine_lr, recipe_key
 
 if TYPE_CHECKING:
     from ..models.protocols import Model
@@ -72,8 +72,6 @@ class Report(BaseReport):
 
 
 def lr_at(step: int, r: Recipe) -> float:
-    from .common import cosine_lr
-
     return cosine_lr(step, r.steps, r.lr, r.warmup)
 
 

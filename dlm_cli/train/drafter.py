@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import INTERRUPTS, DlmError, UsageError
-from .common import Report as BaseReport, recipe_key
+from .common import Report as BaseReport, cosine_lr, recipe_key
 
 METHODS = ("dflash",)
 
@@ -65,8 +65,6 @@ class Report(BaseReport):
 
 
 def lr_at(step: int, r: DrafterRecipe) -> float:
-    from .common import cosine_lr
-
     return cosine_lr(step, r.steps, r.lr, r.warmup)
 
 

@@ -23,8 +23,7 @@ def run_drafter_train(req: DrafterRequest, *, load_model: Callable[..., Any], er
     from .. import profiles
     from ..decode import STRATEGIES, check_fits
     from ..models.drafter import fingerprint, save_drafter
-    from .common import (progress_columns, prompt_items, spec_of, stopped_early, teacher_rows, train_with_progress,
-                         work_dir)
+    from .common import (progress_columns, prompt_items, stopped_early, teacher_rows, train_with_progress, workspace)
 
     if req.method not in METHODS:
         raise UsageError(f"--method {req.method!r}: use one of {', '.join(METHODS)}")
@@ -34,9 +33,7 @@ def run_drafter_train(req: DrafterRequest, *, load_model: Callable[..., Any], er
     if model.kind != "autoregressive":
         raise UsageError(f"{model.info.name} is not an AR model; dlm drafter train learns a drafter for an AR target "
                          "(e.g. -m smollm2). For a diffusion LLM see `dlm distill`")
-    name = req.model or model.info.name
-    base = spec_of(name)
-    work = work_dir(req.work, "drafter", name, req.method)
+    name, base, work = workspace(req, model, "drafter")
     recipe = DrafterRecipe(method=req.method, model=base, **req.recipe)
     err.print(f"dlm: note: training a {req.method} drafter for {model.info.name}; work directory {work} "
               "(rerun the same command to resume)", markup=False, highlight=False)

@@ -32,8 +32,7 @@ def run_distill(req: DistillRequest, *, load_model: Callable[..., Any], err: Any
 
     from .. import profiles
     from ..decode import STRATEGIES, check_fits
-    from .common import (progress_columns, prompt_items, spec_of, stopped_early, teacher_rows, train_with_progress,
-                         work_dir)
+    from .common import (progress_columns, prompt_items, stopped_early, teacher_rows, train_with_progress, workspace)
 
     if req.method not in METHODS:
         raise UsageError(f"--method {req.method!r}: use one of {', '.join(METHODS)}")
@@ -45,9 +44,7 @@ def run_distill(req: DistillRequest, *, load_model: Callable[..., Any], err: Any
     if model.kind != "diffusion":
         raise UsageError(f"{model.info.name} is an AR model; dlm distill trains a diffusion LLM (e.g. -m smollm2-dlm). "
                          "For AR drafters see `dlm drafter`")
-    name = req.model or model.info.name
-    base = spec_of(name)
-    work = work_dir(req.work, "distill", name, req.method)
+    name, base, work = workspace(req, model, "distill")
     mix = D.REALTEXT_MIX if req.tasks == [D.REALTEXT] else None
     recipe = Recipe(method=req.method, model=base, mix=mix, **req.recipe)
     err.print(f"dlm: note: distilling {model.info.name} with {req.method}; work directory {work} "
