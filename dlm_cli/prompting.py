@@ -6,12 +6,9 @@ import io
 import os
 import stat
 from pathlib import Path
-from typing import Any, Callable, IO, TYPE_CHECKING
+from typing import IO, Any, Callable
 
 from .errors import UsageError
-
-if TYPE_CHECKING:
-    from .models.protocols import Model
 
 
 def decode_text(data: bytes, source: str) -> str:
@@ -208,11 +205,3 @@ def check_length(prompt_tokens: int, max_new_tokens: int, context: int, name: st
         raise UsageError(f"the prompt is {prompt_tokens} tokens and {flag} asks for {max_new_tokens} more, but "
                          f"{name}'s context is {context} tokens; {fix}")
 
-
-def fit_length(settings: Any, model: Model, prompt_lengths: list[int]) -> None:
-    """An AR model's max_new_tokens is a cap: a profile's cap shrinks to the context left (an explicit -n does not)."""
-    if model.kind != "autoregressive" or settings.sources.get("max_new_tokens") in ("flag", "--set"):
-        return
-    room = model.max_length - max(prompt_lengths)
-    if 0 < room < settings.max_new_tokens:
-        settings.max_new_tokens = room

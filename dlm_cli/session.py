@@ -120,13 +120,15 @@ class Session:
         """The length checks of a run over prompts of these lengths: an AR model's cap shrinks to the room
         left (an explicit length does not), every prompt fits the context, and a dLLM stays in its trained range."""
         from .models.resolve import check_trained
-        from .prompting import check_length, fit_length
+        from .prompting import check_length
 
         model = self.model
-        fit_length(settings, model, list(prompt_lengths))
+        if model.kind == "autoregressive" and settings.sources.get("max_new_tokens") not in ("flag", "--set"):
+            room = model.max_length - max(prompt_lengths)  # a profile's cap shrinks to the room left; -n does not
+            if 0 < room < settings.max_new_tokens:
+                settings.max_new_tokens = room
         flag = LENGTH_FLAGS[self.request.front]
-        for n in sorted(set(prompt_lengths), reverse=True)[:1]:  # the longest decides
-            check_length(n, settings.max_new_tokens, model.max_length, model.info.name, flag=flag)
+        check_length(max(prompt_lengths), settings.max_new_tokens, model.max_length, model.info.name, flag=flag)
         check_trained(model, settings.max_new_tokens, flag=flag)
 
 

@@ -134,6 +134,12 @@ def test_no_command_imports_another_commands_modules(command):
         assert not bad, f"{module} (dlm {command}) imports {bad}: shared code belongs in session, evals or below"
 
 
+def test_prompting_knows_no_model():
+    """Where the prompt comes from and how it is encoded: text and a tokenizer, never a model object."""
+    bad = sorted(t for t in GRAPH["dlm_cli.prompting"] if under(t, ("dlm_cli.models", "dlm_cli.decode")))
+    assert not bad, f"dlm_cli.prompting imports {bad}"
+
+
 def family_decisions(path: Path) -> list[int]:
     """Lines that compare something's ``family`` (``x.family == ...``, ``x.family in ...``)."""
     out = []
