@@ -337,3 +337,54 @@ def test_interrupt_keeps_the_finished_steps(world, tmp_path):
     _, step = train(t, rows, recipe(world["target_path"], steps=6), tmp_path)
     assert step == 6
     assert [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_dflash_loss_hides_the_future_and_normalises_its_weights(world, monkeypatch):
+    """METHODS-TRAINED.md §7: a block at anchor ``a`` sees no target feature at a position ``≥ a``, position 0
+    carries no weight, and the loss is ``Σ w_k·CE / Σ w_k`` (with ``γ`` huge every weight is 1: the plain mean)."""
+    import torch.nn.functional as F
+
+    from dlm_cli.models.drafter import draft_head
+    from dlm_cli.train import drafter as T
+
+    target = world["target"]
+    r = recipe(world["target_path"], anchors=4)
+    net = T.make_net(target, r, world["rows"])
+    embed = target.net.get_input_embeddings()
+    head, _ = draft_head(net, target.net.get_output_embeddings(), target.token_count or target.vocab_size)
+    head = head.detach().float()
+    row = max(world["rows"], key=lambda x: len(x["answer_ids"]))
+    ids = torch.tensor(row["prompt_ids"] + row["answer_ids"], dtype=torch.long)
+    feats = T.Features(target, r.spec["target_layers"])(0, ids)
+    start = len(row["prompt_ids"])
+
+    def loss(f, rec=r):
+        with torch.no_grad():
+            return T.dflash_loss(net, embed, head, f, ids, start, rec, torch.Generator().manual_seed(3))[0]
+
+    base = loss(feats)
+    cand = torch.arange(start, len(ids) - 1)  # the anchors dflash_loss draws first from the same generator
+    picks = cand[torch.randperm(cand.numel(), generator=torch.Generator().manual_seed(3))[: r.anchors]]
+    last = feats.clone()
+    last[int(picks.max()):] += 100.0  # at or after every anchor: no block may see it
+    assert torch.equal(loss(last), base)
+    first = feats.clone()
+    first[start] += 100.0  # before every anchor but the first: seen
+    assert not torch.allclose(loss(first), base)
+
+    seen = []
+    real = F.cross_entropy
+
+    def spy(logits, labels, **kw):
+        out = real(logits, labels, **kw)
+        seen.append((out.detach(), labels.detach()))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    flat = loss(feats, recipe(world["target_path"], anchors=4, gamma=1e9))
+    ce, labels = seen[-1]
+    assert len(ce) <= 4 * (r.block - 1)  # position 0 of each block is never a target
+    assert torch.allclose(flat, ce.mean(), atol=1e-6)
+    steep = loss(feats, recipe(world["target_path"], anchors=4, gamma=0.5))
+    ce2, _ = seen[-1]
+    assert torch.allclose(ce2, ce) and not torch.allclose(steep, ce.mean())
