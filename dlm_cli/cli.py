@@ -549,6 +549,8 @@ def distill(
                                             "schedule and export (rerun with a later one to go on)"),
     n_chat: int = typer.Option(60, "--chat", min=0, help="--tasks realtext: chat prompts the teacher answers"),
     n_continue: int = typer.Option(30, "--continue", min=0, help="--tasks realtext: continuation prompts"),
+    init: Optional[str] = typer.Option(None, "--init", help="start from the LoRA of this delta (a dlm-lora over -m, "
+                                       "e.g. an earlier --out, of the same --rank) instead of a fresh one"),
     sets: list[str] = SET_OPT,
     load: Any = None,
 ) -> None:
@@ -563,7 +565,7 @@ def distill(
                          max_new_tokens=max_new_tokens, recipe=recipe,
                          load=load,
                          checkpoint_minutes=checkpoint_minutes, stop_minutes=stop_minutes, stop_step=stop_step,
-                         sets=list(sets), n_chat=n_chat, n_continue=n_continue)
+                         sets=list(sets), n_chat=n_chat, n_continue=n_continue, init=init)
     raise typer.Exit(run_distill(req, load_model=_load_model, err=Console(stderr=True, highlight=False, soft_wrap=True)))
 
 

@@ -288,6 +288,49 @@ def test_a_checkpoint_of_another_recipe_is_refused(tiny_paths, tmp_path):
         train(other, data_rows(other), Recipe(method="dparallel", model="t", steps=1, rows_per_step=1, rank=8), tmp_path)
 
 
+def test_init_starts_the_lora_from_an_exported_delta(tiny_paths, tmp_path):
+    """--init: the run's LoRA starts as the delta's, so before any step the network is the delta's model."""
+    from dlm_cli.train.distill import add_lora, init_lora
+
+    base = str(tiny_paths["block"])
+    model = load(base)
+    recipe = Recipe(method="dparallel", model=base, steps=3, rows_per_step=2, lr=1e-2, rank=4, alpha=4.0)
+    train(model, data_rows(model), recipe, tmp_path / "w")
+    out = export(model, recipe, tmp_path / "out", base=base, step=3, extra={})
+    fresh, warm = load(base), load(base)
+    add_lora(warm.net, recipe)
+    init_lora(warm.net, out)
+    merged = load(str(out))
+    x = torch.tensor([[30, 31, 32, 33, warm.mask_id, warm.mask_id, warm.mask_id, warm.mask_id]])
+    with torch.no_grad():
+        got, want, before = (m.logits(x, rows=(4, 8))[0] for m in (warm, merged, fresh))
+    assert torch.allclose(got, want, atol=1e-4) and not torch.allclose(got, before, atol=1e-3)
+    # A run from the delta is another recipe than a run from a fresh LoRA: neither resumes the other's checkpoint.
+    assert Recipe(**{**recipe.__dict__, "init": str(out)}).key() != recipe.key()
+    other = load(base)
+    with pytest.raises(DlmError, match="pass the delta's --rank"):
+        add_lora(other.net, Recipe(method="dparallel", model=base, rank=8, alpha=8.0))
+        init_lora(other.net, out)
+
+
+def test_init_is_refused_for_a_delta_of_another_model_or_rank(tiny_paths, tmp_path):
+    from dlm_cli.errors import UsageError
+    from dlm_cli.train.run import init_delta
+
+    base = str(Path(tiny_paths["block"]).resolve())
+    model = load(base)
+    recipe = Recipe(method="dparallel", model=base, steps=1, rows_per_step=1, rank=4, alpha=4.0)
+    train(model, data_rows(model), recipe, tmp_path / "w")
+    out = export(model, recipe, tmp_path / "out", base=base, step=1, extra={})
+    assert init_delta(str(out), base, 4, 4.0, None) == str(out.resolve())
+    with pytest.raises(UsageError, match=r"has rank 4 \(alpha 4.0\).*pass --rank 4"):
+        init_delta(str(out), base, 8, 8.0, None)
+    with pytest.raises(UsageError, match="is a delta over .*not over"):
+        init_delta(str(out), str(Path(tiny_paths["full"]).resolve()), 4, 4.0, None)
+    with pytest.raises(UsageError, match="is not a LoRA delta"):
+        init_delta(base, base, 4, 4.0, None)
+
+
 # --------------------------------------------------------------------------------------------- CLI
 def dlm(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "dlm_cli", *args], capture_output=True, text=True, cwd=cwd,

@@ -152,9 +152,14 @@ def workspace(req: TrainRequest, model: Any, kind: str) -> tuple[str, str, Path]
     return name, spec_of(name), work_dir(req.work, kind, name, req.method)
 
 
-def recipe_key(recipe: Any) -> str:
-    """A short digest of everything in a recipe dataclass: a checkpoint of another recipe is refused by it."""
-    return hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:16]
+def recipe_key(recipe: Any, *, optional: tuple[str, ...] = ()) -> str:
+    """A short digest of everything in a recipe dataclass: a checkpoint of another recipe is refused by it.
+
+    The ``optional`` fields are left out while they are None, so a field added later keeps the keys of
+    the checkpoints written before it.
+    """
+    fields = {k: v for k, v in asdict(recipe).items() if not (k in optional and v is None)}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(kw_only=True)

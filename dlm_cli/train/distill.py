@@ -61,9 +61,10 @@ class Recipe:
     max_tokens: int = 1024  # a row whose prompt + answer is longer is skipped
     bf16: bool = False  # bfloat16 autocast for the forward
     mix: dict[str, float] | None = None  # sampling weight per row kind; None: every row alike
+    init: str | None = None  # a dlm-lora delta over the same model whose LoRA the run starts from
 
     def key(self) -> str:
-        return recipe_key(self)
+        return recipe_key(self, optional=("init",))
 
 
 @dataclass(kw_only=True)
@@ -101,6 +102,29 @@ def add_lora(net: torch.nn.Module, recipe: Recipe) -> list[torch.nn.Parameter]:
             p.requires_grad_(True)
             params.append(p)
     return params
+
+
+def init_lora(net: torch.nn.Module, path: Path) -> None:
+    """Set the freshly added LoRA of ``net`` to the delta at ``path`` (``--init``): the run goes on from it.
+
+    The delta must adapt exactly the layers the run adapts, with the run's rank (its scale is checked by
+    the caller, which knows the recipe's alpha).
+    """
+    from ..models.lora import read_lora
+
+    lora, _ = read_lora(path)
+    own = {k: v for k, v in net.state_dict().items() if "lora_" in k}
+    want = {"base_model.model." + k.replace(".default", ""): k for k in own}
+    if set(want) != set(lora):
+        extra, lack = sorted(set(lora) - set(want)), sorted(set(want) - set(lora))
+        raise DlmError(f"--init {path}: its LoRA adapts other layers than this run ("
+                       f"{len(lack)} missing, {len(extra)} extra, e.g. {(lack or extra)[0]}); it belongs to another model")
+    with torch.no_grad():
+        for name, key in want.items():
+            if lora[name].shape != own[key].shape:
+                raise DlmError(f"--init {path}: {name} has shape {tuple(lora[name].shape)}, this run's "
+                               f"{tuple(own[key].shape)}; pass the delta's --rank or use another delta")
+        net.load_state_dict({key: lora[name].float() for name, key in want.items()}, strict=False)
 
 
 def set_lora(net: torch.nn.Module, enabled: bool) -> None:
@@ -190,6 +214,8 @@ def train(model: Model, data: list[dict[str, Any]], recipe: Recipe, work: Path, 
         raise DlmError(f"{model.info.name}: its network cannot run a packed training row (dlm distill needs dlm's "
                        "native dLLM networks: LLaDA, Dream, SDAR, Fast-dLLM v2, MoE dLLMs, block-diffusion adapters)")
     params = add_lora(model.net, recipe)
+    if recipe.init is not None:
+        init_lora(model.net, Path(recipe.init))
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.999))
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "checkpoint.pt"

@@ -18,6 +18,32 @@ class DistillRequest(TrainRequest):
     teacher_profile: Optional[str]
     targets: str
     check: bool
+    init: Optional[str] = None
+
+
+def init_delta(spec: str, base: str, rank: int, alpha: float, opts: Any) -> str:
+    """The directory of ``--init``'s delta, checked: a dlm-lora over the model being trained, of the run's rank."""
+    from ..models.files import read_config
+    from ..models.loading import LoadOptions
+    from ..models.lora import ADAPTER_CONFIG, is_lora_config
+    from ..models.adapter import read_json
+    from ..models.resolve import resolve_path
+    from .common import spec_of
+
+    _, path = resolve_path(spec, opts or LoadOptions(device="cpu"))
+    cfg = read_config(path)
+    if not is_lora_config(cfg):
+        raise UsageError(f"--init {spec} is not a LoRA delta (model_type {cfg.get('model_type')!r}); give a "
+                         "directory dlm distill wrote (model_type dlm-lora)")
+    over = cfg.get("base_model")
+    if not isinstance(over, str) or spec_of(over) != base:
+        raise UsageError(f"--init {spec} is a delta over {over!r}, not over {base!r}, the model this run trains; "
+                         f"train -m {over} or give a delta over {base}")
+    conf = read_json(path / ADAPTER_CONFIG)
+    if conf.get("r") != rank or float(conf.get("lora_alpha", -1)) != alpha:
+        raise UsageError(f"--init {spec} has rank {conf.get('r')} (alpha {conf.get('lora_alpha')}); this run's is "
+                         f"{rank} (alpha {alpha}): pass --rank {conf.get('r')}")
+    return str(path.resolve())
 
 
 def _same_tokenizer(a: Any, b: Any) -> bool:
@@ -46,9 +72,12 @@ def run_distill(req: DistillRequest, *, load_model: Callable[..., Any], err: Any
                          "For AR drafters see `dlm drafter`")
     name, base, work = workspace(req, model, "distill")
     mix = D.REALTEXT_MIX if req.tasks == [D.REALTEXT] else None
-    recipe = Recipe(method=req.method, model=base, mix=mix, **req.recipe)
-    err.print(f"dlm: note: distilling {model.info.name} with {req.method}; work directory {work} "
-              "(rerun the same command to resume)", markup=False, highlight=False)
+    init = init_delta(req.init, base, req.recipe.get("rank", 32), req.recipe.get("alpha", 32.0), req.load) \
+        if req.init else None
+    recipe = Recipe(method=req.method, model=base, mix=mix, init=init, **req.recipe)
+    err.print(f"dlm: note: distilling {model.info.name} with {req.method}"
+              + (f", starting from the LoRA of {req.init}" if init else "")
+              + f"; work directory {work} (rerun the same command to resume)", markup=False, highlight=False)
 
     teacher = model
     if req.teacher and req.teacher != req.model:
