@@ -63,17 +63,18 @@ def typo_prompt(tokenizer: Any) -> list[int]:
     return encode(tokenizer, json.loads(line)["prompt"])
 
 
-def ar_step(dtype: str, quantize: str = "none") -> tuple[Callable[[], Any], Any]:
+def ar_step(dtype: str, quantize: str = "none", kernels: str = "torch") -> tuple[Callable[[], Any], Any]:
     """One token over a DynamicCache after the prompt's prefill; the cache is cropped back each call."""
     import torch
 
-    from dlm_cli.models import speed
+    from dlm_cli.models import kernels as K, speed
     from dlm_cli.models.files import LoadOptions
     from dlm_cli.models.loading import load
 
     model = load("smollm2", LoadOptions(dtype=dtype))
     if quantize != "none":
         speed.use_quantized(model, quantize, keep_float=False)
+    K.use(model, kernels)
     ids = torch.tensor(typo_prompt(model.tokenizer))
     cache = model.new_cache()
     model.forward(ids, cache)
@@ -87,7 +88,8 @@ def ar_step(dtype: str, quantize: str = "none") -> tuple[Callable[[], Any], Any]
     return step, model
 
 
-def block_step(dtype: str, quantize: str = "none", compile: str = "off") -> tuple[Callable[[], Any], Any]:
+def block_step(dtype: str, quantize: str = "none", compile: str = "off", kernels: str = "torch"
+               ) -> tuple[Callable[[], Any], Any]:
     """A non-first step of the first full generated block under the exact prefix cache (``speedy``'s forward)."""
     import torch
 
@@ -99,7 +101,7 @@ def block_step(dtype: str, quantize: str = "none", compile: str = "off") -> tupl
 
     model = load("smollm2-dlm", LoadOptions(dtype=dtype))
     prompt = typo_prompt(model.tokenizer)
-    s = profiles.load("speedy", sets=["cache=prefix", f"quantize={quantize}", f"compile={compile}"],
+    s = profiles.load("speedy", sets=["cache=prefix", f"quantize={quantize}", f"compile={compile}", f"kernels={kernels}"],
                       flags={"max_new_tokens": 192})
     length = len(prompt) + 192
     speed.prepare(model, s, length + 1, keep_float=False)  # quantize, and compile with its warm-up
@@ -125,6 +127,9 @@ ROWS: dict[str, Callable[[str], tuple[Callable[[], Any], Any]]] = {
     "block": lambda dt: block_step(dt),
     "block-compiled": lambda dt: block_step(dt, compile="on"),
     "block-int4": lambda dt: block_step(dt, "int4"),
+    "ar-onednn": lambda dt: ar_step(dt, kernels="onednn"),
+    "block-onednn": lambda dt: block_step(dt, kernels="onednn"),
+    "block-onednn-compiled": lambda dt: block_step(dt, compile="on", kernels="onednn"),
 }
 
 

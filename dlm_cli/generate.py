@@ -67,6 +67,7 @@ def result_json(done: Any, text: str, settings: Any, model: Model, draft: Any, p
         "threads": __import__("torch").get_num_threads(),
         "dtype": model.info.dtype,
         "dtype_choice": model.info.dtype_choice,
+        "kernels": model.speed.kernels,  # the linear products this run used: onednn (packed) or torch
         "settings": settings.as_dict(),
         "stats": done.stats(),
     }

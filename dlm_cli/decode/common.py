@@ -29,6 +29,10 @@ register_keys(
         Key("quantize", str, "none", "weights: none, int8 (torchao weight-only int8), int8-dynamic (int8 "
             "weights and activations) or int4 (torchao group-wise int4 weights; needs --dtype bfloat16)",
             choices=("none", "int8", "int8-dynamic", "int4")),
+        Key("kernels", str, "auto", "the CPU's linear products: onednn (weights prepacked once for oneDNN: "
+            "faster for a block's rows and on two threads), torch (torch's own), or auto (onednn for float32 "
+            "weights up to 2 GiB on a CPU; the packed copies double those weights' memory)",
+            choices=("auto", "onednn", "torch")),
     ],
 )
 

@@ -13,6 +13,7 @@ class SpeedState:
     the precomputed masks and position ids of the block grid."""
 
     quantized: str = "none"  # which weights the model runs now
+    kernels: str = "torch"  # the linear layers' products now: torch's own or oneDNN's packed (.kernels)
     variants: dict[str, Any] = field(default_factory=dict)  # quantization mode -> network
     compiled: dict[int, Any] = field(default_factory=dict)  # id(network) -> its compiled steps
     warm: set[Any] = field(default_factory=set)  # (network, shape) pairs already run once

@@ -223,6 +223,9 @@ def use_quantized(model: Model, mode: str, keep_float: bool) -> None:
         if base is None:
             raise UsageError(f"cannot quantize {current}-quantized weights again as {mode}; load the model again")
         net = copy.deepcopy(base) if keep_float else base
+        from .kernels import unpack
+
+        unpack(net)  # torchao quantizes plain linear layers; a packed one would keep multiplying the float copy
         if not keep_float:
             variants.pop("none")
             model.speed.compiled = {}  # the same modules, new weights: compile again
@@ -435,9 +438,17 @@ def prepare(model: Model, settings: Any, length: int, widths: tuple[int, ...] = 
         return 0.0
     from .stack import DenoiserStack
 
+    from . import kernels
+
     mode = getattr(settings, "quantize", "none")
     if mode != model.speed.quantized:
         use_quantized(model, mode, keep_float)
+    if kernels.use(model, getattr(settings, "kernels", "torch")):
+        # Another product in every layer of this network: its compiled steps are traced again.
+        net = id(model.net)
+        model.speed.compiled = {k: v for k, v in model.speed.compiled.items()
+                                if k != net and not (isinstance(k, tuple) and net in k)}
+        model.speed.warm = {k for k in model.speed.warm if not (isinstance(k, tuple) and net in k)}
     on = (static and want_compile(getattr(settings, "compile", "off"), model.device)
           and getattr(model, "compilable", False))
     model.speed.compile_on = on
