@@ -18,7 +18,14 @@ is token-for-token the same as dlm's float32 `ar` (the reference every lossless 
 llama.cpp's `lookup` row uses llama-cpp-python's prompt-lookup draft (LlamaPromptLookupDecoding).
 
 Configurations (``--configs``, comma-separated): ``ar``, ``lookup`` with optional ``+int8``,
-``+int8-dynamic``, ``+int4`` (bfloat16 activations), ``+bf16`` and ``+compile``; ``llama.cpp`` and ``llama.cpp+lookup``.
+``+int8-dynamic``, ``+int4`` (bfloat16 activations), ``+bf16``, ``+compile`` and ``+torch`` (torch's own
+linear products instead of ``kernels = auto``'s oneDNN packed ones); ``llama.cpp`` and ``llama.cpp+lookup``.
+A ``MODEL:`` prefix runs a dLLM row with any dlm profile: ``dlm:`` is smollm2-dlm, ``dp:`` smollm2-dlm-dp
+(e.g. ``dlm:speedy``, ``dp:speedy-lookup+compile``, ``dlm:quality``: one token per step); their
+``tok/NFE`` column is generated tokens over forwards (1.00 for plain AR and llama.cpp).
+
+``--kind typo`` (default) uses the typo prompts above; ``--kind chat`` the 10 held-out chat questions of
+``dlm_cli.demo.realtext`` (topics smollm2-dlm never trained on).
 """
 
 from __future__ import annotations
@@ -50,8 +57,20 @@ def prompts(limit: int) -> list[str]:
     return [r["prompt"] for r in rows][:limit]
 
 
+MODELS = {"": "smollm2", "dlm": "smollm2-dlm", "dp": "smollm2-dlm-dp"}
+
+
+def chat_prompts() -> list[str]:
+    from dlm_cli.demo import realtext as R
+
+    return [p.prompt for p in R.eval_prompts() if p.kind == "chat"]
+
+
 class Dlm:
     def __init__(self, spec: str, models: dict[str, Any], n: int) -> None:
+        which, _, spec = spec.rpartition(":")
+        if which not in MODELS:
+            raise SystemExit(f"unknown model prefix {which!r}: use one of {', '.join(k for k in MODELS if k)}")
         parts = spec.split("+")
         self.profile = parts[0]
         self.sets = [f"max_new_tokens={n}", "seed=0"]
@@ -63,10 +82,13 @@ class Dlm:
         if "int8-dynamic" in parts:
             self.sets.append("quantize=int8-dynamic")
         self.sets.append("compile=" + ("on" if "compile" in parts else "off"))
-        if dtype not in models:
-            models[dtype] = load("smollm2", LoadOptions(dtype=dtype))
-        self.model = models[dtype]
+        self.sets.append("kernels=" + ("torch" if "torch" in parts else "auto"))
+        key = (MODELS[which], dtype)
+        if key not in models:
+            models[key] = load(MODELS[which], LoadOptions(dtype=dtype))
+        self.model = models[key]
         self.compile_seconds = 0.0
+        self.nfe = 0
 
     def __call__(self, text: str) -> tuple[float, list[int]]:
         ids = encode(self.model.tokenizer, text)
@@ -77,6 +99,7 @@ class Dlm:
             pass
         seconds = time.perf_counter() - t - (done.compile_seconds or 0.0)
         self.compile_seconds += done.compile_seconds or 0.0
+        self.nfe += done.nfe
         return seconds, list(done.tokens)
 
 
@@ -113,10 +136,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("-n", type=int, default=256)
+    ap.add_argument("--kind", default="typo", choices=("typo", "chat"))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    texts = prompts(args.prompts)
+    texts = prompts(args.prompts) if args.kind == "typo" else chat_prompts()[: args.prompts]
     models: dict[str, Any] = {}
     reference = Dlm("ar", models, args.n)
     runs: dict[str, Any] = {}
@@ -129,6 +153,8 @@ def main() -> None:
     ref = {t: reference(t)[1] for t in texts}
     for fn in runs.values():  # warm-up: compiles, caches, llama.cpp's first allocation
         fn(texts[0])
+        if hasattr(fn, "nfe"):
+            fn.nfe = 0
     totals = {name: [0.0, 0, 0, 0.0] for name in runs}
     for _ in range(args.reps):
         for text in texts:  # interleaved prompt by prompt: load drifts hit every row alike
@@ -146,7 +172,8 @@ def main() -> None:
         rate = tokens / seconds
         rows.append({"config": name, "tok_s": rate, "tokens": tokens // args.reps, "seconds": seconds / args.reps,
                      "agree": same / (len(texts) * args.reps), "prefix": prefix / (len(texts) * args.reps),
-                     "compile_seconds": getattr(runs[name], "compile_seconds", 0.0)})
+                     "compile_seconds": getattr(runs[name], "compile_seconds", 0.0),
+                     "tokens_per_nfe": tokens / runs[name].nfe if getattr(runs[name], "nfe", 0) else 1.0})
     if base:
         b = next(r for r in rows if r["config"] == base)["tok_s"]
         for r in rows:
@@ -154,12 +181,14 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print(f"SmolLM2-135M-Instruct, {len(texts)} typo prompts x {args.reps}, -n {args.n}, {args.threads} threads")
-    print("| config | tok/s | × llama.cpp | tokens | agree with dlm ar f32 | prefix | compile warm-up s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"SmolLM2-135M-Instruct, {len(texts)} {args.kind} prompts x {args.reps}, -n {args.n}, "
+          f"{args.threads} threads")
+    print("| config | tok/s | × llama.cpp | tok/NFE | tokens | agree with dlm ar f32 | prefix | compile warm-up s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['tok_s']:.1f} | {r.get('vs_llama_cpp', float('nan')):.2f} | {r['tokens']} | "
-              f"{r['agree']:.0%} | {r['prefix']:.0%} | {r['compile_seconds']:.0f} |")
+        print(f"| {r['config']} | {r['tok_s']:.1f} | {r.get('vs_llama_cpp', float('nan')):.2f} | "
+              f"{r['tokens_per_nfe']:.2f} | {r['tokens']} | {r['agree']:.0%} | {r['prefix']:.0%} | "
+              f"{r['compile_seconds']:.0f} |")
 
 
 if __name__ == "__main__":
