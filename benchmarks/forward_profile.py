@@ -6,7 +6,10 @@ Each row runs one kind of forward the decoders run, over a held-out typo prompt,
 - ``block``: smollm2-dlm, one non-first step of a block of 8 under the exact prefix cache
   (:class:`~dlm_cli.decode.cache.Forward`, the path ``speedy`` takes: 9 positions with the AR shift);
 - ``block-compiled``: the same with ``compile = "on"`` (fixed shapes over the whole static cache);
-- ``ar-int4``, ``block-int4``: torchao int4 weights (bfloat16 only).
+- ``ar-int4``, ``block-int4``: torchao int4 weights (bfloat16 only);
+- ``ar-compiled``: the AR step over the static cache, compiled (``compile = "on"``);
+- ``*-onednn``: the same with ``kernels = "onednn"`` (every linear layer on oneDNN's prepacked weights,
+  :mod:`dlm_cli.models.kernels`); the other rows use torch's own products (``kernels = "torch"``).
 
 Each row is timed against its floor: its weight bytes over the copy bandwidth
 (:func:`dlm_cli.bench.machine.measure_copy_bandwidth`, what ``dlm bench --calibrate`` measures) at the
@@ -63,26 +66,31 @@ def typo_prompt(tokenizer: Any) -> list[int]:
     return encode(tokenizer, json.loads(line)["prompt"])
 
 
-def ar_step(dtype: str, quantize: str = "none", kernels: str = "torch") -> tuple[Callable[[], Any], Any]:
-    """One token over a DynamicCache after the prompt's prefill; the cache is cropped back each call."""
+def ar_step(dtype: str, quantize: str = "none", kernels: str = "torch", compile: str = "off"
+            ) -> tuple[Callable[[], Any], Any]:
+    """One token after the prompt's prefill, the cache cropped back each call: over transformers'
+    ``DynamicCache`` (dlm's eager ``ar``), or with ``compile`` on over the static cache, compiled."""
     import torch
 
-    from dlm_cli.models import kernels as K, speed
+    from dlm_cli import profiles
+    from dlm_cli.models import speed
+    from dlm_cli.models.causal import rollback
     from dlm_cli.models.files import LoadOptions
     from dlm_cli.models.loading import load
 
     model = load("smollm2", LoadOptions(dtype=dtype))
-    if quantize != "none":
-        speed.use_quantized(model, quantize, keep_float=False)
-    K.use(model, kernels)
     ids = torch.tensor(typo_prompt(model.tokenizer))
+    s = profiles.load("ar", sets=[f"quantize={quantize}", f"compile={compile}", f"kernels={kernels}"],
+                      flags={"max_new_tokens": 192})
+    speed.prepare(model, s, len(ids) + 192 + 1, keep_float=False)  # quantize, pack, compile with its warm-up
     cache = model.new_cache()
     model.forward(ids, cache)
     tok = ids[-1:]
+    length = len(ids)
 
     def step() -> Any:
         out = model.forward(tok, cache)
-        cache.crop(-1)
+        rollback(cache, length)
         return out
 
     return step, model
@@ -128,6 +136,8 @@ ROWS: dict[str, Callable[[str], tuple[Callable[[], Any], Any]]] = {
     "block-compiled": lambda dt: block_step(dt, compile="on"),
     "block-int4": lambda dt: block_step(dt, "int4"),
     "ar-onednn": lambda dt: ar_step(dt, kernels="onednn"),
+    "ar-compiled": lambda dt: ar_step(dt, compile="on"),
+    "ar-onednn-compiled": lambda dt: ar_step(dt, kernels="onednn", compile="on"),
     "block-onednn": lambda dt: block_step(dt, kernels="onednn"),
     "block-onednn-compiled": lambda dt: block_step(dt, compile="on", kernels="onednn"),
 }
