@@ -153,3 +153,16 @@ def test_bfloat16_model_loads_with_auto_unpacked(tmp_path):
     ids = model.tokenizer("hello world")["input_ids"]
     decode(model, ids, "ar")
     assert model.speed.kernels == "torch"
+
+
+def test_inductor_compiles_a_block_step_over_packed_layers(tmp_path):
+    """The real backend (its C++ build is the slow part): the packed products are opaque kernels to inductor,
+    whose own oneDNN lowering would want frozen weights, and the compiled run writes the eager run's tokens."""
+    model = load(str(make_adapter(tmp_path / "a", block_size=4)))
+    ids = model.tokenizer.encode("hello world")
+    sets = ["cache=prefix", "eotp=false", "kernels=onednn"]
+    flags = {"max_new_tokens": 16, "seed": 0}
+    eager = list(run(model, ids, profiles.load("speedy", sets=sets + ["compile=off"], flags=flags)))[-1]
+    done = list(run(model, ids, profiles.load("speedy", sets=sets + ["compile=on"], flags=flags)))[-1]
+    assert model.speed.kernels == "onednn" and done.compile_seconds > 0
+    assert done.tokens == eager.tokens and done.nfe == eager.nfe

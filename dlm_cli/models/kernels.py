@@ -35,6 +35,29 @@ import torch
 import torch.nn.functional as F
 
 KERNELS = ("auto", "onednn", "torch")
+
+
+# The packed products as custom ops: a compiled step (inductor) calls them as opaque kernels. Inductor's own
+# lowering of the oneDNN op wants its weight to be a frozen constant of the graph, which ours is not.
+@torch.library.custom_op("dlm::onednn_linear", mutates_args=())
+def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, rows: int) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, rows: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], rows))
+
+
+@torch.library.custom_op("dlm::mkl_linear", mutates_args=())
+def mkl_linear(x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+               ) -> torch.Tensor:
+    return torch.ops.mkl._mkl_linear(x, packed, weight, bias, 1)
+
+
+@mkl_linear.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 WIDE_ROWS = 8192  # a layer with more output rows than this is a head: MKL's packed product for one row
 AUTO_MAX_BYTES = 2 << 30  # auto packs networks whose linear weights hold at most this many bytes
 PACK_ROWS = 16  # the row count oneDNN's reorder is tuned for (9-33 measured alike; 1 costs M > 1 dearly)
@@ -81,10 +104,10 @@ class PackedLinear(torch.nn.Linear):
         if rows == 1 and not self.dlm_one:
             if self.dlm_mkl is None:
                 return F.linear(x, w, self.bias)
-            return torch.ops.mkl._mkl_linear(x, self.dlm_mkl, w, self.bias, 1)
+            return mkl_linear(x, self.dlm_mkl, w, self.bias)
         if rows == 0:
             return F.linear(x, w, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.dlm_packed, self.bias, "none", [], "")
+        return onednn_linear(x, self.dlm_packed, self.bias, w.shape[0])
 
 
 def _pack_one(module: torch.nn.Linear, threads: int) -> None:
