@@ -192,17 +192,24 @@ def main() -> int:
 
     from dlm_cli.bench.machine import measure_copy_bandwidth
 
+    from dlm_cli.models import kernels as K
+
     steps: dict[str, tuple[Callable[[], Any], float]] = {}
+    models: list[Any] = []
     for dtype in args.dtypes.split(","):
         for row in args.rows.split(","):
             if row.endswith("int4") and dtype != "bfloat16":
                 continue  # int4 computes in bfloat16
             step, model = ROWS[row](dtype)
             steps[f"{row} {dtype}"] = (step, weight_bytes(model, row))
+            models.append(model)
     result: dict[str, Any] = {"load_before": os.getloadavg()[0], "rows": {}}
     with torch.inference_mode():
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
+            for model in models:  # packed layers choose their one-row product by the thread count
+                if K.is_packed(model.net):
+                    K.pack(model.net)
             gbps = measure_copy_bandwidth("cpu")
             for step, _ in steps.values():
                 for _ in range(args.warmup):
