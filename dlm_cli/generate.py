@@ -74,9 +74,11 @@ def result_json(done: Any, text: str, settings: Any, model: Model, draft: Any, p
 
 
 def dtype_label(model: Model) -> str:
-    """The stats line's dtype: ``bfloat16 (auto: avx512_bf16)``, or just the dtype when --dtype named it."""
+    """The stats line's dtype: ``bfloat16 (auto: avx512_bf16)``, or just the dtype when --dtype named it, and
+    ``, oneDNN packed`` when the linear layers ran on oneDNN's prepacked weights (``kernels``)."""
     choice = model.info.dtype_choice
-    return f"{model.info.dtype} ({choice})" if choice.startswith("auto") else model.info.dtype
+    label = f"{model.info.dtype} ({choice})" if choice.startswith("auto") else model.info.dtype
+    return label + (", oneDNN packed" if getattr(model.speed, "kernels", "torch") == "onednn" else "")
 
 
 def _write(text: str) -> None:

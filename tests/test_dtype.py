@@ -60,4 +60,9 @@ def test_json_and_the_stats_line_name_the_choice(tiny_llada, monkeypatch):
     r = runner.invoke(app, args)
     assert r.exit_code == 0 and "bfloat16 (auto: DLM_NATIVE_BF16=1)" in r.stderr
     r = runner.invoke(app, args + ["--dtype", "float32"])
-    assert " float32 " in r.stderr.replace("·", " ") and "auto" not in r.stderr
+    from dlm_cli.models.kernels import available
+
+    packed = ", oneDNN packed" if available(torch.float32) else ""  # kernels = auto on a CPU (float32)
+    assert f" float32{packed} " in r.stderr.replace("·", " ") and "auto" not in r.stderr
+    r = runner.invoke(app, args + ["--dtype", "float32", "--set", "kernels=torch"])
+    assert " float32 " in r.stderr.replace("·", " ") and "oneDNN" not in r.stderr
