@@ -92,6 +92,18 @@ def test_auto_packs_float32_on_the_cpu_only():
         K.want("fast", f32)
 
 
+def test_auto_does_not_pack_when_the_copies_would_not_fit(monkeypatch):
+    from dlm_cli.models import memory
+
+    net = net_of(torch.nn.Linear(64, 64))  # 16 KiB of weights
+    monkeypatch.setattr(memory, "available_ram", lambda: 20_000)  # not twice the weights
+    assert not K.want("auto", net) and K.want("onednn", net)
+    monkeypatch.setattr(memory, "available_ram", lambda: 10**9)
+    assert K.want("auto", net)
+    monkeypatch.setattr(K, "AUTO_MAX_BYTES", 1000)
+    assert not K.want("auto", net)
+
+
 def test_a_quantized_layer_is_never_packed(tmp_path):
     pytest.importorskip("torchao")
     model = load(str(make_llama(tmp_path / "t", seed=0)))

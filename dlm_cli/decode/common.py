@@ -31,7 +31,8 @@ register_keys(
             choices=("none", "int8", "int8-dynamic", "int4")),
         Key("kernels", str, "auto", "the CPU's linear products: onednn (weights prepacked once for oneDNN: "
             "faster for a block's rows and on two threads), torch (torch's own), or auto (onednn for float32 "
-            "weights up to 2 GiB on a CPU; the packed copies double those weights' memory)",
+            "weights up to 2 GiB on a CPU whose free memory holds the packed copies, which double those "
+            "weights' memory)",
             choices=("auto", "onednn", "torch")),
     ],
 )

@@ -22,8 +22,8 @@ for a layer wider than :data:`WIDE_ROWS` outputs (a head). No kernel is written 
 
 The products are exact in float32 up to the order of their sums (about 1e-6 relative, as torch's own
 M = 1 and M = 9 paths differ from each other). ``kernels = "auto"`` packs float32 weights on a CPU
-whose torch has oneDNN, for networks up to :data:`AUTO_MAX_BYTES` (the packed copies double the linear
-weights' memory); ``onednn`` packs whenever it can (bfloat16 too, where oneDNN multiplies it natively);
+whose torch has oneDNN, for networks up to :data:`AUTO_MAX_BYTES` while the free memory holds twice their
+linear weights (the packed copies double those weights' memory); ``onednn`` packs whenever it can (bfloat16 too, where oneDNN multiplies it natively);
 ``torch`` leaves every layer as it is.
 """
 
@@ -142,7 +142,7 @@ def linear_bytes(net: torch.nn.Module) -> int:
     return sum(m.weight.numel() * m.weight.element_size() for m in net.modules() if isinstance(m, torch.nn.Linear))
 
 
-def want(setting: str, net: torch.nn.Module) -> bool:
+def want(setting: str, net: torch.nn.Module, packed: bool = False) -> bool:
     """Whether ``kernels = setting`` packs ``net``'s linear layers (see the module doc)."""
     if setting not in KERNELS:
         raise ValueError(f"kernels = {setting!r}: one of {', '.join(KERNELS)}")
@@ -153,7 +153,16 @@ def want(setting: str, net: torch.nn.Module) -> bool:
         return False
     if setting == "onednn":
         return True
-    return param.dtype == torch.float32 and linear_bytes(net) <= AUTO_MAX_BYTES
+    if param.dtype != torch.float32:
+        return False
+    size = linear_bytes(net)
+    if size > AUTO_MAX_BYTES:
+        return False
+    from .memory import available_ram
+
+    free = available_ram()
+    # The packed copies, and room to spare after them (once packed, the copies are already in use).
+    return packed or free is None or free > 2 * size
 
 
 def pack(net: torch.nn.Module) -> int:
@@ -199,7 +208,7 @@ def use(model: Any, setting: str) -> bool:
     products it now uses); returns whether that changed the network's layers (compiled steps are stale)."""
     net = model.net
     was = is_packed(net)
-    if want(setting, net):
+    if want(setting, net, packed=was):
         on = pack(net) > 0
     else:
         unpack(net)
