@@ -1,6 +1,7 @@
 """Batched against one-at-a-time dLLM decoding in one process: throughput ratio, and the outputs compared.
 
     python benchmarks/batch_ratio.py [-m dlm-demo] [-p quality|speedy] [-n 64] [--batch 8] [--prompts 8] [--rounds 2]
+        [--set kernels=torch]
 
 Each round decodes the same prompts once one at a time and once in batches (order alternating between
 rounds, so machine noise hits both alike) and reports generated tokens per second of decode time for
@@ -26,6 +27,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], help="a profile key for both sides, e.g. kernels=torch")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from dlm_cli import profiles
@@ -46,6 +48,7 @@ def main() -> None:
         texts = [p.prompt for p in eval_prompts()][: a.prompts]
     ids = [encode(model.tokenizer, t) for t in texts]
     sets = ["cache=none"] if a.profile == "speedy" and not model.block_size else []  # a cache only where exact
+    sets += a.set
 
     def settings():
         return profiles.load(a.profile, sets=sets, flags={"seed": 0, "max_new_tokens": a.max_new_tokens})
@@ -80,7 +83,7 @@ def main() -> None:
     forwards = sum(max(nfe[s : s + a.batch]) for s in range(0, len(nfe), a.batch))
     import os
 
-    print(f"{a.model} · {a.profile}{' cache=none' if sets else ''} · {len(ids)} prompts · -n {a.max_new_tokens} · "
+    print(f"{a.model} · {a.profile}{' ' + ' '.join(sets) if sets else ''} · {len(ids)} prompts · -n {a.max_new_tokens} · "
           f"{torch.get_num_threads()} threads · load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"batch 1: {base:.1f} tok/s ({sum(nfe)} forwards); batch {a.batch}: {bat:.1f} tok/s ({forwards} forwards); "
           f"ratio {bat / base:.2f}x (median of {a.rounds} rounds); outputs identical: {same}")
