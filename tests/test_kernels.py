@@ -178,3 +178,18 @@ def test_inductor_compiles_a_block_step_over_packed_layers(tmp_path):
     done = list(run(model, ids, profiles.load("speedy", sets=sets + ["compile=on"], flags=flags)))[-1]
     assert model.speed.kernels == "onednn" and done.compile_seconds > 0
     assert done.tokens == eager.tokens and done.nfe == eager.nfe
+
+
+def test_a_cpu_whose_onednn_cannot_prepack_falls_back_or_says_so(tmp_path, monkeypatch):
+    from dlm_cli.errors import UsageError
+
+    model = load(str(make_llama(tmp_path / "t", seed=0)))
+
+    def broken(w, rows):
+        raise RuntimeError("mkldnn_reorder_linear_weight: unsupported on this CPU")
+
+    monkeypatch.setattr(K, "_reorder", broken)
+    assert K.use(model, "auto") is False and model.speed.kernels == "torch"
+    assert not K.is_packed(model.net)
+    with pytest.raises(UsageError, match="cannot prepack .* use kernels = auto or torch"):
+        K.use(model, "onednn")

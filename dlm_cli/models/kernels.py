@@ -114,10 +114,14 @@ class PackedLinear(torch.nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, self.dlm_packed, self.bias, "none", [], "")  # eager: no wrapper
 
 
+def _reorder(w: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(w, rows)
+
+
 def _pack_one(module: torch.nn.Linear, threads: int) -> None:
     w = module.weight.detach()
     if getattr(module, "dlm_version", None) != module.weight._version or module.dlm_packed.dtype != w.dtype:
-        module.dlm_packed = torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS)
+        module.dlm_packed = _reorder(w, PACK_ROWS)
         module.dlm_mkl = None
     module.dlm_one = threads > 1
     if threads == 1 and w.shape[0] > WIDE_ROWS and w.dtype == torch.float32 and torch._C.has_mkl:
@@ -209,7 +213,17 @@ def use(model: Any, setting: str) -> bool:
     net = model.net
     was = is_packed(net)
     if want(setting, net, packed=was):
-        on = pack(net) > 0
+        try:
+            on = pack(net) > 0
+        except (RuntimeError, NotImplementedError):  # a oneDNN build without these reorders (another CPU)
+            if setting == "onednn":
+                unpack(net)
+                from ..errors import UsageError
+
+                raise UsageError("kernels = 'onednn': this torch cannot prepack linear weights with oneDNN on "
+                                 "this CPU; use kernels = auto or torch") from None
+            unpack(net)
+            on = False
     else:
         unpack(net)
         on = False
