@@ -20,7 +20,6 @@ import argparse
 import json
 import re
 import sys
-import time
 
 
 def parse_row(spec: str) -> tuple[str, list[str]]:

@@ -4,7 +4,7 @@
 
 The four rows decode every prompt in turn (interleaved); the compiled row's warm-up is not timed.
 """
-import json, os, sys, time
+import json, os, sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 torch.set_num_threads(1)
