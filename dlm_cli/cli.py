@@ -353,7 +353,8 @@ def bench(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="--dataset: only its first N problems"),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="decode N prompts together, one forward per step "
                                    "(dLLM threshold and baseline rules: e.g. -p quality, or speedy; a KV cache only "
-                                   "for block-diffusion models, elsewhere --set cache=none); outputs equal batch 1's"),
+                                   "for block-diffusion models, elsewhere --set cache=none; AR ar, lookup and aded); "
+                                   "outputs equal batch 1's"),
     max_new_tokens: Optional[int] = typer.Option(None, "-n", "--max-new-tokens", help="tokens to generate"),
     seed: int = typer.Option(0, "--seed", help="seed for every run"),
     set_: list[str] = typer.Option([], "--set", help="KEY=VALUE for the compared profiles (not the baselines); "
@@ -672,7 +673,8 @@ def serve(
                                    help="requests that may wait while one decodes; one more gets HTTP 503"),
     max_batch: int = typer.Option(1, "--max-batch", min=1, max=256,
                                   help="decode up to N requests together, one forward per step; a request joins "
-                                  "the running batch at its next step (dLLM profiles threshold and baseline; a "
+                                  "the running batch at its next step (dLLM profiles threshold and baseline, AR ar, "
+                                  "lookup and aded; a "
                                   "profile the batch cannot run is served at batch size 1, with a note)"),
     allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
     load: Any = None,

@@ -151,3 +151,46 @@ def test_a_profile_the_batch_cannot_run_is_served_at_batch_1_with_a_note(dllm):
         assert ask(s.client(), 0)[0] == "1 3 4 7 9"
     finally:
         s.stop()
+
+
+def test_an_ar_model_serves_concurrent_requests_as_one_batch_with_batch_1s_answers():
+    from dlm_cli.models.loading import load
+
+    ar = load("dlm-demo-ar")
+    order = [0, 1, 2, 3, 4, 5, 6, 7]
+
+    def ask_ar(client, i):
+        r = client.chat.completions.create(model="dlm-demo-ar", messages=[{"role": "user", "content": PROMPTS[i]}],
+                                           seed=0, max_tokens=24)
+        return r.choices[0].message.content, r.usage.completion_tokens, r.model_extra["dlm"]["nfe"]
+
+    one = Running(ar, profile="lookup")
+    try:
+        want = {i: ask_ar(one.client(), i) for i in order}
+    finally:
+        one.stop()
+    s = Running(ar, profile="lookup", max_batch=8)
+    sizes: list[int] = []
+    handle = ar.net.register_forward_pre_hook(lambda m, a, kw: sizes.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    out, errors = {}, []
+    client = s.client(timeout=120)
+
+    def one_request(i):
+        try:
+            out[i] = ask_ar(client, i)
+        except Exception as exc:  # noqa: BLE001 -- reported by the assertion below
+            errors.append(f"{i}: {exc!r}")
+
+    try:
+        threads = [threading.Thread(target=one_request, args=(i,)) for i in order]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        st = s.status()
+    finally:
+        handle.remove()
+        s.stop()
+    assert errors == [] and out == want  # texts, token counts and each row's own NFE
+    assert st["batch_size"] == 8 and st["served"] == 8
+    assert max(sizes) >= 3 and len(sizes) < sum(w[2] for w in want.values())

@@ -25,7 +25,8 @@ Done, timed from when it joined. Rows step at their own pace: at a forward one r
 third block and another in its first; the forward's logits are gathered at each row's own block. A
 step's commits of every row travel to the host in one transfer.
 
-Supported: the strategies ``threshold`` (confidence rank) and ``baseline`` (low-confidence remasking)
+An AR model batches through :class:`~.batch_ar.ArBatchEngine` (``ar``, ``lookup``, ``aded``), which
+:func:`new_engine` picks. For a dLLM, supported: the strategies ``threshold`` (confidence rank) and ``baseline`` (low-confidence remasking)
 on a model that runs ragged batches (:data:`~dlm_cli.capabilities.RAGGED_BATCH`), with
 ``cache = "none"``, or, for block-diffusion models, their exact prefix/dual cache (:mod:`.batch_cache`);
 one cache setting per batch. With ``temperature > 0`` a row draws from its own generator seeded with
@@ -55,7 +56,12 @@ STRATEGIES_BATCHED = ("threshold", "baseline")
 
 
 def check_batchable(model: DLLM, cfg: RunSettings, what: str = "--batch-size") -> None:
-    """Refuse, with the fix, what batched decoding does not do yet."""
+    """Refuse, with the fix, what batched decoding does not do yet (an AR model: :mod:`.batch_ar`)."""
+    if model.kind == "autoregressive":
+        from .batch_ar import check_batchable_ar
+
+        check_batchable_ar(model, cfg, what)  # type: ignore[arg-type]
+        return
     if cfg.strategy not in STRATEGIES_BATCHED:
         raise UsageError(f"{what}: batched decoding supports the strategies {' and '.join(STRATEGIES_BATCHED)} "
                          f"(profiles quality, and speedy with --set cache=none), not strategy {cfg.strategy!r}; "
@@ -314,6 +320,16 @@ class BatchEngine:
         self.X, self.W = X, W
 
 
+def new_engine(model: Any, cache: str = "none", clock: Clock | None = None) -> Any:
+    """A running batch for ``model``: :class:`BatchEngine` for a dLLM (with the batch's ``cache`` setting),
+    :class:`~.batch_ar.ArBatchEngine` for an AR model (its cache is always the ragged KV cache)."""
+    if model.kind == "autoregressive":
+        from .batch_ar import ArBatchEngine
+
+        return ArBatchEngine(model, clock)
+    return BatchEngine(model, cache, clock)
+
+
 def run_batch(model: DLLM, prompts: list[list[int]], settings: Any) -> Iterator[tuple[int, Event]]:
     """Decode every prompt of ``prompts`` in one batch; yields ``(row, event)``, each row's events in order.
     Prompt ``i`` draws (``temperature > 0``) with seed ``seed + i``."""
@@ -323,13 +339,13 @@ def run_batch(model: DLLM, prompts: list[list[int]], settings: Any) -> Iterator[
         raise UsageError("batched decoding needs at least one prompt, and no empty prompt")
     seed = resolve_seed(settings)
     check_batchable(model, settings.frozen())
-    engine = BatchEngine(model, settings.frozen().cache)
+    engine = new_engine(model, getattr(settings.frozen(), "cache", "none"))
     for i, ids in enumerate(prompts):
         engine.add(i, ids, settings, seed=seed + i)
     return _drain(engine)
 
 
-def _drain(engine: BatchEngine) -> Iterator[tuple[int, Event]]:
+def _drain(engine: Any) -> Iterator[tuple[int, Event]]:
     while len(engine):
         yield from engine.step()
 

@@ -10,7 +10,8 @@ line and their exit code; from Python, ``lm_eval.simple_evaluate(model="dlm", ..
 
 ``--batch_size N``: ``generate_until`` decodes N requests together (a finished one leaves and the
 next joins at the next step) when the profile runs batched (:mod:`dlm_cli.decode.batch`: the
-strategies threshold and baseline, no cache or a block-diffusion model's exact one); the texts are
+strategies threshold and baseline, no cache or a block-diffusion model's exact one; for an AR model
+ar, lookup and aded: :mod:`dlm_cli.decode.batch_ar`); the texts are
 batch 1's. Other profiles decode one request at a time; ``auto`` is 8 (or ``--max_batch_size``).
 
 ``--model_args``: ``model`` (a dlm model spec; default dlm's default model), ``profile`` (default:
@@ -224,11 +225,11 @@ class DlmLM(LM):
         (another cache, say) decodes alone between two steps."""
         from collections import deque
 
-        from ..decode.batch import BatchEngine
+        from ..decode.batch import new_engine
         from ..decode.events import Done
 
         out: list[Any] = [None] * len(requests)
-        engine = BatchEngine(self.model, self.session.settings.frozen().cache)
+        engine = new_engine(self.model, getattr(self.session.settings.frozen(), "cache", "none"))
         rows: dict[int, _Until] = {}
         pending = deque(range(len(requests)))
         while pending or len(engine):

@@ -78,6 +78,17 @@ class CausalLM(OutputLayer):
                 return (out if self.token_count is None else out[:, : self.token_count]), feats
         return out if self.token_count is None else out[:, : self.token_count]
 
+    @torch.inference_mode()
+    def forward_rows(self, ids: torch.Tensor, cache: Any, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, n, V]`` of a batch's new tokens ``ids [B, n]`` appended to ``cache`` (a ``DynamicCache``
+        with ``B`` rows), under the 4-D additive ``mask`` ``[B, 1, n, T + n]`` at ``positions [B, n]``: a
+        ragged batch (:mod:`dlm_cli.decode.batch_ar`), each row its own keys and positions."""
+        from .compat import cache_kwarg
+
+        kw = {cache_kwarg(self.net.forward): cache}
+        out = self.net(input_ids=ids, use_cache=True, attention_mask=mask, position_ids=positions, **kw).logits
+        return out if self.token_count is None else out[..., : self.token_count]
+
 
 def rollback(cache: Any, length: int) -> None:
     """Drop every cached position at and after ``length`` (rejected draft tokens)."""

@@ -1,7 +1,7 @@
 """The server's one decoding worker: a bounded queue of jobs, decoded off the event loop.
 
 At batch size 1 a job is one prompt's event stream (:func:`dlm_cli.decode.run`), decoded alone; with
-``--max-batch N`` up to N jobs are rows of one running batch (:class:`dlm_cli.decode.batch.BatchEngine`)
+``--max-batch N`` up to N jobs are rows of one running batch (:func:`dlm_cli.decode.batch.new_engine`: a dLLM's or an AR model's)
 that a job joins at the next step and leaves when it ends. Either way the worker thread drives each
 job's events through a :class:`~dlm_cli.view.canvas.Canvas` and the plain view's
 :class:`~dlm_cli.view.PlainStream`, so a client gets the final text exactly as ``--view plain``
@@ -247,7 +247,7 @@ class Engine:
             cfg = (session.settings or session.settings_for()).frozen()
             try:
                 check_batchable(self.model, cfg, f"--max-batch {max_batch}")
-                self.cache = cfg.cache
+                self.cache = getattr(cfg, "cache", "none")
             except UsageError as exc:
                 self.max_batch = 1
                 how = " (dlm serve reads keys from a profile: -p FILE.toml)" if "--set" in str(exc) else ""
@@ -363,10 +363,10 @@ class Engine:
     # -- batched ----------------------------------------------------------------------------
     def _work_batched(self) -> None:
         """Jobs join the running batch at its next step (up to ``max_batch``), in the order they came."""
-        from ..decode.batch import BatchEngine
+        from ..decode.batch import new_engine
         from ..decode.events import Done
 
-        batch = BatchEngine(self.model, self.cache)
+        batch = new_engine(self.model, self.cache)
         streams: dict[Job, _Stream] = {}
         taken: list[tuple[Job, Any]] = []  # off the queue, not started: (job, its ids and settings once built)
         while True:
@@ -417,7 +417,7 @@ class Engine:
                 for job in streams:
                     self._fail(job, exc)
                 streams.clear()
-                batch = BatchEngine(self.model, self.cache)
+                batch = new_engine(self.model, self.cache)
                 continue
             for job, event in events:
                 stream = streams.get(job)
