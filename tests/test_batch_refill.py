@@ -41,12 +41,11 @@ def refill(model, ids, cache, make, schedule=SCHEDULE, drop=None):
     return events, joined, sizes
 
 
-@pytest.mark.parametrize("profile,sets", [("quality", []), ("speedy", ["cache=none"]), ("speedy", ["cache=prefix"])])
+@pytest.mark.parametrize("profile,sets", [("quality", []), ("speedy", ["cache=none"]), ("speedy", ["cache=prefix"]),
+                                          ("speedy", ["cache=dual"])])
 def test_rows_joining_a_running_batch_equal_each_prompt_alone(family, profile, sets):
     name, model, ids = family
-    if "cache=prefix" in sets and not model.block_size:
-        pytest.skip("a cache is batched only where it is exact (block-diffusion models)")
-    cache = "prefix" if "cache=prefix" in sets else "none"
+    cache = sets[0].split("=")[1] if sets else "none"
     events, joined, sizes = refill(model, ids, cache, lambda **kw: settings(profile, sets, **kw))
     for row, _, over in SCHEDULE:
         alone = view(list(run(model, ids[row], settings(profile, sets, **over))))

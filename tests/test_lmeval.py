@@ -272,7 +272,7 @@ def test_generate_until_with_a_batch_size_gives_batch_1s_texts(profile, keys):
 def test_a_profile_the_batch_cannot_run_decodes_one_request_at_a_time():
     from dlm_cli.evals.lmeval import DlmLM
 
-    lm = DlmLM(model="dlm-demo", profile="speedy", batch_size=4)  # a dual cache on a bidirectional model
+    lm = DlmLM(model="dlm-demo", profile="elastic", batch_size=4)  # Elastic-Cache refreshes inside a block
     assert lm.batch_size == 4 and not lm.batchable
     forwards = []
     hook = lm.model.net.register_forward_pre_hook(lambda m, args: forwards.append(args[0].shape[0]))

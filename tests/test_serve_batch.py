@@ -16,8 +16,8 @@ from test_serve import LONG, SORT, Running, sse_blocks  # noqa: E402
 
 PROMPTS = ["Sort these numbers: 4 7 1 9 3", "Reverse: 12 7 33 5", "Copy: 8 41 3 77", "Add: 35 + 47",
            "Sort these numbers: 8 2 6", "Reverse: 1 2 3 4 5 6 7 8", "Copy: 5 5 3 1 9 9", "Add: 3 + 4"]
-# Per request: the extra body and max_tokens. Rules and lengths differ; "speedy" (a dual cache on a
-# bidirectional model) cannot join the batch: it waits for the batch to empty and decodes alone.
+# Per request: the extra body and max_tokens. Rules and lengths differ; "speedy" (its dual cache) cannot join
+# the batch, which runs without one: it waits for the batch to empty and decodes alone.
 EXTRA = [({}, 32), ({}, 24), ({"profile": "speedy", "set": ["cache=none"]}, 32), ({}, 40),
          ({"profile": "speedy"}, 32), ({"set": ["steps=16"]}, 32), ({}, 16), ({"set": ["block_length=8"]}, 32)]
 
@@ -143,10 +143,10 @@ def test_a_cancelled_row_leaves_the_others_untouched_and_a_full_queue_answers_50
 
 
 def test_a_profile_the_batch_cannot_run_is_served_at_batch_1_with_a_note(dllm):
-    s = Running(dllm, profile="speedy", max_batch=8)  # a dual cache on a bidirectional model
+    s = Running(dllm, profile="elastic", max_batch=8)  # Elastic-Cache refreshes inside a block: not batched
     try:
         assert s.engine.max_batch == 1 and s.status()["batch_size"] == 1
-        assert "--max-batch 8" in s.engine.note and "cache = 'dual'" in s.engine.note
+        assert "--max-batch 8" in s.engine.note and "elastic_threshold=0" in s.engine.note
         assert "batch size 1" in s.engine.note and "--set" not in s.engine.note.split("(")[-1]
         assert ask(s.client(), 0)[0] == "1 3 4 7 9"
     finally:

@@ -28,8 +28,8 @@ step's commits of every row travel to the host in one transfer.
 An AR model batches through :class:`~.batch_ar.ArBatchEngine` (``ar``, ``lookup``, ``aded``), which
 :func:`new_engine` picks. For a dLLM, supported: the strategies ``threshold`` (confidence rank) and ``baseline`` (low-confidence remasking)
 on a model that runs ragged batches (:data:`~dlm_cli.capabilities.RAGGED_BATCH`), with
-``cache = "none"``, or, for block-diffusion models, their exact prefix/dual cache (:mod:`.batch_cache`);
-one cache setting per batch. With ``temperature > 0`` a row draws from its own generator seeded with
+``cache = "none"``, or a prefix/dual cache (:mod:`.batch_cache`: exact for block-diffusion models,
+Fast-dLLM's approximation for LLaDA and Dream, refreshed at block starts only); one cache setting per batch. With ``temperature > 0`` a row draws from its own generator seeded with
 its seed (``run_batch``: ``seed + i`` for prompt ``i``): the prompt alone with that seed gives the same output.
 """
 
@@ -64,14 +64,18 @@ def check_batchable(model: DLLM, cfg: RunSettings, what: str = "--batch-size") -
         return
     if cfg.strategy not in STRATEGIES_BATCHED:
         raise UsageError(f"{what}: batched decoding supports the strategies {' and '.join(STRATEGIES_BATCHED)} "
-                         f"(profiles quality, and speedy with --set cache=none), not strategy {cfg.strategy!r}; "
+                         f"(profiles quality and speedy), not strategy {cfg.strategy!r}; "
                          f"drop {what} for this profile")
     if model.kind != "diffusion" or RAGGED_BATCH not in model.capabilities:
         raise UsageError(f"{what}: batched decoding needs {describe([RAGGED_BATCH])}; {model.info.name} is not "
                          f"one; drop {what}")
     if cfg.cache != "none" and BLOCK_CACHE not in model.capabilities:
-        raise UsageError(f"{what}: batched decoding keeps a KV cache only for block-diffusion models (where it is "
-                         f"exact), but the profile says cache = {cfg.cache!r}; add --set cache=none")
+        if model.block_size:
+            raise UsageError(f"{what}: batched decoding keeps this model's KV cache only where it is exact, but the "
+                             f"profile says cache = {cfg.cache!r}; add --set cache=none")
+        if cfg.refresh or cfg.elastic_threshold:
+            raise UsageError(f"{what}: batched decoding refreshes a prefix or dual cache only at block starts; add "
+                             "--set refresh=0 --set elastic_threshold=0, or --set cache=none")
     if cfg.lookup:
         raise UsageError(f"{what}: batched decoding has no input-guided commits yet; drop lookup=true")
     if getattr(cfg, "rank", "confidence") != "confidence":
@@ -231,7 +235,7 @@ class BatchEngine:
             X[k, r.off : r.off + r.c.length] = r.c.x[0]
             r.c.x = X[k : k + 1, r.off : r.off + r.c.length]
         self.X, self.W, self.rows = X, W, rows
-        if self.cache_mode != "none":  # block-diffusion models only (check_batchable): the exact prefix cache
+        if self.cache_mode != "none":  # each row's prefix or dual cache (batch_cache)
             from .batch_cache import RowsCache
 
             size = max(r.span for r in rows)

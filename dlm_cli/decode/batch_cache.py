@@ -1,4 +1,5 @@
-"""The batch's KV cache for block-diffusion models: each row's window written at its own positions.
+"""The batch's KV cache: each row's window written at its own positions (block-diffusion models: exact;
+LLaDA and Dream: Fast-dLLM's prefix and dual caches, as approximate as alone, :func:`_bidirectional_logits`).
 
 A block-diffusion model's prefix cache is exact (:mod:`.cache`): a block's keys and values are final
 once every position of its model block is. One run writes the window ``[q0, end)`` and attends the
@@ -88,6 +89,8 @@ def cached_logits(model: DLLM, X: torch.Tensor, W: int, cache: RowsCache, active
                   cols: torch.Tensor) -> torch.Tensor:
     """Logits ``[B, n, V]`` at columns ``cols`` from each row's cached window (as :class:`~.cache.Forward`
     runs it alone: from its exact prefix on a block's first step, from the block's model block after)."""
+    if not model.block_size:
+        return _bidirectional_logits(model, X, W, cache, active, cols)
     b, dev = model.block_size, X.device
     trash = cache.cursor.size - 1
     q0, ends = [], []
@@ -110,6 +113,45 @@ def cached_logits(model: DLLM, X: torch.Tensor, W: int, cache: RowsCache, active
     write = torch.where(qpos < trash, qpos, trash)
     kpos = torch.arange(trash + 1, device=dev)
     allow = (kpos[None, None, :] // b <= qpos[:, :, None] // b) & (kpos < trash)[None, None, :]
+    cache.cursor.write = write
+    try:
+        pred = (cols - offs[:, None] - starts[:, None] - (1 if model.shift else 0)).clamp(0, w - 1)
+        out = model.net(ids, positions=qpos, mask=allow, rows=pred, cache=cache)
+    finally:
+        cache.cursor.write = None
+    return out if model.token_count is None else out[..., : model.token_count]
+
+
+def _bidirectional_logits(model: DLLM, X: torch.Tensor, W: int, cache: RowsCache, active: list[Any],
+                          cols: torch.Tensor) -> torch.Tensor:
+    """A fully bidirectional model's (LLaDA, Dream) prefix or dual cache, each row as
+    :class:`~.cache.Forward` runs it alone: a block's first step forwards the row's whole canvas and
+    writes every key and value; a later step forwards its block (dual) or its block and everything after
+    it (prefix), written over the cache, and attends every position of the row's canvas (the others as
+    the block's first step left them: Fast-dLLM's approximation, the same as alone). A row's window
+    narrower than the widest is padded with queries written to the trash slot, which no row attends."""
+    dev = X.device
+    trash = cache.cursor.size - 1
+    q0, ends = [], []
+    for r in active:
+        length = r.c.length
+        start, end = (0, length) if r.i == 0 else (r.bs, r.be if r.cfg.cache == "dual" else length)
+        if model.shift:  # row i comes from the output at i - 1
+            start = max(min(start, r.bs - 1), 0)
+        q0.append(start)
+        ends.append(end)
+    w = max(e - s for s, e in zip(q0, ends))
+    starts = torch.tensor(q0, dtype=torch.long, device=dev)
+    widths = torch.tensor([e - s for s, e in zip(q0, ends)], dtype=torch.long, device=dev)
+    lengths = torch.tensor([r.c.length for r in active], dtype=torch.long, device=dev)
+    offs = torch.tensor([r.off for r in active], dtype=torch.long, device=dev)
+    j = torch.arange(w, device=dev)[None, :]
+    qpos = starts[:, None] + j
+    inside = j < widths[:, None]
+    ids = torch.where(inside, X.gather(1, torch.where(inside, qpos + offs[:, None], W)), model.mask_id)
+    write = torch.where(inside, qpos, trash)
+    kpos = torch.arange(trash + 1, device=dev)
+    allow = (kpos[None, :] < lengths[:, None])[:, None, :].expand(len(active), w, trash + 1)
     cache.cursor.write = write
     try:
         pred = (cols - offs[:, None] - starts[:, None] - (1 if model.shift else 0)).clamp(0, w - 1)
