@@ -101,7 +101,6 @@ def main() -> None:
                    "same": all(x.tokens == y.tokens for x, y in zip(dones, base))}
             results.append(row)
             print(json.dumps(row), flush=True)
-        del model
     print(f"\n{a.prompts} prompts · -n {a.max_new_tokens} · {torch.get_num_threads()} threads · greedy · "
           f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores · {a.rounds} round(s)\n")
     print("| row | batch | tok/s | × batch 1 | latency p50 / p99 (s) | tok/NFE | = batch 1 |")
