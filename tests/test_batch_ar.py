@@ -171,9 +171,10 @@ def test_rows_join_and_leave_a_running_batch(demo):
     assert engine.drop(99) is None
 
 
-@pytest.mark.parametrize("profile,sets,word", [("speculative", [], "draft model"),
+@pytest.mark.parametrize("profile,sets,word", [
                                                ("lookup", ["tree_width=4"], "tree_width=1"),
-                                               ("ar", ["compile=on"], "compile=off")])
+                                               ("ar", ["compile=on"], "compile=off"), ("diffuspec", [], "diffuspec"),
+                                               ("speculative", ["pearl=true"], "pearl=false")])
 def test_what_ar_batching_does_not_do_is_refused_with_the_fix(tiny, profile, sets, word):
     model, _ = tiny
     with pytest.raises(UsageError, match=word):
@@ -202,3 +203,26 @@ def test_bench_batch_rows_of_an_ar_model_agree_with_batch_1(tmp_path):
     for p in ("ar", "lookup"):
         assert [a["answer"] for a in rows4[p]["answers"]] == [a["answer"] for a in rows1[p]["answers"]]
         assert rows4[p]["nfe"] == rows1[p]["nfe"] and rows4[p]["agreement"] == 1.0
+
+
+def test_speculative_rows_with_a_draft_model_equal_each_prompt_alone():
+    from dlm_cli.models.loading import load
+    from dlm_cli.prompting import encode
+
+    target, draft = load("dlm-demo-ar"), load("dlm-demo-ar-draft")
+    ids = [encode(target.tokenizer, t) for t in DEMO_TEXTS]
+    for sets in ([], ["temperature=0.7"]):
+        make = lambda: settings("speculative", sets, max_new_tokens=40)  # noqa: E731
+        engine = new_engine(target, draft=draft)
+        for i, x in enumerate(ids):
+            engine.add(i, x, make(), seed=i)
+        got: dict[int, list] = {}
+        while len(engine):
+            for row, ev in engine.step():
+                got.setdefault(row, []).append(ev)
+        for i, x in enumerate(ids):
+            s = make()
+            s.values["seed"] = i
+            same(got[i], list(run(target, x, s, draft=draft)), f"{sets} row {i}")
+        assert sum(got[i][-1].accepted for i in range(len(ids))) > 20  # the draft really drafted
+        assert len({got[i][-1].accepted for i in range(len(ids))}) > 2  # and rows accepted differently

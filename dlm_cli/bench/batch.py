@@ -27,13 +27,14 @@ def check_rows(model: Model, runs: list[tuple[str, Any]], batch_size: int) -> No
             raise UsageError(f"--batch-size {batch_size}: profile {name!r}: {exc}") from None
 
 
-def decode_chunk(model: Model, chunk: list[list[int]], settings: Any, watch: Any = None) -> tuple[list[Any], float]:
+def decode_chunk(model: Model, chunk: list[list[int]], settings: Any, watch: Any = None,
+                 draft: Any = None) -> tuple[list[Any], float]:
     """Decode ``chunk`` as one batch: each prompt's Done, in order, and the batch's decode seconds."""
     from ..decode.batch import run_batch
     from ..decode.events import Done
 
     dones: list[Any] = [None] * len(chunk)
-    events = run_batch(model, chunk, settings)
+    events = run_batch(model, chunk, settings, draft=draft)
     for row, ev in (watch(events) if watch is not None else events):
         if isinstance(ev, Done):
             dones[row] = ev

@@ -70,7 +70,7 @@ def run_bench(session: Any, runs: list[tuple[str, Any]], prompts: list[BenchProm
         warm = type(s)(s.profile, {**s.values, "max_new_tokens": min(s.max_new_tokens, WARMUP_TOKENS)},
                        dict(s.sources), dict(s.meta))
         if batch_size > 1:
-            decode_chunk(model, ids[:batch_size], warm)
+            decode_chunk(model, ids[:batch_size], warm, draft=draft)
         else:
             _consume(run(model, ids[0], warm, draft=draft))
     seconds = {name: [[0.0] * len(ids) for _ in range(reps)] for name, _ in runs}
@@ -92,7 +92,7 @@ def run_bench(session: Any, runs: list[tuple[str, Any]], prompts: list[BenchProm
                             continue
                     elif batch_size > 1:
                         s.seed = seed0[name] + a  # row j of the batch draws from seed + j: prompt a + j's seed
-                        got, spent = decode_chunk(model, ids[a : a + step], s, memory[name].watch)
+                        got, spent = decode_chunk(model, ids[a : a + step], s, memory[name].watch, draft=draft)
                     else:
                         s.seed = seed0[name] + a  # same seeds across reps and profiles: comparable samples
                         got = [_consume(memory[name].watch(run(model, ids[a], s, draft=draft)))]

@@ -324,17 +324,18 @@ class BatchEngine:
         self.X, self.W = X, W
 
 
-def new_engine(model: Any, cache: str = "none", clock: Clock | None = None) -> Any:
+def new_engine(model: Any, cache: str = "none", clock: Clock | None = None, draft: Any = None) -> Any:
     """A running batch for ``model``: :class:`BatchEngine` for a dLLM (with the batch's ``cache`` setting),
-    :class:`~.batch_ar.ArBatchEngine` for an AR model (its cache is always the ragged KV cache)."""
+    :class:`~.batch_ar.ArBatchEngine` for an AR model (its cache is always the ragged KV cache; ``draft``:
+    the run's draft model, for ``speculative``)."""
     if model.kind == "autoregressive":
         from .batch_ar import ArBatchEngine
 
-        return ArBatchEngine(model, clock)
+        return ArBatchEngine(model, clock, draft=draft)
     return BatchEngine(model, cache, clock)
 
 
-def run_batch(model: DLLM, prompts: list[list[int]], settings: Any) -> Iterator[tuple[int, Event]]:
+def run_batch(model: DLLM, prompts: list[list[int]], settings: Any, draft: Any = None) -> Iterator[tuple[int, Event]]:
     """Decode every prompt of ``prompts`` in one batch; yields ``(row, event)``, each row's events in order.
     Prompt ``i`` draws (``temperature > 0``) with seed ``seed + i``."""
     from . import resolve_seed
@@ -343,7 +344,7 @@ def run_batch(model: DLLM, prompts: list[list[int]], settings: Any) -> Iterator[
         raise UsageError("batched decoding needs at least one prompt, and no empty prompt")
     seed = resolve_seed(settings)
     check_batchable(model, settings.frozen())
-    engine = new_engine(model, getattr(settings.frozen(), "cache", "none"))
+    engine = new_engine(model, getattr(settings.frozen(), "cache", "none"), draft=draft)
     for i, ids in enumerate(prompts):
         engine.add(i, ids, settings, seed=seed + i)
     return _drain(engine)

@@ -1,4 +1,5 @@
-"""Batched AR decoding: ``ar``, ``lookup`` and ``aded`` rows step together, one target forward per step.
+"""Batched AR decoding: ``ar``, ``lookup``, ``aded`` and ``speculative`` rows step together, one target
+forward per step.
 
 :class:`ArBatchEngine` has :class:`~.batch.BatchEngine`'s interface (``add``, ``step``, ``drop``,
 ``refusal``), so ``dlm bench --batch-size``, ``dlm serve --max-batch`` and lm-eval's ``batch_size``
@@ -24,9 +25,11 @@ rounding); a sampling row draws from its own generator seeded with its seed, in 
 alone, so the prompt alone with that seed gives the same output. Each step's verdicts of every row
 travel to the host in one transfer.
 
-Not batched (refused with the fix): a draft model (``speculative``, ``diffuspec``, ``dflash``, ...),
-token trees, PEARL, the compiled static-cache step, and model families whose cache is not plain
-(sliding-window layers).
+**Drafts.** Each row keeps its own draft source, as alone: lookup's index, ADED's table, or a draft
+model's own cache (``speculative``: the row's draft forwards run one row at a time, the target's verify
+forward is the batch's). Not batched (refused with the fix): drafters that read the target's hidden
+states (``dflash``) or are dLLMs (``diffuspec``), token trees, PEARL, the compiled static-cache step, and
+model families whose cache is not plain (sliding-window layers).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
     from .keys import RunSettings
     from ..models.protocols import ARModel
 
-STRATEGIES_BATCHED_AR = ("ar", "lookup", "aded")
+STRATEGIES_BATCHED_AR = ("ar", "lookup", "aded", "speculative")
 # The cache is squeezed when every row's holes are more than this share of its columns (and it is wider than SQUEEZE_MIN).
 SQUEEZE_SHARE = 1 / 3
 SQUEEZE_MIN = 48
@@ -54,10 +57,13 @@ def check_batchable_ar(model: ARModel, cfg: RunSettings, what: str = "--batch-si
     """Refuse, with the fix, what batched AR decoding does not do."""
     if cfg.strategy not in STRATEGIES_BATCHED_AR:
         raise UsageError(f"{what}: batched AR decoding supports the strategies {', '.join(STRATEGIES_BATCHED_AR)} "
-                         f"(drafts without a draft model), not strategy {cfg.strategy!r}; drop {what} for this profile")
+                         f", not strategy {cfg.strategy!r}; drop {what} for this profile")
     if (getattr(cfg, "tree_width", 1) or 1) > 1:
         raise UsageError(f"{what}: batched AR decoding verifies one draft run per row, not a token tree; "
                          "add --set tree_width=1")
+    if getattr(cfg, "pearl", False):
+        raise UsageError(f"{what}: batched AR decoding runs draft and verify in turn, not PEARL's overlap; "
+                         "add --set pearl=false")
     if getattr(cfg, "compile", "off") == "on":
         raise UsageError(f"{what}: batched AR decoding runs eagerly over a ragged cache; add --set compile=off")
 
@@ -142,8 +148,8 @@ class _Row:
 class ArBatchEngine:
     """A running batch of AR requests that rows join (at the next step) and leave (when done, or dropped)."""
 
-    def __init__(self, model: ARModel, clock: Clock | None = None) -> None:
-        self.model = model
+    def __init__(self, model: ARModel, clock: Clock | None = None, draft: Any = None) -> None:
+        self.model, self.draft = model, draft
         self.clock = clock or Clock()
         self.rows: list[_Row] = []
         self.waiting: list[tuple[_Row, list[int]]] = []
@@ -178,7 +184,7 @@ class ArBatchEngine:
             raise UsageError(why)
         prepare(self.model, cfg, len(ids) + cfg.max_new_tokens + 1, static=False)
         assert strategy.factory is not None
-        source = strategy.factory(self.model, cfg, None)
+        source = strategy.factory(self.model, cfg, self.draft)
         gen = make_generator(self.model.device, cfg.seed if seed is None else seed)
         self.waiting.append((_Row(key, cfg, Output(self.model, ids, cfg), source, gen), list(ids)))
 

@@ -229,7 +229,8 @@ class DlmLM(LM):
         from ..decode.events import Done
 
         out: list[Any] = [None] * len(requests)
-        engine = new_engine(self.model, getattr(self.session.settings.frozen(), "cache", "none"))
+        engine = new_engine(self.model, getattr(self.session.settings.frozen(), "cache", "none"),
+                            draft=self.session.draft)
         rows: dict[int, _Until] = {}
         pending = deque(range(len(requests)))
         while pending or len(engine):

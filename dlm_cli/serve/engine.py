@@ -366,7 +366,7 @@ class Engine:
         from ..decode.batch import new_engine
         from ..decode.events import Done
 
-        batch = new_engine(self.model, self.cache)
+        batch = new_engine(self.model, self.cache, draft=self.draft)
         streams: dict[Job, _Stream] = {}
         taken: list[tuple[Job, Any]] = []  # off the queue, not started: (job, its ids and settings once built)
         while True:
@@ -417,7 +417,7 @@ class Engine:
                 for job in streams:
                     self._fail(job, exc)
                 streams.clear()
-                batch = new_engine(self.model, self.cache)
+                batch = new_engine(self.model, self.cache, draft=self.draft)
                 continue
             for job, event in events:
                 stream = streams.get(job)
