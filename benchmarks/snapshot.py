@@ -16,6 +16,11 @@ model) adds the real block-diffusion model on 3 held-out typo prompts, 32 tokens
 (temperature 0.8, fixed seed) is added for a few profiles. Float ties are not an issue: the same
 process, the same threads, the same order of operations.
 
+``--batch N`` decodes each model's prompts N at a time wherever the batch runs the profile
+(:func:`dlm_cli.decode.batch.run_batch`, prompt ``k`` with the seed its batch-1 run has) and everything
+else alone, under the same keys: ``--batch 8 --check batch1.json`` shows every batched run equal to its
+batch-1 run.
+
 To compare with an older commit, run this file from a worktree of it
 (``git worktree add /tmp/base REV; cp benchmarks/snapshot.py /tmp/base/benchmarks/``).
 """
@@ -121,6 +126,32 @@ def run_one(model: Any, draft: Any, prompt_ids: list[int], profile: str, sets: l
             "nfe": done.nfe, "steps": done.steps, "finish": done.finish_reason, "events": d}
 
 
+def run_batched(model: Any, draft: Any, ids: list[list[int]], profile: str, sets: list[str], n: int,
+                seed: int, size: int) -> list[dict[str, Any]] | None:
+    """Each prompt's record from batches of ``size`` (prompt ``k`` draws with ``seed + k``), or None when the
+    batch does not run this profile on this model."""
+    from dlm_cli import profiles
+    from dlm_cli.decode.batch import check_batchable, run_batch
+    from dlm_cli.errors import UsageError
+
+    s = profiles.load(profile, sets=list(sets) + [f"max_new_tokens={n}", f"seed={seed}"])
+    try:
+        check_batchable(model, s.frozen())
+    except UsageError:
+        return None
+    out = []
+    for a in range(0, len(ids), size):
+        s = profiles.load(profile, sets=list(sets) + [f"max_new_tokens={n}", f"seed={seed + a}"])
+        events: dict[int, list[Any]] = {}
+        for row, ev in run_batch(model, ids[a : a + size], s, draft=draft):
+            events.setdefault(row, []).append(ev)
+        for row in range(len(ids[a : a + size])):
+            d, done = digest(events[row])
+            out.append({"tokens": done.tokens, "text": model.tokenizer.decode(done.tokens, skip_special_tokens=True),
+                        "nfe": done.nfe, "steps": done.steps, "finish": done.finish_reason, "events": d})
+    return out
+
+
 def tiny_models(work: Path) -> list[tuple[str, Path]]:
     import checkpoints as ck
 
@@ -135,7 +166,8 @@ def tiny_models(work: Path) -> list[tuple[str, Path]]:
     ]
 
 
-def record(quick: bool = False, only: tuple[str, ...] = (), out_path: Path | None = None) -> dict[str, Any]:
+def record(quick: bool = False, only: tuple[str, ...] = (), out_path: Path | None = None,
+           batch: int = 1) -> dict[str, Any]:
     import torch
 
     from dlm_cli.demo.tasks import suite
@@ -163,11 +195,20 @@ def record(quick: bool = False, only: tuple[str, ...] = (), out_path: Path | Non
             model = load(spec, LoadOptions(dtype="bfloat16" if label.endswith("-bf16") else "float32"))
             draft = load(draft_spec, role="draft") if draft_spec else None
             runs = profile_runs(model)
+            batched: dict[str, list[dict[str, Any]] | None] = {}
+            if batch > 1:
+                every = [encode(model.tokenizer, text) for text in prompts]
+                for name, sets in runs:
+                    batched[name] = run_batched(model, draft, every, name.split("[")[0], sets, n, 7, batch)
+                print(f"{label}: {sum(v is not None for v in batched.values())} of {len(runs)} profile runs batched",
+                      file=sys.stderr)
             for k, text in enumerate(prompts):
                 ids = encode(model.tokenizer, text)
                 for name, sets in runs:
                     prof = name.split("[")[0]
-                    out[f"{label} | {name} | {k}"] = run_one(model, draft, ids, prof, sets, n, seed=7 + k)
+                    got = batched.get(name)
+                    out[f"{label} | {name} | {k}"] = (got[k] if got is not None else
+                                                      run_one(model, draft, ids, prof, sets, n, seed=7 + k))
                     if prof in SAMPLED and k == 0:
                         out[f"{label} | {name} t0.8 | {k}"] = run_one(model, draft, ids, prof,
                                                                      sets + ["temperature=0.8"], n, seed=11)
@@ -202,8 +243,9 @@ def main() -> int:
     ap.add_argument("--check", type=Path, help="compare with this snapshot; exit 1 on any difference")
     ap.add_argument("--quick", action="store_true", help="one demo prompt per task")
     ap.add_argument("--only", default="", help="comma-separated model labels (e.g. tiny-sdar,dlm-demo)")
+    ap.add_argument("--batch", type=int, default=1, help="decode N prompts together where the batch runs the profile")
     args = ap.parse_args()
-    snap = record(args.quick, tuple(x for x in args.only.split(",") if x), args.out)
+    snap = record(args.quick, tuple(x for x in args.only.split(",") if x), args.out, args.batch)
     if args.out:
         if args.only and args.out.exists():  # add to a snapshot recorded earlier
             snap = {**json.loads(args.out.read_text()), **snap}
