@@ -38,8 +38,8 @@ def list_profiles(json_out: bool) -> None:
 
 
 def show_profile(name: str, sets: list[str], json_out: bool) -> None:
-    from .decode import STRATEGIES  # noqa: F401  (registers every strategy's keys)
-    from .decode.keys import keys_for
+    from .decode import declared  # noqa: F401  (registers every strategy's keys; imports no torch)
+    from .decode.keys import STRATEGIES, keys_for
 
     settings = profiles.load(name, sets=sets)
     keys = keys_for(settings.strategy)

@@ -1,4 +1,4 @@
-"""The strategy and key tables of docs/strategies.md, generated from the declarations in :mod:`.decode.keys`.
+"""The strategy and key tables of docs/strategies.md, generated from the declarations (:mod:`.decode.declared`).
 
 ``python -m dlm_cli.doctables`` rewrites each region between ``<!-- generated: NAME -->`` and
 ``<!-- end generated -->`` in docs/strategies.md (NAME: ``strategies`` or ``keys``); ``--check``
@@ -27,8 +27,7 @@ TYPE_WORDS = {int: "int", float: "float", bool: "bool", str: "str"}
 
 
 def _registry() -> Any:
-    from . import decode  # noqa: F401  (importing the package registers every strategy and its keys)
-    from .decode import keys
+    from .decode import declared, keys  # noqa: F401  (declared: registers every strategy and its keys)
 
     return keys
 

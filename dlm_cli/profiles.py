@@ -175,6 +175,7 @@ def build(
     flags: dict[str, Any] | None = None,
 ) -> Settings:
     """Merge defaults < profile ``data`` < ``--set`` items < CLI ``flags`` and validate every value."""
+    from .decode import declared  # noqa: F401  (registers every strategy and key; imports no torch)
     from .decode.keys import STRATEGIES, keys_for, renamed, suggest
 
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
@@ -238,7 +239,8 @@ def build(
 def check_early(sets: list[str] | tuple[str, ...], flags: dict[str, Any] | None, profile: str | None) -> None:
     """Refuse, before a model loads, the ``--set`` items and flags that no strategy takes (unknown keys,
     values out of every declared range); with ``profile`` (the one the model will get), everything
-    :func:`load` checks, conflicts included."""
+    :func:`load` checks, conflicts included. Reads the declarations alone: no torch is imported."""
+    from .decode import declared  # noqa: F401  (registers every strategy and key)
     from .decode.keys import check_anywhere
 
     if profile is not None:

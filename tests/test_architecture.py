@@ -183,9 +183,10 @@ def test_prompting_and_the_decoder_decide_by_no_model_name():
     assert {k: v for k, v in found.items() if v} == {}
 
 
-def test_contributings_new_rule_is_one_module_and_a_profile():
-    """CONTRIBUTING.md's example rule, run as written: registered by its module alone, loaded from its
-    profile, decoded by the block loop, listed with its key."""
+def test_contributings_new_rule_is_a_declaration_a_rule_and_a_profile():
+    """CONTRIBUTING.md's example rule, run as written: registered by its declaration, loaded from its
+    profile, decoded by the block loop with the rule its declaration names, listed with its key."""
+    import sys
     import types
 
     from dlm_cli import profiles
@@ -194,20 +195,28 @@ def test_contributings_new_rule_is_one_module_and_a_profile():
     from dlm_cli.prompting import encode
 
     text = (ROOT.parent / "CONTRIBUTING.md").read_text(encoding="utf-8")
-    source = text.split("```python\n", 1)[1].split("```", 1)[0]
-    toml = text.split("```toml\n", 1)[1].split("```", 1)[0]
-    module = types.ModuleType("dlm_cli.decode.rules.margin")
-    module.__package__ = "dlm_cli.decode.rules"
+    section = text.split("## Add a commit rule", 1)[1]
+    declaration, rule = (block.split("```", 1)[0] for block in section.split("```python\n")[1:3])
+    toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert "import torch" not in declaration
+    names = ("dlm_cli.decode.declared.margin", "dlm_cli.decode.rules.margin")
     try:
-        exec(compile(source, "margin.py", "exec"), module.__dict__)
+        for name, source in zip(names, (declaration, rule)):
+            module = types.ModuleType(name)
+            module.__package__ = name.rsplit(".", 1)[0]
+            sys.modules[name] = module  # what an import of the file would do: the declaration's impl finds it
+            exec(compile(source, name.rsplit(".", 1)[1] + ".py", "exec"), module.__dict__)
         import tomllib
 
         settings = profiles.build(tomllib.loads(toml), "margin.toml", profile="margin",
                                   flags={"seed": 0, "max_new_tokens": 16})
         assert settings.strategy == "margin" and settings.margin_bound == 0.5
+        assert STRATEGIES["margin"].factory is sys.modules[names[1]].Margin
         model = load("dlm-demo")
         done = list(run(model, encode(model.tokenizer, "Sort these numbers: 4 7 1 9 3"), settings))[-1]
         assert model.tokenizer.decode(done.tokens, skip_special_tokens=True) == "1 3 4 7 9"
         assert done.nfe < len(done.tokens)  # several tokens per forward where the margin is wide
     finally:
         STRATEGIES.pop("margin", None)
+        for name in names:
+            sys.modules.pop(name, None)

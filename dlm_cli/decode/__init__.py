@@ -3,7 +3,8 @@
 Reading order: :func:`run` picks the strategy's loop (:mod:`.loops`), which is handed the
 strategy's part (a commit rule from :mod:`.rules` for the block driver, a draft source from
 :mod:`.drafts` for the AR loop) and the run's frozen settings (:func:`.keys.frozen`). Importing
-this package registers every strategy and its keys.
+this package registers every strategy and its keys (:mod:`.declared`) without importing torch: the
+loops, rules and draft sources are imported when a run first needs them.
 """
 
 from __future__ import annotations
@@ -11,37 +12,40 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import random
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..capabilities import describe, missing
 from ..errors import UsageError
-from . import ar  # noqa: F401  (the autoregressive strategies: ar, speculative, lookup)
-from . import common  # noqa: F401  (registers the shared keys)
-from . import repetition  # noqa: F401  (the repetition stop's keys)
+from . import declared  # noqa: F401  (registers every strategy and its keys; imports no torch)
 from .events import Clock, Done, Event, Start, Step, timed  # noqa: F401
-from . import loops, rules
 from .keys import STRATEGIES
-from .rules.base import NeedsModel
-
-
-def _import_all(package: ModuleType) -> dict[str, ModuleType]:
-    """Every module of ``package``, imported in name order: a strategy is found by its registry, so adding
-    a rule or a loop is adding its module."""
-    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
-    return {name: importlib.import_module(f"{package.__name__}.{name}") for name in names}
-
-
-# The decode loops, by the name a Strategy's ``loop`` gives (the module's, with - for _), then the rules.
-LOOPS = {name.replace("_", "-"): module.run for name, module in _import_all(loops).items()}
-_import_all(rules)
 
 if TYPE_CHECKING:
+    import torch
+
     from .keys import RunSettings
     from ..models.protocols import Model
 
+_LOOPS: dict[str, Callable[..., Iterator[Event]]] = {}
+
+
+def loops_by_name() -> dict[str, Callable[..., Iterator[Event]]]:
+    """The decode loops, by the name a Strategy's ``loop`` gives (the module's, with - for _): every module
+    of :mod:`.loops`, imported in name order on first use (they import torch), so adding a loop is adding
+    its module."""
+    if not _LOOPS:
+        from . import loops as package
+
+        names = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+        _LOOPS.update({name.replace("_", "-"): importlib.import_module(f"{package.__name__}.{name}").run
+                       for name in names})
+    return _LOOPS
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LOOPS":
+        return loops_by_name()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_seed(settings: RunSettings) -> int:
@@ -52,6 +56,8 @@ def resolve_seed(settings: RunSettings) -> int:
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    import torch
+
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen
@@ -78,6 +84,10 @@ def check_fits(strategy: Any, model: Model) -> None:
 
 def run(model: Model, prompt_ids: list[int], settings: RunSettings, *, draft: Any = None) -> Iterator[Event]:
     """Decode with the strategy named in ``settings`` (a :class:`~dlm_cli.profiles.Settings`)."""
+    import torch
+
+    from .rules.base import NeedsModel
+
     strategy = STRATEGIES[settings.strategy]
     check_fits(strategy, model)
     resolve_seed(settings)
@@ -93,7 +103,7 @@ def run(model: Model, prompt_ids: list[int], settings: RunSettings, *, draft: An
         part = strategy.factory(model, cfg, draft)
     clock = Clock(cpu=torch.device(model.device).type == "cpu")
     loop = "pearl" if strategy.loop == "ar" and getattr(cfg, "pearl", False) else strategy.loop  # speculative's PEARL schedule
-    events = timed(LOOPS[loop](model, prompt_ids, cfg, part, generator, clock), clock)
+    events = timed(loops_by_name()[loop](model, prompt_ids, cfg, part, generator, clock), clock)
     if notes:
         events = with_notes(events, notes)
     return with_warmup(events, warmup) if warmup else events

@@ -4,15 +4,16 @@ Every setting is declared once, as a :class:`Key` with its type, default and ran
 validation, ``--set`` parsing, ``dlm profiles show`` and the strategy and key tables of
 docs/strategies.md (written by ``python -m dlm_cli.doctables``) all derive from these declarations.
 A strategy registers its keys with :func:`register_strategy`; a feature that composes with every
-strategy of a kind (EoTP, caches, lookup, ...) registers with
-:func:`register_keys`. Settings that cannot go together are declared the same way, as data: a
-value a key refuses for a strategy (:attr:`Key.refuse`), or a :class:`Conflict` on a strategy or a
-kind. :func:`frozen` turns validated settings into the frozen dataclass a decode loop reads.
+strategy of a kind (EoTP, caches, lookup, ...) registers with :func:`register_keys`; the calls are
+in :mod:`dlm_cli.decode.declared`, which imports no torch. Settings that cannot go together are
+declared the same way, as data: a value a key refuses for a strategy (:attr:`Key.refuse`), or a
+:class:`Conflict` on a strategy or a kind. :func:`frozen` turns validated settings into the frozen dataclass a decode loop reads.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable, Mapping, Protocol
@@ -123,17 +124,41 @@ class Strategy:
     dLLM block driver, with the commit rule ``factory(settings)`` returns), ``"freedave"``,
     ``"s2d2"``, ``"gemma-native"``, ``"window"``, or ``"ar"`` (the AR loop, with the draft source
     ``factory(model, settings, draft)`` returns).
+
+    Strategies are declared in :mod:`dlm_cli.decode.declared`, which imports no torch (``dlm profiles
+    show`` and the early checks read the declarations alone): ``impl`` names the factory as
+    ``"module:attribute"``, imported on first use by :attr:`factory`. (A callable is taken as it is.)
     """
 
     name: str
     kind: str
     summary: str
     keys: tuple[Key, ...] = ()
-    factory: Callable[..., Any] | None = None
+    impl: str | Callable[..., Any] | None = None  # the factory: "module:attribute", imported when first used
     conflicts: tuple[Conflict, ...] = ()
     needs: tuple[str, ...] = ()  # what the run must offer (:mod:`dlm_cli.capabilities`): model capabilities, a draft
     loop: str = "blocks"
     drafts: bool = False  # it drafts and verifies: its Done counts drafted and accepted tokens
+    _factory: Callable[..., Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def factory(self) -> Callable[..., Any] | None:
+        """The factory of the loop's part (a commit rule class, a draft source maker), or None; ``impl`` is
+        imported the first time it is asked for."""
+        if self._factory is None and self.impl is not None:
+            self._factory = resolve(self.impl) if isinstance(self.impl, str) else self.impl
+        return self._factory
+
+
+def resolve(ref: str) -> Any:
+    """The object ``"package.module:attribute"`` names (importing the module)."""
+    module, _, name = ref.partition(":")
+    if not name:
+        raise ValueError(f"{ref!r} is not \"module:attribute\"")
+    obj: Any = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 STRATEGIES: dict[str, Strategy] = {}

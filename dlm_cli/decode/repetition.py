@@ -20,7 +20,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .keys import Key, register_keys
 
 CHUNK = 256  # new tokens tested at once against the whole output (bounds the comparison's memory)
 
@@ -71,13 +70,3 @@ def repetition_stop(settings: object) -> RepetitionStop | None:
     """The run's stop, or None when ``stop_repeats`` is 0."""
     repeats = getattr(settings, "stop_repeats", 0)
     return RepetitionStop(settings.stop_ngram, repeats) if repeats else None
-
-
-register_keys(
-    None,
-    [
-        Key("stop_repeats", int, 2, "end generation (finish_reason \"repetition\") at a token that completes an "
-            "n-gram of stop_ngram tokens already generated this many times; 0 is off", min=0),
-        Key("stop_ngram", int, 16, "with stop_repeats: the length in tokens of the repeated n-gram", min=1),
-    ],
-)

@@ -18,10 +18,8 @@ from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 
-from ...capabilities import CANVAS_BATCH
 from ..canvas import BlockCanvas
 from ..events import Clock, Event
-from ..keys import Conflict, Key, Strategy, no_cache, own_loop, register_strategy
 from ..sampling import propose
 
 if TYPE_CHECKING:
@@ -94,21 +92,3 @@ def run(model: DLLM, prompt_ids: list[int], settings: RunSettings, part: Any, ge
             if c.end != end_before:
                 f = None
     yield c.done(nfe, blocks=len(blocks), cache="none", drafted=drafted, accepted=accepted)
-
-
-register_strategy(
-    Strategy(
-        name="freedave",
-        kind="diffusion",
-        summary="FreeDave: lossless draft-and-verify; exactly the one-token-per-step output with fewer NFEs",
-        keys=(Key("draft_length", int, 4, "K: drafts D_1..D_K verified in one batched forward", min=1,
-                  old=("freedave_drafts",)),),
-        loop="freedave",
-        needs=(CANVAS_BATCH,),  # its drafts are verified as a batch of canvases in one forward
-        conflicts=(no_cache("freedave", "FreeDave verifies its drafts in one batched forward without a cache"),
-                   own_loop("freedave"),
-                   Conflict(lambda v: v.get("temperature", 0.0) > 0,
-                            "strategy 'freedave' is lossless against greedy one-token-per-step decoding only; "
-                            "set temperature = 0")),
-    )
-)

@@ -13,8 +13,8 @@ Its canvas is not monotonic: any slot can change at any step. The first step of 
 every slot as committed (its argmax so far), later steps report the slots whose argmax changed as
 ``edited``. NFE counts decoder passes; the encoder pass per canvas is reported in the stats. The
 keys shared by the diffusion strategies (``block_length``, ``cache``, ``eotp``, ``temperature``,
-``top_k``, ``top_p``) do not apply to this sampler; unset keys below take the checkpoint's
-``generation_config.json`` values.
+``top_k``, ``top_p``) do not apply to this sampler; its own keys (:mod:`..declared.gemma_native`),
+when unset, take the checkpoint's ``generation_config.json`` values.
 """
 
 from __future__ import annotations
@@ -24,31 +24,14 @@ from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 
-from ...capabilities import NATIVE_SAMPLER
 from ...errors import DlmError
 from ...models.compat import cache_kwarg
 from ..canvas import BlockCanvas
 from ..events import Clock, Event, Step
-from ..keys import Key, Strategy, own_loop, register_strategy
 
 if TYPE_CHECKING:
     from ..keys import RunSettings
     from ...models.protocols import DLLM
-
-KEYS = (
-    Key("max_denoising_steps", int, None, "decoder passes per canvas at most; default: the model's", min=1,
-        optional=True),
-    Key("entropy_bound", float, None, "accept the lowest-entropy slots while their summed entropy minus the "
-        "largest stays under this; default: the model's", min=0.0, min_open=True, optional=True),
-    Key("t_min", float, None, "sampling temperature at the last step (linear schedule); default: the model's",
-        min=0.0, optional=True),
-    Key("t_max", float, None, "sampling temperature at the first step; default: the model's", min=0.0,
-        optional=True),
-    Key("stability_threshold", int, None, "stop a canvas once its argmax is unchanged for this many steps "
-        "(and confident); default: the model's", min=0, optional=True),
-    Key("confidence_threshold", float, None, "…and its mean entropy is below this; default: the model's",
-        min=0.0, min_open=True, optional=True),
-)
 
 
 def generation_overrides(settings: RunSettings) -> dict[str, Any]:
@@ -133,17 +116,3 @@ def run(model: DLLM, prompt_ids: list[int], settings: RunSettings, part: Any, ge
     out = ids[0, P : P + G].tolist()
     yield c.done(nfe, tokens=out, blocks=canvases,
                  encoder_forwards=canvases, canvas_length=C, max_denoising_steps=gc.max_denoising_steps)
-
-
-register_strategy(
-    Strategy(
-        name="gemma-native",
-        kind="diffusion",
-        summary="DiffusionGemma's own sampler (entropy-bounded acceptance, renoising, self-conditioning); "
-        "DiffusionGemma models only",
-        keys=KEYS,
-        loop="gemma-native",
-        needs=(NATIVE_SAMPLER,),
-        conflicts=(own_loop("gemma-native"),),
-    )
-)

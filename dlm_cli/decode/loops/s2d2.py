@@ -29,12 +29,10 @@ from typing import Any, Iterator, TYPE_CHECKING
 
 import torch
 
-from ...capabilities import AR_AT_BLOCK_1
 from ..canvas import BlockCanvas
 from ..events import Clock, Event
 from ..cache import Forward
-from ..keys import Key, Strategy, own_loop, register_strategy
-from ..rules.threshold import THRESHOLD, threshold_select
+from ..rules.threshold import threshold_select
 from ..sampling import make_sampler, warp, without
 
 if TYPE_CHECKING:
@@ -144,20 +142,3 @@ def run(model: DLLM, prompt_ids: list[int], settings: RunSettings, part: Any, ge
     drafter.close()
     yield c.done(drafter.nfe + verifies, blocks=len(blocks), cache=s.cache, drafted=drafted, accepted=accepted,
                  verifies=verifies)
-
-
-register_strategy(
-    Strategy(
-        name="s2d2",
-        kind="diffusion",
-        summary="S2D2: block-diffusion drafts verified by the same model run as an AR model (block size 1)",
-        keys=(
-            THRESHOLD,
-            Key("s2d2_min_gain", float, 2.0, "verify the leftmost masked span when its expected accepted length "
-                "Σ_j Π_{i≤j} c_i reaches this (0: always, which is exactly greedy AR decoding)", min=0.0),
-        ),
-        loop="s2d2",
-        needs=(AR_AT_BLOCK_1,),  # it verifies its drafts with the model run at block size 1
-        conflicts=(own_loop("s2d2"),),
-    )
-)

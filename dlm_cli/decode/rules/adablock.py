@@ -14,9 +14,8 @@ from typing import Any, TYPE_CHECKING
 
 import torch
 
-from ..keys import Key, Strategy, at_most, register_strategy
 from .base import AdaptiveBlocks
-from .threshold import THRESHOLD, THRESHOLD_RANK, Threshold
+from .threshold import Threshold
 
 if TYPE_CHECKING:
     from ..keys import RunSettings
@@ -59,22 +58,3 @@ class AdaBlock(Threshold, AdaptiveBlocks):
         is_delimiter = delimiter_ids(model.tokenizer, model.vocab_size, s.delimiters, x0.device)
         r = boundary(x0, probability, is_delimiter, s.adablock_min - 1, s.delimiter_threshold)
         return be if r is None else bs + r + 1
-
-
-register_strategy(
-    Strategy(
-        name="adablock",
-        kind="diffusion",
-        summary="AdaBlock: threshold decoding in blocks that end at a confident delimiter (newline, period, ...)",
-        keys=(
-            THRESHOLD, THRESHOLD_RANK,
-            Key("adablock_min", int, 4, "the shortest adaptive block", min=1),
-            Key("adablock_max", int, 64, "the longest adaptive block (the look-ahead window)", min=1),
-            Key("delimiter_threshold", float, 0.3, "a predicted delimiter ends the block when its confidence "
-                "is ≥ this", min=0.0, max=1.0),
-            Key("delimiters", str, ".\n;!?", "characters that end a semantic unit"),
-        ),
-        factory=AdaBlock,
-        conflicts=(at_most("adablock_min", "adablock_max"),),
-    )
-)

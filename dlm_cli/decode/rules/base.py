@@ -58,19 +58,16 @@ class CommitRule:
         raise NotImplementedError
 
 
-def register_selection(name: str, summary: str, key: Any,
-                       select: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]) -> type[CommitRule]:
-    """Register a strategy whose rule is ``select(logits, candidates, value of key)``: one declared key, no state.
+def selection_rule(name: str, key: Any,
+                   select: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]) -> type[CommitRule]:
+    """The rule of a strategy that is ``select(logits, candidates, value of key)``: one declared key, no state.
 
-    The block driver runs it like any rule; the returned class is the strategy's factory."""
-    from ..keys import Strategy, register_strategy
+    The block driver runs it like any rule; the returned class is the strategy's factory (its ``impl``)."""
 
     def pick(self: CommitRule, state: StepState) -> torch.Tensor:
         return select(state.logits, state.candidates, getattr(self.settings, key.name))
 
-    rule = type("".join(p.capitalize() for p in name.split("-")), (CommitRule,), {"name": name, "select": pick})
-    register_strategy(Strategy(name=name, kind="diffusion", summary=summary, keys=(key,), factory=rule))
-    return rule
+    return type("".join(p.capitalize() for p in name.split("-")), (CommitRule,), {"name": name, "select": pick})
 
 
 class Scheduled:
@@ -145,9 +142,6 @@ def topk_mask(confidence: torch.Tensor, k: int) -> torch.Tensor:
     if k > 1:
         out[torch.topk(confidence, k).indices] = True
     return out
-
-
-RANKS = ("confidence", "margin", "entropy")
 
 
 def rank_scores(state: StepState, rank: str) -> torch.Tensor:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..keys import Key, Strategy, register_strategy
 from .base import CommitRule, Scheduled, StepState, rank_scores, topk_mask
-from .threshold import RANK
 
 
 def schedule(masked: int, steps: int) -> list[int]:
@@ -36,22 +34,3 @@ class Baseline(CommitRule, Scheduled):
             noise = torch.rand(conf.shape, device=conf.device, generator=state.generator, dtype=conf.dtype)
             conf = torch.where(state.candidates, noise, torch.full_like(conf, -torch.inf))
         return topk_mask(conf, state.quota)
-
-
-BASELINE_KEYS = (
-    Key("steps", int, None, "denoising steps over the whole generation; default: max_new_tokens "
-        "(one token per step)", min=1, optional=True),
-    Key("remasking", str, "low_confidence", "how positions are ranked for commit",
-        choices=("low_confidence", "random")),
-    RANK,
-)
-
-register_strategy(
-    Strategy(
-        name="baseline",
-        kind="diffusion",
-        summary="LLaDA low-confidence remasking: a fixed number of tokens per step (the quality reference)",
-        keys=BASELINE_KEYS,
-        factory=Baseline,
-    )
-)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..keys import Key, Strategy, register_strategy
 from .base import AdjustsLogits
-from .threshold import THRESHOLD, THRESHOLD_RANK, Threshold
+from .threshold import Threshold
 
 
 def credit_update(credit: torch.Tensor, logits: torch.Tensor, candidates: torch.Tensor, beta: float,
@@ -46,19 +45,3 @@ class Credit(Threshold, AdjustsLogits):
             self.block = block
         credit_update(self.credit, logits, candidates, s.credit_decay, s.credit_gamma)
         return fuse(logits, self.credit, s.credit_alpha)
-
-
-register_strategy(
-    Strategy(
-        name="credit",
-        kind="diffusion",
-        summary="CreditDecoding: decayed trace credits fused into the logits, then the threshold rule",
-        keys=(
-            THRESHOLD, THRESHOLD_RANK,
-            Key("credit_decay", float, 0.8, "β: credits decay by this factor at each step", min=0.0, max=1.0),
-            Key("credit_gamma", float, 0.2, "γ: a masked position's top-1 token gains p_top1^γ credit", min=0.0),
-            Key("credit_alpha", float, 0.7, "α: fused logits are logits + α·log(1 + credit)", min=0.0),
-        ),
-        factory=Credit,
-    )
-)

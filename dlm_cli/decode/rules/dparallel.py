@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..keys import Key
-from .base import candidate_entropy, register_selection
+from ..declared.dparallel import ENTROPY_THRESHOLD
+from .base import candidate_entropy, selection_rule
 
 
 def entropy_threshold_select(logits: torch.Tensor, candidates: torch.Tensor, bound: float) -> torch.Tensor:
@@ -21,9 +21,4 @@ def entropy_threshold_select(logits: torch.Tensor, candidates: torch.Tensor, bou
     return candidates & ((h <= bound) | lowest)
 
 
-EntropyThreshold = register_selection(
-    "entropy-threshold",
-    "dParallel: commit the lowest-entropy masked position and every one with entropy ≤ entropy_threshold",
-    Key("entropy_threshold", float, 0.5, "commit every masked position of the block whose entropy (nats) is at most "
-        "this, and at least the lowest-entropy one", min=0.0),
-    entropy_threshold_select)
+EntropyThreshold = selection_rule("entropy-threshold", ENTROPY_THRESHOLD, entropy_threshold_select)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ..keys import Key, Strategy, register_strategy
 from .base import Edits, StepState
-from .threshold import THRESHOLD, THRESHOLD_RANK, Threshold
+from .threshold import Threshold
 
 
 def edit_select(x0: torch.Tensor, probability: torch.Tensor, tokens: torch.Tensor, editable: torch.Tensor,
@@ -41,21 +40,3 @@ class Edit(Threshold, Edits):
             self.posts += 1
             return True
         return False
-
-
-register_strategy(
-    Strategy(
-        name="edit",
-        kind="diffusion",
-        summary="LLaDA2.1 editing: threshold mask-to-token commits plus token-to-token rewrites above "
-                "edit_threshold",
-        keys=(
-            THRESHOLD, THRESHOLD_RANK,
-            Key("edit_threshold", float, 0.9, "rewrite a committed token when the model predicts another one "
-                "with probability above this", min=0.0, max=1.0),
-            Key("edit_post_steps", int, 4, "most extra steps per block, after its last mask, while edits happen",
-                min=0),
-        ),
-        factory=Edit,
-    )
-)

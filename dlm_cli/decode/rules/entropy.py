@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..keys import Key
-from .base import candidate_entropy, register_selection
+from ..declared.entropy import ENTROPY_BUDGET
+from .base import candidate_entropy, selection_rule
 
 
 def entropy_bounded_select(logits: torch.Tensor, candidates: torch.Tensor, budget: float) -> torch.Tensor:
@@ -25,9 +25,4 @@ def entropy_bounded_select(logits: torch.Tensor, candidates: torch.Tensor, budge
     return out & candidates
 
 
-EntropyBounded = register_selection(
-    "eb",
-    "entropy-bounded (EB-sampler, SDAR): commit the lowest-entropy positions while their summed entropy ≤ "
-    "entropy_budget",
-    Key("entropy_budget", float, 0.5, "the most summed entropy (nats) one step may commit", min=0.0),
-    entropy_bounded_select)
+EntropyBounded = selection_rule("eb", ENTROPY_BUDGET, entropy_bounded_select)

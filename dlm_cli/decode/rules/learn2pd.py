@@ -23,7 +23,6 @@ from typing import Any, Optional, TYPE_CHECKING
 import torch
 
 from ...errors import UsageError
-from ..keys import Key, Strategy, register_strategy
 from .base import CommitRule, NeedsModel, StepState, top1
 
 if TYPE_CHECKING:
@@ -154,16 +153,3 @@ class Oracle(CommitRule):
             sel = state.candidates.clone()
         self.last = state.x0.clone()
         return sel if bool(sel.any()) else top1(state.confidence)
-
-
-register_strategy(
-    Strategy(
-        name="learn2pd",
-        kind="diffusion",
-        summary="Learn2PD: a learned filter over the block's confidences commits the positions already final",
-        keys=(Key("filter_threshold", float, 0.96, "commit a masked position when the filter's score passes this",
-                  min=0.0, max=1.0),
-              Key("filter", str, "", "the filter file (dlm filter train); empty: the model's own, then the cache")),
-        factory=Learn2PD,
-    )
-)

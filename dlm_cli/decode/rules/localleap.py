@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from ..keys import Key, Strategy, register_strategy
 from .base import CommitRule, StepState, top1
 
 
@@ -28,21 +27,3 @@ class LocalLeap(CommitRule):
         s = self.settings
         return localleap_select(state.confidence, state.candidates, s.anchor_threshold, s.leap_threshold,
                                 s.leap_radius)
-
-
-register_strategy(
-    Strategy(
-        name="localleap",
-        kind="diffusion",
-        summary="LocalLeap: commit anchors (c ≥ anchor_threshold) and their neighbours within leap_radius "
-                "with c ≥ leap_threshold",
-        keys=(
-            Key("anchor_threshold", float, 0.9, "a masked position with confidence ≥ this is an anchor",
-                min=0.0, max=1.0),
-            Key("leap_threshold", float, 0.75, "neighbours of an anchor are committed when their confidence "
-                "is ≥ this", min=0.0, max=1.0),
-            Key("leap_radius", int, 4, "neighbourhood radius, in positions, around each anchor", min=0),
-        ),
-        factory=LocalLeap,
-    )
-)

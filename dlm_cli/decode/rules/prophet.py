@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ..keys import Key, Strategy, register_strategy
 from .base import Settles, StepState
-from .baseline import Baseline, BASELINE_KEYS
+from .baseline import Baseline
 
 BARS = (7.5, 5.0, 2.5)
 
@@ -50,17 +49,3 @@ class Prophet(Baseline, Settles):
             left = state.masked - min(state.quota, state.masked)
         g = top2_gap(state.logits, state.candidates & ~selected, self.settings.prophet_window, left)
         return None if g is None else g >= bar(state.progress)
-
-
-register_strategy(
-    Strategy(
-        name="prophet",
-        kind="diffusion",
-        summary="Prophet: baseline steps, then commit everything at once when the top-2 logit gap passes "
-                "7.5 / 5.0 / 2.5",
-        keys=BASELINE_KEYS + (
-            Key("prophet_window", int, 8, "how many next masked positions the top-2 gap is averaged over", min=1),
-        ),
-        factory=Prophet,
-    )
-)

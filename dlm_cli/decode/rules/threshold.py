@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import torch
 
-from ..keys import Key, Strategy, register_strategy
-from .base import RANKS, CommitRule, StepState, rank_scores, top1
-
-THRESHOLD = Key("threshold", float, 0.9, "commit every masked position of the block whose confidence is ≥ this",
-                min=0.0, max=1.0)
-RANK = Key("rank", str, "confidence", "what positions are ranked by: confidence p(x0), margin p_top1 − p_top2 "
-           "(Dream's topk_margin) or entropy (negative entropy, Dream's entropy)", choices=RANKS)
-# A threshold on an entropy score is the entropy-bounded rule: the threshold family refuses it.
-THRESHOLD_RANK = replace(RANK, refuse=(("entropy", "a bound on entropy is the entropy-bounded rule; "
-                                                   "use strategy = \"eb\""),))
+from .base import CommitRule, StepState, rank_scores, top1
 
 
 def threshold_select(confidence: torch.Tensor, candidates: torch.Tensor, tau: float) -> torch.Tensor:
@@ -51,23 +41,3 @@ class Factor(CommitRule):
         out = torch.zeros_like(state.candidates)
         out[order] = n <= count
         return out
-
-
-register_strategy(
-    Strategy(
-        name="threshold",
-        kind="diffusion",
-        summary="Fast-dLLM threshold: commit every masked position with confidence ≥ threshold (at least one)",
-        keys=(THRESHOLD, THRESHOLD_RANK),
-        factory=Threshold,
-    )
-)
-register_strategy(
-    Strategy(
-        name="factor",
-        kind="diffusion",
-        summary="Fast-dLLM factor: commit the top n while (n + 1)(1 − c_(n)) < factor",
-        keys=(Key("factor", float, 1.0, "the factor f of the rule (n + 1)(1 − c_(n)) < f", min=0.0, min_open=True),),
-        factory=Factor,
-    )
-)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .keys import Conflict, Key, register_keys
+from ..keys import Conflict, Key, register_keys
 
 
 def needs_cache(key: str, off: object) -> Conflict:
