@@ -200,7 +200,7 @@ def _auto_threads(model: Model) -> None:
 
 def _load_options(device: Device, dtype: DType, device_map: Optional[str], trust_remote_code: bool,
                   allow_pickle: bool) -> Any:
-    from .models.loading import LoadOptions
+    from .models.options import LoadOptions
 
     if device_map not in (None, "auto"):
         raise UsageError(f"--device-map {device_map!r} is not supported; use --device-map auto")

@@ -142,3 +142,16 @@ doctables.TABLES["strategies"]()
 sys.stderr.write("\\n{MARK}" + ",".join(m for m in {HEAVY!r} if m in sys.modules) + "\\n")
 """)
     assert (code, heavy) == (0, []), err
+
+
+@pytest.mark.parametrize("args,word", [
+    (["generate", "--set", "threshhold=0.5", "hi"], "did you mean 'threshold'"),
+    (["generate", "-n", "0", "hi"], "max_new_tokens = 0 is out of range"),
+    (["generate", "-m", "dlm-demo", "-p", "nosuch", "hi"], "unknown profile 'nosuch'"),
+    (["generate", "-m", "dlm-demo", "--set", "treshold=0.5", "hi"], "unknown key 'treshold'"),
+])
+def test_generate_refuses_a_bad_key_value_or_profile_before_importing_torch(args, word):
+    """A typo is refused in a fraction of a second: nothing heavy is imported before the check."""
+    code, out, err, heavy = run(CLI, *args)
+    assert (code, heavy, out) == (2, [], "")
+    assert err.strip().startswith("dlm: ") and word in err and len(err.strip().splitlines()) == 1

@@ -23,17 +23,14 @@ from typing import Any
 
 import torch
 
+from .detect import is_adapter_config, ADAPTER_TYPE  # noqa: F401  (re-exported)
 from ..errors import DlmError
 from .base import Denoiser
 
-MODEL_TYPE = "dlm-block-diffusion"
+MODEL_TYPE = ADAPTER_TYPE
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 MASK_FILE = "mask_embedding.safetensors"
-
-
-def is_adapter_config(cfg: dict[str, Any]) -> bool:
-    return cfg.get("model_type") == MODEL_TYPE
 
 
 def layer_kind(cfg: dict[str, Any], base_cfg: dict[str, Any], where: str) -> str:

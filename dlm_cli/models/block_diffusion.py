@@ -30,18 +30,10 @@ from ..errors import DlmError
 from . import qwen
 from .native import NativeSpec
 from .stack import NETWORKS, DenoiserStack
+from .detect import is_sdar_config, is_fast_dllm_v2_config  # noqa: F401  (re-exported)
 
 SDAR_MASK_ID = 151669
 FAST_DLLM_V2_MASK_ID = 151665
-
-
-def is_sdar_config(cfg: dict[str, Any]) -> bool:
-    return cfg.get("model_type") == "sdar" or "SDARForCausalLM" in (cfg.get("architectures") or [])
-
-
-def is_fast_dllm_v2_config(cfg: dict[str, Any]) -> bool:
-    return (str(cfg.get("model_type", "")).lower() == "fast_dllm_qwen"
-            or "Fast_dLLM_QwenForCausalLM" in (cfg.get("architectures") or []))
 
 
 def config_block_size(cfg: dict[str, Any], key: str, default: int | None, family: str) -> int:

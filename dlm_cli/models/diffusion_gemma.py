@@ -31,13 +31,9 @@ import torch
 from .. import capabilities as C
 from .base import Denoiser
 from .compat import cache_kwarg
+from .detect import is_diffusion_gemma_config  # noqa: F401  (re-exported)
 
 FAMILY = "diffusion-gemma"
-
-
-def is_diffusion_gemma_config(cfg: dict[str, Any]) -> bool:
-    return (cfg.get("model_type") == "diffusion_gemma"
-            or "DiffusionGemmaForBlockDiffusion" in (cfg.get("architectures") or []))
 
 
 class EncoderPrefix:

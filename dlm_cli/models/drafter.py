@@ -31,17 +31,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .detect import is_drafter_config, DRAFTER_TYPE  # noqa: F401  (re-exported)
 from ..errors import DlmError
 from .info import ModelInfo, SpeedState
 
-MODEL_TYPE = "dlm-drafter"
+MODEL_TYPE = DRAFTER_TYPE
 WEIGHTS = "model.safetensors"
 FAMILY = "drafter"
 METHODS = ("dflash",)
-
-
-def is_drafter_config(cfg: dict[str, Any]) -> bool:
-    return cfg.get("model_type") == MODEL_TYPE
 
 
 def target_config(target: Any) -> Any:

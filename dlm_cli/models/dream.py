@@ -16,13 +16,10 @@ from transformers import Qwen2Config
 from . import qwen
 from .native import NativeSpec
 from .stack import Qwen2Denoiser
+from .detect import is_dream_config  # noqa: F401  (re-exported)
 
 FAMILY = "dream"
 DEFAULT_MASK_ID = 151666
-
-
-def is_dream_config(cfg: dict[str, Any]) -> bool:
-    return str(cfg.get("model_type", "")).lower() == "dream" or "DreamModel" in (cfg.get("architectures") or [])
 
 
 def build_net(cfg: dict[str, Any]) -> Qwen2Denoiser:

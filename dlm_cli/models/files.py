@@ -17,16 +17,7 @@ import torch
 
 from ..errors import DlmError, UsageError
 from .base import ModelInfo
-
-
-@dataclass
-class LoadOptions:
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    device_map: str | None = None
-    revision: str | None = None
+from .options import LoadOptions  # noqa: F401  (re-exported: the loading API)
 
 
 def pick_device(name: str) -> torch.device:

@@ -15,6 +15,7 @@ from typing import Any
 
 from transformers import LlamaConfig
 
+from .detect import is_llada_config  # noqa: F401  (re-exported)
 from ..errors import DlmError
 from .native import NativeSpec
 from .stack import LlamaDenoiser
@@ -69,11 +70,6 @@ def to_llada(name: str) -> str:
     if out is None:
         raise KeyError(name)
     return out
-
-
-def is_llada_config(cfg: dict[str, Any]) -> bool:
-    archs = cfg.get("architectures") or []
-    return cfg.get("model_type") == "llada" or "LLaDAModelLM" in archs
 
 
 def llama_config(cfg: dict[str, Any]) -> LlamaConfig:

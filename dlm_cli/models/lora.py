@@ -24,15 +24,12 @@ from typing import Any
 
 import torch
 
+from .detect import is_lora_config, LORA_TYPE  # noqa: F401  (re-exported)
 from ..errors import DlmError
 
-MODEL_TYPE = "dlm-lora"
+MODEL_TYPE = LORA_TYPE
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-def is_lora_config(cfg: dict[str, Any]) -> bool:
-    return cfg.get("model_type") == MODEL_TYPE
 
 
 def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], float]:

@@ -35,6 +35,7 @@ from transformers import Glm4MoeConfig, Qwen3MoeConfig
 from transformers.models.glm4_moe import modeling_glm4_moe as glm
 from transformers.models.qwen3_moe import modeling_qwen3_moe as qwen3moe
 
+from .detect import is_llada_moe_config, is_llada2_config  # noqa: F401  (re-exported)
 from ..errors import DlmError
 from .native import NativeSpec
 from .stack import DenoiserStack
@@ -103,11 +104,6 @@ LLADA2_KEYS = {
     r"\.attention\.key_layernorm\.": ".self_attn.k_norm.",
     r"\.mlp\.gate\.expert_bias$": ".mlp.gate.e_score_correction_bias",
 }
-
-
-def is_llada2_config(cfg: dict[str, Any]) -> bool:
-    archs = cfg.get("architectures") or []
-    return str(cfg.get("model_type", "")).lower() in ("llada2_moe", "llada21_moe") or "LLaDA2MoeModelLM" in archs
 
 
 def _refuse(family: str, options: list[str]) -> None:
@@ -261,12 +257,6 @@ class LLaDAMoEDenoiser(DenoiserStack):
     config_class = Qwen3MoeConfig
     parts = (qwen3moe.Qwen3MoeDecoderLayer, qwen3moe.Qwen3MoeRMSNorm, qwen3moe.Qwen3MoeRotaryEmbedding)
     _no_split_modules = ["Qwen3MoeDecoderLayer"]
-
-
-def is_llada_moe_config(cfg: dict[str, Any]) -> bool:
-    archs = cfg.get("architectures") or []
-    return (str(cfg.get("model_type", "")).lower() in ("lladamoe", "llada_moe")
-            or any(a in archs for a in ("LLaDAMoEModelLM", "LLaDAMoEModel")))
 
 
 def _llada_moe_config(cfg: dict[str, Any]) -> Qwen3MoeConfig:
