@@ -353,7 +353,7 @@ def bench(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="--dataset: only its first N problems"),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="decode N prompts together, one forward per step "
                                    "(dLLM threshold and baseline rules: e.g. -p quality, or speedy with its cache; "
-                                   "AR ar, lookup and aded); "
+                                   "AR ar, lookup, aded and speculative); "
                                    "outputs equal batch 1's"),
     max_new_tokens: Optional[int] = typer.Option(None, "-n", "--max-new-tokens", help="tokens to generate"),
     seed: int = typer.Option(0, "--seed", help="seed for every run"),
@@ -674,7 +674,7 @@ def serve(
     max_batch: int = typer.Option(1, "--max-batch", min=1, max=256,
                                   help="decode up to N requests together, one forward per step; a request joins "
                                   "the running batch at its next step (dLLM profiles threshold and baseline, AR ar, "
-                                  "lookup and aded; a "
+                                  "lookup, aded and speculative; a "
                                   "profile the batch cannot run is served at batch size 1, with a note)"),
     allow_different_tokenizers: bool = DIFFERENT_TOKENIZERS_OPT,
     load: Any = None,

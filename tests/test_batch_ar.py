@@ -118,13 +118,13 @@ def test_squeezing_the_holes_every_step_changes_nothing(demo, monkeypatch):
     monkeypatch.setattr(batch_ar, "SQUEEZE_MIN", 0)
     monkeypatch.setattr(batch_ar, "SQUEEZE_SHARE", 1e-9)
     widths = []
-    real = batch_ar.ArBatchEngine._squeeze
+    real = batch_ar._Ragged.squeeze
 
     def spy(self):
         real(self)
         widths.append((self.valid.shape[1], int(self.valid.sum(1).max())))
 
-    monkeypatch.setattr(batch_ar.ArBatchEngine, "_squeeze", spy)
+    monkeypatch.setattr(batch_ar._Ragged, "squeeze", spy)
     squeezed = batched(model, ids, lambda: settings("lookup", max_new_tokens=40))
     assert widths and all(w == most for w, most in widths)  # no column that no row needs
     for i in range(len(ids)):
@@ -205,13 +205,21 @@ def test_bench_batch_rows_of_an_ar_model_agree_with_batch_1(tmp_path):
         assert rows4[p]["nfe"] == rows1[p]["nfe"] and rows4[p]["agreement"] == 1.0
 
 
-def test_speculative_rows_with_a_draft_model_equal_each_prompt_alone():
+def test_speculative_rows_with_a_draft_model_equal_each_prompt_alone(request):
     from dlm_cli.models.loading import load
     from dlm_cli.prompting import encode
 
     target, draft = load("dlm-demo-ar"), load("dlm-demo-ar-draft")
     ids = [encode(target.tokenizer, t) for t in DEMO_TEXTS]
-    for sets in ([], ["temperature=0.7"]):
+    sizes: list[int] = []
+    handle = draft.net.register_forward_pre_hook(lambda m, a, kw: sizes.append(kw["input_ids"].shape[0]),
+                                                 with_kwargs=True)
+    request.addfinalizer(handle.remove)
+    # The defaults stop drafting at a token below draft_confidence = 0.6 and adapt the length; 0 drafts them all.
+    cases = ([], ["temperature=0.7"], ["draft_confidence=0"], ["adaptive_draft=false", "temperature=0.7",
+                                                              "draft_confidence=0"])
+    for sets in cases:
+        sizes.clear()
         make = lambda: settings("speculative", sets, max_new_tokens=40)  # noqa: E731
         engine = new_engine(target, draft=draft)
         for i, x in enumerate(ids):
@@ -220,9 +228,12 @@ def test_speculative_rows_with_a_draft_model_equal_each_prompt_alone():
         while len(engine):
             for row, ev in engine.step():
                 got.setdefault(row, []).append(ev)
+        together = list(sizes)
         for i, x in enumerate(ids):
             s = make()
             s.values["seed"] = i
             same(got[i], list(run(target, x, s, draft=draft)), f"{sets} row {i}")
         assert sum(got[i][-1].accepted for i in range(len(ids))) > 20  # the draft really drafted
         assert len({got[i][-1].accepted for i in range(len(ids))}) > 2  # and rows accepted differently
+        # The rows' draft forwards ran together: fewer forwards than the rows' own draft NFE, some of 8 rows.
+        assert max(together) >= 6 and len(together) < sum(got[i][-1].draft_nfe for i in range(len(ids)))

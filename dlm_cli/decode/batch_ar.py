@@ -25,9 +25,11 @@ rounding); a sampling row draws from its own generator seeded with its seed, in 
 alone, so the prompt alone with that seed gives the same output. Each step's verdicts of every row
 travel to the host in one transfer.
 
-**Drafts.** Each row keeps its own draft source, as alone: lookup's index, ADED's table, or a draft
-model's own cache (``speculative``: the row's draft forwards run one row at a time, the target's verify
-forward is the batch's). Not batched (refused with the fix): drafters that read the target's hidden
+**Drafts.** Each row keeps its own draft source, as alone: lookup's index, ADED's table, a draft
+model's settings. The ``speculative`` rows' draft forwards are the batch's too: the draft model's caches
+are one more ragged cache, and each drafted position is one draft forward over every row still
+drafting (:meth:`ArBatchEngine._draft_together`), each row with its own length, stop tokens, confidence
+stop and draws; a row's draft cache is cut back after its verdict as alone. Not batched (refused with the fix): drafters that read the target's hidden
 states (``dflash``) or are dLLMs (``diffuspec``), token trees, PEARL, the compiled static-cache step, and
 model families whose cache is not plain (sliding-window layers).
 """
@@ -40,6 +42,7 @@ from typing import Any, Hashable, TYPE_CHECKING
 import torch
 
 from ..errors import UsageError
+from .drafts import ModelDraft
 from .events import Clock, Done, Draft, Event, Start, Step
 from .keys import STRATEGIES
 
@@ -82,7 +85,8 @@ class _Row:
     """One request: its output, draft source and generator, and the AR loop's counters."""
 
     __slots__ = ("key", "cfg", "o", "source", "gen", "clock", "nfe", "steps", "drafted", "accepted",
-                 "drafted_at", "accepted_at", "draft_s", "verify_s", "ttft", "pos", "draft", "q", "t_draft")
+                 "drafted_at", "accepted_at", "draft_s", "verify_s", "ttft", "pos", "draft", "q", "t_draft",
+                 "together")
 
     def __init__(self, key: Hashable, cfg: RunSettings, o: Any, source: Any, gen: torch.Generator) -> None:
         self.key, self.cfg, self.o, self.source, self.gen = key, cfg, o, source, gen
@@ -96,6 +100,7 @@ class _Row:
         self.draft: list[int] = []
         self.q: torch.Tensor | None = None
         self.t_draft = 0.0
+        self.together = False  # its draft model's forwards are the batch's (ArBatchEngine._draft_together)
 
     def propose(self) -> None:
         t0 = time.perf_counter()
@@ -121,7 +126,10 @@ class _Row:
         self.accepted += n
         position = len(o.out)
         new = o.commit([*draft[:n], token])
-        self.source.accepted(o.seq, n, k)
+        if self.together:  # the batch cuts its draft cache (one ragged cache for every drafting row)
+            self.source.keep(o.seq, n, k)
+        else:
+            self.source.accepted(o.seq, n, k)
         if self.ttft is None:
             self.ttft = self.clock.elapsed()
         out: list[Event] = []
@@ -145,6 +153,104 @@ class _Row:
                     ttft_seconds=self.ttft, finish_reason=self.o.finish, **counts)
 
 
+class _Ragged:
+    """Rows of one transformers ``DynamicCache`` whose columns are valid per row (see the module doc)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cache: Any = None
+        self.valid: torch.Tensor | None = None  # [B, T]: column t holds row b's keys
+
+    def add(self, cache: Any) -> None:
+        """A new last row: ``cache``, a one-row cache whose every column is the row's."""
+        layers = _layers(cache)
+        P = layers[0].keys.shape[2]
+        if self.cache is None or self.valid is None:
+            self.cache, self.valid = cache, torch.ones((1, P), dtype=torch.bool, device=self.device)
+            return
+        T = self.valid.shape[1]
+        W = max(T, P)
+        for a, b in zip(_layers(self.cache), layers):
+            for name in ("keys", "values"):
+                x, y = getattr(a, name), getattr(b, name)
+                setattr(a, name, torch.cat([_left_pad(x, W - T), _left_pad(y, W - P)], dim=0))
+        valid_new = torch.zeros((1, W), dtype=torch.bool, device=self.device)
+        valid_new[:, W - P:] = True
+        self.valid = torch.cat([_left_pad_mask(self.valid, W - T), valid_new], dim=0)
+
+    def inputs(self, feeds: list[list[int]] | torch.Tensor, lens: list[int], starts: list[int],
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A forward's ``ids [B, n]``, 4-D additive mask, positions and real-query mask for rows feeding
+        ``lens[b]`` tokens (``feeds``: per-row lists, or a device tensor ``[B, n]``) from position ``starts[b]``.
+        Query i of row b sees the row's valid columns and the new ones up to its own; a padding query sees
+        itself only (a query with no key gives NaN, and NaN times a zero weight is still NaN)."""
+        assert self.valid is not None
+        dev = self.device
+        B, T = self.valid.shape
+        n = max(1, max(lens))
+        if isinstance(feeds, torch.Tensor):
+            ids = feeds
+        else:
+            host = torch.zeros((B, n), dtype=torch.long)
+            for b, f in enumerate(feeds):
+                if lens[b]:
+                    host[b, : lens[b]] = torch.tensor(f[: lens[b]])
+            ids = host.to(dev)
+        j = torch.arange(n, device=dev)
+        real = j[None, :] < torch.tensor(lens, device=dev)[:, None]
+        allow_new = ((j[None, :] <= j[:, None])[None] & real[:, None, :]) | torch.eye(n, dtype=torch.bool, device=dev)[None]
+        allow = torch.cat([self.valid[:, None, :].expand(B, n, T), allow_new], dim=2)
+        mask = torch.zeros(allow.shape, dtype=dtype, device=dev).masked_fill_(~allow, torch.finfo(dtype).min)[:, None]
+        pos = (torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(n)[None, :]).to(dev)
+        return ids, mask, pos, real
+
+    def append(self, kept: torch.Tensor) -> None:
+        """The columns a forward just wrote: ``kept [B, n]`` says which stay the rows' keys."""
+        assert self.valid is not None
+        self.valid = torch.cat([self.valid, kept.to(self.device)], dim=1)
+
+    def truncate(self, counts: list[int]) -> None:
+        """Row b keeps only its first ``counts[b]`` valid columns (a draft cache cut back after a verdict)."""
+        assert self.valid is not None
+        upto = torch.tensor(counts, dtype=torch.long, device=self.device)[:, None]
+        self.valid = self.valid & (self.valid.long().cumsum(1) <= upto)
+
+    def keep(self, places: list[int]) -> None:
+        """Only the rows at ``places``, then squeezed."""
+        if not places:
+            self.cache = self.valid = None
+            return
+        assert self.valid is not None
+        idx = torch.tensor(places, dtype=torch.long, device=self.device)
+        for layer in _layers(self.cache):
+            layer.keys = layer.keys.index_select(0, idx)
+            layer.values = layer.values.index_select(0, idx)
+        self.valid = self.valid.index_select(0, idx)
+        self.squeeze()
+
+    def maybe_squeeze(self) -> None:
+        assert self.valid is not None
+        width = self.valid.shape[1]
+        if width > SQUEEZE_MIN and (~self.valid).sum(1).min().item() > SQUEEZE_SHARE * width:
+            self.squeeze()
+
+    def squeeze(self) -> None:
+        """Each row's valid columns moved to the right end, in order; the columns no row needs are cut."""
+        valid = self.valid
+        assert valid is not None
+        W = int(valid.sum(1).max().item())
+        if W == valid.shape[1] and bool(valid.all()):
+            return
+        B, T = valid.shape
+        # The source column of each target column: a stable sort puts invalid columns first, in order.
+        order = torch.sort(valid.to(torch.int8), dim=1, stable=True).indices[:, T - W:]  # [B, W]
+        self.valid = valid.gather(1, order)
+        for layer in _layers(self.cache):
+            for name in ("keys", "values"):
+                x = getattr(layer, name)
+                setattr(layer, name, x.gather(2, order[:, None, :, None].expand(B, x.shape[1], W, x.shape[3])))
+
+
 class ArBatchEngine:
     """A running batch of AR requests that rows join (at the next step) and leave (when done, or dropped)."""
 
@@ -153,8 +259,14 @@ class ArBatchEngine:
         self.clock = clock or Clock()
         self.rows: list[_Row] = []
         self.waiting: list[tuple[_Row, list[int]]] = []
-        self.cache: Any = None  # a DynamicCache over the rows (batch dimension = self.rows)
-        self.valid: torch.Tensor | None = None  # [B, T]: column t holds row b's keys
+        self.target = _Ragged(model.device)  # the target's keys and values, a row per self.rows
+        # ``speculative`` rows' draft model caches, one ragged cache in the order of self.drafting
+        self.drafting: list[_Row] = []
+        self.drafts = _Ragged(draft.device) if draft is not None else None
+
+    @property
+    def valid(self) -> torch.Tensor | None:
+        return self.target.valid
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.waiting)
@@ -182,9 +294,11 @@ class ArBatchEngine:
         why = self.refusal(cfg)
         if why is not None:
             raise UsageError(why)
-        prepare(self.model, cfg, len(ids) + cfg.max_new_tokens + 1, static=False)
-        assert strategy.factory is not None
+        length = len(ids) + cfg.max_new_tokens + 1
+        prepare(self.model, cfg, length, static=False)
         source = strategy.factory(self.model, cfg, self.draft)
+        if isinstance(source, ModelDraft):  # the draft model's kernels as alone (decode.speed_up)
+            prepare(source.model, cfg, length, static=False)
         gen = make_generator(self.model.device, cfg.seed if seed is None else seed)
         self.waiting.append((_Row(key, cfg, Output(self.model, ids, cfg), source, gen), list(ids)))
 
@@ -243,29 +357,17 @@ class ArBatchEngine:
             if r.o.stopped:
                 out.append((r.key, r.done()))
                 continue
-            self._merge(r, cache)
+            self.target.add(cache)
+            self.rows.append(r)
+            src = r.source
+            if (type(src) is ModelDraft and self.drafts is not None and src.model is self.draft
+                    and _has_keys(src.cache)):
+                # From now on its draft forwards are the batch's: its cache joins the draft rows'.
+                self.drafts.add(src.cache)
+                src.cache = None
+                r.together = True
+                self.drafting.append(r)
         self.waiting = []
-
-    def _merge(self, r: _Row, cache: Any) -> None:
-        """Add row ``r``, whose own cache holds its committed tokens but the last, to the batch."""
-        layers = _layers(cache)
-        P = layers[0].keys.shape[2]
-        dev = self.model.device
-        if self.cache is None:
-            self.cache, self.valid, self.rows = cache, torch.ones((1, P), dtype=torch.bool, device=dev), [r]
-            return
-        assert self.valid is not None
-        T = self.valid.shape[1]
-        W = max(T, P)
-        mine = _layers(self.cache)
-        for a, b in zip(mine, layers):
-            for name in ("keys", "values"):
-                x, y = getattr(a, name), getattr(b, name)
-                setattr(a, name, torch.cat([_left_pad(x, W - T), _left_pad(y, W - P)], dim=0))
-        valid_new = torch.zeros((1, W), dtype=torch.bool, device=dev)
-        valid_new[:, W - P:] = True
-        self.valid = torch.cat([_left_pad_mask(self.valid, W - T), valid_new], dim=0)
-        self.rows.append(r)
 
     # -- the step -----------------------------------------------------------------------------
 
@@ -275,42 +377,29 @@ class ArBatchEngine:
 
         rows, model, dev = self.rows, self.model, self.model.device
         assert self.valid is not None
+        together = {id(r) for r in self.drafting}
+        if self.drafting:
+            self._draft_together()
         for r in rows:
-            r.propose()
+            if id(r) not in together:
+                r.propose()
         t1 = time.perf_counter()
-        B, T = self.valid.shape
+        B = len(rows)
         ks = [len(r.draft) for r in rows]
-        n = 1 + max(ks)
-        feed = torch.zeros((B, n), dtype=torch.long)
-        lens = torch.tensor([1 + k for k in ks])
-        for b, r in enumerate(rows):
-            feed[b, : 1 + ks[b]] = torch.tensor([r.o.seq[-1], *r.draft])
-        feed = feed.to(dev)
-        pos = torch.tensor([r.pos for r in rows], dtype=torch.long)[:, None] + torch.arange(n)[None, :]
-        j = torch.arange(n, device=dev)
-        real = (j[None, :] < lens.to(dev)[:, None])  # [B, n]
-        # Query i of row b sees the row's valid columns and the new columns up to its own; a padding query
-        # sees itself only (a query with no key gives NaN, and NaN times a zero weight is still NaN).
-        causal = j[None, :] <= j[:, None]  # [n, n]
-        new_keys = causal[None] & real[:, None, :]
-        new_keys = new_keys | torch.eye(n, dtype=torch.bool, device=dev)[None]
-        old_keys = self.valid[:, None, :].expand(B, n, T)
-        allow = torch.cat([old_keys, new_keys], dim=2)
-        dtype = model.net.dtype
-        mask = torch.zeros(allow.shape, dtype=dtype, device=dev).masked_fill_(~allow, torch.finfo(dtype).min)[:, None]
-        logits = model.forward_rows(feed, self.cache, mask, pos.to(dev))
+        feeds = [[r.o.seq[-1], *r.draft] for r in rows]
+        feed, mask, pos, real = self.target.inputs(feeds, [1 + k for k in ks], [r.pos for r in rows], model.net.dtype)
+        n = feed.shape[1]
+        logits = model.forward_rows(feed, self.target.cache, mask, pos)
         # Greedy rows at once: the accepted run is the draft's agreement with the argmax; sampling rows alone.
         pred = logits.argmax(-1)  # [B, n]
-        drafts = feed[:, 1:]
-        agree = (pred[:, :-1] == drafts) & (j[None, : n - 1] < (lens.to(dev)[:, None] - 1))
+        agree = (pred[:, :-1] == feed[:, 1:]) & real[:, 1:]
         nn = agree.long().cumprod(1).sum(1)
         tok = pred.gather(1, nn[:, None])[:, 0]
-        sampling = [b for b, r in enumerate(rows) if r.cfg.temperature > 0]
-        for b in sampling:
-            r = rows[b]
-            q = r.q.to(dev) if r.q is not None else None
-            v = verdict(logits[b, : 1 + ks[b]], feed[b, 1 : 1 + ks[b]], q, r.cfg, r.gen)
-            nn[b], tok[b] = v[0], v[1]
+        for b, r in enumerate(rows):
+            if r.cfg.temperature > 0:
+                q = r.q.to(dev) if r.q is not None else None
+                v = verdict(logits[b, : 1 + ks[b]], feed[b, 1 : 1 + ks[b]], q, r.cfg, r.gen)
+                nn[b], tok[b] = v[0], v[1]
         at = logits.gather(1, nn[:, None, None].expand(B, 1, logits.shape[2]))[:, 0].double()
         conf = (at.gather(1, tok[:, None])[:, 0] - torch.logsumexp(at, -1)).exp()
         verdicts = torch.stack([nn.double(), tok.double(), conf], 1).cpu().tolist()  # the step's one transfer
@@ -325,43 +414,108 @@ class ArBatchEngine:
             if r.o.stopped:
                 out.append((r.key, r.done()))
                 done.append(b)
-        self.valid = torch.cat([self.valid, kept.to(dev)], dim=1)
+        self.target.append(kept)
+        if self.drafting:
+            assert self.drafts is not None
+            self.drafts.truncate([r.source.cached for r in self.drafting])
         if done:
             self._keep([b for b in range(B) if b not in done])
-        elif self.valid.shape[1] > SQUEEZE_MIN and (~self.valid).sum(1).min().item() > SQUEEZE_SHARE * self.valid.shape[1]:
-            self._squeeze()
+        else:
+            self.target.maybe_squeeze()
+            if self.drafting:
+                assert self.drafts is not None
+                self.drafts.maybe_squeeze()
+
+    def _draft_together(self) -> None:
+        """Every ``speculative`` row's draft, one draft-model forward per drafted position for all of them,
+        each row drafting as :meth:`~.drafts.ModelDraft.run` does alone (its length, its stop tokens, its
+        confidence stop, its own draws)."""
+        from .sampling import probabilities, sample
+
+        assert self.drafts is not None and self.draft is not None
+        rows, ragged, D = self.drafting, self.drafts, self.draft
+        t0 = time.perf_counter()
+        B = len(rows)
+        srcs: list[ModelDraft] = [r.source for r in rows]
+        counts = [min(s.length, r.o.room() - 1) for s, r in zip(srcs, rows)]
+        feeds = [r.o.seq[s.cached:] if c > 0 else [] for s, r, c in zip(srcs, rows, counts)]
+        for s, c in zip(srcs, counts):
+            if c > 0:
+                s.lengths.append(c)
+        tokens: list[list[torch.Tensor]] = [[] for _ in range(B)]
+        qs: list[list[torch.Tensor]] = [[] for _ in range(B)]
+        host: list[list[int]] = [[] for _ in range(B)]
+        watch = [s.settings.draft_confidence > 0 for s in srcs]
+        stopped = [False] * B
+        last: torch.Tensor | None = None
+        it = 0
+        while True:
+            part = [counts[b] > it and not stopped[b] for b in range(B)]
+            if not any(part):
+                break
+            lens = [(len(feeds[b]) if it == 0 else 1) if part[b] else 0 for b in range(B)]
+            fed: list[list[int]] | torch.Tensor = feeds if it == 0 else last[:, None]  # type: ignore[index]
+            ids, mask, pos, real = ragged.inputs(fed, lens, [s.cached for s in srcs], D.net.dtype)
+            logits = D.forward_rows(ids, ragged.cache, mask, pos)
+            ragged.append(real)
+            at = torch.tensor([max(n - 1, 0) for n in lens], device=logits.device)
+            rowl = logits[torch.arange(B, device=logits.device), at]  # [B, V]: each row's next-token logits
+            tok = rowl.argmax(-1)
+            confs: list[torch.Tensor | None] = [None] * B
+            for b in range(B):
+                if not part[b]:
+                    continue
+                srcs[b].nfe += 1
+                srcs[b].cached += lens[b]
+                st = srcs[b].settings
+                if st.temperature > 0:
+                    q = probabilities(rowl[b : b + 1], st)[0]
+                    tok[b] = sample(q, rows[b].gen)
+                    qs[b].append(q)
+                    if watch[b]:
+                        confs[b] = q[tok[b]]
+                elif watch[b]:
+                    r = rowl[b].double()
+                    confs[b] = (r[tok[b]] - torch.logsumexp(r, -1)).exp()
+                tokens[b].append(tok[b])
+            if any(w and p for w, p in zip(watch, part)):  # the confidence stop reads each token on the host
+                for b in range(B):
+                    if part[b] and watch[b]:
+                        t, c = torch.stack([tok[b].double(), confs[b].double()]).tolist()  # type: ignore[union-attr]
+                        host[b].append(int(t))
+                        if c < srcs[b].settings.draft_confidence or int(t) in srcs[b].stop:
+                            stopped[b] = True
+            last = tok
+            it += 1
+        drafted = [torch.stack(t).tolist() if t and not watch[b] else host[b] for b, t in enumerate(tokens)]
+        for b, r in enumerate(rows):
+            h, q = drafted[b], qs[b]
+            if not watch[b]:
+                cut = next((i + 1 for i, t in enumerate(h) if t in srcs[b].stop), len(h))
+                h, q = h[:cut], q[:cut]
+            r.draft = h
+            r.q = srcs[b].fit(torch.stack(q)) if q else None
+        spent = time.perf_counter() - t0
+        for r in rows:  # the draft time, shared evenly
+            r.t_draft = spent / B
+            r.draft_s += spent / B
 
     def _keep(self, places: list[int]) -> None:
-        """Only the rows at ``places``, then the cache squeezed."""
-        if not places:
-            self.rows, self.cache, self.valid = [], None, None
-            return
-        assert self.valid is not None
-        idx = torch.tensor(places, dtype=torch.long, device=self.valid.device)
-        for layer in _layers(self.cache):
-            layer.keys = layer.keys.index_select(0, idx)
-            layer.values = layer.values.index_select(0, idx)
-        self.valid = self.valid.index_select(0, idx)
-        self.rows = [self.rows[k] for k in places]
-        self._squeeze()
+        """Only the rows at ``places``, their caches squeezed."""
+        keep = [self.rows[k] for k in places]
+        self.target.keep(places)
+        self.rows = keep
+        if self.drafting:
+            assert self.drafts is not None
+            ids = {id(r) for r in keep}
+            dplaces = [k for k, r in enumerate(self.drafting) if id(r) in ids]
+            self.drafts.keep(dplaces)
+            self.drafting = [self.drafting[k] for k in dplaces]
 
-    def _squeeze(self) -> None:
-        """Each row's valid columns moved to the right end, in order; the columns no row needs are cut."""
-        valid = self.valid
-        assert valid is not None
-        counts = valid.sum(1)
-        W = int(counts.max().item())
-        if W == valid.shape[1] and bool(valid.all()):
-            return
-        B, T = valid.shape
-        # The source column of each target column: a stable sort puts invalid columns first, in order.
-        order = torch.sort(valid.to(torch.int8), dim=1, stable=True).indices[:, T - W:]  # [B, W]
-        self.valid = valid.gather(1, order)
-        for layer in _layers(self.cache):
-            H, D = layer.keys.shape[1], layer.keys.shape[3]
-            ix = order[:, None, :, None].expand(B, H, W, D)
-            layer.keys = layer.keys.gather(2, ix)
-            layer.values = layer.values.gather(2, ix.expand(B, layer.values.shape[1], W, layer.values.shape[3]))
+
+def _has_keys(cache: Any) -> bool:
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(getattr(layer, "is_initialized", False) for layer in layers)
 
 
 def _layers(cache: Any) -> list[Any]:

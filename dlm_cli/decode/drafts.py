@@ -136,10 +136,15 @@ class ModelDraft(NoDraft):
         return self.run(seq[self.cached:], count, self.stop)
 
     def accepted(self, seq: list[int], n: int, k: int) -> None:
+        rollback(self.cache, self.keep(seq, n, k))
+
+    def keep(self, seq: list[int], n: int, k: int) -> int:
+        """After a verdict: the positions the draft cache keeps (the committed sequence but its last token),
+        and the next draft length (``adaptive_draft``); the caller cuts the cache there."""
         self.cached = min(self.cached, len(seq) - 1)
-        rollback(self.cache, self.cached)
         if self.settings.adaptive_draft and k:
             self.length = self.length + 2 if n == k else max(1, self.length - 1)
+        return self.cached
 
     def stats(self) -> dict[str, Any]:
         return {"mean_draft_length": sum(self.lengths) / len(self.lengths) if self.lengths else 0.0}

@@ -11,7 +11,7 @@ line and their exit code; from Python, ``lm_eval.simple_evaluate(model="dlm", ..
 ``--batch_size N``: ``generate_until`` decodes N requests together (a finished one leaves and the
 next joins at the next step) when the profile runs batched (:mod:`dlm_cli.decode.batch`: the
 strategies threshold and baseline, no cache or a block-diffusion model's exact one; for an AR model
-ar, lookup and aded: :mod:`dlm_cli.decode.batch_ar`); the texts are
+ar, lookup, aded and speculative: :mod:`dlm_cli.decode.batch_ar`); the texts are
 batch 1's. Other profiles decode one request at a time; ``auto`` is 8 (or ``--max_batch_size``).
 
 ``--model_args``: ``model`` (a dlm model spec; default dlm's default model), ``profile`` (default:
