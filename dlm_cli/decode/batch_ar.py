@@ -42,6 +42,7 @@ from typing import Any, Hashable, TYPE_CHECKING
 import torch
 
 from ..errors import UsageError
+from .batch import _RowClock
 from .drafts import ModelDraft
 from .events import Clock, Done, Draft, Event, Start, Step
 from .keys import STRATEGIES
@@ -69,16 +70,6 @@ def check_batchable_ar(model: ARModel, cfg: RunSettings, what: str = "--batch-si
                          "add --set pearl=false")
     if getattr(cfg, "compile", "off") == "on":
         raise UsageError(f"{what}: batched AR decoding runs eagerly over a ragged cache; add --set compile=off")
-
-
-class _RowClock:
-    __slots__ = ("clock", "base")
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock, self.base = clock, clock.elapsed()
-
-    def elapsed(self) -> float:
-        return self.clock.elapsed() - self.base
 
 
 class _Row:

@@ -109,17 +109,10 @@ def cached_logits(model: DLLM, X: torch.Tensor, W: int, cache: RowsCache, active
     offs = torch.tensor([r.off for r in active], dtype=torch.long, device=dev)
     qpos = starts[:, None] + torch.arange(w, device=dev)[None, :]
     inside = qpos < lengths[:, None]
-    ids = torch.where(inside, X.gather(1, torch.where(inside, qpos + offs[:, None], W)), model.mask_id)
-    write = torch.where(qpos < trash, qpos, trash)
     kpos = torch.arange(trash + 1, device=dev)
     allow = (kpos[None, None, :] // b <= qpos[:, :, None] // b) & (kpos < trash)[None, None, :]
-    cache.cursor.write = write
-    try:
-        pred = (cols - offs[:, None] - starts[:, None] - (1 if model.shift else 0)).clamp(0, w - 1)
-        out = model.net(ids, positions=qpos, mask=allow, rows=pred, cache=cache)
-    finally:
-        cache.cursor.write = None
-    return out if model.token_count is None else out[..., : model.token_count]
+    return _window_logits(model, X, W, cache, qpos, inside, torch.where(qpos < trash, qpos, trash), allow, offs,
+                          starts, cols)
 
 
 def _bidirectional_logits(model: DLLM, X: torch.Tensor, W: int, cache: RowsCache, active: list[Any],
@@ -148,13 +141,22 @@ def _bidirectional_logits(model: DLLM, X: torch.Tensor, W: int, cache: RowsCache
     j = torch.arange(w, device=dev)[None, :]
     qpos = starts[:, None] + j
     inside = j < widths[:, None]
-    ids = torch.where(inside, X.gather(1, torch.where(inside, qpos + offs[:, None], W)), model.mask_id)
-    write = torch.where(inside, qpos, trash)
     kpos = torch.arange(trash + 1, device=dev)
     allow = (kpos[None, :] < lengths[:, None])[:, None, :].expand(len(active), w, trash + 1)
+    return _window_logits(model, X, W, cache, qpos, inside, torch.where(inside, qpos, trash), allow, offs, starts,
+                          cols)
+
+
+def _window_logits(model: DLLM, X: torch.Tensor, W: int, cache: RowsCache, qpos: torch.Tensor, inside: torch.Tensor,
+                   write: torch.Tensor, allow: torch.Tensor, offs: torch.Tensor, starts: torch.Tensor,
+                   cols: torch.Tensor) -> torch.Tensor:
+    """The forward of every row's window: queries at positions ``qpos`` (their tokens read from the batch
+    canvas where ``inside``, masks elsewhere), keys and values written at ``write``, attention under
+    ``allow``; the logits predicting columns ``cols``."""
+    ids = torch.where(inside, X.gather(1, torch.where(inside, qpos + offs[:, None], W)), model.mask_id)
     cache.cursor.write = write
     try:
-        pred = (cols - offs[:, None] - starts[:, None] - (1 if model.shift else 0)).clamp(0, w - 1)
+        pred = (cols - offs[:, None] - starts[:, None] - (1 if model.shift else 0)).clamp(0, qpos.shape[1] - 1)
         out = model.net(ids, positions=qpos, mask=allow, rows=pred, cache=cache)
     finally:
         cache.cursor.write = None
