@@ -172,20 +172,7 @@ class BatchEngine:
     def add(self, key: Hashable, ids: list[int], settings: Any, seed: int | None = None) -> None:
         """Queue prompt ``ids`` with ``settings`` (a profile's settings, as :func:`~dlm_cli.decode.run` takes);
         it joins at the next :meth:`step`. ``seed`` replaces the settings' seed for the row's draws."""
-        from . import check_fits, resolve_seed
-        from ..models.speed import prepare
-
-        if not ids:
-            raise UsageError("batched decoding needs a prompt of at least one token")
-        strategy = STRATEGIES[settings.strategy]
-        check_fits(strategy, self.model)
-        resolve_seed(settings)
-        cfg = settings.frozen()
-        why = self.refusal(cfg)
-        if why is not None:
-            raise UsageError(why)
-        # Quantization applies as for one run; the batch's forwards run eagerly (their shapes change per step).
-        prepare(self.model, cfg, len(ids) + cfg.max_new_tokens + 1, static=False)
+        strategy, cfg = admit(self, ids, settings)
         c = BlockCanvas(self.model, ids, cfg, self.clock)
         self.waiting.append(_Row(key, c, cfg, strategy.factory(cfg), cfg.seed if seed is None else seed))
 
@@ -322,6 +309,26 @@ class BatchEngine:
             r.off -= cut
             r.c.x = X[k : k + 1, r.off : r.off + r.c.length]
         self.X, self.W = X, W
+
+
+def admit(engine: Any, ids: list[int], settings: Any) -> tuple[Any, Any]:
+    """A row's strategy and frozen settings, checked as a run would check them and against ``engine``'s
+    batch (refused with the reason); the model prepared as for one run (quantization, kernels: the batch's
+    forwards run eagerly, their shapes change per step)."""
+    from . import check_fits, resolve_seed
+    from ..models.speed import prepare
+
+    if not ids:
+        raise UsageError("batched decoding needs a prompt of at least one token")
+    strategy = STRATEGIES[settings.strategy]
+    check_fits(strategy, engine.model)
+    resolve_seed(settings)
+    cfg = settings.frozen()
+    why = engine.refusal(cfg)
+    if why is not None:
+        raise UsageError(why)
+    prepare(engine.model, cfg, len(ids) + cfg.max_new_tokens + 1, static=False)
+    return strategy, cfg
 
 
 def new_engine(model: Any, cache: str = "none", clock: Clock | None = None, draft: Any = None) -> Any:

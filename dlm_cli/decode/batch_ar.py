@@ -45,7 +45,6 @@ from ..errors import UsageError
 from .batch import _RowClock
 from .drafts import ModelDraft
 from .events import Clock, Done, Draft, Event, Start, Step
-from .keys import STRATEGIES
 
 if TYPE_CHECKING:
     from .keys import RunSettings
@@ -272,24 +271,15 @@ class ArBatchEngine:
     def add(self, key: Hashable, ids: list[int], settings: Any, seed: int | None = None) -> None:
         """Queue prompt ``ids`` with ``settings``; it joins at the next :meth:`step` (``seed`` replaces the
         settings' seed for the row's draws)."""
-        from . import check_fits, make_generator, resolve_seed
+        from . import make_generator
+        from .batch import admit
         from .loops.ar import Output
         from ..models.speed import prepare
 
-        if not ids:
-            raise UsageError("batched decoding needs a prompt of at least one token")
-        strategy = STRATEGIES[settings.strategy]
-        check_fits(strategy, self.model)
-        resolve_seed(settings)
-        cfg = settings.frozen()
-        why = self.refusal(cfg)
-        if why is not None:
-            raise UsageError(why)
-        length = len(ids) + cfg.max_new_tokens + 1
-        prepare(self.model, cfg, length, static=False)
+        strategy, cfg = admit(self, ids, settings)
         source = strategy.factory(self.model, cfg, self.draft)
         if isinstance(source, ModelDraft):  # the draft model's kernels as alone (decode.speed_up)
-            prepare(source.model, cfg, length, static=False)
+            prepare(source.model, cfg, len(ids) + cfg.max_new_tokens + 1, static=False)
         gen = make_generator(self.model.device, cfg.seed if seed is None else seed)
         self.waiting.append((_Row(key, cfg, Output(self.model, ids, cfg), source, gen), list(ids)))
 
