@@ -237,3 +237,19 @@ def test_speculative_rows_with_a_draft_model_equal_each_prompt_alone(request):
         assert len({got[i][-1].accepted for i in range(len(ids))}) > 2  # and rows accepted differently
         # The rows' draft forwards ran together: fewer forwards than the rows' own draft NFE, some of 8 rows.
         assert max(together) >= 6 and len(together) < sum(got[i][-1].draft_nfe for i in range(len(ids)))
+
+
+def test_a_model_with_sliding_window_layers_is_refused_before_it_decodes(tiny):
+    model, ids = tiny
+    cfg = model.net.config
+    old = (getattr(cfg, "sliding_window", None), getattr(cfg, "layer_types", None))
+    cfg.sliding_window, cfg.layer_types = 8, ["sliding_attention", "full_attention"]
+    try:
+        with pytest.raises(UsageError, match="sliding-window"):
+            check_batchable(model, settings("ar").frozen(), "--max-batch 8")
+        engine = new_engine(model)
+        with pytest.raises(UsageError, match="DynamicSlidingWindowLayer"):
+            engine.add(0, ids[0], settings("ar"))
+        assert len(engine) == 0
+    finally:
+        cfg.sliding_window, cfg.layer_types = old

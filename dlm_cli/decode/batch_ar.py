@@ -69,6 +69,13 @@ def check_batchable_ar(model: ARModel, cfg: RunSettings, what: str = "--batch-si
                          "add --set pearl=false")
     if getattr(cfg, "compile", "off") == "on":
         raise UsageError(f"{what}: batched AR decoding runs eagerly over a ragged cache; add --set compile=off")
+    from transformers import DynamicCache
+
+    kinds = {type(layer).__name__ for layer in DynamicCache(config=model.net.config).layers}
+    if kinds - {"DynamicLayer"}:
+        raise UsageError(f"{what}: batched AR decoding needs a model whose KV cache is plain, but "
+                         f"{model.info.name}'s has {', '.join(sorted(kinds - {'DynamicLayer'}))} layers (sliding-window "
+                         f"attention); drop {what} for this model")
 
 
 class _Row:
