@@ -123,8 +123,10 @@ def speed_up(model: Model, draft: Any, cfg: RunSettings, prompt_tokens: int) -> 
         if getattr(cfg, "adaptive_draft", False):  # the draft length grows after full accepts
             widths.append(2 * (1 + cfg.draft_length))
     # A token tree's forwards carry their own 4-D masks over a dynamic cache: such runs stay eager.
-    # So do the runs of a learned drafter, which reads hidden states that the static step does not return.
-    static = (getattr(cfg, "tree_width", 1) or 1) <= 1 and getattr(draft, "kind", None) != "drafter"
+    # So do the runs that read the target's hidden states (a learned drafter, Mirror-SD's early exit),
+    # which the static step does not return.
+    static = ((getattr(cfg, "tree_width", 1) or 1) <= 1 and getattr(draft, "kind", None) != "drafter"
+              and not STRATEGIES[cfg.strategy].hidden)
     seconds = prepare(model, cfg, length, widths=tuple(widths), keep_float=True, static=static)
     if draft is not None and getattr(draft, "kind", None) == "autoregressive":
         seconds += prepare(draft, cfg, length, widths=(1, 2), keep_float=True, static=static)

@@ -69,6 +69,19 @@ def speculative(model: ARModel, settings: RunSettings, draft: Any) -> Any:
                    "pick a draft that shares the target's tokenizer")
 
 
+def mirror(model: ARModel, settings: RunSettings, draft: Any) -> Any:
+    from .mirror import MirrorDraft
+
+    checked_draft(draft, "autoregressive",
+                  "the mirror strategy needs a draft model: pass --draft MODEL (e.g. --draft dlm-demo-ar-draft with "
+                  "-m dlm-demo-ar)",
+                  "the draft {name} is a diffusion LLM; mirror needs an autoregressive (causal) draft model")
+    if not same_tokenizer(model.tokenizer, draft.tokenizer):
+        raise DlmError(f"the draft {draft.info.name} has a different tokenizer from {model.info.name}; mirror needs "
+                       "the target's tokenizer (its branches are the target's tokens)")
+    return MirrorDraft(draft, model, settings, width(model), stop=tuple(model.eos_ids))
+
+
 def diffuspec(model: ARModel, settings: RunSettings, draft: Any) -> DiffusionDraft:
     checked_draft(draft, "diffusion",
                   "the diffuspec strategy drafts with a diffusion LLM: pass --draft DLLM with the target's tokenizer "

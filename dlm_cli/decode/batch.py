@@ -43,8 +43,8 @@ import torch
 from ..capabilities import BLOCK_CACHE, RAGGED_BATCH, describe
 from ..errors import UsageError
 from .canvas import BlockCanvas
+from .rows import RowClock as _RowClock, admit
 from .events import Clock, Event
-from .keys import STRATEGIES
 from .rules.base import Scheduled
 from .sampling import make_sampler, propose, wide_dtype
 
@@ -82,18 +82,6 @@ def check_batchable(model: DLLM, cfg: RunSettings, what: str = "--batch-size") -
         raise UsageError(f"{what}: batched decoding ranks by confidence only, not {cfg.rank!r}; drop rank")
     if getattr(cfg, "remasking", "low_confidence") != "low_confidence":
         raise UsageError(f"{what}: batched decoding has no random remasking; drop remasking")
-
-
-class _RowClock:
-    """A row's decode seconds: the batch's busy seconds since the row joined."""
-
-    __slots__ = ("clock", "base")
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock, self.base = clock, clock.elapsed()
-
-    def elapsed(self) -> float:
-        return self.clock.elapsed() - self.base
 
 
 class _Row:
@@ -309,26 +297,6 @@ class BatchEngine:
             r.off -= cut
             r.c.x = X[k : k + 1, r.off : r.off + r.c.length]
         self.X, self.W = X, W
-
-
-def admit(engine: Any, ids: list[int], settings: Any) -> tuple[Any, Any]:
-    """A row's strategy and frozen settings, checked as a run would check them and against ``engine``'s
-    batch (refused with the reason); the model prepared as for one run (quantization, kernels: the batch's
-    forwards run eagerly, their shapes change per step)."""
-    from . import check_fits, resolve_seed
-    from ..models.speed import prepare
-
-    if not ids:
-        raise UsageError("batched decoding needs a prompt of at least one token")
-    strategy = STRATEGIES[settings.strategy]
-    check_fits(strategy, engine.model)
-    resolve_seed(settings)
-    cfg = settings.frozen()
-    why = engine.refusal(cfg)
-    if why is not None:
-        raise UsageError(why)
-    prepare(engine.model, cfg, len(ids) + cfg.max_new_tokens + 1, static=False)
-    return strategy, cfg
 
 
 def new_engine(model: Any, cache: str = "none", clock: Clock | None = None, draft: Any = None) -> Any:

@@ -42,7 +42,7 @@ from typing import Any, Hashable, TYPE_CHECKING
 import torch
 
 from ..errors import UsageError
-from .batch import _RowClock
+from .rows import RowClock as _RowClock, admit
 from .drafts import ModelDraft
 from .events import Clock, Done, Draft, Event, Start, Step
 
@@ -279,7 +279,6 @@ class ArBatchEngine:
         """Queue prompt ``ids`` with ``settings``; it joins at the next :meth:`step` (``seed`` replaces the
         settings' seed for the row's draws)."""
         from . import make_generator
-        from .batch import admit
         from .loops.ar import Output
         from ..models.speed import prepare
 

@@ -139,6 +139,7 @@ class Strategy:
     needs: tuple[str, ...] = ()  # what the run must offer (:mod:`dlm_cli.capabilities`): model capabilities, a draft
     loop: str = "blocks"
     drafts: bool = False  # it drafts and verifies: its Done counts drafted and accepted tokens
+    hidden: bool = False  # it reads the target's hidden states from the verify forward: the run stays eager
     _factory: Callable[..., Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

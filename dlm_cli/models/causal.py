@@ -78,6 +78,24 @@ class CausalLM(OutputLayer):
                 return (out if self.token_count is None else out[:, : self.token_count]), feats
         return out if self.token_count is None else out[:, : self.token_count]
 
+    @property
+    def depth(self) -> int:
+        """The number of decoder layers."""
+        return int(self.net.config.num_hidden_layers)
+
+    @torch.inference_mode()
+    def early_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output layer applied to a decoder layer's outputs ``hidden [n, d]`` (an early exit): the final
+        norm, then the head; ``[n, V]``."""
+        norm = getattr(self.net.base_model, "norm", None)
+        if norm is None:
+            from ..errors import DlmError
+
+            raise DlmError(f"{self.info.name} has no final norm where transformers' decoders keep it "
+                           "(model.norm); an early exit cannot read its layers")
+        out = self.net.get_output_embeddings()(norm(hidden))
+        return out if self.token_count is None else out[..., : self.token_count]
+
     @torch.inference_mode()
     def forward_rows(self, ids: torch.Tensor, cache: Any, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, n, V]`` of a batch's new tokens ``ids [B, n]`` appended to ``cache`` (a ``DynamicCache``

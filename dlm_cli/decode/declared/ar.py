@@ -1,5 +1,5 @@
 """The autoregressive strategies and their keys: ``ar``, ``speculative``, ``lookup``, ``aded``, ``diffuspec``,
-``ead``, ``dflash`` (their draft sources: :mod:`dlm_cli.decode.ar`)."""
+``ead``, ``dflash``, ``mirror`` (their draft sources: :mod:`dlm_cli.decode.ar`)."""
 
 from __future__ import annotations
 
@@ -111,4 +111,19 @@ register_strategy(Strategy(
             "- 1", min=1, max=256, optional=True),
         TREE_WIDTH, TREE_DEPTH,
     ),
-    impl="dlm_cli.decode.ar:dflash", loop="ar", needs=(DRAFT_MODEL,), drafts=True))
+    impl="dlm_cli.decode.ar:dflash", loop="ar", needs=(DRAFT_MODEL,), drafts=True, hidden=True))
+
+register_strategy(Strategy(
+    "mirror", "autoregressive",
+    "Mirror speculative decoding's schedule (Apple 2025), on one device: speculative decoding with a fixed "
+    "draft window whose verify forward also exits early at a middle layer; a correction among the early exit's "
+    "top-k would have had its next window drafted during the verify (a branch reused), otherwise the draft runs "
+    "after it (a fallback). Output identical to speculative's (greedy: to ar's); the reuse rate is measured and "
+    "the two-device time projected, never claimed",
+    keys=(
+        Key("draft_length", int, 4, "draft tokens per window (gamma)", min=1, max=64),
+        Key("mirror_exit_layer", int, None, "the target layer whose output the early exit reads (1 to the depth); "
+            "default: half the target's depth", min=1, max=1024, optional=True),
+        Key("mirror_topk", int, 8, "candidates per depth the early exit sends to the draft (kappa)", min=1, max=256),
+    ),
+    impl="dlm_cli.decode.ar:mirror", loop="ar", needs=(DRAFT_MODEL,), drafts=True, hidden=True))
