@@ -33,6 +33,7 @@ def test_a_models_default_length_sits_between_the_profile_and_the_keys_default(t
 
 def test_the_real_models_default_to_a_paragraph():
     assert resolve.model_defaults("smollm2-dlm") == resolve.model_defaults("smollm2") == {"max_new_tokens": 256}
+    assert resolve.model_defaults("smollm2-dlm-dp") == {"max_new_tokens": 256}  # a delta over it answers as long
     assert resolve.model_defaults("dlm-demo") == {}
 
 

@@ -43,7 +43,8 @@ def model_defaults(name: str | None) -> dict[str, object]:
     from .shortnames import SMOLLM2
 
     name = name if name is not None else default_model()[0]
-    return dict(PARAGRAPH) if name in (REAL_DEFAULT, SMOLLM2) else {}
+    real = name in (REAL_DEFAULT, SMOLLM2) or (name in EMBEDDED and name.startswith("smollm2"))  # and its deltas
+    return dict(PARAGRAPH) if real else {}
 
 
 def embedded_installed(name: str) -> bool:
