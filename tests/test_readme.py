@@ -84,7 +84,7 @@ CHECKS: dict[str, tuple[list[str], Callable[[str], bool], str | None, bool]] = {
     "generate 'Explain the water cycle in simple terms.'": (
         ["-n", "24"], lambda out: "water" in out.lower() and len(out.split()) >= 5, SMOL, False),
     "generate -f notes.md 'fix the typos' --json": (
-        ["-n", "96"], is_json_with(lambda o: fixed_a_typo(o["text"]) and o["model"] == "smollm2-dlm"), SMOL, True),
+        ["-n", "96"], is_json_with(lambda o: fixed_a_typo(o["text"]) and o["model"] == "smollm2-dlm-dp"), SMOL, True),
     "generate -p quality --set block_length=8 'Name three colours of the rainbow.'": (
         ["-n", "16"], lambda out: len(out.split()) >= 3, SMOL, True),
     "bench -p speedy,speedy-lookup --tasks typo": (

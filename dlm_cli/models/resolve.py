@@ -21,8 +21,8 @@ DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "weights"
 EMBEDDED = {
     "smollm2-dlm": ("smollm2-dlm", "SmolLM2-135M-Instruct adapted to block diffusion by dlm: a real chat model "
                     "(typo fixing, short answers, continuing and reformatting text); a LoRA delta over smollm2"),
-    "smollm2-dlm-dp": ("smollm2-dlm-dp", "smollm2-dlm distilled for parallel decoding with dParallel "
-                       "(dlm distill): 1.5x its tokens per forward; a LoRA delta over smollm2-dlm"),
+    "smollm2-dlm-dp": ("smollm2-dlm-dp", "the default: smollm2-dlm distilled for parallel decoding with dParallel "
+                       "(dlm distill): 1.4-1.7x its tokens per forward; a LoRA delta over smollm2-dlm"),
     "dlm-demo": ("dlm-demo-dllm", "toy dLLM (LLaDA layout), 2M params: only its synthetic tasks (copy, reverse, "
                  "sort, add, story: `dlm bench`), answers of ~6 tokens"),
     "dlm-demo-long": ("dlm-demo-long", "dlm-demo fine-tuned on canvases of up to 256 slots: also the long toy tasks "
@@ -30,7 +30,7 @@ EMBEDDED = {
     "dlm-demo-ar": ("dlm-demo-ar", "toy AR target (Llama layout) for the same synthetic tasks"),
     "dlm-demo-ar-draft": ("dlm-demo-ar-draft", "toy AR draft of dlm-demo-ar, ~1/10 of its compute"),
 }
-REAL_DEFAULT = "smollm2-dlm"
+REAL_DEFAULT = "smollm2-dlm-dp"  # the distilled one: more tokens per forward, fewer loops
 TOY_DEFAULT = "dlm-demo"
 TOY_LONG = "dlm-demo-long"  # the toy that fills 256 slots: the default for the long tasks
 # Keys a model sets when neither the profile nor the user does (source "model"): the real models
