@@ -50,10 +50,10 @@ def check_early(req: RunRequest) -> Any:
 
     if req.profile is not None:
         return profiles.load(req.profile, sets=req.sets, flags=dict(req.flags))
-    from .models.resolve import predict_kind
+    from .models.resolve import predict
 
-    kind = predict_kind(req.model)
-    profiles.check_early(req.sets, dict(req.flags), profiles.default_for(kind, bool(req.draft)) if kind else None)
+    kind, own = predict(req.model)
+    profiles.check_early(req.sets, dict(req.flags), profiles.default_for(kind, bool(req.draft), own) if kind else None)
     return None
 
 

@@ -145,7 +145,7 @@ sys.stderr.write("\\n{MARK}" + ",".join(m for m in {HEAVY!r} if m in sys.modules
 
 
 @pytest.mark.parametrize("args,word", [
-    (["generate", "--set", "threshhold=0.5", "hi"], "did you mean 'threshold'"),
+    (["generate", "-m", "smollm2-dlm-dp", "--set", "threshhold=0.5", "hi"], "did you mean 'entropy_threshold'"),
     (["generate", "-n", "0", "hi"], "max_new_tokens = 0 is out of range"),
     (["generate", "-m", "dlm-demo", "-p", "nosuch", "hi"], "unknown profile 'nosuch'"),
     (["generate", "-m", "dlm-demo", "--set", "treshold=0.5", "hi"], "unknown key 'treshold'"),

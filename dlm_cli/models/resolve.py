@@ -80,29 +80,43 @@ def sample_prompt(path: str | Path) -> str:
 def predict_kind(spec: str | None) -> str | None:
     """``"diffusion"`` or ``"autoregressive"`` for a model known without loading it (an embedded or short
     name, a local directory with a config a native family recognises); None when only loading tells."""
+    return predict(spec)[0]
+
+
+def predict(spec: str | None, depth: int = 0) -> tuple[str | None, str | None]:
+    """A model's kind (:func:`predict_kind`) and the profile it decodes with by default (a distilled delta's
+    own, its config's ``profile``), read from its config without loading it; a delta's kind is its base's."""
     import json
 
     from .shortnames import SMOLLM2
 
     name = spec if spec is not None else default_model()[0]
     if name == SMOLLM2:
-        return "autoregressive"
+        return "autoregressive", None
     path = DEMO_DIR / EMBEDDED[name][0] if name in EMBEDDED else Path(name).expanduser()
     try:
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):  # the loader refuses a broken config in its own words
-        return None
+        return None, None
     if not isinstance(cfg, dict):
-        return None
+        return None, None
+    from . import detect
     from .families import FAMILIES
 
+    if detect.is_lora_config(cfg):  # a delta: the base decides the kind, the delta may name its decoding
+        own = cfg.get("profile") if isinstance(cfg.get("profile"), str) else None
+        base = cfg.get("base_model")
+        if not isinstance(base, str) or depth >= 4:
+            return None, own
+        kind, inherited = predict(base, depth + 1)
+        return kind, own or inherited
     for family in FAMILIES:
         try:
             if family.detect(cfg):
-                return family.kind
+                return family.kind, None
         except Exception:  # noqa: BLE001  a config the loader will refuse with its own message
-            return None
-    return None
+            return None, None
+    return None, None
 
 
 def known_names() -> str:
