@@ -553,6 +553,9 @@ def distill(
     init: Optional[str] = typer.Option(None, "--init", help="start from the LoRA of this delta (a dlm-lora over -m, "
                                        "e.g. an earlier --out, of the same --rank) instead of a fresh one"),
     sets: list[str] = SET_OPT,
+    teacher_batch: Optional[int] = typer.Option(None, "--teacher-batch", min=1, max=256,
+                                                help="decode this many teacher answers together (each the answer "
+                                                "a batch of one gives) [default: 8 where the profile batches, else 1]"),
     load: Any = None,
 ) -> None:
     from rich.console import Console
@@ -566,7 +569,8 @@ def distill(
                          max_new_tokens=max_new_tokens, recipe=recipe,
                          load=load,
                          checkpoint_minutes=checkpoint_minutes, stop_minutes=stop_minutes, stop_step=stop_step,
-                         sets=list(sets), n_chat=n_chat, n_continue=n_continue, init=init)
+                         sets=list(sets), n_chat=n_chat, n_continue=n_continue, init=init,
+                         teacher_batch=teacher_batch)
     raise typer.Exit(run_distill(req, load_model=_load_model, err=Console(stderr=True, highlight=False, soft_wrap=True)))
 
 
@@ -630,6 +634,9 @@ def drafter_train(
                                             "schedule and export (rerun with a later one to go on)"),
     n_chat: int = typer.Option(120, "--chat", min=0, help="--tasks realtext: chat prompts"),
     n_continue: int = typer.Option(60, "--continue", min=0, help="--tasks realtext: continuation prompts"),
+    teacher_batch: Optional[int] = typer.Option(None, "--teacher-batch", min=1, max=256,
+                                                help="decode this many teacher answers together (each the answer "
+                                                "a batch of one gives) [default: 8 where the profile batches, else 1]"),
     load: Any = None,
 ) -> None:
     from rich.console import Console
@@ -653,7 +660,7 @@ def drafter_train(
                          kinds=[k.strip() for k in (kinds or "").split(",") if k.strip()], limit=limit,
                          max_new_tokens=max_new_tokens, recipe=recipe, load=load,
                          checkpoint_minutes=checkpoint_minutes, stop_minutes=stop_minutes, stop_step=stop_step,
-                         n_chat=n_chat, n_continue=n_continue)
+                         n_chat=n_chat, n_continue=n_continue, teacher_batch=teacher_batch)
     raise typer.Exit(run_drafter_train(req, load_model=_load_model,
                                        err=Console(stderr=True, highlight=False, soft_wrap=True)))
 

@@ -381,9 +381,10 @@ def test_teacher_answers_are_cached_checked_against_gold_and_a_damaged_cache_is_
     answer_of = {"a": [1, 2], "b": [3], "c": [5, 6, 7]}
     words = {1: "x", 2: "y", 3: "wrong", 5: "c1", 6: "c2", 7: "c3"}
 
-    def decode(ids):
-        calls.append(ids)
-        return answer_of[chr(ids[0])], True
+    def decode(prompts):
+        for i, ids in reversed(list(enumerate(prompts))):  # any order, as a batched teacher finishes them
+            calls.append(ids)
+            yield i, answer_of[chr(ids[0])], True
 
     kw = dict(encode=lambda t: [ord(t)], decode=decode, end_id=0, tokenize=lambda t: [9],
               detokenize=lambda ids: " ".join(words[i] for i in ids), progress=lambda *a: None)

@@ -388,3 +388,29 @@ def test_dflash_loss_hides_the_future_and_normalises_its_weights(world, monkeypa
     steep = loss(feats, recipe(world["target_path"], anchors=4, gamma=0.5))
     ce2, _ = seen[-1]
     assert torch.allclose(ce2, ce) and not torch.allclose(steep, ce.mean())
+
+
+def test_batched_teacher_answers_equal_one_at_a_time(world, tmp_path):
+    """--teacher-batch decodes the target's answers together; every cached answer is batch one's."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from dlm_cli.train import data as D
+    from dlm_cli.train.common import teacher_rows
+
+    t = world["target"]
+    words = " ".join(PROMPTS).split()
+    items = [D.Item(" ".join(words[i % 7: i % 7 + 2 + i % 5]) + f" {i}", None, "chat") for i in range(10)]
+    s = settings("ar", n=24)
+    got = {}
+    for batch in (1, 4):
+        (tmp_path / str(batch)).mkdir()
+        with Progress(disable=True) as bar:
+            rows = teacher_rows(items, tmp_path / str(batch), student=t, teacher=t, settings=s, bar=bar,
+                                err=Console(file=open("/dev/null", "w")), label="target", targets="teacher",
+                                check=False, end_id=t.eos_ids[0], skip_special=False, batch=batch)
+        got[batch] = [r["answer_ids"] for r in rows]
+    assert len(got[1]) == len(items) and got[4] == got[1]
+    assert len({tuple(a) for a in got[1]}) > 1  # the answers differ: the comparison means something
+    cached = (tmp_path / "4" / "answers.jsonl").read_text().splitlines()
+    assert len(cached) == len(items)

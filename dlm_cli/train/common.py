@@ -51,6 +51,7 @@ class TrainRequest:
     sets: list[str] = field(default_factory=list)
     n_chat: int = 120
     n_continue: int = 60
+    teacher_batch: Optional[int] = None  # teacher answers decoded together (None: 8 where the profile batches)
 
 
 def work_dir(work: Path | None, kind: str, name: str, method: str) -> Path:
@@ -75,17 +76,32 @@ def progress_columns() -> tuple[Any, ...]:
 
 
 def teacher_rows(items: list[D.Item], work: Path, *, student: Any, teacher: Any, settings: Any, bar: Any, err: Any,
-                 label: str, targets: str, check: bool, end_id: int, skip_special: bool = True) -> list[dict[str, Any]]:
+                 label: str, targets: str, check: bool, end_id: int, skip_special: bool = True,
+                 batch: int | None = None) -> list[dict[str, Any]]:
     """``teacher``'s answers to ``items`` decoded with ``settings`` (cached in ``work``), as rows of the
-    student's tokens, with a progress task on ``bar`` (a ``dlm: note:`` line every 20 when not a terminal)."""
+    student's tokens, with a progress task on ``bar`` (a ``dlm: note:`` line every 20 when not a terminal).
+
+    ``batch`` answers are decoded together (:mod:`..decode.batch`, each answer the one a batch of one
+    gives); ``None``: 8 where the teacher's profile batches, else one at a time."""
     from ..decode import run
+    from ..decode.batch import check_batchable
     from ..decode.events import Done
     from ..prompting import encode
 
     def enc(text: str) -> list[int]:
         return encode(student.tokenizer, text, context=student.max_length)
 
-    def dec(ids: list[int]) -> tuple[list[int], bool]:
+    width = batch
+    if width is None or width > 1:
+        try:
+            check_batchable(teacher, settings.frozen(), "--teacher-batch")
+        except UsageError:
+            if width is not None:
+                raise
+            width = 1
+        width = 8 if width is None else width
+
+    def one(ids: list[int]) -> tuple[list[int], bool]:
         done = None
         for ev in run(teacher, ids, settings):
             if isinstance(ev, Done):
@@ -93,6 +109,25 @@ def teacher_rows(items: list[D.Item], work: Path, *, student: Any, teacher: Any,
         if done is None:
             raise DlmError(f"the {label}'s decoding ended without a result")
         return list(done.tokens), done.finish_reason == "eos"
+
+    def dec(prompts: list[list[int]]) -> Any:
+        if width == 1:
+            for i, ids in enumerate(prompts):
+                yield (i, *one(ids))
+            return
+        from ..decode import resolve_seed
+        from ..decode.batch import new_engine
+
+        seed = resolve_seed(settings)
+        engine = new_engine(teacher, getattr(settings.frozen(), "cache", "none"))
+        nxt = 0
+        while nxt < len(prompts) or len(engine):
+            while nxt < len(prompts) and len(engine) < width:
+                engine.add(nxt, prompts[nxt], settings, seed=seed)
+                nxt += 1
+            for key, ev in engine.step():
+                if isinstance(ev, Done):
+                    yield key, list(ev.tokens), ev.finish_reason == "eos"
 
     task = bar.add_task(f"{label} answers", total=None, info="")
     t0 = time.time()

@@ -129,14 +129,15 @@ def same_text(a: str, b: str) -> bool:
 
 
 def answers(items: list[Item], work: Path, *, encode: Callable[[str], list[int]],
-            decode: Callable[[list[int]], tuple[list[int], bool]] | None, end_id: int, targets: str,
-            check: bool, tokenize: Callable[[str], list[int]], detokenize: Callable[[list[int]], str],
+            decode: Callable[[list[list[int]]], Iterable[tuple[int, list[int], bool]]] | None, end_id: int,
+            targets: str, check: bool, tokenize: Callable[[str], list[int]], detokenize: Callable[[list[int]], str],
             progress: Callable[[int, int, int], None]) -> list[dict[str, Any]]:
     """Rows ``{prompt_ids, answer_ids, kind, source}`` for ``items``, the teacher's answers cached in ``work``.
 
-    ``decode(prompt_ids)`` returns the teacher's answer tokens and whether it ended on an end token
-    (then ``end_id`` is appended: the model learns to stop). ``progress(done, total, tokens)`` is
-    called after each decoded prompt.
+    ``decode(prompts)`` yields ``(index, answer tokens, ended on an end token)`` for each of ``prompts``
+    in any order (a batched teacher finishes short answers first); an ended answer gets ``end_id``
+    appended (the model learns to stop). Each answer is written as it comes, so an interrupted run
+    keeps them. ``progress(done, total, tokens)`` is called after each.
     """
     cache = work / "answers.jsonl"
     done: dict[str, dict[str, Any]] = {}
@@ -150,19 +151,23 @@ def answers(items: list[Item], work: Path, *, encode: Callable[[str], list[int]]
                 if n < len(lines):
                     raise DlmError(f"{cache}:{n} is damaged; delete the file to decode the teacher's answers again") from None
                 # the last line of an interrupted write: decoded again below
-    todo = [it for it in items if it.prompt not in done and not (targets == "gold" and it.answer is not None)]
+    todo, seen = [], set()
+    for it in items:
+        if it.prompt not in done and it.prompt not in seen and not (targets == "gold" and it.answer is not None):
+            todo.append(it)
+            seen.add(it.prompt)
     if todo and decode is None:
         raise DlmError("internal: answers to decode but no teacher")
     made = 0
-    with open(cache, "a", encoding="utf-8") as fh:
-        for k, it in enumerate(todo, 1):
-            ids, ended = decode(encode(it.prompt))  # type: ignore[misc]
-            row = {"prompt": it.prompt, "answer_ids": ids + ([end_id] if ended else [])}
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            done[it.prompt] = row
-            made += len(ids)
-            progress(k, len(todo), made)
+    if todo:
+        with open(cache, "a", encoding="utf-8") as fh:
+            for k, (i, ids, ended) in enumerate(decode([encode(it.prompt) for it in todo]), 1):  # type: ignore[misc]
+                row = {"prompt": todo[i].prompt, "answer_ids": ids + ([end_id] if ended else [])}
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+                done[todo[i].prompt] = row
+                made += len(ids)
+                progress(k, len(todo), made)
     rows = []
     for it in items:
         if targets == "gold" and it.answer is not None:

@@ -43,7 +43,8 @@ def run_drafter_train(req: DrafterRequest, *, load_model: Callable[..., Any], er
     with Progress(*progress_columns(), console=err, transient=False, disable=not err.is_terminal) as bar:
         rows = teacher_rows(items, work, student=model, teacher=model, settings=settings, bar=bar, err=err,
                             label="target", targets="teacher", check=False,
-                            end_id=model.eos_ids[0] if model.eos_ids else 0, skip_special=False)
+                            end_id=model.eos_ids[0] if model.eos_ids else 0, skip_special=False,
+                            batch=req.teacher_batch)
         if not rows:
             raise DlmError("no training sequence: the target answered every prompt with nothing")
         kinds: dict[str, int] = {}

@@ -92,7 +92,8 @@ def run_distill(req: DistillRequest, *, load_model: Callable[..., Any], err: Any
     with Progress(*progress_columns(), console=err, transient=False, disable=not err.is_terminal) as bar:
         rows = teacher_rows(items, work, student=model, teacher=teacher, settings=settings, bar=bar, err=err,
                             label="teacher", targets=req.targets, check=req.check,
-                            end_id=model.eos_ids[0] if model.eos_ids else model.mask_id)
+                            end_id=model.eos_ids[0] if model.eos_ids else model.mask_id,
+                            batch=req.teacher_batch)
         D.write_rows(work / "rows.jsonl", rows)
         if not rows:
             raise DlmError("no training rows are left (every teacher answer failed --check); drop "
