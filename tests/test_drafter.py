@@ -267,7 +267,7 @@ def test_cli_drafter_train_resumes_and_exports(world, tmp_path):
 def test_cli_drafter_train_refusals(world, tmp_path):
     res = cli("drafter", "train", "-m", str(world["target_path"]), "--method", "medusa", "--tasks", "realtext",
               "--out", str(tmp_path / "o"))
-    assert res.exit_code == 2 and res.output.strip().splitlines() == ["dlm: --method 'medusa': use one of dflash"]
+    assert res.exit_code == 2 and res.output.strip().splitlines() == ["dlm: --method 'medusa': use one of dflash, clover, hidden-transfer, ppd"]
     res = cli("drafter", "train", "-m", str(world["target_path"]), "--out", str(tmp_path / "o"), "--target-layers", "x")
     assert res.exit_code == 2 and res.output.strip().startswith("dlm: --target-layers 'x'")
     prompts = tmp_path / "p.jsonl"

@@ -38,7 +38,14 @@ from .info import ModelInfo, SpeedState
 MODEL_TYPE = DRAFTER_TYPE
 WEIGHTS = "model.safetensors"
 FAMILY = "drafter"
-METHODS = ("dflash",)
+# Each method's network class, imported when a drafter of it is built or loaded (``module:attr``).
+NET_IMPLS = {
+    "dflash": "dlm_cli.models.drafter:DFlashNet",
+    "clover": "dlm_cli.models.clover:CloverNet",
+    "hidden-transfer": "dlm_cli.models.hidden_transfer:TransferNet",
+    "ppd": "dlm_cli.models.ppd:PromptNet",
+}
+METHODS = tuple(NET_IMPLS)
 
 
 def target_config(target: Any) -> Any:
@@ -196,7 +203,14 @@ class DFlashNet(nn.Module):
         return self.norm(x)
 
 
-NETS = {"dflash": DFlashNet}
+
+
+def net_class(method: str) -> type:
+    """The network class of ``method`` (a key of :data:`NET_IMPLS`)."""
+    import importlib
+
+    module, attr = NET_IMPLS[method].split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def draft_head(net: nn.Module, head: nn.Module, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -236,7 +250,7 @@ class LearnedDrafter:
 
 
 def build(method: str, spec: dict[str, Any]) -> nn.Module:
-    return NETS[method](spec)
+    return net_class(method)(spec)
 
 
 def load_drafter(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> LearnedDrafter:
@@ -245,8 +259,8 @@ def load_drafter(path: Path, cfg: dict[str, Any], opts: Any, name: str) -> Learn
     from .files import pick_device
 
     method = cfg.get("method")
-    if method not in NETS:
-        raise DlmError(f"{name}: drafter method {method!r} is not one dlm knows ({', '.join(NETS)}); "
+    if method not in NET_IMPLS:
+        raise DlmError(f"{name}: drafter method {method!r} is not one dlm knows ({', '.join(NET_IMPLS)}); "
                        "upgrade dlm or retrain the drafter")
     target, spec = cfg.get("target"), cfg.get("drafter")
     if not isinstance(target, dict) or not isinstance(spec, dict):

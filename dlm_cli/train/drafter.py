@@ -31,7 +31,7 @@ import torch
 from ..errors import INTERRUPTS, DlmError, UsageError
 from .common import Report as BaseReport, cosine_lr, recipe_key
 
-METHODS = ("dflash",)
+from ..models.drafter import METHODS  # noqa: E402  (every method's network; its objective below)
 
 
 @dataclass
@@ -68,7 +68,67 @@ def lr_at(step: int, r: DrafterRecipe) -> float:
     return cosine_lr(step, r.steps, r.lr, r.warmup)
 
 
+@dataclass(frozen=True)
+class Objective:
+    """One method's training: its network built for the target, the target layers whose outputs are cached
+    per sequence (float16, :class:`Features`), the per-run constants its loss needs, and the loss.
+
+    ``loss(net, target, aux, feats, ids, start, recipe, gen)`` returns the loss of one sequence (``ids``,
+    the answer from ``start``), the greedy tokens per target forward its drafts would give there, and
+    the number of drafted positions it scored (for tokens/s)."""
+
+    make_net: Callable[[Any, DrafterRecipe, list[dict[str, Any]]], torch.nn.Module]
+    feature_layers: Callable[[DrafterRecipe], list[int]]
+    setup: Callable[[torch.nn.Module, Any], Any]
+    loss: Callable[..., tuple[torch.Tensor, float, int]]
+
+
+# Each method's objective, imported when a run trains it (``module:attr``).
+OBJECTIVES = {
+    "dflash": "dlm_cli.train.drafter:DFLASH",
+    "clover": "dlm_cli.train.clover:OBJECTIVE",
+    "hidden-transfer": "dlm_cli.train.hidden_transfer:OBJECTIVE",
+    "ppd": "dlm_cli.train.ppd:OBJECTIVE",
+}
+
+
+def objective(method: str) -> Objective:
+    import importlib
+
+    module, attr = OBJECTIVES[method].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def make_net(target: Any, recipe: DrafterRecipe, data: list[dict[str, Any]] = ()) -> torch.nn.Module:
+    """``recipe``'s drafter for ``target``, initialised as its method says (``recipe.spec`` filled in)."""
+    return objective(recipe.method).make_net(target, recipe, list(data))
+
+
+def vocab_by_frequency(target: Any, data: list[dict[str, Any]], size: int) -> torch.Tensor:
+    """The ``size`` most frequent answer tokens of ``data`` (ties by id, every end token included), sorted."""
+    counts = torch.zeros(target.token_count or target.vocab_size, dtype=torch.long)
+    for r in data:
+        counts.index_add_(0, torch.tensor(r["answer_ids"], dtype=torch.long), torch.ones(len(r["answer_ids"]), dtype=torch.long))
+    counts[list(target.eos_ids)] += 1 << 40
+    return torch.sort(torch.argsort(counts, descending=True, stable=True)[:size]).values
+
+
+def head_setup(net: torch.nn.Module, target: Any) -> dict[str, Any]:
+    """The LM head rows a drafter with an optional draft vocabulary (``net.vocab``) scores, and ``index``:
+    target token -> row (-1: not in the draft vocabulary), or None for the whole vocabulary."""
+    from ..models.drafter import draft_head
+
+    width = target.token_count or target.vocab_size
+    head, vocab = draft_head(net, target.net.get_output_embeddings(), width)
+    index = None
+    if vocab is not None:
+        index = torch.full((width,), -1, dtype=torch.long)
+        index[vocab.cpu()] = torch.arange(vocab.numel())
+        index = index.to(target.device)
+    return {"embed": target.net.get_input_embeddings(), "head": head.detach().float(), "index": index}
+
+
+def dflash_net(target: Any, recipe: DrafterRecipe, data: list[dict[str, Any]] = ()) -> torch.nn.Module:
     from ..models.drafter import build, dflash_spec
 
     if not recipe.spec:
@@ -88,12 +148,7 @@ def make_net(target: Any, recipe: DrafterRecipe, data: list[dict[str, Any]] = ()
         if recipe.init == "target":
             init_from_target(net, target)
         if getattr(net, "vocab", None) is not None:
-            # The most frequent answer tokens, ties by id; every end token included.
-            counts = torch.zeros(target.token_count or target.vocab_size, dtype=torch.long)
-            for r in data:
-                counts.index_add_(0, torch.tensor(r["answer_ids"], dtype=torch.long), torch.ones(len(r["answer_ids"]), dtype=torch.long))
-            counts[list(target.eos_ids)] += 1 << 40
-            net.vocab.copy_(torch.sort(torch.argsort(counts, descending=True, stable=True)[: net.vocab.numel()]).values)
+            net.vocab.copy_(vocab_by_frequency(target, data, net.vocab.numel()))
     return net.float()
 
 
@@ -127,6 +182,8 @@ class Features:
 
     @torch.no_grad()
     def __call__(self, index: int, ids: torch.Tensor) -> torch.Tensor:
+        if not self.layers:  # the method reads no target layer here
+            return torch.zeros(ids.shape[0], 0)
         got = self.cache.get(index)
         if got is None:
             out = self.target.net(input_ids=ids[None].to(self.target.device), output_hidden_states=True,
@@ -231,22 +288,17 @@ def train(target: Any, data: list[dict[str, Any]], recipe: DrafterRecipe, work: 
     for p in target.net.parameters():
         p.requires_grad_(False)
     target.net.eval()
+    if recipe.method not in OBJECTIVES:
+        raise UsageError(f"--method {recipe.method!r}: use one of {', '.join(OBJECTIVES)}")
     net = make_net(target, recipe, usable).to(target.device)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0, betas=(0.9, 0.95))
     work.mkdir(parents=True, exist_ok=True)
     ckpt, log = work / "checkpoint.safetensors", work / "log.jsonl"
     step = load_checkpoint(ckpt, net, opt, recipe) if ckpt.exists() else 0
-    feats = Features(target, recipe.spec["target_layers"])
-    from ..models.drafter import draft_head
-
-    embed = target.net.get_input_embeddings()
-    head, vocab = draft_head(net, target.net.get_output_embeddings(), target.token_count or target.vocab_size)
-    head = head.detach().float()
-    index = None
-    if vocab is not None:
-        index = torch.full((target.token_count or target.vocab_size,), -1, dtype=torch.long)
-        index[vocab.cpu()] = torch.arange(vocab.numel())
+    obj = objective(recipe.method)
+    feats = Features(target, obj.feature_layers(recipe))
+    aux = obj.setup(net, target)
     end_at = min(recipe.steps, stop_step or recipe.steps)
     t0 = last_save = time.time()
     net.train()
@@ -262,12 +314,12 @@ def train(target: Any, data: list[dict[str, Any]], recipe: DrafterRecipe, work: 
                 row = usable[i]
                 ids = torch.tensor(row["prompt_ids"] + row["answer_ids"], dtype=torch.long)
                 f = feats(i, ids).to(target.device)
-                loss, accept, blocks = dflash_loss(net, embed, head, f, ids.to(target.device), len(row["prompt_ids"]),
-                                                   recipe, gen, index)
+                loss, accept, scored = obj.loss(net, target, aux, f, ids.to(target.device), len(row["prompt_ids"]),
+                                                recipe, gen)
                 (loss / recipe.rows_per_step).backward()
                 total += float(loss.detach()) / recipe.rows_per_step
                 acc += accept / recipe.rows_per_step
-                n_tok += blocks * recipe.block
+                n_tok += scored
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -292,3 +344,13 @@ def train(target: Any, data: list[dict[str, Any]], recipe: DrafterRecipe, work: 
         raise
     net.eval()
     return net, step
+
+
+def _dflash_loss(net: Any, target: Any, aux: dict[str, Any], feats: torch.Tensor, ids: torch.Tensor, start: int,
+                 recipe: DrafterRecipe, gen: torch.Generator) -> tuple[torch.Tensor, float, int]:
+    loss, accept, blocks = dflash_loss(net, aux["embed"], aux["head"], feats, ids, start, recipe, gen, aux["index"])
+    return loss, accept, blocks * recipe.block
+
+
+DFLASH = Objective(make_net=dflash_net, feature_layers=lambda r: list(r.spec["target_layers"]), setup=head_setup,
+                   loss=_dflash_loss)
