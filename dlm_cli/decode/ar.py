@@ -138,3 +138,9 @@ def learned(method: str) -> Any:
 
 
 dflash = learned("dflash")
+
+
+def ppd(model: ARModel, settings: RunSettings, draft: Any) -> Any:
+    from .ppd import bind
+
+    return bind(model, settings, draft)

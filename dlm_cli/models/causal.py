@@ -78,6 +78,30 @@ class CausalLM(OutputLayer):
                 return (out if self.token_count is None else out[:, : self.token_count]), feats
         return out if self.token_count is None else out[:, : self.token_count]
 
+    def forward_embeds(self, ids: torch.Tensor, extra: torch.Tensor, cache: Any, mask: torch.Tensor,
+                       positions: torch.Tensor, keep_rows: torch.Tensor) -> torch.Tensor:
+        """Logits ``[len(keep_rows), V]`` of the rows ``keep_rows`` of the input ``[ids ; extra]``: the token
+        ``ids`` (1-D) followed by ``extra`` rows given as input embeddings ``[m, d]`` (PPD's prompt tokens,
+        :mod:`dlm_cli.decode.loops.ppd`), under the 4-D additive ``mask`` ``[1, 1, n + m, cached + n + m]`` at
+        ``positions`` ``[1, n + m]``, appended to ``cache`` (a ``DynamicCache``; ``None``: no cache, nothing kept).
+
+        Not under inference mode: training backpropagates through the frozen network into ``extra``
+        (:mod:`dlm_cli.train.ppd`); decoding calls it under ``torch.inference_mode``. The token rows go in
+        as their own embeddings, so their outputs are those ``forward`` gives them under the same mask.
+        """
+        from .compat import cache_kwarg
+
+        embed = self.net.get_input_embeddings()
+        rows = embed(ids)
+        x = torch.cat([rows, extra.to(rows.dtype)]) if extra is not None and extra.shape[0] else rows
+        kw: dict[str, Any] = {"use_cache": cache is not None}
+        if cache is not None:
+            kw[cache_kwarg(self.net.forward)] = cache
+        res = self.net(inputs_embeds=x[None], attention_mask=mask, position_ids=positions,
+                       logits_to_keep=keep_rows, **kw)
+        out = res.logits[0]
+        return out if self.token_count is None else out[:, : self.token_count]
+
     @property
     def depth(self) -> int:
         """The number of decoder layers."""

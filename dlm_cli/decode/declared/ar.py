@@ -127,3 +127,17 @@ register_strategy(Strategy(
         Key("mirror_topk", int, 8, "candidates per depth the early exit sends to the draft (kappa)", min=1, max=256),
     ),
     impl="dlm_cli.decode.ar:mirror", loop="ar", needs=(DRAFT_MODEL,), drafts=True, hidden=True))
+
+register_strategy(Strategy(
+    "ppd", "autoregressive",
+    "PPD (Chen et al. 2024, hardware-aware parallel prompt decoding): trained prompt tokens (--draft DIR from dlm "
+    "drafter train --method ppd) ride in every verify forward, attached to each tree node, and guess the next "
+    "tokens; a sparse tree over their top ranks, sized for this machine, is verified in the same forward; greedy "
+    "output identical to ar, sampling exact",
+    keys=(
+        Key("tree_width", int, 10, "ranks of each prompt's guesses the tree may use (PPD: top-10)", min=1, max=64),
+        Key("tree_nodes", int, None, "candidate nodes per forward, the most likely rank paths by the drafter's "
+            "hit rates; default: the size dlm drafter train measured as fastest here (else 12); 0: no tree",
+            min=0, max=256, optional=True),
+    ),
+    impl="dlm_cli.decode.ar:ppd", loop="ppd", needs=(DRAFT_MODEL,), drafts=True, hidden=True))
