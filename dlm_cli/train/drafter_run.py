@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from .common import TrainRequest
 from ..errors import DlmError, UsageError
-from .drafter import METHODS, DrafterRecipe, train
+from .drafter import METHODS, DrafterRecipe, objective, train
 
 
 @dataclass(kw_only=True)
@@ -52,15 +52,21 @@ def run_drafter_train(req: DrafterRequest, *, load_model: Callable[..., Any], er
             kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
         err.print(f"dlm: note: {len(rows)} training sequences ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})",
                   markup=False, highlight=False)
+        # A method may hold sequences out of training and measure something on them after it (PPD's tree).
+        obj = objective(req.method)
+        split, finish = getattr(obj, "split", None), getattr(obj, "finish", None)
+        train_rows, held = split(rows) if split is not None else (rows, [])
         t_train = time.time()
         net, step = train_with_progress(
             bar, err, label=req.method, steps=recipe.steps, work=work, checkpoint="checkpoint.safetensors",
             info=lambda rep: f"loss {rep.loss:.4f} · accept {rep.accept:.2f} · {rep.tokens_per_second:.0f} tok/s",
             note=lambda rep: f"loss {rep.loss:.4f} accept {rep.accept:.2f}",
-            train=lambda on_step: train(model, rows, recipe, work, checkpoint_minutes=req.checkpoint_minutes,
+            train=lambda on_step: train(model, train_rows, recipe, work, checkpoint_minutes=req.checkpoint_minutes,
                                         stop_minutes=req.stop_minutes, stop_step=req.stop_step, on_step=on_step))
     if stopped_early(step, recipe.steps, req.stop_step, work, err):
         return 0
+    if finish is not None:
+        err.print(f"dlm: note: {finish(net, model, held, train_rows)}", markup=False, highlight=False)
     from dataclasses import asdict
 
     save_drafter(req.out, req.method, net, fingerprint(model, name),
