@@ -277,3 +277,15 @@ def test_refusals_are_one_line(world):
     res = cli("generate", "-m", str(world["target_path"]), "-p", "dflash", "--draft", d, "-n", "8", "hello")
     out = res.output.strip()
     assert res.exit_code == 2 and len(out.splitlines()) == 1 and out.endswith("is a ppd drafter; use -p ppd with it")
+
+
+def test_cli_bench_rows(world, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:2]))
+    res = cli("bench", "-m", str(world["target_path"]), "--draft", str(world["drafter_path"]), "-p",
+              "ar,ppd", "--prompts", str(prompts), "-n", "24", "--format", "json")
+    assert res.exit_code == 0, res.output
+    rows = {r["profile"]: r for r in json.loads(res.stdout)["rows"]}
+    assert {"ar", "ppd"} <= set(rows)
+    assert rows["ppd"]["nfe"] <= rows["ar"]["nfe"] and rows["ppd"]["agreement"] == 1.0
+    assert rows["ppd"]["acceptance_rate"] is not None
