@@ -140,4 +140,5 @@ register_strategy(Strategy(
             "hit rates; default: the size dlm drafter train measured as fastest here (else 12); 0: no tree",
             min=0, max=256, optional=True),
     ),
+    # hidden: its forward takes input embeddings and a tree mask, which the compiled static-cache step does not.
     impl="dlm_cli.decode.ar:ppd", loop="ppd", needs=(DRAFT_MODEL,), drafts=True, hidden=True))
