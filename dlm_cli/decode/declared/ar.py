@@ -114,6 +114,18 @@ register_strategy(Strategy(
     impl="dlm_cli.decode.ar:dflash", loop="ar", needs=(DRAFT_MODEL,), drafts=True, hidden=True))
 
 register_strategy(Strategy(
+    "clover", "autoregressive",
+    "Clover (Xiao et al. 2024; Clover-2's architecture): learned regressive draft heads (--draft DIR from dlm "
+    "drafter train --method clover) over the target's last hidden state from the verify forward, each head fed "
+    "the token the one before proposed; greedy output identical to ar, sampling exact",
+    keys=(
+        Key("draft_length", int, None, "draft tokens per verify step; default and most: the drafter's heads",
+            min=1, max=256, optional=True),
+        TREE_WIDTH, TREE_DEPTH,
+    ),
+    impl="dlm_cli.decode.ar:clover", loop="ar", needs=(DRAFT_MODEL,), drafts=True, hidden=True))
+
+register_strategy(Strategy(
     "mirror", "autoregressive",
     "Mirror speculative decoding's schedule (Apple 2025), on one device: speculative decoding with a fixed "
     "draft window whose verify forward also exits early at a middle layer; a correction among the early exit's "
