@@ -235,3 +235,24 @@ def test_cli_train_and_generate(world, tmp_path):
     assert got["profile"] == "clover" and got["nfe"] <= 12, got
     wrong = cli("generate", "-m", m, "--draft", str(out), "-p", "dflash", "-n", "8", PROMPTS[0])
     assert wrong.exit_code == 2 and "is a clover drafter; use -p clover" in wrong.output
+
+
+def test_tree_with_lookup_is_identical_and_uses_both(world, tmp_path):
+    """with_lookup: prompt lookup's draft is a second branch of the learned tree; greedy output stays ar's, and with
+    an untrained drafter (its drafts rarely accepted) the lookup branch is what cuts the target forwards."""
+    from dlm_cli.train.drafter import make_net
+
+    t = world["target"]
+    raw = make_net(t, recipe(world["target_path"]), world["rows"])
+    d = load(str(save_drafter(tmp_path / "raw", "clover", raw, fingerprint(t, str(world["target_path"])), {"step": 0})))
+    flat = mixed = 0
+    for prompt in PROMPTS:
+        ref = decode(t, prompt, "ar", n=64)
+        alone = decode(t, prompt, "clover", draft=d, n=64, tree_width=2)
+        both = decode(t, prompt, "clover", draft=d, n=64, tree_width=2, with_lookup=True)
+        assert both.tokens == ref.tokens and alone.tokens == ref.tokens
+        flat, mixed = flat + alone.nfe, mixed + both.nfe
+    assert mixed < flat, (mixed, flat)
+    res = cli("generate", "-m", str(world["target_path"]), "--draft", str(world["drafter_path"]), "-p", "clover",
+              "--set", "with_lookup=true", "-n", "8", PROMPTS[0])
+    assert res.exit_code == 2 and "add --set tree_width=2" in res.output

@@ -21,6 +21,28 @@ if TYPE_CHECKING:
     from .tree import Tree
 
 
+def lookup_source(settings: RunSettings) -> Any:
+    """Prompt lookup (its own defaults: n-grams 3 down to 1, 15 tokens, realigned) for ``with_lookup`` trees, else None."""
+    if not getattr(settings, "with_lookup", False):
+        return None
+    from types import SimpleNamespace
+
+    from .drafts import LookupDraft
+
+    return LookupDraft(SimpleNamespace(ngram_min=1, ngram_max=3, draft_length=15, realign=True, tree_width=1,
+                                       tree_depth=None))
+
+
+def add_lookup(lookup: Any, seq: list[int], room: int, paths: list[list[int]], width: int) -> list[list[int]]:
+    """``paths`` (the drafter's, best first) with prompt lookup's draft as the second branch, within ``width``."""
+    if lookup is None:
+        return paths
+    found = lookup.propose(seq, room)[0].tolist()
+    if not found or found in paths:
+        return paths
+    return (paths[:1] + [found] + paths[1:])[:max(width, 2)]
+
+
 class DFlashDraft(NoDraft):
     """DFlash (Chen et al. 2026): one drafter forward over ``[last token, MASK x (k)]`` drafts ``k`` tokens.
 
@@ -53,9 +75,12 @@ class DFlashDraft(NoDraft):
         self.kvs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.ctx = 0
         self.lengths: list[int] = []
+        self.lookup = lookup_source(settings)
 
     def begin(self, seq: list[int], generator: torch.Generator | None) -> None:
         self.kvs, self.ctx = [], 0
+        if self.lookup is not None:
+            self.lookup.begin(seq, generator)
 
     @torch.inference_mode()
     def observe(self, feats: torch.Tensor) -> None:
@@ -119,7 +144,7 @@ class DFlashDraft(NoDraft):
                       reverse=True)[: self.tree_width - 1]
         paths = [self.cut(main)] + [self.cut(main[:j] + [ids[j][r]] + main[j + 1:]) for _, j, r in alts]
         self.lengths.append(depth)
-        return trie(paths)
+        return trie(add_lookup(self.lookup, seq, room, paths, self.tree_width))
 
     def stats(self) -> dict[str, Any]:
         return {"mean_draft_length": sum(self.lengths) / len(self.lengths) if self.lengths else 0.0}
@@ -156,9 +181,12 @@ class CloverDraft(NoDraft):
         self.head = head.detach().to(self.dtype)
         self.stop = frozenset(stop)
         self.lengths: list[int] = []
+        self.lookup = lookup_source(settings)
         self.begin([], None)
 
     def begin(self, seq: list[int], generator: torch.Generator | None) -> None:
+        if self.lookup is not None:
+            self.lookup.begin(seq, generator)
         self.feats: list[torch.Tensor] = []  # observed target states not fused yet
         self.ctx = 0  # committed positions whose target state was observed
         self.fused = 0  # positions run through the augmenting block
@@ -236,7 +264,7 @@ class CloverDraft(NoDraft):
                       reverse=True)[: self.tree_width - 1]
         paths = [self.cut(main)] + [self.cut(main[:j] + [ids[j][r]]) for _, j, r in alts]
         self.lengths.append(depth)
-        return trie(paths)
+        return trie(add_lookup(self.lookup, seq, room, paths, self.tree_width))
 
     def stats(self) -> dict[str, Any]:
         return {"mean_draft_length": sum(self.lengths) / len(self.lengths) if self.lengths else 0.0}
