@@ -584,6 +584,9 @@ DRAFTER_HELP = """Train a learned drafter for an AR target; decode with -p METHO
                  width that read the target's hidden states (a few layers, fused) as keys and
                  values and draft a block of --block - 1 tokens in one forward; trained with
                  DFlash's decaying block cross-entropy on the target's own greedy answers.
+--method clover  regressive draft heads (Clover-2's architecture): the target's last hidden state
+                 gated with the next token, --layers causal Llama layers, then --block - 1 heads,
+                 each fed the token the one before proposed; cross-entropy plus feature regression.
 --method ppd     parallel prompt decoding (Chen et al. 2024): --block - 1 trained prompt
                  embeddings, nothing else; the frozen target reads them in its own verify
                  forward (attached to every tree node) and guesses the tokens after next; trained
@@ -607,7 +610,7 @@ directory (config.json naming the target, model.safetensors) that --draft loads.
 @drafter_app.command("train", help=DRAFTER_HELP)
 @loads_models(device_map=False)
 def drafter_train(
-    method: str = typer.Option("dflash", "--method", help="dflash or ppd"),
+    method: str = typer.Option("dflash", "--method", help="dflash, clover, hidden-transfer or ppd"),
     model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", help="where to write the drafter (a new directory)"),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL prompts: {\"prompt\": ...} per line"),

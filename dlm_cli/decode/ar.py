@@ -130,14 +130,15 @@ def learned(method: str) -> Any:
         check_target(draft, model)
         if draft.device != model.device:
             draft.net.to(model.device)
-        from .learned import DFlashDraft
+        from .learned import SOURCES
 
-        return DFlashDraft(draft, model, settings, width(model), tuple(model.eos_ids))
+        return SOURCES[method](draft, model, settings, width(model), tuple(model.eos_ids))
 
     return factory
 
 
 dflash = learned("dflash")
+clover = learned("clover")
 
 
 def ppd(model: ARModel, settings: RunSettings, draft: Any) -> Any:

@@ -31,7 +31,7 @@ import torch
 from ..errors import INTERRUPTS, DlmError, UsageError
 from .common import Report as BaseReport, cosine_lr, recipe_key
 
-from ..models.drafter import METHODS  # noqa: E402  (every method's network; its objective below)
+from ..models.drafter import METHODS  # noqa: F401  (every method, re-exported: its network; its objective below)
 
 
 @dataclass

@@ -101,6 +101,10 @@ register_strategy(Strategy(
     ),
     impl="dlm_cli.decode.ar:ead", loop="ead", needs=(DRAFT_MODEL,)))
 
+LOOKUP_TREE = Conflict(lambda v: bool(v.get("with_lookup")) and v.get("tree_width", 1) < 2,
+                       "with_lookup = true puts prompt lookup's draft in the token tree as a second branch; "
+                       "add --set tree_width=2 (or more)")
+
 register_strategy(Strategy(
     "dflash", "autoregressive",
     "DFlash (Chen et al. 2026): a learned block-diffusion drafter (--draft DIR from dlm drafter train) reads the "
@@ -110,8 +114,28 @@ register_strategy(Strategy(
         Key("draft_length", int, None, "draft tokens per verify step; default and most: the drafter's block size "
             "- 1", min=1, max=256, optional=True),
         TREE_WIDTH, TREE_DEPTH,
+        Key("with_lookup", bool, False, "the token tree (tree_width >= 2) also holds prompt lookup's draft (n-grams "
+            "3 to 1 of the prompt and output, 15 tokens) as its second branch: the learned drafter for new text, "
+            "lookup for copied text"),
     ),
-    impl="dlm_cli.decode.ar:dflash", loop="ar", needs=(DRAFT_MODEL,), drafts=True, hidden=True))
+    impl="dlm_cli.decode.ar:dflash", loop="ar", needs=(DRAFT_MODEL,), drafts=True, hidden=True,
+    conflicts=(LOOKUP_TREE,)))
+
+register_strategy(Strategy(
+    "clover", "autoregressive",
+    "Clover (Xiao et al. 2024; Clover-2's architecture): learned regressive draft heads (--draft DIR from dlm "
+    "drafter train --method clover) over the target's last hidden state from the verify forward, each head fed "
+    "the token the one before proposed; greedy output identical to ar, sampling exact",
+    keys=(
+        Key("draft_length", int, None, "draft tokens per verify step; default and most: the drafter's heads",
+            min=1, max=256, optional=True),
+        TREE_WIDTH, TREE_DEPTH,
+        Key("with_lookup", bool, False, "the token tree (tree_width >= 2) also holds prompt lookup's draft (n-grams "
+            "3 to 1 of the prompt and output, 15 tokens) as its second branch: the learned drafter for new text, "
+            "lookup for copied text"),
+    ),
+    impl="dlm_cli.decode.ar:clover", loop="ar", needs=(DRAFT_MODEL,), drafts=True, hidden=True,
+    conflicts=(LOOKUP_TREE,)))
 
 register_strategy(Strategy(
     "mirror", "autoregressive",
