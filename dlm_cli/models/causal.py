@@ -78,6 +78,28 @@ class CausalLM(OutputLayer):
                 return (out if self.token_count is None else out[:, : self.token_count]), feats
         return out if self.token_count is None else out[:, : self.token_count]
 
+    @torch.inference_mode()
+    def forward_transfer(self, ids: torch.Tensor, cache: Any, transfer: Any, anchors: torch.Tensor, keep: int = 1,
+                         mask: torch.Tensor | None = None,
+                         positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden Transfer's split forward (:func:`.hidden_transfer.split_forward`): the logits ``[keep, V]`` of the
+        last ``keep`` of ``ids`` (equal to :meth:`forward`'s) and the final-layer states, before the final norm,
+        of the ``transfer.slots`` pseudo rows of each row in ``anchors`` (``[A, k, d]``; :meth:`early_logits`
+        decodes them). ``mask`` and ``positions`` as in :meth:`forward`; the cache ends as :meth:`forward` leaves it."""
+        from .hidden_transfer import split_forward
+
+        if hasattr(cache, "dlm_filled"):
+            raise ValueError("hidden-transfer's split forward cannot run over a static cache")
+        n = ids.shape[0]
+        past = cache.get_seq_length()
+        if mask is None:
+            see = torch.cat([torch.ones(n, past, dtype=torch.bool), torch.ones(n, n, dtype=torch.bool).tril()], 1)
+            pos = torch.arange(past, past + n, device=ids.device)
+        else:
+            see, pos = (mask[0, 0] == 0).cpu(), positions[0]
+        real, pseudo = split_forward(self.net, transfer, anchors, see, pos, ids=ids, cache=cache)
+        return self.early_logits(real[n - keep:]), pseudo
+
     @property
     def depth(self) -> int:
         """The number of decoder layers."""

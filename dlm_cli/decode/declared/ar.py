@@ -127,3 +127,16 @@ register_strategy(Strategy(
         Key("mirror_topk", int, 8, "candidates per depth the early exit sends to the draft (kappa)", min=1, max=256),
     ),
     impl="dlm_cli.decode.ar:mirror", loop="ar", needs=(DRAFT_MODEL,), drafts=True, hidden=True))
+
+register_strategy(Strategy(
+    "hidden-transfer", "autoregressive",
+    "Hidden Transfer (Wu et al. 2024): learned linear maps (--draft DIR from dlm drafter train) turn a middle "
+    "layer's state into pseudo hidden states of the next tokens, which the target's own upper layers decode in "
+    "the verify forward; no draft model forward; greedy output identical to ar, sampling exact",
+    keys=(
+        Key("draft_length", int, None, "draft tokens per verify step; default and most: the drafter's slots",
+            min=1, max=256, optional=True),
+        TREE_WIDTH, TREE_DEPTH,
+    ),
+    impl="dlm_cli.decode.ar:hidden_transfer", loop="hidden-transfer", needs=(DRAFT_MODEL,), drafts=True,
+    hidden=True))
