@@ -584,6 +584,11 @@ DRAFTER_HELP = """Train a learned drafter for an AR target; decode with -p METHO
                  width that read the target's hidden states (a few layers, fused) as keys and
                  values and draft a block of --block - 1 tokens in one forward; trained with
                  DFlash's decaying block cross-entropy on the target's own greedy answers.
+--method hidden-transfer  Hidden Transfer (Wu et al. 2024): --block - 1 linear maps turn the
+                 target's layer-t state (--target-layers t, default 2/3 of the depth) into pseudo
+                 states of the next tokens, decoded by the target's own upper layers in the
+                 verify forward (no drafter forward); trained by KL to the target's own
+                 distributions.
 
 \b
 The target answers every prompt with -p ar (cached in --work); training checkpoints there every
@@ -599,7 +604,7 @@ directory (config.json naming the target, model.safetensors) that --draft loads.
 @drafter_app.command("train", help=DRAFTER_HELP)
 @loads_models(device_map=False)
 def drafter_train(
-    method: str = typer.Option("dflash", "--method", help="dflash"),
+    method: str = typer.Option("dflash", "--method", help="dflash, hidden-transfer"),
     model: Optional[str] = typer.Option(None, "-m", "--model", autocompletion=_complete_models, help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", help="where to write the drafter (a new directory)"),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL prompts: {\"prompt\": ...} per line"),
