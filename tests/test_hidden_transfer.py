@@ -133,6 +133,17 @@ def test_a_slot_sees_its_anchor_prefix_and_earlier_slots_only(world):
     assert not torch.allclose(changed[:, 1], both[:, 1], atol=1e-3)  # slot 1 sees slot 0
     ref = t.forward(ids, t.new_cache(), keep=ids.shape[0])
     assert torch.allclose(t.early_logits(real), ref, atol=1e-5)  # no real row sees a pseudo row
+    from dlm_cli.train.drafter import Features
+
+    h = Features(t, [net.layer])(0, ids)  # what training reads: the same layer's output (float16)
+    with torch.no_grad():
+        _, trained = split_forward(t.net, net, torch.tensor([3, 7]), torch.ones(len(ids), len(ids), dtype=torch.bool).tril(),
+                                   torch.arange(len(ids)), hidden=h)
+    assert torch.allclose(trained, both, atol=2e-2)
+    with torch.no_grad():
+        _, shifted = split_forward(t.net, net, torch.tensor([3, 7]), torch.ones(len(ids), len(ids), dtype=torch.bool).tril(),
+                                   torch.arange(len(ids)), hidden=Features(t, [net.layer - 1])(0, ids))
+    assert not torch.allclose(shifted, both, atol=2e-2)
 
 
 @pytest.mark.parametrize("kind", ["kl", "ce"])
@@ -295,3 +306,17 @@ def test_cli_train_then_generate(world, tmp_path):
               "--work", str(tmp_path / "w2"), "-n", "4", "--target-layers", "2")
     assert res.exit_code == 2 and res.output.strip().splitlines()[-1].startswith("dlm: --target-layers 2")
     assert "Traceback" not in res.output
+
+
+def test_resume_reproduces_the_next_steps(world, tmp_path):
+    t, rows = world["target"], world["rows"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    net_full, _ = train(t, rows, recipe(world["target_path"], steps=6), full)
+    train(t, rows, recipe(world["target_path"], steps=6), part, stop_step=3)
+    net_part, step = train(t, rows, recipe(world["target_path"], steps=6), part)
+    assert step == 6
+    a = [json.loads(x)["loss"] for x in (full / "log.jsonl").read_text().splitlines()]
+    b = [json.loads(x)["loss"] for x in (part / "log.jsonl").read_text().splitlines()]
+    assert b[3:] == pytest.approx(a[3:], rel=1e-4)
+    assert torch.allclose(net_full.maps, net_part.maps, atol=1e-5)
+    assert not torch.allclose(net_full.maps, torch.eye(32).repeat(3, 1, 1), atol=1e-4)  # the maps did train

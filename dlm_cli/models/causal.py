@@ -93,10 +93,10 @@ class CausalLM(OutputLayer):
         n = ids.shape[0]
         past = cache.get_seq_length()
         if mask is None:
-            see = torch.cat([torch.ones(n, past, dtype=torch.bool), torch.ones(n, n, dtype=torch.bool).tril()], 1)
+            see = torch.ones(n, past + n, dtype=torch.bool, device=ids.device).tril(past)
             pos = torch.arange(past, past + n, device=ids.device)
         else:
-            see, pos = (mask[0, 0] == 0).cpu(), positions[0]
+            see, pos = mask[0, 0] == 0, positions[0]
         real, pseudo = split_forward(self.net, transfer, anchors, see, pos, ids=ids, cache=cache)
         return self.early_logits(real[n - keep:]), pseudo
 

@@ -70,20 +70,21 @@ def body(net: Any) -> tuple[Any, Any, Any]:
 
 def additive(see: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The 4-D additive mask ``[1, 1, rows, keys]`` of a boolean ``see`` (True: attends)."""
-    return torch.zeros(see.shape, dtype=dtype).masked_fill_(~see, torch.finfo(dtype).min)[None, None].to(device)
+    out = torch.zeros(see.shape, dtype=dtype, device=see.device).masked_fill_(~see, torch.finfo(dtype).min)
+    return out[None, None].to(device)
 
 
 def transfer_mask(see_real: torch.Tensor, anchors: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean ``[n + A k, width + A k]``: the real rows as ``see_real`` ``[n, width]`` says (never a pseudo row);
     the pseudo rows of anchor row ``anchors[i]`` (slots ``0..k-1``) see what that row sees and their own group's
     slots up to themselves."""
-    n = see_real.shape[0]
+    n, dev = see_real.shape[0], see_real.device
     A = anchors.numel()
-    g = torch.arange(A).repeat_interleave(k)
-    s = torch.arange(k).repeat(A)
+    g = torch.arange(A, device=dev).repeat_interleave(k)
+    s = torch.arange(k, device=dev).repeat(A)
     own = (g[:, None] == g[None]) & (s[:, None] >= s[None])
     top = torch.cat([see_real, see_real.new_zeros(n, A * k)], 1)
-    return torch.cat([top, torch.cat([see_real[anchors].repeat_interleave(k, 0), own], 1)], 0)
+    return torch.cat([top, torch.cat([see_real[anchors.to(dev)].repeat_interleave(k, 0), own], 1)], 0)
 
 
 def _layers(layers: Any, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], positions: torch.Tensor,
@@ -126,7 +127,7 @@ def split_forward(net: Any, transfer: TransferNet, anchors: torch.Tensor, see_re
         x = hidden[None]
         rope = rotary(x, all_pos)
     pseudo = transfer(x[0, anchors]).reshape(1, -1, x.shape[-1])
-    mask = additive(transfer_mask(see_real.cpu(), anchors.cpu(), k), x.dtype, dev)
+    mask = additive(transfer_mask(see_real, anchors, k), x.dtype, dev)
     x = _layers(layers[t + 1:], torch.cat([x, pseudo], 1), rope, all_pos, mask, cache)
     if cache is not None and pseudo.shape[1]:
         for layer in list(cache.layers)[t + 1:]:

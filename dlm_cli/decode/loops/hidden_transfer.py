@@ -101,7 +101,7 @@ def run(target: Any, prompt_ids: list[int], settings: RunSettings, source: Trans
             t1 = time.perf_counter()
             mask, pos = trees.attention(tree, cached, m, target.net.dtype, device)
             feed = torch.tensor(pending + tree.tokens, dtype=torch.long, device=device)
-            anchors = torch.arange(m - 1, m + k, device=device)
+            anchors = torch.arange(m - 1, m + k)
             logits, pseudo = target.forward_transfer(feed, cache, source.net, anchors, keep=k + 1, mask=mask,
                                                      positions=pos)
             path, token = trees.verify(logits, tree, settings, generator)
@@ -118,7 +118,7 @@ def run(target: Any, prompt_ids: list[int], settings: RunSettings, source: Trans
                 yield Draft(step=steps, position=position, tokens=draft_list, source=source.name)
                 t1 = time.perf_counter()
             feed = torch.tensor(pending + draft_list, dtype=torch.long, device=device)
-            anchors = torch.arange(m - 1, m + k, device=device)
+            anchors = torch.arange(m - 1, m + k)
             logits, pseudo = target.forward_transfer(feed, cache, source.net, anchors, keep=k + 1)
             v = verdict(logits, feed[m:], None, settings, generator)
             row_conf = logits[0].double()
