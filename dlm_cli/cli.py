@@ -593,6 +593,11 @@ DRAFTER_HELP = """Train a learned drafter for an AR target; decode with -p METHO
                  with a depth-weighted KL to the target's own distributions (--lr 1e-2, --gamma
                  4.48 are PPD's); after training, the tree size is chosen from held-out hit rates
                  and this machine's measured forward latency.
+--method hidden-transfer  Hidden Transfer (Wu et al. 2024): --block - 1 linear maps turn the
+                 target's layer-t state (--target-layers t, default 2/3 of the depth) into pseudo
+                 states of the next tokens, decoded by the target's own upper layers in the
+                 verify forward (no drafter forward); trained by the slots' decaying
+                 cross-entropy on the target's own greedy answers.
 
 \b
 The target answers every prompt with -p ar (cached in --work); training checkpoints there every

@@ -145,3 +145,21 @@ def ppd(model: ARModel, settings: RunSettings, draft: Any) -> Any:
     from .ppd import bind
 
     return bind(model, settings, draft)
+
+
+def hidden_transfer(model: ARModel, settings: RunSettings, draft: Any) -> Any:
+    """Hidden Transfer's source: the --draft directory's maps, refused unless they are a hidden-transfer drafter of
+    this target (the checks of :func:`learned`)."""
+    from ..models.drafter import check_target
+    from .loops.hidden_transfer import TransferSource
+
+    method = "hidden-transfer"
+    if draft is None or getattr(draft, "kind", None) != "drafter":
+        what = "no --draft" if draft is None else f"--draft {draft.info.name}, which is not a learned drafter"
+        raise UsageError(f"the {method} strategy drafts with a learned drafter, but the run has {what}; train one "
+                         f"with `dlm drafter train -m {model.info.name} --method {method} --out DIR` and pass "
+                         "--draft DIR")
+    if draft.method != method:
+        raise UsageError(f"the drafter {draft.info.name} is a {draft.method} drafter; use -p {draft.method} with it")
+    check_target(draft, model)
+    return TransferSource(draft, model, settings, tuple(model.eos_ids))

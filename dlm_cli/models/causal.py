@@ -101,6 +101,27 @@ class CausalLM(OutputLayer):
                        logits_to_keep=keep_rows, **kw)
         out = res.logits[0]
         return out if self.token_count is None else out[:, : self.token_count]
+    @torch.inference_mode()
+    def forward_transfer(self, ids: torch.Tensor, cache: Any, transfer: Any, anchors: torch.Tensor, keep: int = 1,
+                         mask: torch.Tensor | None = None,
+                         positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden Transfer's split forward (:func:`.hidden_transfer.split_forward`): the logits ``[keep, V]`` of the
+        last ``keep`` of ``ids`` (equal to :meth:`forward`'s) and the final-layer states, before the final norm,
+        of the ``transfer.slots`` pseudo rows of each row in ``anchors`` (``[A, k, d]``; :meth:`early_logits`
+        decodes them). ``mask`` and ``positions`` as in :meth:`forward`; the cache ends as :meth:`forward` leaves it."""
+        from .hidden_transfer import split_forward
+
+        if hasattr(cache, "dlm_filled"):
+            raise ValueError("hidden-transfer's split forward cannot run over a static cache")
+        n = ids.shape[0]
+        past = cache.get_seq_length()
+        if mask is None:
+            see = torch.ones(n, past + n, dtype=torch.bool, device=ids.device).tril(past)
+            pos = torch.arange(past, past + n, device=ids.device)
+        else:
+            see, pos = mask[0, 0] == 0, positions[0]
+        real, pseudo = split_forward(self.net, transfer, anchors, see, pos, ids=ids, cache=cache)
+        return self.early_logits(real[n - keep:]), pseudo
 
     @property
     def depth(self) -> int:

@@ -166,3 +166,16 @@ register_strategy(Strategy(
     ),
     # hidden: its forward takes input embeddings and a tree mask, which the compiled static-cache step does not.
     impl="dlm_cli.decode.ar:ppd", loop="ppd", needs=(DRAFT_MODEL,), drafts=True, hidden=True))
+
+register_strategy(Strategy(
+    "hidden-transfer", "autoregressive",
+    "Hidden Transfer (Wu et al. 2024): learned linear maps (--draft DIR from dlm drafter train) turn a middle "
+    "layer's state into pseudo hidden states of the next tokens, which the target's own upper layers decode in "
+    "the verify forward; no draft model forward; greedy output identical to ar, sampling exact",
+    keys=(
+        Key("draft_length", int, None, "draft tokens per verify step; default and most: the drafter's slots",
+            min=1, max=256, optional=True),
+        TREE_WIDTH, TREE_DEPTH,
+    ),
+    impl="dlm_cli.decode.ar:hidden_transfer", loop="hidden-transfer", needs=(DRAFT_MODEL,), drafts=True,
+    hidden=True))
