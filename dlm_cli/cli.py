@@ -639,7 +639,8 @@ def drafter_train(
     draft_vocab: int = typer.Option(8192, "--draft-vocab", min=0, help="the drafter proposes only this many "
                                     "tokens, the most frequent in the answers: a cheaper head (0: the whole vocabulary)"),
     init: str = typer.Option("target", "--init", help="target: the drafter's layers start as copies of the "
-                             "target's last layers; random"),
+                             "target's last layers; random; or a drafter directory (an earlier --out) to go on "
+                             "training it with a new schedule"),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=8, help="skip sequences longer than this"),
     seed: int = typer.Option(0, "--seed"),
     work: Optional[Path] = typer.Option(None, "--work", help="answers, checkpoints and log.jsonl "
@@ -670,8 +671,12 @@ def drafter_train(
     recipe = {"seed": seed, "steps": steps, "rows_per_step": rows_per_step, "anchors": anchors, "lr": lr,
               "layers": layers, "block": block, "gamma": gamma, "max_tokens": max_tokens, "target_layers": layer_ids,
               "draft_vocab": draft_vocab, "init": init}
+    init_from = None
     if init not in ("target", "random"):
-        raise UsageError(f"--init {init!r}: use target or random")
+        if not Path(init).is_dir():
+            raise UsageError(f"--init {init!r}: use target, random or an earlier drafter's --out directory")
+        init_from, recipe["init"] = str(Path(init).resolve()), "target"
+    recipe["init_from"] = init_from
     req = DrafterRequest(method=method, model=model, out=out, work=work, prompts=prompts, tasks=list(tasks),
                          kinds=[k.strip() for k in (kinds or "").split(",") if k.strip()], limit=limit,
                          max_new_tokens=max_new_tokens, recipe=recipe, load=load,

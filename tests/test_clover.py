@@ -256,3 +256,26 @@ def test_tree_with_lookup_is_identical_and_uses_both(world, tmp_path):
     res = cli("generate", "-m", str(world["target_path"]), "--draft", str(world["drafter_path"]), "-p", "clover",
               "--set", "with_lookup=true", "-n", "8", PROMPTS[0])
     assert res.exit_code == 2 and "add --set tree_width=2" in res.output
+
+
+def test_init_from_an_earlier_drafter_goes_on_from_its_weights(world, tmp_path):
+    """--init DIR: a later stage starts from the exported drafter's weights (its hyper-parameters too); a drafter
+    of another method is refused in one line."""
+    from dlm_cli.errors import UsageError
+    from dlm_cli.train.drafter import make_net
+
+    t = world["target"]
+    r = recipe(world["target_path"], init_from=str(world["drafter_path"]), block=9, steps=3)
+    net = make_net(t, r, world["rows"])
+    assert r.spec["heads"] == 4  # the drafter's own (block 5), not this recipe's block
+    want = world["drafter"].net.state_dict()
+    assert all(torch.equal(v.float(), want[k].float()) for k, v in net.state_dict().items() if not k.startswith("rotary"))
+    assert r.key() != recipe(world["target_path"], block=9, steps=3).key()
+    assert recipe(world["target_path"]).key() == DrafterRecipe(**{**recipe(world["target_path"]).__dict__}).key()
+    with pytest.raises(UsageError, match="is a clover drafter; train it with --method clover"):
+        make_net(t, recipe(world["target_path"], method="dflash", init_from=str(world["drafter_path"])), world["rows"])
+    _, step = train(t, world["rows"], recipe(world["target_path"], init_from=str(world["drafter_path"]), steps=3),
+                    tmp_path / "stage2")
+    log = [json.loads(x) for x in (tmp_path / "stage2" / "log.jsonl").read_text().splitlines()]
+    first = [json.loads(x) for x in world["log"].read_text().splitlines()][:3]
+    assert step == 3 and log[0]["loss"] < first[0]["loss"] * 0.5  # starts trained, not from scratch

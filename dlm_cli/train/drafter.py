@@ -54,9 +54,10 @@ class DrafterRecipe:
     draft_vocab: int = 0  # the drafter proposes only the most frequent answer tokens (0: the whole vocabulary)
     init: str = "target"  # the drafter's layers start as copies of the target's last layers (Clover-2's init), or "random"
     spec: dict[str, Any] = field(default_factory=dict)  # the drafter's full hyper-parameters (filled from the target)
+    init_from: str | None = None  # start from this drafter directory's weights (a later stage of a longer training)
 
     def key(self) -> str:
-        return recipe_key(self)
+        return recipe_key(self, optional=("init_from",))
 
 
 @dataclass(kw_only=True)
@@ -100,8 +101,26 @@ def objective(method: str) -> Objective:
 
 
 def make_net(target: Any, recipe: DrafterRecipe, data: list[dict[str, Any]] = ()) -> torch.nn.Module:
-    """``recipe``'s drafter for ``target``, initialised as its method says (``recipe.spec`` filled in)."""
-    return objective(recipe.method).make_net(target, recipe, list(data))
+    """``recipe``'s drafter for ``target``, initialised as its method says (``recipe.spec`` filled in), or with
+    the weights of the drafter directory ``recipe.init_from`` (its method, target and hyper-parameters)."""
+    if recipe.init_from is None:
+        return objective(recipe.method).make_net(target, recipe, list(data))
+    from ..models.drafter import check_target, load_drafter
+
+    path = Path(recipe.init_from)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"--init {path}: not a drafter directory (no readable config.json); give the --out of an "
+                         "earlier dlm drafter train") from None
+    if cfg.get("model_type") != "dlm-drafter":
+        raise UsageError(f"--init {path}: not a drafter directory dlm wrote")
+    if cfg.get("method") != recipe.method:
+        raise UsageError(f"--init {path}: is a {cfg.get('method')} drafter; train it with --method {cfg.get('method')}")
+    old = load_drafter(path, cfg, None, str(path))
+    check_target(old, target)
+    recipe.spec = dict(old.spec)
+    return old.net.float().train().requires_grad_(True)
 
 
 def vocab_by_frequency(target: Any, data: list[dict[str, Any]], size: int) -> torch.Tensor:
