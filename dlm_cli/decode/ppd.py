@@ -69,15 +69,9 @@ class PromptSlots:
 
 def bind(model: Any, settings: RunSettings, draft: Any) -> PromptSlots:
     """PPD's part: ``draft`` must be a ppd drafter trained for ``model`` (the fingerprint check of every learned drafter)."""
-    from ..models.drafter import check_target
+    from .ar import bound_drafter
 
-    if draft is None or getattr(draft, "kind", None) != "drafter":
-        what = "no --draft" if draft is None else f"--draft {draft.info.name}, which is not a learned drafter"
-        raise UsageError(f"the ppd strategy decodes with trained prompt tokens, but the run has {what}; train them "
-                         f"with `dlm drafter train -m {model.info.name} --method ppd --out DIR` and pass --draft DIR")
-    if draft.method != "ppd":
-        raise UsageError(f"the drafter {draft.info.name} is a {draft.method} drafter; use -p {draft.method} with it")
-    check_target(draft, model)
+    bound_drafter("ppd", model, draft, "decodes with trained prompt tokens")
     if not callable(getattr(model, "forward_embeds", None)):
         raise UsageError(f"{model.info.name} cannot take input embeddings; ppd needs a causal LM that transformers builds")
     return PromptSlots(draft, model, settings, tuple(model.eos_ids))
