@@ -114,26 +114,11 @@ def ead(model: ARModel, settings: RunSettings, draft: Any) -> Any:
     return draft
 
 
-def bound_drafter(method: str, model: ARModel, draft: Any, what: str = "drafts with a learned drafter") -> Any:
-    """``draft`` checked as a ``method`` drafter of ``model`` (refused in one line otherwise), on the model's device."""
-    from ..models.drafter import check_target
-
-    if draft is None or getattr(draft, "kind", None) != "drafter":
-        got = "no --draft" if draft is None else f"--draft {draft.info.name}, which is not a learned drafter"
-        raise UsageError(f"the {method} strategy {what}, but the run has {got}; train one with "
-                         f"`dlm drafter train -m {model.info.name} --method {method} --out DIR` and pass --draft DIR")
-    if draft.method != method:
-        raise UsageError(f"the drafter {draft.info.name} is a {draft.method} drafter; use -p {draft.method} with it")
-    check_target(draft, model)
-    if draft.device != model.device:
-        draft.net.to(model.device)
-    return draft
-
-
 def learned(method: str) -> Any:
     """The factory of a learned drafter's strategy: the --draft directory must be a ``method`` drafter of this target."""
 
     def factory(model: ARModel, settings: RunSettings, draft: Any) -> Any:
+        from ..models.drafter import bound_drafter
         from .learned import SOURCES
 
         bound_drafter(method, model, draft)
@@ -155,6 +140,7 @@ def ppd(model: ARModel, settings: RunSettings, draft: Any) -> Any:
 def hidden_transfer(model: ARModel, settings: RunSettings, draft: Any) -> Any:
     """Hidden Transfer's source: the --draft directory's maps, refused unless they are a hidden-transfer drafter of
     this target."""
+    from ..models.drafter import bound_drafter
     from .loops.hidden_transfer import TransferSource
 
     bound_drafter("hidden-transfer", model, draft)

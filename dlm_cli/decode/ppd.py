@@ -69,7 +69,7 @@ class PromptSlots:
 
 def bind(model: Any, settings: RunSettings, draft: Any) -> PromptSlots:
     """PPD's part: ``draft`` must be a ppd drafter trained for ``model`` (the fingerprint check of every learned drafter)."""
-    from .ar import bound_drafter
+    from ..models.drafter import bound_drafter
 
     bound_drafter("ppd", model, draft, "decodes with trained prompt tokens")
     if not callable(getattr(model, "forward_embeds", None)):

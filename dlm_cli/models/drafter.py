@@ -79,6 +79,22 @@ def check_target(drafter: Any, target: Any) -> None:
                        f"`dlm drafter train -m {target.info.name}`")
 
 
+def bound_drafter(method: str, model: Any, draft: Any, what: str = "drafts with a learned drafter") -> Any:
+    """``draft`` checked as a ``method`` drafter of ``model`` (refused in one line otherwise), on the model's device."""
+    from ..errors import UsageError
+
+    if draft is None or getattr(draft, "kind", None) != "drafter":
+        got = "no --draft" if draft is None else f"--draft {draft.info.name}, which is not a learned drafter"
+        raise UsageError(f"the {method} strategy {what}, but the run has {got}; train one with "
+                         f"`dlm drafter train -m {model.info.name} --method {method} --out DIR` and pass --draft DIR")
+    if draft.method != method:
+        raise UsageError(f"the drafter {draft.info.name} is a {draft.method} drafter; use -p {draft.method} with it")
+    check_target(draft, model)
+    if draft.device != model.device:
+        draft.net.to(model.device)
+    return draft
+
+
 def llama_config(spec: dict[str, Any]) -> Any:
     from transformers import LlamaConfig
 
