@@ -24,6 +24,8 @@ PROMPTS = ["the quick brown fox jumps", "hello world, how are you", "one two thr
 
 
 def settings(profile: str, n: int = 40, seed: int = 1, **sets: object):
+    if profile == "clover":  # the profile's own tree of two with lookup, unless a test sets them: the heads alone
+        sets = {"tree_width": 1, "with_lookup": False, **sets}
     return profiles.load(profile, sets=[f"{k}={json.dumps(v)}" for k, v in sets.items()],
                          flags={"max_new_tokens": n, "seed": seed})
 
@@ -254,7 +256,7 @@ def test_tree_with_lookup_is_identical_and_uses_both(world, tmp_path):
         flat, mixed = flat + alone.nfe, mixed + both.nfe
     assert mixed < flat, (mixed, flat)
     res = cli("generate", "-m", str(world["target_path"]), "--draft", str(world["drafter_path"]), "-p", "clover",
-              "--set", "with_lookup=true", "-n", "8", PROMPTS[0])
+              "--set", "with_lookup=true", "--set", "tree_width=1", "-n", "8", PROMPTS[0])
     assert res.exit_code == 2 and "add --set tree_width=2" in res.output
 
 
