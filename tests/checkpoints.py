@@ -474,3 +474,17 @@ def make_hub_symlinked(home: Path, repo: str, src: Path, rev: str = "0" * 40) ->
     (root / "refs").mkdir(exist_ok=True)
     (root / "refs" / "main").write_text(rev)
     return snap
+
+
+def chi_square(got: "dict[int, int]", marginal: torch.Tensor, n: int) -> "tuple[float, int, float]":
+    """Pearson's chi-square of ``n`` sampled tokens (counts ``got``) against the exact ``marginal``: tokens expected
+    at least 5 times are cells, the rest one pooled cell (when it too is expected 5 times); ``(chi, dof, p)``."""
+    from scipy.stats import chi2
+
+    keep = [tok for tok in range(marginal.shape[0]) if marginal[tok] * n >= 5]
+    rest = 1.0 - float(marginal[keep].sum())
+    chi = sum((got[tok] - n * float(marginal[tok])) ** 2 / (n * float(marginal[tok])) for tok in keep)
+    if rest * n >= 5:
+        chi += (n - sum(got[tok] for tok in keep) - n * rest) ** 2 / (n * rest)
+    dof = len(keep) - (0 if rest * n >= 5 else 1)
+    return chi, dof, float(chi2.sf(chi, dof))

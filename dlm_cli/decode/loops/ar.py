@@ -116,6 +116,16 @@ class Output:
         return new
 
 
+def tally(drafted_at: list[int], accepted_at: list[int], depth: int, n: int) -> None:
+    """Count a step that drafted ``depth`` positions and accepted the first ``n``, per draft position."""
+    for i in range(depth):
+        if i == len(drafted_at):
+            drafted_at.append(0)
+            accepted_at.append(0)
+        drafted_at[i] += 1
+        accepted_at[i] += i < n
+
+
 def verify_event(step: int, nfe: int, position: int, new: list[int], n: int, k: int, drafted: list[int],
                  nodes: int | None = None) -> Verify:
     """The Verify event of a step that committed ``new`` (``n`` accepted of the ``k``-token ``drafted`` run)."""
@@ -200,12 +210,7 @@ def run(target: Any, prompt_ids: list[int], settings: RunSettings, source: Any, 
         nfe += 1
         verify_s += time.perf_counter() - t1
         cached = len(seq) + n
-        for i in range(depth):
-            if i == len(drafted_at):
-                drafted_at.append(0)
-                accepted_at.append(0)
-            drafted_at[i] += 1
-            accepted_at[i] += i < n
+        tally(drafted_at, accepted_at, depth, n)
         drafted += k
         accepted += n
         new = o.commit([*draft_list[:n], token])

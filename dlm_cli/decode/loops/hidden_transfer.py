@@ -23,7 +23,7 @@ import torch
 from ...models.causal import rollback
 from .. import tree as trees
 from ..events import Clock, Done, Draft, Event, Start, Step
-from .ar import Output, verdict, verify_event
+from .ar import Output, tally, verdict, verify_event
 
 if TYPE_CHECKING:
     from ..keys import RunSettings
@@ -136,12 +136,7 @@ def run(target: Any, prompt_ids: list[int], settings: RunSettings, source: Trans
             row = n
         nfe += 1
         cached = len(seq) + n
-        for i in range(depth):
-            if i == len(drafted_at):
-                drafted_at.append(0)
-                accepted_at.append(0)
-            drafted_at[i] += 1
-            accepted_at[i] += i < n
+        tally(drafted_at, accepted_at, depth, n)
         drafted += k
         accepted += n
         new = o.commit([*draft_list[:n], token])

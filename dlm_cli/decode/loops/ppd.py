@@ -27,7 +27,7 @@ from .. import tree as trees
 from ..events import Clock, Done, Draft, Event, Start, Step
 from ..ppd import slot_attention
 from ..sampling import probabilities, sample
-from .ar import Output, verify_event
+from .ar import Output, tally, verify_event
 
 if TYPE_CHECKING:
     from ..keys import RunSettings
@@ -93,12 +93,7 @@ def run(target: Any, prompt_ids: list[int], settings: RunSettings, source: Any, 
         nfe += 1
         verify_s += time.perf_counter() - t1
         cached = len(seq) + n
-        for i in range(depth):
-            if i == len(drafted_at):
-                drafted_at.append(0)
-                accepted_at.append(0)
-            drafted_at[i] += 1
-            accepted_at[i] += i < n
+        tally(drafted_at, accepted_at, depth, n)
         drafted += N
         accepted += n
         new = o.commit([*draft_list[:n], token])
