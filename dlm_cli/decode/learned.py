@@ -21,6 +21,24 @@ if TYPE_CHECKING:
     from .tree import Tree
 
 
+def deviation_paths(logits: torch.Tensor, width: int, ids: Any = None, tail: bool = True) -> list[list[int]]:
+    """The argmax path of per-depth ``logits`` ``[depth, V]`` and the ``width - 1`` most probable one-token
+    deviations from it (the top-k at one depth, the argmax elsewhere), ranked by the argmax path's probability
+    up to the deviation times the deviation's own; one host transfer. ``ids`` maps row indices to token ids;
+    without ``tail`` a deviation's branch ends at the deviation (later depths were conditioned on the argmax)."""
+    probs = torch.softmax(logits.float(), -1)
+    top = probs.topk(min(width, probs.shape[-1]), -1)
+    vals, tok = top.values.tolist(), (top.indices if ids is None else ids(top.indices)).tolist()
+    main = [row[0] for row in tok]
+    prefix, p = [], 1.0
+    for j in range(len(tok)):
+        prefix.append(p)
+        p *= vals[j][0]
+    alts = sorted(((prefix[j] * vals[j][r], j, r) for j in range(len(tok)) for r in range(1, len(tok[j]))),
+                  reverse=True)[: width - 1]
+    return [main] + [main[:j] + [tok[j][r]] + (main[j + 1:] if tail else []) for _, j, r in alts]
+
+
 def lookup_source(settings: RunSettings) -> Any:
     """Prompt lookup (its own defaults: n-grams 3 down to 1, 15 tokens, realigned) for ``with_lookup`` trees, else None."""
     if not getattr(settings, "with_lookup", False):
@@ -131,18 +149,7 @@ class DFlashDraft(NoDraft):
         depth = min(self.tree_depth or self.length, self.block - 1, room)
         if depth <= 0 or not self.ready(seq):
             return None
-        probs = torch.softmax(self.logits(seq, depth).float(), -1)
-        top = probs.topk(min(self.tree_width, probs.shape[-1]), -1)
-        vals, ids = top.values.tolist(), self.ids(top.indices).tolist()
-        main = [row[0] for row in ids]
-        # The path probability up to depth j (argmax before it), times the deviation's own probability.
-        prefix, p = [], 1.0
-        for j in range(depth):
-            prefix.append(p)
-            p *= vals[j][0]
-        alts = sorted(((prefix[j] * vals[j][r], j, r) for j in range(depth) for r in range(1, len(ids[j]))),
-                      reverse=True)[: self.tree_width - 1]
-        paths = [self.cut(main)] + [self.cut(main[:j] + [ids[j][r]] + main[j + 1:]) for _, j, r in alts]
+        paths = [self.cut(x) for x in deviation_paths(self.logits(seq, depth), self.tree_width, self.ids)]
         self.lengths.append(depth)
         return trie(add_lookup(self.lookup, seq, room, paths, self.tree_width))
 
@@ -252,17 +259,7 @@ class CloverDraft(NoDraft):
         if depth <= 0 or not self.ready(seq):
             return None
         _, logits = self._heads(seq, depth)
-        probs = torch.softmax(logits.float(), -1)
-        top = probs.topk(min(self.tree_width, probs.shape[-1]), -1)
-        vals, ids = top.values.tolist(), self.ids(top.indices).tolist()
-        main = [row[0] for row in ids]
-        prefix, p = [], 1.0
-        for j in range(depth):
-            prefix.append(p)
-            p *= vals[j][0]
-        alts = sorted(((prefix[j] * vals[j][r], j, r) for j in range(depth) for r in range(1, len(ids[j]))),
-                      reverse=True)[: self.tree_width - 1]
-        paths = [self.cut(main)] + [self.cut(main[:j] + [ids[j][r]]) for _, j, r in alts]
+        paths = [self.cut(x) for x in deviation_paths(logits, self.tree_width, self.ids, tail=False)]
         self.lengths.append(depth)
         return trie(add_lookup(self.lookup, seq, room, paths, self.tree_width))
 

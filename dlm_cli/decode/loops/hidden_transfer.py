@@ -52,18 +52,10 @@ class TransferSource:
         """The argmax path of the slots' ``logits`` ``[depth, V]`` and the ``tree_width - 1`` most probable
         one-token deviations from it (the top-k of one slot, the argmax elsewhere), ranked by the path's
         probability up to the deviation."""
-        probs = torch.softmax(logits.float(), -1)
-        top = probs.topk(min(self.tree_width, probs.shape[-1]), -1)
-        vals, ids = top.values.tolist(), top.indices.tolist()
-        depth = len(ids)
-        main = [row[0] for row in ids]
-        prefix, p = [], 1.0
-        for j in range(depth):
-            prefix.append(p)
-            p *= vals[j][0]
-        alts = sorted(((prefix[j] * vals[j][r], j, r) for j in range(depth) for r in range(1, len(ids[j]))),
-                      reverse=True)[: self.tree_width - 1]
-        paths = [self.cut(main)] + [self.cut(main[:j] + [ids[j][r]] + main[j + 1:]) for _, j, r in alts]
+        from ..learned import deviation_paths
+
+        paths = [self.cut(x) for x in deviation_paths(logits, self.tree_width)]
+        depth = logits.shape[0]
         self.lengths.append(depth)
         return trees.trie(paths)
 
