@@ -92,6 +92,8 @@ class Forward:
         # Block-causal models' caches are exact and keep the whole canvas: preallocated once (static). The
         # canvas is padded to whole model blocks (Denoiser.logits), so the size is rounded up to one.
         size = -(-length // model.block_size) * model.block_size if model.block_size else 0
+        if not model.block_size and self.mode == "dual" and model.speed.block_widths:
+            size = length  # a compiled dual cache (.models.speed.prepare): one buffer, fixed-shape windows
         self.cache = None if self.mode == "none" else model.new_cache(size)
         self.exact_upto = 0  # block-causal: cache holds exact keys/values for [0, exact_upto)
         self.nfe = 0

@@ -110,7 +110,11 @@ class Denoiser(OutputLayer):
         if size and self.speed.block_widths:
             from .speed import whole_size
 
-            size = whole_size(size, self.block_size)
+            size = whole_size(size, self.block_size or 1)
+            if self.block_size is None:  # a compiled dual cache: every forward writes at its positions
+                cache = DenoiserCache(size)
+                cache.cursor.whole, cache.cursor.size = True, size
+                return cache
         return DenoiserCache(size)
 
     def begin(self, prompt_tokens: int, generator: torch.Generator | None = None) -> None:
@@ -201,10 +205,12 @@ class Denoiser(OutputLayer):
         return out if self.token_count is None else out[..., : self.token_count]
 
     def _whole_logits(self, x: torch.Tensor, ids: torch.Tensor, q0: int, end: int, r0: int, r1: int,
-                      cache: DenoiserCache, size: int) -> torch.Tensor:
-        """A block-diffusion forward with fixed shapes (``compile = "on"``): the window's keys and values are
-        written at its positions (a tensor) and attention reads the whole static cache under the block-causal
-        mask's rows (a tensor), so a window of a given width is one graph whatever its place in the canvas.
+                      cache: DenoiserCache, size: int | None) -> torch.Tensor:
+        """A forward with fixed shapes (``compile = "on"``): the window's keys and values are written at its
+        positions (a tensor) and attention reads the whole static cache under a mask (a tensor), so a window of
+        a given width is one graph whatever its place in the canvas. The mask is the block-causal mask's rows
+        for a block-diffusion model; for a bidirectional one (the dual cache: LLaDA, Dream) it hides only the
+        buffer's positions past the canvas, which is what lets canvases of nearby lengths share the graph.
         The same values as the growing path, not the same rounding: the sums run over the whole buffer."""
         from .speed import whole_step
 
@@ -214,7 +220,7 @@ class Denoiser(OutputLayer):
             cur.whole, cur.size = True, total
         index = self._positions(total, x.device)
         positions = index[q0:end]
-        mask = self._mask(q0, end, total, x.device, size)
+        mask = self._mask(q0, end, total, x.device, size) if size else self._valid(x.shape[1], total, x.device)
         lo, hi = (max(r0 - 1, 0) - q0, r1 - 1 - q0) if self.shift else (r0 - q0, r1 - q0)
         cur.write = positions
         try:
@@ -224,6 +230,14 @@ class Denoiser(OutputLayer):
         if self.shift and r0 == 0:
             out = torch.cat([out[:, :1], out], dim=1)
         return out if self.token_count is None else out[..., : self.token_count]
+
+    def _valid(self, n: int, total: int, device: torch.device) -> torch.Tensor:
+        """``[1, total]``: True for the buffer's first ``n`` positions (the canvas), made once per run's length."""
+        key = ("valid", device)
+        held = self.speed.masks.get(key)
+        if held is None or held[0] != (n, total):
+            held = self.speed.masks[key] = ((n, total), (self._positions(total, device)[:total] < n)[None])
+        return held[1]
 
     def _positions(self, n: int, device: torch.device) -> torch.Tensor:
         """``arange(n)`` made once per device (a step slices its window's positions out of it)."""

@@ -137,6 +137,8 @@ class DenoiserCache(Cache):
             self.crop(-extra)
 
     def clear(self) -> None:
+        if self.cursor.whole:  # every position is rewritten by the next full forward; the mask hides the rest
+            return
         if self.cursor.static:  # keep the buffers: the next forward rewrites them from position 0
             for layer in self.layers:
                 layer.keys, layer.values = layer.keys[..., :0, :], layer.values[..., :0, :]

@@ -35,10 +35,17 @@ index. So one graph serves every block of a width (:func:`block_widths`: a block
 block's first step), compiled by :func:`warm_blocks` before the decode clock, and a run compiles
 nothing more; other shapes (the prompt's prefill, a first block cut by the grid) run eagerly.
 
-**Compiling another dLLM** (LLaDA, Dream windows) compiles its network with automatic dynamic
-shapes: canvas, window and cache lengths change from block to block, so torch marks them dynamic
-after the first changes instead of compiling every length. Those first forwards compile inside the
-run (a bench's warm-up run takes them).
+**Compiling a bidirectional dLLM's dual cache** (LLaDA, Dream on dlm's stack, ``cache = "dual"``) the
+same way: the cache is one buffer of the run's length bucket, the full forward at each block's start
+writes every canvas position into it (eagerly), and each step's window (the decode block, plus the row
+before it for Dream's shift) writes its keys and values at its positions and attends to the whole
+buffer under a mask that hides only the positions past the canvas. So the step is one graph per decode
+block width (:func:`dual_widths`), compiled by :func:`warm_dual` before the decode clock.
+
+**Compiling another dLLM's run** (the prefix cache, no cache, Elastic-Cache's refresh) compiles its
+network with automatic dynamic shapes: canvas, window and cache lengths change from block to block, so
+torch marks them dynamic after the first changes instead of compiling every length. Those first
+forwards compile inside the run (a bench's warm-up run takes them).
 
 inductor keeps its compiled kernels in its own on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by
 default under ``~/.cache/dlm/inductor``), so a later process pays only the tracing part of the
@@ -362,6 +369,34 @@ def warm_blocks(model: Model, length: int) -> float:
     return time.perf_counter() - t0
 
 
+def dual_widths(model: Model, block: int) -> tuple[tuple[int, int], ...]:
+    """The one (window, rows) shape of a bidirectional dLLM's dual-cache step: the decode block (plus the row
+    before it for an AR-shifted family). The full forward at a block's start, and a last block cut short by
+    the canvas, run eagerly over the same buffer."""
+    return ((block + 1 if model.shift else block, block),)
+
+
+def warm_dual(model: Model, length: int, block: int) -> float:
+    """Compile (or load from inductor's cache) a bidirectional dLLM's dual-cache step for a run of ``length``
+    positions and decode blocks of ``block``, on a throwaway canvas of masks; the seconds (0 when warm)."""
+    size = whole_size(length, 1)
+    done = model.speed.warm
+    key = ("dual", id(model.net), size, block)
+    if key in done or 2 * block > size:
+        return 0.0
+    t0 = time.perf_counter()
+    n = min(size, max(length, 2 * block))
+    x = torch.full((1, n), model.mask_id, dtype=torch.long, device=model.device)
+    cache = model.new_cache(n)
+    model.logits(x, 0, n, cache=cache, rows=(0, block))  # eager: the full forward of a block's start
+    for _ in range(2):  # CUDA graphs record on the second call
+        model.logits(x, block, 2 * block, cache=cache, rows=(block, 2 * block))
+    done.add(key)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    return time.perf_counter() - t0
+
+
 def static_forward(model: Model, ids: torch.Tensor, cache: Any, keep: int) -> torch.Tensor:
     """Logits of the last ``keep`` of ``ids`` over a static cache: compiled and padded, or eager for a prefill."""
     n = int(ids.shape[0])
@@ -457,6 +492,13 @@ def prepare(model: Model, settings: Any, length: int, widths: tuple[int, ...] = 
         # dlm's own block-diffusion stacks: fixed-shape steps over a whole-buffer cache (Denoiser.logits).
         model.speed.block_widths = block_widths(model)
         return warm_blocks(model, length)
+    if (on and model.kind == "diffusion" and not model.block_size and isinstance(model.net, DenoiserStack)
+            and getattr(settings, "cache", "none") == "dual" and not getattr(settings, "elastic_threshold", 0)
+            and getattr(settings, "block_length", None)):
+        # LLaDA, Dream: the dual cache's window steps have one shape; the rest of the run stays eager.
+        block = min(int(settings.block_length), int(getattr(settings, "max_new_tokens", 0) or settings.block_length))
+        model.speed.block_widths = dual_widths(model, block)
+        return warm_dual(model, length, block)
     if not on or model.kind != "autoregressive":
         return 0.0  # other dLLMs compile on their first forwards (their shapes depend on the strategy)
     model.speed.length = length + MAX_BUCKET  # room for a padded verify past the last slot
