@@ -24,6 +24,8 @@ per row, interleaved row by row, after ``--warmup`` untimed ones.
     python benchmarks/forward_profile.py --profile --threads 1 --dtypes float32,bfloat16
     python benchmarks/forward_profile.py --rows ar,ar-int4,block,block-compiled,block-int4 \
         --dtypes float32,bfloat16 --threads 1,2
+    python benchmarks/forward_profile.py --rows block-onednn-compiled,block-onednn-compiled+cpp,\
+    block-onednn-compiled+autotune,block-compiled+freezing --threads 1,2   # inductor's options (INDUCTOR)
 
 Run it on an idle machine and note the load average: figures are only comparable inside one run.
 """
@@ -143,6 +145,40 @@ ROWS: dict[str, Callable[[str], tuple[Callable[[], Any], Any]]] = {
 }
 
 
+# ``ROW+OPTION+...``: inductor settings a compiled row is built with (the issue's trials).
+INDUCTOR = {
+    "cpp": {"cpp_wrapper": True},  # the C++ wrapper instead of Python around the kernels
+    "freezing": {"freezing": True},  # weights as constants: oneDNN prepacks them, constant folding
+    "autotune": {"max_autotune": True},  # max-autotune-no-cudagraphs: benchmark GEMM templates per shape
+}
+
+
+class inductor_options:
+    """Set inductor's config for the options named (a row suffix) while a row compiles, then restore it."""
+
+    def __init__(self, opts: list[str]) -> None:
+        unknown = [o for o in opts if o not in INDUCTOR]
+        if unknown:
+            raise SystemExit(f"forward_profile.py: unknown row option {unknown[0]!r} (known: {', '.join(INDUCTOR)})")
+        self.settings = {k: v for o in opts for k, v in INDUCTOR[o].items()}
+        self.saved: dict[str, Any] = {}
+
+    def __enter__(self) -> None:
+        if self.settings:
+            import torch._inductor.config as cfg
+
+            for k, v in self.settings.items():
+                self.saved[k] = getattr(cfg, k)
+                setattr(cfg, k, v)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.saved:
+            import torch._inductor.config as cfg
+
+            for k, v in self.saved.items():
+                setattr(cfg, k, v)
+
+
 def weight_bytes(model: Any, row: str) -> float:
     """Bytes a forward reads at least: every weight once (int4: half a byte and its group's scale and zero)."""
     n = sum(p.numel() for p in model.net.parameters())
@@ -200,7 +236,9 @@ def main() -> int:
         for row in args.rows.split(","):
             if row.endswith("int4") and dtype != "bfloat16":
                 continue  # int4 computes in bfloat16
-            step, model = ROWS[row](dtype)
+            base, *opts = row.split("+")
+            with inductor_options(opts):  # the compiled rows compile inside the builder (their warm-up)
+                step, model = ROWS[base](dtype)
             steps[f"{row} {dtype}"] = (step, weight_bytes(model, row))
             models.append(model)
     result: dict[str, Any] = {"load_before": os.getloadavg()[0], "rows": {}}

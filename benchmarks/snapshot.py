@@ -46,6 +46,7 @@ MAX_EVENTS = 5000
 TINY_PROMPTS = ("a b c d", "the quick brown fox", "hello world, again and again")
 EOTP_TOO = ("baseline", "freedave", "s2d2", "prophet")  # their EoTP paths differ: run them with it too
 REAL = ("smollm2-dlm", "smollm2-dlm-bf16")  # opt-in labels (--only): a converted real model
+EXTRA_SETS: list[str] = []  # --set: appended to every run's keys (e.g. kernels=torch to compare with older commits)
 SAMPLED = ("speedy", "quality", "speculative", "ar", "llada21-s", "s2d2", "gemma-native")
 
 
@@ -111,7 +112,7 @@ def run_one(model: Any, draft: Any, prompt_ids: list[int], profile: str, sets: l
     from dlm_cli.errors import DlmError
 
     try:
-        s = profiles.load(profile, sets=list(sets) + [f"max_new_tokens={n}", f"seed={seed}"])
+        s = profiles.load(profile, sets=list(sets) + EXTRA_SETS + [f"max_new_tokens={n}", f"seed={seed}"])
         events = []
         for ev in run(model, prompt_ids, s, draft=draft):
             events.append(ev)
@@ -134,14 +135,14 @@ def run_batched(model: Any, draft: Any, ids: list[list[int]], profile: str, sets
     from dlm_cli.decode.batch import check_batchable, run_batch
     from dlm_cli.errors import UsageError
 
-    s = profiles.load(profile, sets=list(sets) + [f"max_new_tokens={n}", f"seed={seed}"])
+    s = profiles.load(profile, sets=list(sets) + EXTRA_SETS + [f"max_new_tokens={n}", f"seed={seed}"])
     try:
         check_batchable(model, s.frozen())
     except UsageError:
         return None
     out = []
     for a in range(0, len(ids), size):
-        s = profiles.load(profile, sets=list(sets) + [f"max_new_tokens={n}", f"seed={seed + a}"])
+        s = profiles.load(profile, sets=list(sets) + EXTRA_SETS + [f"max_new_tokens={n}", f"seed={seed + a}"])
         events: dict[int, list[Any]] = {}
         for row, ev in run_batch(model, ids[a : a + size], s, draft=draft):
             events.setdefault(row, []).append(ev)
@@ -244,7 +245,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="one demo prompt per task")
     ap.add_argument("--only", default="", help="comma-separated model labels (e.g. tiny-sdar,dlm-demo)")
     ap.add_argument("--batch", type=int, default=1, help="decode N prompts together where the batch runs the profile")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a profile key for every run (repeatable), e.g. kernels=torch to match a commit before it")
+    ap.add_argument("--common", action="store_true",
+                    help="--check: compare only the runs both snapshots hold (an older commit has fewer profiles)")
     args = ap.parse_args()
+    EXTRA_SETS.extend(args.set)
     snap = record(args.quick, tuple(x for x in args.only.split(",") if x), args.out, args.batch)
     if args.out:
         if args.only and args.out.exists():  # add to a snapshot recorded earlier
@@ -254,6 +260,11 @@ def main() -> int:
         old = json.loads(args.check.read_text())
         if args.only:
             old = {k: v for k, v in old.items() if k.split(" | ")[0] in args.only.split(",")}
+        if args.common:
+            both = set(old) & set(snap)
+            print(f"comparing the {len(both)} runs both hold ({len(snap) - len(both)} only here, "
+                  f"{len(old) - len(both)} only there)")
+            old, snap = {k: old[k] for k in both}, {k: snap[k] for k in both}
         diffs = compare(old, snap)
         for d in diffs:
             print(d)
