@@ -8,6 +8,7 @@ Each row runs one kind of forward the decoders run, over a held-out typo prompt,
 - ``block-compiled``: the same with ``compile = "on"`` (fixed shapes over the whole static cache);
 - ``ar-int4``, ``block-int4``: torchao int4 weights (bfloat16 only);
 - ``ar-compiled``: the AR step over the static cache, compiled (``compile = "on"``);
+- ``ar-static``: the AR step over the static cache, eager (transformers' ``StaticCache`` without compiling);
 - ``*-onednn``: the same with ``kernels = "onednn"`` (every linear layer on oneDNN's prepacked weights,
   :mod:`dlm_cli.models.kernels`); the other rows use torch's own products (``kernels = "torch"``).
 
@@ -68,7 +69,7 @@ def typo_prompt(tokenizer: Any) -> list[int]:
     return encode(tokenizer, json.loads(line)["prompt"])
 
 
-def ar_step(dtype: str, quantize: str = "none", kernels: str = "torch", compile: str = "off"
+def ar_step(dtype: str, quantize: str = "none", kernels: str = "torch", compile: str = "off", static: bool = False
             ) -> tuple[Callable[[], Any], Any]:
     """One token after the prompt's prefill, the cache cropped back each call: over transformers'
     ``DynamicCache`` (dlm's eager ``ar``), or with ``compile`` on over the static cache, compiled."""
@@ -85,7 +86,7 @@ def ar_step(dtype: str, quantize: str = "none", kernels: str = "torch", compile:
     s = profiles.load("ar", sets=[f"quantize={quantize}", f"compile={compile}", f"kernels={kernels}"],
                       flags={"max_new_tokens": 192})
     speed.prepare(model, s, len(ids) + 192 + 1, keep_float=False)  # quantize, pack, compile with its warm-up
-    cache = model.new_cache()
+    cache = speed.static_cache(model, len(ids) + 193) if static else model.new_cache()
     model.forward(ids, cache)
     tok = ids[-1:]
     length = len(ids)
@@ -139,6 +140,8 @@ ROWS: dict[str, Callable[[str], tuple[Callable[[], Any], Any]]] = {
     "block-int4": lambda dt: block_step(dt, "int4"),
     "ar-onednn": lambda dt: ar_step(dt, kernels="onednn"),
     "ar-compiled": lambda dt: ar_step(dt, compile="on"),
+    "ar-static": lambda dt: ar_step(dt, static=True),  # eager over transformers' StaticCache
+    "ar-onednn-static": lambda dt: ar_step(dt, kernels="onednn", static=True),
     "ar-onednn-compiled": lambda dt: ar_step(dt, kernels="onednn", compile="on"),
     "block-onednn": lambda dt: block_step(dt, kernels="onednn"),
     "block-onednn-compiled": lambda dt: block_step(dt, compile="on", kernels="onednn"),

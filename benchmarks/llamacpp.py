@@ -18,7 +18,8 @@ is token-for-token the same as dlm's float32 `ar` (the reference every lossless 
 llama.cpp's `lookup` row uses llama-cpp-python's prompt-lookup draft (LlamaPromptLookupDecoding).
 
 Configurations (``--configs``, comma-separated): ``ar``, ``lookup`` with optional ``+int8``,
-``+int8-dynamic``, ``+int4`` (bfloat16 activations), ``+bf16``, ``+compile`` and ``+torch`` (torch's own
+``+int8-dynamic``, ``+int4`` (bfloat16 activations), ``+bf16``, ``+compile``, ``+autotune`` (compile =
+max-autotune) and ``+torch`` (torch's own
 linear products instead of ``kernels = auto``'s oneDNN packed ones); ``llama.cpp`` and ``llama.cpp+lookup``.
 A ``MODEL:`` prefix runs a dLLM row with any dlm profile: ``dlm:`` is smollm2-dlm, ``dp:`` smollm2-dlm-dp
 (e.g. ``dlm:speedy``, ``dp:speedy-lookup+compile``, ``dlm:quality``: one token per step); their
@@ -81,7 +82,7 @@ class Dlm:
             self.sets.append("quantize=int8")
         if "int8-dynamic" in parts:
             self.sets.append("quantize=int8-dynamic")
-        self.sets.append("compile=" + ("on" if "compile" in parts else "off"))
+        self.sets.append("compile=" + ("max-autotune" if "autotune" in parts else "on" if "compile" in parts else "off"))
         self.sets.append("kernels=" + ("torch" if "torch" in parts else "auto"))
         key = (MODELS[which], dtype)
         if key not in models:

@@ -116,6 +116,7 @@ class Switch(str, Enum):
     auto = "auto"
     on = "on"
     off = "off"
+    max_autotune = "max-autotune"
 
 
 MODEL_HELP = "model: an embedded name (dlm models), a local directory, or a hub id org/name[@revision]"
@@ -127,8 +128,9 @@ REMOTE_OPT = typer.Option(False, "--trust-remote-code", help="allow running the 
 PICKLE_OPT = typer.Option(False, "--allow-pickle", help="allow pickle (.bin) weights, which can run code")
 DIFFERENT_TOKENIZERS_OPT = typer.Option(
     False, "--allow-different-tokenizers", help="let a draft with another tokenizer work by re-encoding text")
-COMPILE_OPT = typer.Option(None, "--compile", help="torch.compile the AR decode step over a static KV cache: "
-                           "auto (CUDA only), on or off [default: the profile's compile key, auto]")
+COMPILE_OPT = typer.Option(None, "--compile", help="torch.compile the decode step over a static KV cache: "
+                           "auto (CUDA only), on, off, or max-autotune (inductor tunes each product for this "
+                           "machine; a longer warm-up) [default: the profile's compile key, auto]")
 SET_OPT = typer.Option([], "--set", metavar="KEY=VALUE", help="override a profile key (repeatable)")
 
 

@@ -291,3 +291,50 @@ def test_a_compiled_dual_cache_step_is_one_graph_with_no_recompile_over_a_run(tm
     # forward ran compiled (2: the warm-up's).
     assert len(every) == 3 + done.nfe
     assert set(compiled_calls) == set(widths) and len(compiled_calls) >= 2 + done.nfe - -(-192 // 16)
+
+
+def test_max_autotune_compiles_with_inductors_tuning_over_torchs_own_products(ckpts, tmp_path, aot, monkeypatch):
+    """compile = max-autotune: a dLLM's steps compile with inductor's freezing and max-autotune (mode max-autotune
+    on CUDA), over torch's own products (dlm's packed ones are opaque to the tuner) even where kernels asks for
+    packed ones, with the eager run's tokens; an AR model compiles as with on (its packed products stay)."""
+    from checkpoints import make_adapter
+
+    dllm = load(str(make_adapter(tmp_path / "adapter")))
+    eager = decode(dllm, PROMPTS[0], "speedy", compile="off", kernels="onednn")
+    assert dllm.speed.kernels == "onednn"  # packed where asked ...
+    tuned = decode(dllm, PROMPTS[0], "speedy", compile="max-autotune", kernels="onednn")
+    assert dllm.speed.kernels == "torch" and dllm.speed.autotune  # ... but not under max-autotune
+    assert tuned.tokens == eager.tokens and tuned.nfe == eager.nfe and tuned.compile_seconds > 0
+    plain = decode(dllm, PROMPTS[0], "speedy", compile="on", kernels="onednn")
+    assert plain.compile_seconds > 0 and not dllm.speed.autotune  # another graph than max-autotune's
+    ar = load(str(ckpts["target"]))
+    ar_eager = decode(ar, PROMPTS[0], "ar", compile="off", kernels="onednn")
+    ar_tuned = decode(ar, PROMPTS[0], "ar", compile="max-autotune", kernels="onednn")
+    assert ar.speed.kernels == "onednn" and not ar.speed.autotune and ar_tuned.tokens == ar_eager.tokens
+
+    import torch._inductor.config as inductor_config
+
+    seen = []
+    monkeypatch.setenv("DLM_COMPILE_BACKEND", "inductor")
+    monkeypatch.setattr(speed.torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    during = lambda: (inductor_config.freezing, inductor_config.max_autotune)  # noqa: E731
+    assert speed._compile(during, torch.device("cpu"), True)() == (True, True)  # inductor's config while it runs
+    assert during() == (False, False)  # and only then
+    assert speed._compile(during, torch.device("cpu"), False)() == (False, False)
+    speed._compile(during, torch.device("cuda"), True)
+    assert seen == [{"dynamic": False}, {"dynamic": False}, {"mode": "max-autotune", "dynamic": False}]
+
+
+@pytest.mark.slow  # about a minute: inductor benchmarks every product shape
+def test_max_autotune_with_inductor_matches_eager(tmp_path):
+    """The real thing on a tiny block-diffusion model: inductor freezes the weights (not the cache, which
+    every step writes) and tunes each product; the same tokens as eager. And an AR model's tokens, which
+    compile as with on (freezing would fold transformers' static-address cache into constants)."""
+    from checkpoints import make_adapter
+
+    dllm = load(str(make_adapter(tmp_path / "adapter")))
+    eager = decode(dllm, PROMPTS[1], "speedy", compile="off")
+    tuned = decode(dllm, PROMPTS[1], "speedy", compile="max-autotune")
+    assert tuned.tokens == eager.tokens and tuned.compile_seconds > 0 and len(eager.tokens) > 8
+    ar = load(str(make_llama(tmp_path / "one", seed=1, layers=1)))
+    assert decode(ar, PROMPTS[1], "ar", compile="max-autotune").tokens == decode(ar, PROMPTS[1], "ar").tokens

@@ -67,7 +67,7 @@ def check_batchable_ar(model: ARModel, cfg: RunSettings, what: str = "--batch-si
     if getattr(cfg, "pearl", False):
         raise UsageError(f"{what}: batched AR decoding runs draft and verify in turn, not PEARL's overlap; "
                          "add --set pearl=false")
-    if getattr(cfg, "compile", "off") == "on":
+    if getattr(cfg, "compile", "off") in ("on", "max-autotune"):
         raise UsageError(f"{what}: batched AR decoding runs eagerly over a ragged cache; add --set compile=off")
     from transformers import DynamicCache
 

@@ -18,6 +18,7 @@ class SpeedState:
     compiled: dict[int, Any] = field(default_factory=dict)  # id(network) -> its compiled steps
     warm: set[Any] = field(default_factory=set)  # (network, shape) pairs already run once
     compile_on: bool = False  # the current run compiles
+    autotune: bool = False  # ... with compile = "max-autotune" (its own graphs: .speed._compile)
     block_widths: tuple[tuple[int, int], ...] = ()  # the compiled block steps' (query, rows) widths
     length: int = 0  # the static caches' length for the current run
     widths: tuple[int, ...] = ()  # the compiled AR steps' widths

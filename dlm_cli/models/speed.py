@@ -72,14 +72,40 @@ LENGTH_STEP = 256
 MAX_BUCKET = 64
 QUANTIZE = ("none", "int8", "int8-dynamic", "int4")
 INT4_GROUP = 32  # weights per int4 scale/zero pair (SmolLM2's 576 = 18 groups)
-COMPILE = ("auto", "on", "off")
+COMPILE = ("auto", "on", "off", "max-autotune")
+# compile = "max-autotune" on a CPU: inductor's options. The weights become constants of the graph (freezing),
+# so inductor prepacks them itself, and every product is benchmarked against inductor's C++ GEMM templates
+# for its shape on this machine (with this thread count), keeping the fastest.
+AUTOTUNE_CPU = {"freezing": True, "max_autotune": True}
 
 
 def want_compile(setting: str, device: torch.device) -> bool:
-    """``compile = auto|on|off`` on ``device``: auto compiles on CUDA only (see module doc)."""
+    """``compile = auto|on|off|max-autotune`` on ``device``: auto compiles on CUDA only (see module doc)."""
     if setting == "auto":
         return device.type == "cuda"
-    return setting == "on"
+    return setting in ("on", "max-autotune")
+
+
+def _compile(fn: Any, device: torch.device, autotune: bool) -> Any:
+    """``torch.compile(fn)`` with static shapes as dlm's steps want them: CUDA graphs on CUDA; with ``autotune``,
+    inductor's max-autotune (on a CPU: :data:`AUTOTUNE_CPU`)."""
+    backend = os.environ.get("DLM_COMPILE_BACKEND", "inductor")  # tests: aot_eager, no code generation
+    if backend != "inductor":
+        return torch.compile(fn, dynamic=False, backend=backend)
+    if device.type == "cuda":
+        return torch.compile(fn, mode="max-autotune" if autotune else "reduce-overhead", dynamic=False)
+    compiled = torch.compile(fn, dynamic=False)
+    if not autotune:
+        return compiled
+    # Inductor's global config, patched around every call (compiling is lazy: the warm-up's calls compile):
+    # passed as torch.compile's options instead, the same settings gave steps 2x slower (torch 2.13).
+    import torch._inductor.config as inductor_config
+
+    def step(*args: Any) -> Any:
+        with inductor_config.patch(AUTOTUNE_CPU):
+            return compiled(*args)
+
+    return step
 
 
 def bucket(n: int) -> int:
@@ -263,7 +289,8 @@ def static_cache(model: Model, length: int) -> Any:
 def compiled_step(model: Model) -> Any:
     """``step(ids [1, n], cache) -> logits [n, V]``, compiled once per model (and weights)."""
     steps = model.speed.compiled  # per weights: a bench row may swap them
-    step = steps.get(id(model.net))
+    key = (id(model.net), "autotune") if model.speed.autotune else id(model.net)
+    step = steps.get(key)
     if step is None:
         _inductor_cache()
         from .compat import cache_kwarg
@@ -277,10 +304,8 @@ def compiled_step(model: Model) -> Any:
         # Every compiled model (a target and its draft) and cache size adds graphs to the one code
         # object above; torch's default limit of 8 would send a bench's later rows back to eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        backend = os.environ.get("DLM_COMPILE_BACKEND", "inductor")  # tests: aot_eager, no code generation
-        mode = "reduce-overhead" if net.device.type == "cuda" and backend == "inductor" else None
-        step = torch.compile(forward, mode=mode, dynamic=False, backend=backend)
-        steps[id(model.net)] = step
+        step = _compile(forward, net.device, model.speed.autotune)
+        steps[key] = step
     return step
 
 
@@ -329,7 +354,7 @@ def whole_step(model: Model, ids: torch.Tensor, positions: torch.Tensor, cache: 
 def compiled_whole(model: Model) -> Any:
     """The block step ``(ids, positions, cache, mask, rows) -> logits``, compiled once per model (and weights)."""
     steps = model.speed.compiled
-    key = ("whole", id(model.net))
+    key = ("whole", id(model.net), model.speed.autotune)
     step = steps.get(key)
     if step is None:
         _inductor_cache()
@@ -340,9 +365,7 @@ def compiled_whole(model: Model) -> Any:
             return net(ids, cache=cache, mask=mask, rows=rows, positions=positions)
 
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        backend = os.environ.get("DLM_COMPILE_BACKEND", "inductor")
-        mode = "reduce-overhead" if net.device.type == "cuda" and backend == "inductor" else None
-        step = torch.compile(forward, mode=mode, dynamic=False, backend=backend)
+        step = _compile(forward, net.device, model.speed.autotune)
         steps[key] = step
     return step
 
@@ -352,7 +375,7 @@ def warm_blocks(model: Model, length: int) -> float:
     ``length`` positions, on a throwaway canvas of masks; return the seconds (0 when warm)."""
     size = whole_size(length, model.block_size)
     done = model.speed.warm
-    key = ("whole", id(model.net), size)
+    key = ("whole", id(model.net), size, model.speed.autotune)
     if key in done:
         return 0.0
     t0 = time.perf_counter()
@@ -381,7 +404,7 @@ def warm_dual(model: Model, length: int, block: int) -> float:
     positions and decode blocks of ``block``, on a throwaway canvas of masks; the seconds (0 when warm)."""
     size = whole_size(length, 1)
     done = model.speed.warm
-    key = ("dual", id(model.net), size, block)
+    key = ("dual", id(model.net), size, block, model.speed.autotune)
     if key in done or 2 * block > size:
         return 0.0
     t0 = time.perf_counter()
@@ -442,7 +465,7 @@ def warm(model: Model) -> float:
     widths = model.speed.widths
     done = model.speed.warm
     size = -(-max(length, 1) // LENGTH_STEP) * LENGTH_STEP
-    todo = [w for w in widths if (id(model.net), size, w) not in done]
+    todo = [w for w in widths if (id(model.net), size, w, model.speed.autotune) not in done]
     if not todo:
         return 0.0
     t0 = time.perf_counter()
@@ -455,7 +478,7 @@ def warm(model: Model) -> float:
         for _ in range(2):  # CUDA graphs record on the second call
             if cache.dlm_filled + w <= cache.dlm_size:
                 model.forward(torch.zeros(w, dtype=torch.long, device=device), cache, keep=1)
-        done.add((id(model.net), size, w))
+        done.add((id(model.net), size, w, model.speed.autotune))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
@@ -478,14 +501,19 @@ def prepare(model: Model, settings: Any, length: int, widths: tuple[int, ...] = 
     mode = getattr(settings, "quantize", "none")
     if mode != model.speed.quantized:
         use_quantized(model, mode, keep_float)
-    if kernels.use(model, getattr(settings, "kernels", "torch")):
+    setting = getattr(settings, "compile", "off")
+    # max-autotune tunes a dLLM's steps only. An AR step's transformers StaticCache marks its tensors as static
+    # addresses, which inductor's freezing would fold into constants (the cache would stop updating), and
+    # measured, the tuned one-row step was no faster than dlm's packed products: an AR model compiles as "on".
+    model.speed.autotune = autotune = setting == "max-autotune" and model.kind == "diffusion"
+    # max-autotune tunes inductor's own products: dlm's packed ones are opaque custom ops to it.
+    if kernels.use(model, "torch" if autotune else getattr(settings, "kernels", "torch")):
         # Another product in every layer of this network: its compiled steps are traced again.
         net = id(model.net)
         model.speed.compiled = {k: v for k, v in model.speed.compiled.items()
                                 if k != net and not (isinstance(k, tuple) and net in k)}
         model.speed.warm = {k for k in model.speed.warm if not (isinstance(k, tuple) and net in k)}
-    on = (static and want_compile(getattr(settings, "compile", "off"), model.device)
-          and getattr(model, "compilable", False))
+    on = static and want_compile(setting, model.device) and getattr(model, "compilable", False)
     model.speed.compile_on = on
     model.speed.block_widths = ()
     if on and model.kind == "diffusion" and model.block_size and isinstance(model.net, DenoiserStack):

@@ -23,9 +23,10 @@ register_keys(
         Key("seed", int, None, "random seed; default: a fresh one, reported in --json", min=0, max=2**63 - 1,
             optional=True),
         Key("compile", str, "auto", "torch.compile the AR decode step over a static KV cache (its warm-up "
-            "reported apart), or a dLLM's network: on, off, or auto (on for CUDA only: the CPU warm-up is "
-            "about a minute)",
-            choices=("auto", "on", "off")),
+            "reported apart), or a dLLM's network: on, off, auto (on for CUDA only: the CPU warm-up is "
+            "about a minute), or max-autotune (on, with inductor choosing each product's kernel by timing "
+            "them on this machine, the weights frozen into the graph; a warm-up of minutes, cached)",
+            choices=("auto", "on", "off", "max-autotune")),
         Key("quantize", str, "none", "weights: none, int8 (torchao weight-only int8), int8-dynamic (int8 "
             "weights and activations) or int4 (torchao group-wise int4 weights; needs --dtype bfloat16)",
             choices=("none", "int8", "int8-dynamic", "int4")),
