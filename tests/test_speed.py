@@ -220,37 +220,48 @@ def test_int4_pads_a_dllm_head_so_every_linear_layer_is_int4(tmp_path):
     assert len(done.tokens) > 0
 
 
-@pytest.mark.parametrize("family", ["adapter", "sdar"])
-def test_a_compiled_block_step_is_one_graph_per_width_with_no_recompile_over_a_run(tmp_path, aot, monkeypatch, family):
-    """compile = on for a block-diffusion model: the warm-up compiles one graph per block width, before the
-    decode clock; a 192-token run then compiles nothing, runs nearly every forward compiled, and writes the
-    eager run's tokens."""
-    from checkpoints import make_adapter, make_sdar
+def compiled_against_eager(model, sets: list[str], monkeypatch):
+    """``speedy`` with ``sets`` over 192 tokens, eager and then compiled (the warm-up apart, dynamo's counters
+    cleared before it): (eager Done, compiled Done, warm-up seconds, graphs after the warm-up, graphs after the
+    run, (width, rows) of every compiled call, the number of forwards on the fixed-shape path)."""
     from torch._dynamo.utils import counters
 
-    build = make_adapter if family == "adapter" else make_sdar
-    model = load(str(build(tmp_path / family)))
     ids = model.tokenizer.encode("hello world, again and again")
-    sets = ["cache=prefix", "eotp=false"]
     flags = {"max_new_tokens": 192, "seed": 0}
     eager = list(run(model, ids, profiles.load("speedy", sets=sets + ["compile=off"], flags=flags)))[-1]
-    compiled_calls = []
-    real = speed.compiled_whole
+    compiled_calls, every = [], []
+    real, real_step = speed.compiled_whole, speed.whole_step
 
     def counting(m):
         step = real(m)
         return lambda *a: (compiled_calls.append((a[0].shape[1], a[4].shape[0])), step(*a))[1]
 
     monkeypatch.setattr(speed, "compiled_whole", counting)
+    monkeypatch.setattr(speed, "whole_step", lambda *a: (every.append(1), real_step(*a))[1])
     counters.clear()
     s = profiles.load("speedy", sets=sets + ["compile=on"], flags=flags)
-    assert speed.prepare(model, s, len(ids) + 193) > 0  # the warm-up, out of the run
-    widths = speed.block_widths(model)
-    assert counters["stats"]["unique_graphs"] == len(widths) == 2
+    warm = speed.prepare(model, s, len(ids) + 193)
+    graphs = counters["stats"]["unique_graphs"]
     done = list(run(model, ids, s))[-1]
-    assert not done.compile_seconds and counters["stats"]["unique_graphs"] == 2  # no recompile in the run
+    return eager, done, warm, graphs, counters["stats"]["unique_graphs"], compiled_calls, len(every)
+
+
+@pytest.mark.parametrize("family", ["adapter", "sdar"])
+def test_a_compiled_block_step_is_one_graph_per_width_with_no_recompile_over_a_run(tmp_path, aot, monkeypatch, family):
+    """compile = on for a block-diffusion model: the warm-up compiles one graph per block width, before the
+    decode clock; a 192-token run then compiles nothing, runs nearly every forward compiled, and writes the
+    eager run's tokens."""
+    from checkpoints import make_adapter, make_sdar
+
+    build = make_adapter if family == "adapter" else make_sdar
+    model = load(str(build(tmp_path / family)))
+    eager, done, warm, graphs, after, calls, _ = compiled_against_eager(model, ["cache=prefix", "eotp=false"],
+                                                                        monkeypatch)
+    widths = speed.block_widths(model)
+    assert warm > 0 and graphs == len(widths) == 2  # the warm-up, out of the run
+    assert not done.compile_seconds and after == 2  # no recompile in the run
     assert done.tokens == eager.tokens and done.nfe == eager.nfe and len(done.tokens) > 40
-    assert set(compiled_calls) == set(widths) and len(compiled_calls) >= done.nfe - 2
+    assert set(calls) == set(widths) and len(calls) >= done.nfe - 2
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
@@ -259,38 +270,20 @@ def test_a_compiled_dual_cache_step_is_one_graph_with_no_recompile_over_a_run(tm
     (LLaDA: the block; Dream: the block and the row before it), a 192-token run compiles nothing more, runs
     every step but the blocks' full forwards compiled, and writes the eager run's tokens with its NFE."""
     from checkpoints import make_dream, make_llada
-    from torch._dynamo.utils import counters
 
     build = make_llada if family == "llada" else make_dream
     model = load(str(build(tmp_path / family, sharpen=4.0)))
-    ids = model.tokenizer.encode("hello world, again and again")
     sets = ["cache=dual", "eotp=false", "block_length=16", "threshold=0.5"]
-    flags = {"max_new_tokens": 192, "seed": 0}
-    eager = list(run(model, ids, profiles.load("speedy", sets=sets + ["compile=off"], flags=flags)))[-1]
-    compiled_calls = []
-    real = speed.compiled_whole
-
-    def counting(m):
-        step = real(m)
-        return lambda *a: (compiled_calls.append((a[0].shape[1], a[4].shape[0])), step(*a))[1]
-
-    every = []
-    real_step = speed.whole_step
-    monkeypatch.setattr(speed, "compiled_whole", counting)
-    monkeypatch.setattr(speed, "whole_step", lambda *a: (every.append(1), real_step(*a))[1])
-    counters.clear()
-    s = profiles.load("speedy", sets=sets + ["compile=on"], flags=flags)
-    assert speed.prepare(model, s, len(ids) + 193) > 0  # the warm-up, out of the run
+    eager, done, warm, graphs, after, calls, every = compiled_against_eager(model, sets, monkeypatch)
     widths = speed.dual_widths(model, 16)
     assert widths == ((17 if family == "dream" else 16, 16),)
-    assert counters["stats"]["unique_graphs"] == 1
-    done = list(run(model, ids, s))[-1]
-    assert not done.compile_seconds and counters["stats"]["unique_graphs"] == 1  # no recompile in the run
+    assert warm > 0 and graphs == 1  # the warm-up, out of the run
+    assert not done.compile_seconds and after == 1  # no recompile in the run
     assert done.tokens == eager.tokens and done.nfe == eager.nfe and len(done.tokens) > 40
     # Every forward of the run took the fixed-shape path (3: the warm-up's), and all but each block's full
     # forward ran compiled (2: the warm-up's).
-    assert len(every) == 3 + done.nfe
-    assert set(compiled_calls) == set(widths) and len(compiled_calls) >= 2 + done.nfe - -(-192 // 16)
+    assert every == 3 + done.nfe
+    assert set(calls) == set(widths) and len(calls) >= 2 + done.nfe - -(-192 // 16)
 
 
 def test_max_autotune_compiles_with_inductors_tuning_over_torchs_own_products(ckpts, tmp_path, aot, monkeypatch):
