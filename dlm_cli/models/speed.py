@@ -289,8 +289,7 @@ def static_cache(model: Model, length: int) -> Any:
 def compiled_step(model: Model) -> Any:
     """``step(ids [1, n], cache) -> logits [n, V]``, compiled once per model (and weights)."""
     steps = model.speed.compiled  # per weights: a bench row may swap them
-    key = (id(model.net), "autotune") if model.speed.autotune else id(model.net)
-    step = steps.get(key)
+    step = steps.get(id(model.net))
     if step is None:
         _inductor_cache()
         from .compat import cache_kwarg
@@ -304,8 +303,8 @@ def compiled_step(model: Model) -> Any:
         # Every compiled model (a target and its draft) and cache size adds graphs to the one code
         # object above; torch's default limit of 8 would send a bench's later rows back to eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        step = _compile(forward, net.device, model.speed.autotune)
-        steps[key] = step
+        step = _compile(forward, net.device, autotune=False)  # AR steps: max-autotune compiles as on (prepare)
+        steps[id(model.net)] = step
     return step
 
 
@@ -465,7 +464,7 @@ def warm(model: Model) -> float:
     widths = model.speed.widths
     done = model.speed.warm
     size = -(-max(length, 1) // LENGTH_STEP) * LENGTH_STEP
-    todo = [w for w in widths if (id(model.net), size, w, model.speed.autotune) not in done]
+    todo = [w for w in widths if (id(model.net), size, w) not in done]
     if not todo:
         return 0.0
     t0 = time.perf_counter()
@@ -478,7 +477,7 @@ def warm(model: Model) -> float:
         for _ in range(2):  # CUDA graphs record on the second call
             if cache.dlm_filled + w <= cache.dlm_size:
                 model.forward(torch.zeros(w, dtype=torch.long, device=device), cache, keep=1)
-        done.add((id(model.net), size, w, model.speed.autotune))
+        done.add((id(model.net), size, w))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
